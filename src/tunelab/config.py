@@ -1,0 +1,254 @@
+"""The recipe: one YAML file that drives a whole run.
+
+Every section is a pydantic model with `extra="forbid"` and a description on every field, so a typo
+is an error rather than a silently ignored key. `load_recipe` collects *every* problem at once and
+reports each with its YAML path, e.g. ``train.lr: must be > 0, got -1``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tunelab.errors import RecipeError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+def _existing_file(value: str) -> str:
+    """Data paths must exist when the recipe is validated, so a typo fails before any model loads."""
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise ValueError(
+            f"file not found: {path.resolve()} (relative paths are resolved from the current directory)"
+        )
+    return str(path)
+
+
+ExistingFile = Annotated[str, AfterValidator(_existing_file)]
+
+
+class ModelConfig(Section):
+    name: str = Field(description="Hugging Face Hub id (org/name) or a local folder holding the model.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="Weight dtype. auto: bfloat16 on a CUDA device that supports it, float32 otherwise.",
+    )
+    trust_remote_code: bool = Field(
+        False, description="Run Python code shipped with the model. Off unless you trust its author."
+    )
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) to load.")
+
+
+class DataConfig(Section):
+    train: ExistingFile = Field(description="Training data file (.jsonl or .csv).")
+    validation: ExistingFile | None = Field(None, description="Validation file, evaluated every train.eval_every.")
+    test: ExistingFile | None = Field(None, description="Test file, evaluated before and after training.")
+    text_column: str = Field("text", description="classify: the column holding the text.")
+    text_pair_column: str | None = Field(
+        None, description="classify: optional second text column (sentence-pair tasks)."
+    )
+    label_column: str = Field("label", description="classify: the column holding the label.")
+
+
+class FullMethod(Section):
+    name: Literal["full"] = Field(description="Train every weight of the model.")
+
+
+class FreezeMethod(Section):
+    name: Literal["freeze"] = Field(description="Train only the top k blocks plus the head.")
+    k: int = Field(ge=0, description="How many of the top transformer blocks to train (0: head only).")
+
+
+class LoraMethod(Section):
+    name: Literal["lora"] = Field(description="Low-rank adapters through peft; the base stays frozen.")
+    r: int = Field(8, gt=0, description="Rank of the LoRA update matrices.")
+    alpha: float = Field(16, gt=0, description="LoRA scaling numerator; the update is scaled by alpha/r.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
+    target_modules: Literal["auto"] | list[str] = Field(
+        "auto",
+        description="Module names to adapt; auto: every linear layer except the output head.",
+    )
+
+
+# A small explicit registry: the `name` field picks the class. No import strings in user YAML.
+MethodConfig = Annotated[FullMethod | FreezeMethod | LoraMethod, Field(discriminator="name")]
+METHOD_NAMES = ("full", "freeze", "lora")
+
+
+class EarlyStopping(Section):
+    metric: Literal["val_loss", "val_accuracy"] = Field(
+        "val_loss", description="Validation metric to watch (val_accuracy: classify only)."
+    )
+    patience: int = Field(3, ge=1, description="Evaluations without improvement before stopping.")
+    min_delta: float = Field(0.0, ge=0, description="Smallest change that counts as an improvement.")
+
+
+class TrainConfig(Section):
+    epochs: float = Field(3, gt=0, description="Passes over the training data (ignored if max_steps).")
+    max_steps: int | None = Field(None, gt=0, description="Optimizer steps to run; overrides epochs.")
+    batch_size: int = Field(16, gt=0, description="Examples per micro-batch (per device).")
+    grad_accum: int = Field(1, gt=0, description="Micro-batches accumulated into one optimizer step.")
+    lr: float = Field(2.0e-4, gt=0, description="Peak learning rate of AdamW.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay (not applied to biases/norms).")
+    scheduler: Literal["constant", "linear", "cosine"] = Field(
+        "cosine", description="Learning-rate schedule after warmup."
+    )
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Fraction of steps spent warming up linearly.")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Clip gradients to this norm; null: off.")
+    max_seq_len: int = Field(512, gt=0, description="Tokens per example; longer examples are truncated.")
+    eval_every: int = Field(100, gt=0, description="Evaluate on data.validation every this many steps.")
+    save_every: int = Field(100, gt=0, description="Write a checkpoint every this many steps.")
+    keep_last: int = Field(2, ge=1, description="Checkpoints to keep; older ones are deleted.")
+    log_every: int = Field(10, gt=0, description="Write a metrics.jsonl line every this many steps.")
+    early_stopping: EarlyStopping | None = Field(
+        None, description="Stop when a validation metric stops improving, e.g. {metric: val_loss, patience: 3}."
+    )
+    seed: int = Field(42, description="Seed for initialisation, data order and dropout.")
+
+
+class OutputConfig(Section):
+    dir: str = Field("runs", description="Parent folder of run folders (runs/<name>-<timestamp>/).")
+
+
+class Recipe(Section):
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="Run name; letters, digits, '.', '_' and '-'. Used in the run folder's name.",
+    )
+    task: Literal["sft", "classify"] = Field(
+        description="sft: chat/instruction tuning, loss on assistant tokens. classify: sequence classification."
+    )
+    model: ModelConfig = Field(description="The pre-trained model to start from.")
+    data: DataConfig = Field(description="Where the data is and which columns to read.")
+    method: MethodConfig = Field(description="Which weights move: full, freeze or lora.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="The training loop's settings.")  # type: ignore[arg-type]
+    output: OutputConfig = Field(default_factory=OutputConfig, description="Where run folders go.")  # type: ignore[arg-type]
+
+    @model_validator(mode="after")
+    def _cross_field_checks(self) -> Recipe:
+        stopping = self.train.early_stopping
+        if stopping is not None and self.data.validation is None:
+            raise ValueError("train.early_stopping needs data.validation to watch")
+        if stopping is not None and stopping.metric == "val_accuracy" and self.task != "classify":
+            raise ValueError("train.early_stopping.metric val_accuracy exists only for task: classify")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading, overrides and error formatting
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read, override and validate a recipe; raise RecipeError listing every problem."""
+    raw = _read_yaml(Path(path))
+    for override in overrides or []:
+        _apply_override(raw, override)
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as exc:
+        problems = [_format_error(err) for err in exc.errors()]
+        noun = "problem" if len(problems) == 1 else "problems"
+        raise RecipeError(f"{path}: {len(problems)} {noun}", problems=problems) from None
+
+
+def recipe_to_yaml(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise RecipeError(f"recipe not found: {path.resolve()}", fix="check the path to the YAML file")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f":{where.line + 1}" if where is not None else ""
+        reason = getattr(exc, "problem", None) or str(exc)
+        raise RecipeError(f"{path}{line}: not valid YAML: {reason}") from None
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{path}: a recipe is a YAML mapping (name: ..., task: ...), got {type(raw).__name__}")
+    return raw
+
+
+def _apply_override(raw: dict[str, Any], override: str) -> None:
+    """Apply `a.b.c=value`; the value is parsed as YAML so numbers, booleans and null keep their type."""
+    key, sep, text = override.partition("=")
+    if not sep or not key.strip():
+        raise RecipeError(f"--set {override!r}: expected KEY=VALUE, e.g. --set train.lr=1e-4")
+    *parents, leaf = key.strip().split(".")
+    node = raw
+    for i, part in enumerate(parents):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            where = ".".join(parents[: i + 1])
+            raise RecipeError(f"--set {key}: {where} is a value, not a section")
+        node = child
+    node[leaf] = _parse_scalar(text)
+
+
+def _parse_scalar(text: str) -> Any:
+    try:
+        return yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        return text
+
+
+def _yaml_path(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for i, part in enumerate(loc):
+        # pydantic puts the discriminator's value into the path (method.lora.r); users wrote method.r.
+        if i > 0 and loc[i - 1] == "method" and part in METHOD_NAMES:
+            continue
+        parts.append(f"[{part}]" if isinstance(part, int) else str(part))
+    return ".".join(parts).replace(".[", "[") or "(top level)"
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    model: type[BaseModel] = Recipe
+    for part in loc[:-1]:
+        if part in METHOD_NAMES:
+            model = {"full": FullMethod, "freeze": FreezeMethod, "lora": LoraMethod}[part]
+            continue
+        field = model.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None) if field else None
+        candidates = [a for a in getattr(annotation, "__args__", (annotation,)) if isinstance(a, type)]
+        nested = [c for c in candidates if issubclass(c, BaseModel)]
+        if not nested:
+            return []
+        model = nested[0]
+    return list(model.model_fields)
+
+
+def _format_error(err: Any) -> str:
+    loc = tuple(err["loc"])
+    path = _yaml_path(loc)
+    kind, ctx, got = err["type"], err.get("ctx") or {}, err.get("input")
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(loc)
+        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return f"{path}: unknown key{hint}; allowed: {', '.join(allowed)}"
+    if kind == "missing":
+        return f"{path}: required, but missing"
+    if kind in {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}:
+        op = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}[kind]
+        bound = next(iter(ctx.values()))
+        bound = int(bound) if isinstance(bound, float) and bound.is_integer() else bound
+        return f"{path}: must be {op} {bound}, got {got!r}"
+    if kind == "literal_error":
+        return f"{path}: must be one of {ctx.get('expected')}, got {got!r}"
+    if kind == "union_tag_invalid":
+        return f"{path}: unknown method {ctx.get('tag')!r}; must be one of {', '.join(METHOD_NAMES)}"
+    if kind == "union_tag_not_found":
+        return f"{path}: needs a name ({', '.join(METHOD_NAMES)})"
+    if kind == "value_error":
+        message = str(ctx.get("error", err["msg"]))
+        return f"{path}: {message}" if loc else message
+    return f"{path}: {err['msg'].lower()}, got {got!r}"

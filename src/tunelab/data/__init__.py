@@ -1,0 +1,1 @@
+"""The data stage: read files into canonical records, render, tokenise, batch."""

@@ -1,0 +1,64 @@
+"""Chat templates: render a conversation and find the character spans of its assistant turns.
+
+We locate assistant turns by rendering prefixes of the conversation, not by searching for the
+answer text, so the approach works with any template that renders prefix-consistently (the
+conversation up to turn i is a prefix of the whole). TRL's `assistant_only_loss` instead needs the
+template to carry `{% generation %}` markers, which most shipped templates lack.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from tunelab.data.records import Chat
+from tunelab.errors import DataError
+
+# ChatML, used when the tokenizer ships no template of its own.
+CHATML = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class Span:
+    start: int  # character offsets into the rendered text, end exclusive
+    end: int
+
+
+def ensure_chat_template(tokenizer: Any) -> str:
+    """Give the tokenizer a template if it has none; return the name of the one in use."""
+    if getattr(tokenizer, "chat_template", None):
+        return "tokenizer"
+    tokenizer.chat_template = CHATML
+    return "chatml"
+
+
+def render_chat(tokenizer: Any, chat: Chat) -> tuple[str, list[Span]]:
+    """The conversation as text, and the spans (answer plus end-of-turn marker) that carry the loss."""
+    messages = [{"role": m.role, "content": m.content} for m in chat.messages]
+    full = _render(tokenizer, messages, add_generation_prompt=False)
+    spans: list[Span] = []
+    for i, message in enumerate(chat.messages):
+        if message.role != "assistant" or message.weight == 0:
+            continue
+        before = _render(tokenizer, messages[:i], add_generation_prompt=True) if i else ""
+        through = _render(tokenizer, messages[: i + 1], add_generation_prompt=False)
+        if not (full.startswith(through) and through.startswith(before)) or len(through) <= len(before):
+            raise DataError(
+                f"{chat.source}: the chat template does not render this conversation prefix-consistently, "
+                "so the assistant turns cannot be located for the loss mask",
+                fix="use a template without history rewriting (the built-in chatml, for one)",
+            )
+        spans.append(Span(len(before), len(through)))
+    return full, spans
+
+
+def _render(tokenizer: Any, messages: list[dict[str, str]], *, add_generation_prompt: bool) -> str:
+    text = tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=add_generation_prompt
+    )
+    return str(text)

@@ -1,0 +1,103 @@
+"""Records -> token ids (+ loss mask) -> padded batches."""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from tunelab.data.records import Chat, Labeled
+from tunelab.data.templates import Span, render_chat
+from tunelab.errors import DataError
+
+IGNORE_INDEX = -100  # label value that carries no loss (torch's cross_entropy default)
+
+Example = dict[str, Any]
+
+
+@dataclass
+class TokenizeStats:
+    examples: int = 0
+    truncated: int = 0
+    without_targets: list[str] = field(default_factory=list)  # sources of examples left with no label
+
+
+def tokenize_chats(tokenizer: Any, chats: list[Chat], max_seq_len: int) -> tuple[list[Example], TokenizeStats]:
+    """Tokenise conversations; labels are the token ids inside assistant spans, IGNORE_INDEX elsewhere."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise DataError(
+            "the tokenizer has no fast (Rust) implementation, which tunelab needs to map the loss mask",
+            fix="use a model whose tokenizer ships tokenizer.json",
+        )
+    stats = TokenizeStats()
+    examples: list[Example] = []
+    for chat in chats:
+        text, spans = render_chat(tokenizer, chat)
+        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
+        labels = [tok if _in_spans(start, end, spans) else IGNORE_INDEX for tok, (start, end) in zip(ids, offsets)]
+        stats.examples += 1
+        if len(ids) > max_seq_len:
+            stats.truncated += 1
+            ids, labels = ids[:max_seq_len], labels[:max_seq_len]
+        if count_causal_targets(labels) == 0:
+            stats.without_targets.append(chat.source)
+            continue
+        examples.append({"input_ids": ids, "labels": labels})
+    return examples, stats
+
+
+def count_causal_targets(labels: list[int]) -> int:
+    # The first token is never predicted (nothing precedes it), so it cannot be a target.
+    return sum(1 for label in labels[1:] if label != IGNORE_INDEX)
+
+
+def _in_spans(start: int, end: int, spans: list[Span]) -> bool:
+    """A token belongs to a span when its first character does; special tokens have empty offsets."""
+    if end <= start:
+        return False
+    i = bisect.bisect_right([s.start for s in spans], start) - 1
+    return i >= 0 and start < spans[i].end
+
+
+def tokenize_labeled(
+    tokenizer: Any, records: list[Labeled], label_map: dict[str, int], max_seq_len: int
+) -> tuple[list[Example], TokenizeStats]:
+    stats = TokenizeStats()
+    examples: list[Example] = []
+    for record in records:
+        encoded = tokenizer(record.text, record.text_pair)
+        stats.examples += 1
+        if len(encoded["input_ids"]) > max_seq_len:
+            # Re-encode rather than slice, so the tokenizer keeps its closing special tokens ([SEP]).
+            stats.truncated += 1
+            encoded = tokenizer(record.text, record.text_pair, truncation=True, max_length=max_seq_len)
+        example = {k: list(v) for k, v in encoded.items() if k in ("input_ids", "token_type_ids")}
+        example["label"] = label_map[record.label]
+        examples.append(example)
+    return examples, stats
+
+
+def collate(examples: list[Example], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest example of the batch; padding is masked out of attention and loss."""
+    width = max(len(e["input_ids"]) for e in examples)
+    batch: dict[str, torch.Tensor] = {
+        "input_ids": _pad([e["input_ids"] for e in examples], width, pad_token_id),
+        "attention_mask": _pad([[1] * len(e["input_ids"]) for e in examples], width, 0),
+    }
+    if "token_type_ids" in examples[0]:
+        batch["token_type_ids"] = _pad([e["token_type_ids"] for e in examples], width, 0)
+    if "labels" in examples[0]:
+        batch["labels"] = _pad([e["labels"] for e in examples], width, IGNORE_INDEX)
+    if "label" in examples[0]:
+        batch["labels"] = torch.tensor([e["label"] for e in examples], dtype=torch.long)
+    return batch
+
+
+def _pad(rows: list[list[int]], width: int, value: int) -> torch.Tensor:
+    out = torch.full((len(rows), width), value, dtype=torch.long)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+    return out

@@ -1,0 +1,113 @@
+"""Load a pre-trained model and its tokenizer from a local folder or the Hugging Face Hub."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+from tunelab.config import ModelConfig
+from tunelab.errors import ModelLoadError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    source: str
+    # Modules whose weights were not in the checkpoint (a new classification head): they must train.
+    new_modules: list[str] = field(default_factory=list)
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    if name != "auto":
+        return DTYPES[name]
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def load_model(cfg: ModelConfig, task: str, label_map: dict[str, int] | None = None) -> LoadedModel:
+    source, local = _resolve_source(cfg.name)
+    common = {
+        "trust_remote_code": cfg.trust_remote_code,
+        "revision": cfg.revision,
+        "local_files_only": local or _offline(),
+    }
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **common)
+        model, info = _load_weights(source, task, label_map, resolve_dtype(cfg.dtype), common)
+    except (OSError, ValueError) as exc:
+        raise _not_loadable(cfg.name, source, local, exc) from None
+    _ensure_pad_token(tokenizer, model)
+    new_modules = sorted({key.rsplit(".", 1)[0] for key in info.get("missing_keys", [])})
+    return LoadedModel(model=model, tokenizer=tokenizer, source=source, new_modules=new_modules)
+
+
+def _load_weights(
+    source: str, task: str, label_map: dict[str, int] | None, dtype: torch.dtype, common: dict[str, Any]
+) -> tuple[Any, dict[str, Any]]:
+    if task == "classify":
+        assert label_map is not None
+        return AutoModelForSequenceClassification.from_pretrained(
+            source,
+            num_labels=len(label_map),
+            label2id=dict(label_map),
+            id2label={i: name for name, i in label_map.items()},
+            dtype=dtype,
+            output_loading_info=True,
+            **common,
+        )
+    return AutoModelForCausalLM.from_pretrained(source, dtype=dtype, output_loading_info=True, **common)
+
+
+def _resolve_source(name: str) -> tuple[str, bool]:
+    """(what to pass to from_pretrained, whether it is a local folder)."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return str(path), True
+    # Hub ids are "name" or "org/name"; anything else that names a folder is a path that is missing.
+    looks_like_path = name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
+    if looks_like_path or path.exists():
+        raise ModelLoadError(
+            f"model folder not found: {path.resolve()}",
+            fix="point model.name at a folder holding config.json and the weights, or at a Hub id (org/name)",
+        )
+    return name, False
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
+
+
+def _not_loadable(name: str, source: str, local: bool, exc: Exception) -> ModelLoadError:
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if local:
+        return ModelLoadError(
+            f"model folder {source} could not be loaded: {reason}",
+            fix="the folder needs config.json, the weights (*.safetensors) and the tokenizer files",
+        )
+    where = "the local Hugging Face cache (HF_HUB_OFFLINE=1 is set)" if _offline() else "the Hugging Face Hub"
+    return ModelLoadError(
+        f"model {name!r} not found: tried a local folder {Path(name).resolve()} (does not exist) "
+        f"and {where}: {reason}",
+        fix="check the Hub id, log in for gated models (huggingface-cli login), or point model.name "
+        "at a local folder",
+    )
+
+
+def _ensure_pad_token(tokenizer: Any, model: Any) -> None:
+    """Batches are padded; models without a pad token pad with EOS (masked out of attention and loss)."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    if tokenizer.pad_token is None:
+        raise ModelLoadError("the tokenizer has no pad, eos or unk token to pad batches with")
+    if getattr(model.config, "pad_token_id", None) is None:
+        # Sequence-classification heads of decoder models find the last real token through it.
+        model.config.pad_token_id = tokenizer.pad_token_id

@@ -1,0 +1,242 @@
+"""`tunelab train` as a library call: recipe in, complete run folder out.
+
+Order matters: everything that can fail on user input (recipe, data files, model, tokenisation,
+pre-flight checks) runs *before* the run folder exists, so a bad input leaves no folder at all;
+once training starts, any failure marks the folder `failed`, never `completed`.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+from tunelab.config import Recipe, load_recipe, recipe_to_yaml
+from tunelab.data.pipeline import PreparedData, load_records, tokenize_records
+from tunelab.errors import TunelabError
+from tunelab.evaluation.metrics import evaluate
+from tunelab.models.load import load_model
+from tunelab.models.methods import apply_method, count_parameters
+from tunelab.runs.rundir import MetricsLog, create_run_dir, read_summary, write_summary
+from tunelab.training import checkpoint
+from tunelab.training.loop import Hooks, MicroBatches, TrainState, eval_batches, fit
+from tunelab.training.objectives import OBJECTIVES
+from tunelab.training.schedule import build_optimizer, build_scheduler, total_steps
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    summary: dict[str, Any]
+
+
+def train(recipe: Recipe, *, resume: Path | None = None, console: Console | None = None) -> TrainResult:
+    console = console or Console(stderr=True)
+    started = time.time()
+    set_seed(recipe.train.seed)  # before loading: the new head and LoRA weights are drawn from it
+    accelerator = Accelerator()
+    resume_from = _checkpoint_to_resume(resume, recipe, console) if resume else None
+
+    records = load_records(recipe)
+    loaded = load_model(recipe.model, recipe.task, records.label_map)
+    data = tokenize_records(recipe, records, loaded.tokenizer)
+    for note in data.notes:
+        console.print(f"[yellow]note:[/] {note}")
+    model = apply_method(loaded.model, recipe.method, recipe.task, loaded.new_modules)
+    trainable, total = count_parameters(model)
+    console.print(
+        f"parameters: {trainable:,} trainable / {total:,} total ({100 * trainable / total:.2f}%) "
+        f"- {recipe.method.name} on {loaded.source}"
+    )
+
+    run_dir = resume if resume else create_run_dir(recipe)
+    summary = _initial_summary(recipe, run_dir, loaded.source, data, trainable, total, resume)
+    if accelerator.is_main_process:
+        write_summary(run_dir, summary)
+    try:
+        summary = _train_in_run_dir(recipe, model, loaded.tokenizer, data, accelerator, run_dir, summary,
+                                    resume_from, console, started)
+    except BaseException as exc:
+        summary.update(status="failed", error=_describe(exc), wall_s=_wall(summary, started),
+                       peak_mem_mb=peak_memory_mb())
+        if accelerator.is_main_process:
+            write_summary(run_dir, summary)
+        raise
+    return TrainResult(run_dir=run_dir, summary=summary)
+
+
+def _train_in_run_dir(
+    recipe: Recipe,
+    model: Any,
+    tokenizer: Any,
+    data: PreparedData,
+    accelerator: Accelerator,
+    run_dir: Path,
+    summary: dict[str, Any],
+    resume_from: Path | None,
+    console: Console,
+    started: float,
+) -> dict[str, Any]:
+    cfg, objective = recipe.train, OBJECTIVES[recipe.task]
+    pad_id = tokenizer.pad_token_id
+    batches = MicroBatches(data.splits["train"], cfg.batch_size, cfg.seed, pad_id, accelerator)
+    steps = total_steps(cfg, batches.per_epoch)
+    optimizer = build_optimizer(model, cfg)
+    # The scheduler is not passed to prepare(): accelerate's wrapper steps it once per process.
+    model, optimizer = accelerator.prepare(model, optimizer)
+    scheduler = build_scheduler(optimizer, cfg, steps)
+    state = TrainState()
+    accelerator.register_for_checkpointing(scheduler, state)
+    accelerator.register_save_state_pre_hook(checkpoint.keep_only_trainable_weights)
+
+    def run_eval(split: str) -> dict[str, float]:
+        split_batches = eval_batches(data.splits[split], cfg.batch_size, pad_id, accelerator)
+        return evaluate(model, split_batches, objective, recipe.task, accelerator, prefix=_prefix(split))
+
+    if resume_from is not None:
+        checkpoint.load_checkpoint(accelerator, resume_from)
+        console.print(f"resumed from {resume_from} (step {state.step} of {steps})")
+    elif "test" in data.splits:
+        summary["baseline"] = run_eval("test")  # the same base model before any training
+        console.print(f"before training: {_format(summary['baseline'])}")
+
+    log = MetricsLog(run_dir, enabled=accelerator.is_main_process,
+                     resume_step=state.step if resume_from else None)
+    progress = _progress_bar(console, accelerator.is_main_process)
+    task = progress.add_task("train", total=steps, completed=state.step, loss=float("nan"), tps=0.0)
+    hooks = Hooks(
+        evaluate=(lambda: run_eval("validation")) if "validation" in data.splits else None,
+        save_checkpoint=lambda step: checkpoint.save_checkpoint(
+            accelerator, run_dir / "checkpoints", step, cfg.keep_last),
+        log=log.log,
+        progress=lambda step, loss, tps: progress.update(task, completed=step, loss=loss, tps=tps),
+    )
+    with progress:
+        fit(model, optimizer, scheduler, objective, batches, cfg, steps, state, accelerator, hooks)
+    log.close()
+
+    metrics = {"train_loss_last": _last_train_loss(run_dir), **state.last_metrics}
+    if "test" in data.splits:
+        metrics.update(run_eval("test"))
+    if accelerator.is_main_process:
+        export_final(accelerator.unwrap_model(model), tokenizer, run_dir, recipe, data)
+    summary.update(
+        status="completed", steps=state.step, total_steps=steps, tokens=state.tokens,
+        stopped_early=state.stopped_early, wall_s=_wall(summary, started), peak_mem_mb=peak_memory_mb(),
+        metrics=metrics, finished_at=_now(),
+    )
+    summary.pop("error", None)
+    if accelerator.is_main_process:
+        write_summary(run_dir, summary)
+    return summary
+
+
+def export_final(model: Any, tokenizer: Any, run_dir: Path, recipe: Recipe, data: PreparedData) -> Path:
+    """Write final/ (weights in safetensors, tokenizer, label map) to a temp folder, then rename."""
+    final, tmp = run_dir / "final", run_dir / ".final.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp))  # safetensors; a peft model writes only its adapter
+    tokenizer.save_pretrained(str(tmp))  # carries the chat template used, so inference renders alike
+    info = {"task": recipe.task, "method": recipe.method.name, "base_model": recipe.model.name,
+            "chat_template": data.chat_template}
+    (tmp / "tunelab.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    if data.label_map is not None:
+        (tmp / "labels.json").write_text(json.dumps(data.label_map, indent=2) + "\n", encoding="utf-8")
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    return final
+
+
+def load_and_train(path: str, overrides: list[str], resume: Path | None, console: Console) -> TrainResult:
+    return train(load_recipe(path, overrides), resume=resume, console=console)
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+def _checkpoint_to_resume(run_dir: Path, recipe: Recipe, console: Console) -> Path:
+    previous = read_summary(run_dir)
+    if previous.get("status") == "completed":
+        raise TunelabError(f"{run_dir} already completed", fix="start a new run without --resume")
+    latest = checkpoint.list_checkpoints(run_dir / "checkpoints")
+    if not latest:
+        raise TunelabError(
+            f"{run_dir} has no complete checkpoint to resume from", fix="start a new run without --resume"
+        )
+    saved = (run_dir / "recipe.yaml").read_text(encoding="utf-8")
+    if saved != recipe_to_yaml(recipe):
+        console.print(f"[yellow]note:[/] the recipe differs from the one saved in {run_dir}; using the new one")
+    return latest[-1]
+
+
+def _initial_summary(recipe: Recipe, run_dir: Path, source: str, data: PreparedData, trainable: int,
+                     total: int, resume: Path | None) -> dict[str, Any]:
+    previous = read_summary(run_dir) if resume else {}
+    return {
+        "name": recipe.name, "task": recipe.task, "method": recipe.method.name, "model": source,
+        "run_dir": str(run_dir), "status": "running", "started_at": previous.get("started_at", _now()),
+        "steps": previous.get("steps", 0), "tokens": previous.get("tokens", 0),
+        "wall_s": previous.get("wall_s", 0.0), "peak_mem_mb": previous.get("peak_mem_mb", 0.0),
+        "trainable_params": trainable, "total_params": total,
+        "examples": {split: len(examples) for split, examples in data.splits.items()},
+        "notes": data.notes, "baseline": previous.get("baseline", {}), "metrics": {},
+    }
+
+
+def _last_train_loss(run_dir: Path) -> float | None:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    losses = [row["loss"] for row in map(json.loads, path.read_text().splitlines()) if "loss" in row]
+    return losses[-1] if losses else None
+
+
+def _progress_bar(console: Console, enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("step {task.completed}/{task.total}"),
+        BarColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}"),
+        TextColumn("{task.fields[tps]:,.0f} tok/s"),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not enabled,
+    )
+
+
+def peak_memory_mb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _prefix(split: str) -> str:
+    return {"validation": "val", "test": "test"}[split]
+
+
+def _format(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+
+
+def _wall(summary: dict[str, Any], started: float) -> float:
+    return round(float(summary.get("wall_s", 0.0)) + time.time() - started, 2)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")

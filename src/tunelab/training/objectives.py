@@ -1,0 +1,65 @@
+"""Objectives: small functions from (model, batch) to a *summed* loss and the number of targets.
+
+Returning the sum, not the mean, is what lets the loop normalise by the total number of targets over
+all accumulated micro-batches (and all processes), so gradient accumulation equals the full batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from tunelab.data.tokenize import IGNORE_INDEX
+
+Batch = dict[str, torch.Tensor]
+
+
+@dataclass
+class Output:
+    loss_sum: torch.Tensor  # summed over targets, float32
+    logits: torch.Tensor
+
+
+def model_inputs(batch: Batch) -> Batch:
+    return {k: v for k, v in batch.items() if k != "labels"}
+
+
+def causal_lm(model: Any, batch: Batch) -> Output:
+    """Next-token cross-entropy on the positions whose label is not IGNORE_INDEX."""
+    logits = model(**model_inputs(batch)).logits
+    shifted = logits[:, :-1, :].float()
+    targets = batch["labels"][:, 1:]
+    loss_sum = F.cross_entropy(
+        shifted.reshape(-1, shifted.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
+    return Output(loss_sum=loss_sum, logits=logits)
+
+
+def causal_lm_targets(batch: Batch) -> int:
+    return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+
+
+def classification(model: Any, batch: Batch) -> Output:
+    logits = model(**model_inputs(batch)).logits
+    loss_sum = F.cross_entropy(logits.float(), batch["labels"], reduction="sum")
+    return Output(loss_sum=loss_sum, logits=logits)
+
+
+def classification_targets(batch: Batch) -> int:
+    return int(batch["labels"].numel())
+
+
+@dataclass(frozen=True)
+class Objective:
+    loss: Callable[[Any, Batch], Output]
+    count_targets: Callable[[Batch], int]
+
+
+OBJECTIVES: dict[str, Objective] = {
+    "sft": Objective(loss=causal_lm, count_targets=causal_lm_targets),
+    "classify": Objective(loss=classification, count_targets=classification_targets),
+}
