@@ -100,13 +100,14 @@ def _delimited_rows(path: Path, delimiter: str) -> Iterator[Row]:
 def load_chats(path: str | Path) -> list[Chat]:
     """`{"messages": [{"role", "content", "weight"?}, ...]}` per line, as OpenAI chat fine-tuning files."""
     rows, problems = read_rows(path)
+    total_rows = len(rows) + len(problems.items)  # rows that parsed + rows that were not valid JSON
     chats: list[Chat] = []
     for line, row in rows:
         chat = _parse_chat(row, f"{path}:{line}", lambda reason, line=line: problems.add(line, reason))
         if chat is not None:
             chats.append(chat)
     problems.raise_if_any(
-        len(rows) + len(problems.items),
+        total_rows,
         fix='each line needs {"messages": [{"role": "user", "content": ...}, {"role": "assistant", ...}]}',
     )
     if not chats:

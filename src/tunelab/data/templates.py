@@ -47,13 +47,16 @@ def render_chat(tokenizer: Any, chat: Chat) -> tuple[str, list[Span]]:
             continue
         before = _render(tokenizer, messages[:i], add_generation_prompt=True) if i else ""
         through = _render(tokenizer, messages[: i + 1], add_generation_prompt=False)
-        if not (full.startswith(through) and through.startswith(before)) or len(through) <= len(before):
+        if not (full.startswith(through) and through.startswith(before)):
             raise DataError(
                 f"{chat.source}: the chat template does not render this conversation prefix-consistently, "
                 "so the assistant turns cannot be located for the loss mask",
                 fix="use a template without history rewriting (the built-in chatml, for one)",
             )
-        spans.append(Span(len(before), len(through)))
+        # Whitespace after the end-of-turn marker is the template's layout, not something to learn.
+        end = len(through.rstrip())
+        if end > len(before):  # a template that drops assistant turns yields no span; pre-flight reports it
+            spans.append(Span(len(before), end))
     return full, spans
 
 

@@ -1,0 +1,191 @@
+"""Tiny, random, offline models saved to temp folders, so the real `from_pretrained(path)` code runs."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+CORPUS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "How do I check my balance? Your balance is shown on the home screen.",
+    "Please transfer fifty dollars to my savings account.",
+    "I lost my card yesterday, can you block it?",
+    "Where is my order? It was due on Monday.",
+    "Hello there! Good morning, how are you today?",
+    "system user assistant: answer briefly and politely.",
+    "0 1 2 3 4 5 6 7 8 9 10 100 1000",
+]
+SPECIAL_TOKENS = ["<unk>", "<pad>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
+
+
+def build_tokenizer() -> Any:
+    """A byte-level BPE tokenizer trained in memory: any text encodes, offsets map back to characters."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(CORPUS * 4, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="<unk>",
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        additional_special_tokens=["<|im_start|>", "<|im_end|>"],
+    )
+
+
+def save_tiny_llama(folder: Path, *, seed: int = 0) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = build_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(seed)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def save_tiny_bert(folder: Path, *, seed: int = 0, dropout: float = 0.1) -> Path:
+    """A bare encoder (no classification head), like the quickstart's MiniLM: the head is new."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    tokenizer = build_tokenizer()
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=128,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture
+def tokenizer() -> Any:
+    return build_tokenizer()
+
+
+def write_jsonl(path: Path, rows: list[Any]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+CHATS = [
+    {"messages": [{"role": "user", "content": "Hello there!"}, {"role": "assistant", "content": "Good morning."}]},
+    {
+        "messages": [
+            {"role": "system", "content": "Answer briefly."},
+            {"role": "user", "content": "Where is my order?"},
+            {"role": "assistant", "content": "It was due on Monday."},
+            {"role": "user", "content": "Can you block my card?"},
+            {"role": "assistant", "content": "Yes, I lost nothing: your card is blocked."},
+        ]
+    },
+    {"messages": [{"role": "user", "content": "Check my balance"}, {"role": "assistant", "content": "Shown on home."}]},
+    {"messages": [{"role": "user", "content": "Transfer fifty"}, {"role": "assistant", "content": "Done, 50 sent."}]},
+    {"messages": [{"role": "user", "content": "How are you?"}, {"role": "assistant", "content": "Good, thank you!"}]},
+    {"messages": [{"role": "user", "content": "quick brown fox"}, {"role": "assistant", "content": "lazy dog"}]},
+    {"messages": [{"role": "user", "content": "Count: 1 2 3"}, {"role": "assistant", "content": "4 5 6 7 8 9 10"}]},
+    {"messages": [{"role": "user", "content": "Lost card"}, {"role": "assistant", "content": "Blocked it."}]},
+]
+
+LABELED = [
+    {"text": "what is my balance", "label": "balance"},
+    {"text": "how much money do I have", "label": "balance"},
+    {"text": "send fifty dollars to my savings", "label": "transfer"},
+    {"text": "transfer 100 to Anna", "label": "transfer"},
+    {"text": "I lost my card", "label": "card"},
+    {"text": "block my card please", "label": "card"},
+    {"text": "my balance today?", "label": "balance"},
+    {"text": "please transfer money", "label": "transfer"},
+]
+
+
+def make_recipe(tmp_path: Path, model_dir: Path, task: str, **sections: dict[str, Any]) -> Path:
+    """Write data and a recipe into tmp_path; `sections` update the recipe's sections."""
+    if task == "sft":
+        train = write_jsonl(tmp_path / "train.jsonl", CHATS)
+        val = write_jsonl(tmp_path / "val.jsonl", CHATS[:3])
+    else:
+        train = write_jsonl(tmp_path / "train.jsonl", LABELED)
+        val = write_jsonl(tmp_path / "val.jsonl", LABELED[:4])
+    recipe: dict[str, Any] = {
+        "name": f"tiny-{task}",
+        "task": task,
+        "model": {"name": str(model_dir)},
+        "data": {"train": str(train), "validation": str(val)},
+        "method": {"name": "lora", "r": 4, "alpha": 8},
+        "train": {
+            "epochs": 2,
+            "batch_size": 2,
+            "grad_accum": 2,
+            "lr": 1e-2,
+            "max_seq_len": 64,
+            "eval_every": 2,
+            "save_every": 2,
+            "log_every": 1,
+            "keep_last": 10,
+            "seed": 7,
+        },
+        "output": {"dir": str(tmp_path / "runs")},
+    }
+    for section, values in sections.items():
+        if isinstance(values, dict) and isinstance(recipe.get(section), dict):
+            recipe[section] = {**recipe[section], **values}
+        else:
+            recipe[section] = values
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False), encoding="utf-8")
+    return path
