@@ -182,7 +182,7 @@ def make_recipe(tmp_path: Path, model_dir: Path, task: str, **sections: dict[str
         "output": {"dir": str(tmp_path / "runs")},
     }
     for section, values in sections.items():
-        if isinstance(values, dict) and isinstance(recipe.get(section), dict):
+        if section != "method" and isinstance(values, dict) and isinstance(recipe.get(section), dict):
             recipe[section] = {**recipe[section], **values}
         else:
             recipe[section] = values

@@ -20,8 +20,9 @@ app = typer.Typer(
     no_args_is_help=True,
     help="Fine-tune pre-trained language models on your own data, and find out whether it helped.",
 )
-console = Console(stderr=True, highlight=False)
-out = Console(highlight=False)
+# soft_wrap: long paths stay on one line, so the run folder can be copied from the terminal.
+console = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True)
 
 SetOption = Annotated[
     list[str] | None,

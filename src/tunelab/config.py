@@ -155,7 +155,11 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     except ValidationError as exc:
         problems = [_format_error(err) for err in exc.errors()]
         noun = "problem" if len(problems) == 1 else "problems"
-        raise RecipeError(f"{path}: {len(problems)} {noun}", problems=problems) from None
+        raise RecipeError(
+            f"{path}: {len(problems)} {noun}",
+            problems=problems,
+            fix=f"correct the recipe (or override with --set KEY=VALUE); `tunelab validate {path}` re-checks it",
+        ) from None
 
 
 def recipe_to_yaml(recipe: Recipe) -> str:

@@ -41,7 +41,7 @@ class TrainResult:
 
 
 def train(recipe: Recipe, *, resume: Path | None = None, console: Console | None = None) -> TrainResult:
-    console = console or Console(stderr=True)
+    console = console or Console(stderr=True, soft_wrap=True)
     started = time.time()
     set_seed(recipe.train.seed)  # before loading: the new head and LoRA weights are drawn from it
     accelerator = Accelerator()
@@ -52,6 +52,8 @@ def train(recipe: Recipe, *, resume: Path | None = None, console: Console | None
     data = tokenize_records(recipe, records, loaded.tokenizer)
     for note in data.notes:
         console.print(f"[yellow]note:[/] {note}")
+    if loaded.new_modules:
+        console.print(f"new (randomly initialised, trained in full): {', '.join(loaded.new_modules)}")
     model = apply_method(loaded.model, recipe.method, recipe.task, loaded.new_modules)
     trainable, total = count_parameters(model)
     console.print(

@@ -1,0 +1,107 @@
+"""Bad input: a short error naming the problem and the fix, exit 1, no traceback, no completed run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tests.conftest import make_recipe
+from tunelab.cli import app
+
+runner = CliRunner()
+
+
+def completed_runs(tmp_path: Path) -> list[Path]:
+    return [
+        p for p in tmp_path.rglob("summary.json") if json.loads(p.read_text()).get("status") == "completed"
+    ]
+
+
+def invoke(*args: str):
+    return runner.invoke(app, list(args))
+
+
+CASES = {
+    "missing data file": (["--set", "data.train=missing.jsonl"], ["data.train: file not found", "fix:"]),
+    "unknown recipe key": (["--set", "train.epoch=3"], ["train.epoch: unknown key (did you mean 'epochs'?)"]),
+    "model path that does not exist": (
+        ["--set", "model.name=./models/nope"], ["model folder not found", "models/nope", "fix:"]),
+    "hub id not reachable offline": (
+        ["--set", "model.name=nobody/no-such-model"],
+        ["model 'nobody/no-such-model' not found", "HF_HUB_OFFLINE=1", "fix:"]),
+    "label column that does not exist": (
+        ["--set", "data.label_column=intent"], ["no column 'intent'", "set data.label_column", "fix:"]),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_ends_with_a_short_error(case: str, tmp_path: Path, tiny_bert: Path) -> None:
+    overrides, expected = CASES[case]
+    recipe = make_recipe(tmp_path, tiny_bert, "classify")
+    result = invoke("train", str(recipe), *overrides)
+    assert result.exit_code == 1, result.output
+    for text in expected:
+        assert text in result.output
+    assert "Traceback" not in result.output
+    assert len(result.output.splitlines()) <= 6  # short
+    assert completed_runs(tmp_path) == []
+    assert not (tmp_path / "runs").exists()  # input errors are caught before the run folder is made
+
+
+def test_a_data_file_that_is_not_json(tmp_path: Path, tiny_bert: Path) -> None:
+    recipe = make_recipe(tmp_path, tiny_bert, "classify")
+    (tmp_path / "train.jsonl").write_text("text,label\nhello,greeting\nbye,farewell\n", encoding="utf-8")
+    result = invoke("train", str(recipe))
+    assert result.exit_code == 1
+    assert "train.jsonl: no line of this file is a JSON object" in result.output
+    assert "fix:" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_debug_shows_the_traceback(tmp_path: Path, tiny_bert: Path) -> None:
+    recipe = make_recipe(tmp_path, tiny_bert, "classify")
+    result = invoke("train", str(recipe), "--set", "model.name=./nope", "--debug")
+    assert result.exit_code == 1
+    assert result.exception is not None and "model folder not found" in str(result.exception)
+
+
+def test_sft_where_no_assistant_token_survives_truncation_stops_before_training(
+    tmp_path: Path, tiny_llama: Path
+) -> None:
+    recipe = make_recipe(tmp_path, tiny_llama, "sft", train={"max_seq_len": 6})
+    result = invoke("train", str(recipe))
+    assert result.exit_code == 1
+    assert "no example keeps a single assistant token" in result.output
+    assert "max_seq_len=6" in result.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_template_that_drops_assistant_turns_stops_before_training(tmp_path: Path, tiny_llama: Path) -> None:
+    from transformers import AutoTokenizer
+
+    model_dir = tmp_path / "model"
+    import shutil
+
+    shutil.copytree(tiny_llama, model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.chat_template = (
+        "{% for m in messages %}{% if m['role'] != 'assistant' %}{{ m['content'] + '\n' }}{% endif %}{% endfor %}"
+    )
+    tokenizer.save_pretrained(model_dir)
+    recipe = make_recipe(tmp_path, model_dir, "sft")
+    result = invoke("train", str(recipe))
+    assert result.exit_code == 1
+    assert "no example keeps a single assistant token" in result.output
+
+
+def test_train_prints_before_and_after_and_the_run_folder(tmp_path: Path, tiny_bert: Path) -> None:
+    recipe = make_recipe(tmp_path, tiny_bert, "classify", method={"name": "full"})
+    result = invoke("train", str(recipe), "--set", f"data.test={tmp_path / 'val.jsonl'}")
+    assert result.exit_code == 0, result.output
+    assert "test_accuracy: " in result.output and " before training -> " in result.output
+    assert "run folder: " in result.output
+    assert "parameters: 35,267 trainable / 35,267 total (100.00%)" in result.output
+    assert f"run folder: {tmp_path / 'runs'}" in result.output
