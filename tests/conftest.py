@@ -123,7 +123,12 @@ def write_jsonl(path: Path, rows: list[Any]) -> Path:
 
 
 CHATS = [
-    {"messages": [{"role": "user", "content": "Hello there!"}, {"role": "assistant", "content": "Good morning."}]},
+    {
+        "messages": [
+            {"role": "user", "content": "Hello there!"},
+            {"role": "assistant", "content": "Good morning."},
+        ]
+    },
     {
         "messages": [
             {"role": "system", "content": "Answer briefly."},
@@ -133,11 +138,36 @@ CHATS = [
             {"role": "assistant", "content": "Yes, I lost nothing: your card is blocked."},
         ]
     },
-    {"messages": [{"role": "user", "content": "Check my balance"}, {"role": "assistant", "content": "Shown on home."}]},
-    {"messages": [{"role": "user", "content": "Transfer fifty"}, {"role": "assistant", "content": "Done, 50 sent."}]},
-    {"messages": [{"role": "user", "content": "How are you?"}, {"role": "assistant", "content": "Good, thank you!"}]},
-    {"messages": [{"role": "user", "content": "quick brown fox"}, {"role": "assistant", "content": "lazy dog"}]},
-    {"messages": [{"role": "user", "content": "Count: 1 2 3"}, {"role": "assistant", "content": "4 5 6 7 8 9 10"}]},
+    {
+        "messages": [
+            {"role": "user", "content": "Check my balance"},
+            {"role": "assistant", "content": "Shown on home."},
+        ]
+    },
+    {
+        "messages": [
+            {"role": "user", "content": "Transfer fifty"},
+            {"role": "assistant", "content": "Done, 50 sent."},
+        ]
+    },
+    {
+        "messages": [
+            {"role": "user", "content": "How are you?"},
+            {"role": "assistant", "content": "Good, thank you!"},
+        ]
+    },
+    {
+        "messages": [
+            {"role": "user", "content": "quick brown fox"},
+            {"role": "assistant", "content": "lazy dog"},
+        ]
+    },
+    {
+        "messages": [
+            {"role": "user", "content": "Count: 1 2 3"},
+            {"role": "assistant", "content": "4 5 6 7 8 9 10"},
+        ]
+    },
     {"messages": [{"role": "user", "content": "Lost card"}, {"role": "assistant", "content": "Blocked it."}]},
 ]
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import os
-import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -99,7 +98,9 @@ def _print_result(summary: dict[str, Any]) -> None:
         elif isinstance(after, float):
             out.print(f"{key}: {after:.4f}")
     stopped = " (stopped early)" if summary.get("stopped_early") else ""
-    out.print(f"steps: {summary['steps']}{stopped}, tokens: {summary['tokens']:,}, time: {summary['wall_s']:.1f}s")
+    out.print(
+        f"steps: {summary['steps']}{stopped}, tokens: {summary['tokens']:,}, time: {summary['wall_s']:.1f}s"
+    )
     out.print(f"run folder: {summary['run_dir']}")
 
 
@@ -114,4 +115,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

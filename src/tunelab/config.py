@@ -48,7 +48,9 @@ class ModelConfig(Section):
 
 class DataConfig(Section):
     train: ExistingFile = Field(description="Training data file (.jsonl or .csv).")
-    validation: ExistingFile | None = Field(None, description="Validation file, evaluated every train.eval_every.")
+    validation: ExistingFile | None = Field(
+        None, description="Validation file, evaluated every train.eval_every."
+    )
     test: ExistingFile | None = Field(None, description="Test file, evaluated before and after training.")
     text_column: str = Field("text", description="classify: the column holding the text.")
     text_pair_column: str | None = Field(
@@ -69,7 +71,7 @@ class FreezeMethod(Section):
 class LoraMethod(Section):
     name: Literal["lora"] = Field(description="Low-rank adapters through peft; the base stays frozen.")
     r: int = Field(8, gt=0, description="Rank of the LoRA update matrices.")
-    alpha: float = Field(16, gt=0, description="LoRA scaling numerator; the update is scaled by alpha/r.")
+    alpha: int = Field(16, gt=0, description="LoRA scaling numerator; the update is scaled by alpha/r.")
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
     target_modules: Literal["auto"] | list[str] = Field(
         "auto",
@@ -79,7 +81,8 @@ class LoraMethod(Section):
 
 # A small explicit registry: the `name` field picks the class. No import strings in user YAML.
 MethodConfig = Annotated[FullMethod | FreezeMethod | LoraMethod, Field(discriminator="name")]
-METHOD_NAMES = ("full", "freeze", "lora")
+METHOD_CLASSES: dict[str, type[Section]] = {"full": FullMethod, "freeze": FreezeMethod, "lora": LoraMethod}
+METHOD_NAMES = tuple(METHOD_CLASSES)
 
 
 class EarlyStopping(Section):
@@ -108,7 +111,8 @@ class TrainConfig(Section):
     keep_last: int = Field(2, ge=1, description="Checkpoints to keep; older ones are deleted.")
     log_every: int = Field(10, gt=0, description="Write a metrics.jsonl line every this many steps.")
     early_stopping: EarlyStopping | None = Field(
-        None, description="Stop when a validation metric stops improving, e.g. {metric: val_loss, patience: 3}."
+        None,
+        description="Stop when a validation metric stops improving, e.g. {metric: val_loss, patience: 3}.",
     )
     seed: int = Field(42, description="Seed for initialisation, data order and dropout.")
 
@@ -177,7 +181,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         reason = getattr(exc, "problem", None) or str(exc)
         raise RecipeError(f"{path}{line}: not valid YAML: {reason}") from None
     if not isinstance(raw, dict):
-        raise RecipeError(f"{path}: a recipe is a YAML mapping (name: ..., task: ...), got {type(raw).__name__}")
+        raise RecipeError(
+            f"{path}: a recipe is a YAML mapping (name: ..., task: ...), got {type(raw).__name__}"
+        )
     return raw
 
 
@@ -218,7 +224,7 @@ def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
     model: type[BaseModel] = Recipe
     for part in loc[:-1]:
         if part in METHOD_NAMES:
-            model = {"full": FullMethod, "freeze": FreezeMethod, "lora": LoraMethod}[part]
+            model = METHOD_CLASSES[part]
             continue
         field = model.model_fields.get(str(part))
         annotation = getattr(field, "annotation", None) if field else None
@@ -242,7 +248,9 @@ def _format_error(err: Any) -> str:
     if kind == "missing":
         return f"{path}: required, but missing"
     if kind in {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}:
-        op = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}[kind]
+        op = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}[
+            kind
+        ]
         bound = next(iter(ctx.values()))
         bound = int(bound) if isinstance(bound, float) and bound.is_integer() else bound
         return f"{path}: must be {op} {bound}, got {got!r}"

@@ -66,11 +66,25 @@ def train(recipe: Recipe, *, resume: Path | None = None, console: Console | None
     if accelerator.is_main_process:
         write_summary(run_dir, summary)
     try:
-        summary = _train_in_run_dir(recipe, model, loaded.tokenizer, data, accelerator, run_dir, summary,
-                                    resume_from, console, started)
+        summary = _train_in_run_dir(
+            recipe,
+            model,
+            loaded.tokenizer,
+            data,
+            accelerator,
+            run_dir,
+            summary,
+            resume_from,
+            console,
+            started,
+        )
     except BaseException as exc:
-        summary.update(status="failed", error=_describe(exc), wall_s=_wall(summary, started),
-                       peak_mem_mb=peak_memory_mb())
+        summary.update(
+            status="failed",
+            error=_describe(exc),
+            wall_s=_wall(summary, started),
+            peak_mem_mb=peak_memory_mb(),
+        )
         if accelerator.is_main_process:
             write_summary(run_dir, summary)
         raise
@@ -112,14 +126,16 @@ def _train_in_run_dir(
         summary["baseline"] = run_eval("test")  # the same base model before any training
         console.print(f"before training: {_format(summary['baseline'])}")
 
-    log = MetricsLog(run_dir, enabled=accelerator.is_main_process,
-                     resume_step=state.step if resume_from else None)
+    log = MetricsLog(
+        run_dir, enabled=accelerator.is_main_process, resume_step=state.step if resume_from else None
+    )
     progress = _progress_bar(console, accelerator.is_main_process)
     task = progress.add_task("train", total=steps, completed=state.step, loss=float("nan"), tps=0.0)
     hooks = Hooks(
         evaluate=(lambda: run_eval("validation")) if "validation" in data.splits else None,
         save_checkpoint=lambda step: checkpoint.save_checkpoint(
-            accelerator, run_dir / "checkpoints", step, cfg.keep_last),
+            accelerator, run_dir / "checkpoints", step, cfg.keep_last
+        ),
         log=log.log,
         progress=lambda step, loss, tps: progress.update(task, completed=step, loss=loss, tps=tps),
     )
@@ -133,9 +149,15 @@ def _train_in_run_dir(
     if accelerator.is_main_process:
         export_final(accelerator.unwrap_model(model), tokenizer, run_dir, recipe, data)
     summary.update(
-        status="completed", steps=state.step, total_steps=steps, tokens=state.tokens,
-        stopped_early=state.stopped_early, wall_s=_wall(summary, started), peak_mem_mb=peak_memory_mb(),
-        metrics=metrics, finished_at=_now(),
+        status="completed",
+        steps=state.step,
+        total_steps=steps,
+        tokens=state.tokens,
+        stopped_early=state.stopped_early,
+        wall_s=_wall(summary, started),
+        peak_mem_mb=peak_memory_mb(),
+        metrics=metrics,
+        finished_at=_now(),
     )
     summary.pop("error", None)
     if accelerator.is_main_process:
@@ -149,8 +171,12 @@ def export_final(model: Any, tokenizer: Any, run_dir: Path, recipe: Recipe, data
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(str(tmp))  # safetensors; a peft model writes only its adapter
     tokenizer.save_pretrained(str(tmp))  # carries the chat template used, so inference renders alike
-    info = {"task": recipe.task, "method": recipe.method.name, "base_model": recipe.model.name,
-            "chat_template": data.chat_template}
+    info = {
+        "task": recipe.task,
+        "method": recipe.method.name,
+        "base_model": recipe.model.name,
+        "chat_template": data.chat_template,
+    }
     (tmp / "tunelab.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     if data.label_map is not None:
         (tmp / "labels.json").write_text(json.dumps(data.label_map, indent=2) + "\n", encoding="utf-8")
@@ -178,21 +204,40 @@ def _checkpoint_to_resume(run_dir: Path, recipe: Recipe, console: Console) -> Pa
         )
     saved = (run_dir / "recipe.yaml").read_text(encoding="utf-8")
     if saved != recipe_to_yaml(recipe):
-        console.print(f"[yellow]note:[/] the recipe differs from the one saved in {run_dir}; using the new one")
+        console.print(
+            f"[yellow]note:[/] the recipe differs from the one saved in {run_dir}; using the new one"
+        )
     return latest[-1]
 
 
-def _initial_summary(recipe: Recipe, run_dir: Path, source: str, data: PreparedData, trainable: int,
-                     total: int, resume: Path | None) -> dict[str, Any]:
+def _initial_summary(
+    recipe: Recipe,
+    run_dir: Path,
+    source: str,
+    data: PreparedData,
+    trainable: int,
+    total: int,
+    resume: Path | None,
+) -> dict[str, Any]:
     previous = read_summary(run_dir) if resume else {}
     return {
-        "name": recipe.name, "task": recipe.task, "method": recipe.method.name, "model": source,
-        "run_dir": str(run_dir), "status": "running", "started_at": previous.get("started_at", _now()),
-        "steps": previous.get("steps", 0), "tokens": previous.get("tokens", 0),
-        "wall_s": previous.get("wall_s", 0.0), "peak_mem_mb": previous.get("peak_mem_mb", 0.0),
-        "trainable_params": trainable, "total_params": total,
+        "name": recipe.name,
+        "task": recipe.task,
+        "method": recipe.method.name,
+        "model": source,
+        "run_dir": str(run_dir),
+        "status": "running",
+        "started_at": previous.get("started_at", _now()),
+        "steps": previous.get("steps", 0),
+        "tokens": previous.get("tokens", 0),
+        "wall_s": previous.get("wall_s", 0.0),
+        "peak_mem_mb": previous.get("peak_mem_mb", 0.0),
+        "trainable_params": trainable,
+        "total_params": total,
         "examples": {split: len(examples) for split, examples in data.splits.items()},
-        "notes": data.notes, "baseline": previous.get("baseline", {}), "metrics": {},
+        "notes": data.notes,
+        "baseline": previous.get("baseline", {}),
+        "metrics": {},
     }
 
 

@@ -28,12 +28,17 @@ CASES = {
     "missing data file": (["--set", "data.train=missing.jsonl"], ["data.train: file not found", "fix:"]),
     "unknown recipe key": (["--set", "train.epoch=3"], ["train.epoch: unknown key (did you mean 'epochs'?)"]),
     "model path that does not exist": (
-        ["--set", "model.name=./models/nope"], ["model folder not found", "models/nope", "fix:"]),
+        ["--set", "model.name=./models/nope"],
+        ["model folder not found", "models/nope", "fix:"],
+    ),
     "hub id not reachable offline": (
         ["--set", "model.name=nobody/no-such-model"],
-        ["model 'nobody/no-such-model' not found", "HF_HUB_OFFLINE=1", "fix:"]),
+        ["model 'nobody/no-such-model' not found", "HF_HUB_OFFLINE=1", "fix:"],
+    ),
     "label column that does not exist": (
-        ["--set", "data.label_column=intent"], ["no column 'intent'", "set data.label_column", "fix:"]),
+        ["--set", "data.label_column=intent"],
+        ["no column 'intent'", "set data.label_column", "fix:"],
+    ),
 }
 
 
@@ -79,7 +84,9 @@ def test_sft_where_no_assistant_token_survives_truncation_stops_before_training(
     assert not (tmp_path / "runs").exists()
 
 
-def test_a_template_that_drops_assistant_turns_stops_before_training(tmp_path: Path, tiny_llama: Path) -> None:
+def test_a_template_that_drops_assistant_turns_stops_before_training(
+    tmp_path: Path, tiny_llama: Path
+) -> None:
     from transformers import AutoTokenizer
 
     model_dir = tmp_path / "model"
@@ -87,9 +94,7 @@ def test_a_template_that_drops_assistant_turns_stops_before_training(tmp_path: P
 
     shutil.copytree(tiny_llama, model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    tokenizer.chat_template = (
-        "{% for m in messages %}{% if m['role'] != 'assistant' %}{{ m['content'] + '\n' }}{% endif %}{% endfor %}"
-    )
+    tokenizer.chat_template = "{% for m in messages %}{% if m['role'] != 'assistant' %}{{ m['content'] + '\n' }}{% endif %}{% endfor %}"
     tokenizer.save_pretrained(model_dir)
     recipe = make_recipe(tmp_path, model_dir, "sft")
     result = invoke("train", str(recipe))

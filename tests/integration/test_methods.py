@@ -59,7 +59,9 @@ def test_freeze_moves_only_the_top_blocks_and_the_head(tiny_bert: Path) -> None:
 
 
 def test_lora_moves_only_adapters_and_the_new_head(tiny_bert: Path) -> None:
-    changed, trainable, n_trainable, n_total = train_a_few_steps(tiny_bert, LoraMethod(name="lora", r=2, alpha=4))
+    changed, trainable, n_trainable, n_total = train_a_few_steps(
+        tiny_bert, LoraMethod(name="lora", r=2, alpha=4)
+    )
     assert changed == trainable
     assert all("lora_" in n or "classifier.modules_to_save" in n for n in changed)
     assert any("classifier.modules_to_save" in n for n in changed)  # the new head is trained too
@@ -68,7 +70,7 @@ def test_lora_moves_only_adapters_and_the_new_head(tiny_bert: Path) -> None:
 
 def test_freeze_with_more_blocks_than_the_model_has(tiny_bert: Path) -> None:
     loaded = load_model(ModelConfig(name=str(tiny_bert)), "classify", LABELS)
-    with pytest.raises(RecipeError, match="method.k: the model has 2 blocks, got k=5"):
+    with pytest.raises(RecipeError, match=r"method\.k: the model has 2 blocks, got k=5"):
         apply_method(loaded.model, FreezeMethod(name="freeze", k=5), "classify", loaded.new_modules)
 
 

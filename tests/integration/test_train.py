@@ -80,11 +80,18 @@ class SimulatedCrash(Exception):
 
 @pytest.mark.parametrize(
     ("task", "method", "weights_file"),
-    [("sft", {"name": "lora", "r": 4, "alpha": 8, "dropout": 0.1}, "adapter_model.safetensors"),
-     ("classify", {"name": "full"}, "model.safetensors")],
+    [
+        ("sft", {"name": "lora", "r": 4, "alpha": 8, "dropout": 0.1}, "adapter_model.safetensors"),
+        ("classify", {"name": "full"}, "model.safetensors"),
+    ],
 )
 def test_resume_after_a_crash_equals_an_uninterrupted_run(
-    tmp_path: Path, tiny_llama: Path, tiny_bert: Path, monkeypatch: pytest.MonkeyPatch, task: str, method: dict,
+    tmp_path: Path,
+    tiny_llama: Path,
+    tiny_bert: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    task: str,
+    method: dict,
     weights_file: str,
 ) -> None:
     # 6 steps of 2 micro-batches over 4 micro-batches per epoch: the step-3 checkpoint is mid-epoch.
@@ -127,7 +134,9 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(
     # metrics.jsonl holds each step once: the crashed run's lines after its checkpoint were dropped.
     steps = [line["step"] for line in metrics_lines(run_dir) if "loss" in line]
     assert steps == [1, 2, 3, 4, 5, 6]
-    assert resumed.summary["metrics"]["val_loss"] == pytest.approx(straight.summary["metrics"]["val_loss"], abs=1e-6)
+    assert resumed.summary["metrics"]["val_loss"] == pytest.approx(
+        straight.summary["metrics"]["val_loss"], abs=1e-6
+    )
 
 
 def test_resume_refuses_a_completed_run(tmp_path: Path, tiny_bert: Path) -> None:

@@ -67,7 +67,9 @@ def test_shipped_recipes_exist() -> None:
 
 def test_set_overrides_any_field_with_yaml_types(tmp_path: Path, good: dict) -> None:
     path = write_recipe(tmp_path, good)
-    recipe = load_recipe(path, ["train.lr=1e-4", "train.max_steps=5", "method.target_modules=[q_proj, v_proj]"])
+    recipe = load_recipe(
+        path, ["train.lr=1e-4", "train.max_steps=5", "method.target_modules=[q_proj, v_proj]"]
+    )
     assert recipe.train.lr == pytest.approx(1e-4)
     assert recipe.train.max_steps == 5
     assert recipe.method.name == "lora" and recipe.method.target_modules == ["q_proj", "v_proj"]
@@ -115,7 +117,7 @@ def test_missing_data_file_is_a_recipe_error_naming_the_path(tmp_path: Path, goo
 
 def test_early_stopping_needs_validation_data(tmp_path: Path, good: dict) -> None:
     good["train"] = {"early_stopping": {"metric": "val_loss", "patience": 2}}
-    with pytest.raises(RecipeError, match="train.early_stopping needs data.validation"):
+    with pytest.raises(RecipeError, match=r"train\.early_stopping needs data\.validation"):
         load_recipe(write_recipe(tmp_path, good))
 
 

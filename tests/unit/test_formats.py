@@ -96,5 +96,5 @@ def test_missing_file_and_unsupported_type(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="data file not found"):
         load_chats(tmp_path / "nope.jsonl")
     (tmp_path / "x.xml").write_text("<a/>", encoding="utf-8")
-    with pytest.raises(DataError, match="unsupported file type '.xml'"):
+    with pytest.raises(DataError, match=r"unsupported file type '\.xml'"):
         load_chats(tmp_path / "x.xml")

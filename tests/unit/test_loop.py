@@ -10,14 +10,19 @@ import torch
 from accelerate import Accelerator
 from transformers import AutoModelForCausalLM
 
-from tests.conftest import CHATS
+from tests.conftest import CHATS, write_jsonl
 from tunelab.config import EarlyStopping, TrainConfig
 from tunelab.data.formats import load_chats
 from tunelab.data.templates import ensure_chat_template
 from tunelab.data.tokenize import collate, tokenize_chats
-from tunelab.training.loop import Hooks, MicroBatches, TrainState, _evaluate_and_maybe_stop, accumulate_gradients
+from tunelab.training.loop import (
+    Hooks,
+    MicroBatches,
+    TrainState,
+    _evaluate_and_maybe_stop,
+    accumulate_gradients,
+)
 from tunelab.training.objectives import OBJECTIVES
-from tests.conftest import write_jsonl
 
 
 @pytest.fixture
@@ -119,8 +124,12 @@ def test_early_stopping_counts_evaluations_without_improvement(
 ) -> None:
     cfg = TrainConfig(early_stopping=EarlyStopping(metric=metric, patience=3))  # type: ignore[arg-type]
     feed = iter(values)
-    hooks = Hooks(evaluate=lambda: {metric: next(feed)}, save_checkpoint=print, log=lambda s, m: None,
-                  progress=lambda *a: None)
+    hooks = Hooks(
+        evaluate=lambda: {metric: next(feed)},
+        save_checkpoint=print,
+        log=lambda s, m: None,
+        progress=lambda *a: None,
+    )
     state = TrainState()
     stopped_at = None
     for i in range(len(values)):

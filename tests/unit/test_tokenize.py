@@ -31,7 +31,7 @@ LLAMA3_LIKE = (
 def labelled_runs(tokenizer: Any, example: dict) -> list[str]:
     """Decode each contiguous run of labelled tokens."""
     runs, current = [], []
-    for token, label in zip(example["input_ids"], example["labels"]):
+    for token, label in zip(example["input_ids"], example["labels"], strict=True):
         if label != IGNORE_INDEX:
             assert label == token
             current.append(token)

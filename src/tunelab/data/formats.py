@@ -46,7 +46,9 @@ def read_rows(path: str | Path) -> tuple[list[Row], RowProblems]:
     """Read every row of a JSONL/CSV/TSV file; rows that cannot be parsed become problems."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"data file not found: {path.resolve()}", fix="check the path in the recipe's data section")
+        raise DataError(
+            f"data file not found: {path.resolve()}", fix="check the path in the recipe's data section"
+        )
     suffix = path.suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
         raise DataError(
@@ -60,7 +62,7 @@ def read_rows(path: str | Path) -> tuple[list[Row], RowProblems]:
             raise DataError(
                 f"{path}: no line of this file is a JSON object; is it really JSONL?",
                 problems=problems.items[:3],
-                fix="write one JSON object per line, e.g. {\"text\": \"...\", \"label\": \"...\"}",
+                fix='write one JSON object per line, e.g. {"text": "...", "label": "..."}',
             )
     else:
         rows = list(_delimited_rows(path, "\t" if suffix == ".tsv" else ","))
@@ -195,10 +197,7 @@ def _check_columns_exist(path: str | Path, rows: list[Row], columns: dict[str, s
 def build_label_map(records: list[Labeled]) -> dict[str, int]:
     """Label name -> id. Integer-like labels keep numeric order (0, 1, 2, ...), others sort by name."""
     names = {r.label for r in records}
-    if all(_is_int(n) for n in names):
-        ordered = sorted(names, key=int)
-    else:
-        ordered = sorted(names)
+    ordered = sorted(names, key=int) if all(_is_int(n) for n in names) else sorted(names)
     return {name: i for i, name in enumerate(ordered)}
 
 

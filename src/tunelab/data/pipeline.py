@@ -37,12 +37,16 @@ def load_records(recipe: Recipe) -> Records:
     paths = {split: getattr(recipe.data, split) for split in SPLITS if getattr(recipe.data, split)}
     if recipe.task == "sft":
         return Records(splits={split: load_chats(path) for split, path in paths.items()})
-    columns = {
-        "text_column": recipe.data.text_column,
-        "label_column": recipe.data.label_column,
-        "text_pair_column": recipe.data.text_pair_column,
+    data = recipe.data
+    splits: dict[str, list[Any]] = {
+        split: load_labeled(
+            path,
+            text_column=data.text_column,
+            label_column=data.label_column,
+            text_pair_column=data.text_pair_column,
+        )
+        for split, path in paths.items()
     }
-    splits: dict[str, list[Any]] = {split: load_labeled(path, **columns) for split, path in paths.items()}
     label_map = build_label_map(splits["train"])
     if len(label_map) < 2:
         raise DataError(
@@ -76,7 +80,9 @@ def _as(items: list[Any], kind: type) -> list[Any]:
     return items
 
 
-def _preflight(split: str, recipe: Recipe, examples: list[Example], stats: TokenizeStats, notes: list[str]) -> None:
+def _preflight(
+    split: str, recipe: Recipe, examples: list[Example], stats: TokenizeStats, notes: list[str]
+) -> None:
     """Stop before training when nothing can be learned; say what was truncated or left out."""
     max_len = recipe.train.max_seq_len
     if stats.truncated:

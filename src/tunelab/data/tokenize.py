@@ -24,7 +24,9 @@ class TokenizeStats:
     without_targets: list[str] = field(default_factory=list)  # sources of examples left with no label
 
 
-def tokenize_chats(tokenizer: Any, chats: list[Chat], max_seq_len: int) -> tuple[list[Example], TokenizeStats]:
+def tokenize_chats(
+    tokenizer: Any, chats: list[Chat], max_seq_len: int
+) -> tuple[list[Example], TokenizeStats]:
     """Tokenise conversations; labels are the token ids inside assistant spans, IGNORE_INDEX elsewhere."""
     if not getattr(tokenizer, "is_fast", False):
         raise DataError(
@@ -37,7 +39,10 @@ def tokenize_chats(tokenizer: Any, chats: list[Chat], max_seq_len: int) -> tuple
         text, spans = render_chat(tokenizer, chat)
         encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
-        labels = [tok if _in_spans(start, end, spans) else IGNORE_INDEX for tok, (start, end) in zip(ids, offsets)]
+        labels = [
+            tok if _in_spans(start, end, spans) else IGNORE_INDEX
+            for tok, (start, end) in zip(ids, offsets, strict=True)
+        ]
         stats.examples += 1
         if len(ids) > max_seq_len:
             stats.truncated += 1
@@ -74,7 +79,7 @@ def tokenize_labeled(
             # Re-encode rather than slice, so the tokenizer keeps its closing special tokens ([SEP]).
             stats.truncated += 1
             encoded = tokenizer(record.text, record.text_pair, truncation=True, max_length=max_seq_len)
-        example = {k: list(v) for k, v in encoded.items() if k in ("input_ids", "token_type_ids")}
+        example: Example = {k: list(v) for k, v in encoded.items() if k in ("input_ids", "token_type_ids")}
         example["label"] = label_map[record.label]
         examples.append(example)
     return examples, stats

@@ -64,7 +64,9 @@ def _load_weights(
             output_loading_info=True,
             **common,
         )
-    return AutoModelForCausalLM.from_pretrained(source, dtype=dtype, output_loading_info=True, **common)
+    return AutoModelForCausalLM.from_pretrained(  # type: ignore[return-value]
+        source, dtype=dtype, output_loading_info=True, **common
+    )
 
 
 def _resolve_source(name: str) -> tuple[str, bool]:

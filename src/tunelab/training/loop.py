@@ -50,7 +50,9 @@ class MicroBatches:
     and skipping already-seen batches costs nothing (no data is read to skip it).
     """
 
-    def __init__(self, examples: list[Example], batch_size: int, seed: int, pad_token_id: int, accelerator: Any):
+    def __init__(
+        self, examples: list[Example], batch_size: int, seed: int, pad_token_id: int, accelerator: Any
+    ):
         self.examples = examples
         self.batch_size = batch_size
         self.seed = seed
@@ -70,7 +72,10 @@ class MicroBatches:
             world, rank = self.accelerator.num_processes, self.accelerator.process_index
             perm += perm[: (-len(perm)) % world]  # wrap so every process gets as many batches
             mine = perm[rank::world]
-            self._order = (epoch, [mine[i : i + self.batch_size] for i in range(0, len(mine), self.batch_size)])
+            self._order = (
+                epoch,
+                [mine[i : i + self.batch_size] for i in range(0, len(mine), self.batch_size)],
+            )
         return self._order[1]
 
     def next(self, state: TrainState) -> Batch:
@@ -86,7 +91,9 @@ class MicroBatches:
         return {k: v.to(self.accelerator.device) for k, v in batch.items()}
 
 
-def eval_batches(examples: list[Example], batch_size: int, pad_token_id: int, accelerator: Any) -> Iterator[Batch]:
+def eval_batches(
+    examples: list[Example], batch_size: int, pad_token_id: int, accelerator: Any
+) -> Iterator[Batch]:
     """Each process evaluates its own slice, in file order; metrics are summed across processes."""
     mine = examples[accelerator.process_index :: accelerator.num_processes]
     for i in range(0, len(mine), batch_size):
@@ -101,7 +108,9 @@ class StepResult:
     tokens: int  # non-padding input tokens, all processes
 
 
-def accumulate_gradients(model: Any, objective: Objective, micro_batches: list[Batch], accelerator: Any) -> StepResult:
+def accumulate_gradients(
+    model: Any, objective: Objective, micro_batches: list[Batch], accelerator: Any
+) -> StepResult:
     """Forward and backward over one optimizer step's micro-batches.
 
     Each micro-batch contributes loss_sum / total_targets, where the total covers every micro-batch
@@ -109,7 +118,10 @@ def accumulate_gradients(model: Any, objective: Objective, micro_batches: list[B
     a mean of per-micro-batch means, which over-weights tokens in short micro-batches.
     """
     local = torch.tensor(
-        [sum(objective.count_targets(b) for b in micro_batches), sum(int(b["attention_mask"].sum()) for b in micro_batches)],
+        [
+            sum(objective.count_targets(b) for b in micro_batches),
+            sum(int(b["attention_mask"].sum()) for b in micro_batches),
+        ],
         device=accelerator.device,
     )
     total_targets, total_tokens = (int(x) for x in accelerator.reduce(local, "sum"))
@@ -131,7 +143,7 @@ class Hooks:
     """What the loop reports to and asks of the outside world (run folder, progress bar)."""
 
     evaluate: Callable[[], dict[str, float]] | None  # None when there is no validation split
-    save_checkpoint: Callable[[int], None]
+    save_checkpoint: Callable[[int], object]
     log: Callable[[int, dict[str, float]], None]
     progress: Callable[[int, float, float], None]  # (step, loss, tokens/s)
 
@@ -177,7 +189,9 @@ def fit(
     return state
 
 
-def _optimizer_step(model: Any, optimizer: Any, scheduler: Any, cfg: TrainConfig, accelerator: Any) -> float | None:
+def _optimizer_step(
+    model: Any, optimizer: Any, scheduler: Any, cfg: TrainConfig, accelerator: Any
+) -> float | None:
     grad_norm = None
     if cfg.max_grad_norm is not None:
         grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))
@@ -218,7 +232,9 @@ def _evaluate_and_maybe_stop(hooks: Hooks, cfg: TrainConfig, state: TrainState) 
     value = metrics[stopping.metric]
     higher_is_better = stopping.metric.endswith("accuracy")
     best = state.best_metric
-    if best is None or (value > best + stopping.min_delta if higher_is_better else value < best - stopping.min_delta):
+    if best is None or (
+        value > best + stopping.min_delta if higher_is_better else value < best - stopping.min_delta
+    ):
         state.best_metric, state.evals_since_best = value, 0
         return
     state.evals_since_best += 1
