@@ -87,7 +87,8 @@ def train(
     from tunelab.runner import load_and_train  # heavy imports (torch, transformers) only when needed
 
     result = load_and_train(str(recipe), set_ or [], resume, console)
-    _print_result(result.summary)
+    if result.is_main_process:
+        _print_result(result.summary)
 
 
 def _print_result(summary: dict[str, Any]) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import broadcast_object_list, set_seed
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -38,13 +38,17 @@ from tunelab.training.schedule import build_optimizer, build_scheduler, total_st
 class TrainResult:
     run_dir: Path
     summary: dict[str, Any]
+    is_main_process: bool = True  # under DDP every process returns; only the main one should report
 
 
 def train(recipe: Recipe, *, resume: Path | None = None, console: Console | None = None) -> TrainResult:
-    console = console or Console(stderr=True, soft_wrap=True)
     started = time.time()
     set_seed(recipe.train.seed)  # before loading: the new head and LoRA weights are drawn from it
-    accelerator = Accelerator()
+    # CUDA when present, else CPU; cpu=True is also what lets torchrun/accelerate launch run DDP on CPU (gloo).
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    if not accelerator.is_main_process:
+        console = Console(quiet=True)  # one voice under DDP
+    console = console or Console(stderr=True, soft_wrap=True)
     resume_from = _checkpoint_to_resume(resume, recipe, console) if resume else None
 
     records = load_records(recipe)
@@ -61,7 +65,7 @@ def train(recipe: Recipe, *, resume: Path | None = None, console: Console | None
         f"- {recipe.method.name} on {loaded.source}"
     )
 
-    run_dir = resume if resume else create_run_dir(recipe)
+    run_dir = resume if resume else _shared_run_dir(recipe, accelerator)
     summary = _initial_summary(recipe, run_dir, loaded.source, data, trainable, total, resume)
     if accelerator.is_main_process:
         write_summary(run_dir, summary)
@@ -88,7 +92,7 @@ def train(recipe: Recipe, *, resume: Path | None = None, console: Console | None
         if accelerator.is_main_process:
             write_summary(run_dir, summary)
         raise
-    return TrainResult(run_dir=run_dir, summary=summary)
+    return TrainResult(run_dir=run_dir, summary=summary, is_main_process=accelerator.is_main_process)
 
 
 def _train_in_run_dir(
@@ -191,6 +195,13 @@ def load_and_train(path: str, overrides: list[str], resume: Path | None, console
 
 # ---------------------------------------------------------------------------------------------
 # helpers
+
+
+def _shared_run_dir(recipe: Recipe, accelerator: Accelerator) -> Path:
+    """The main process names and creates the folder; the others are told its name."""
+    name = [str(create_run_dir(recipe)) if accelerator.is_main_process else None]
+    broadcast_object_list(name)
+    return Path(str(name[0]))
 
 
 def _checkpoint_to_resume(run_dir: Path, recipe: Recipe, console: Console) -> Path:
