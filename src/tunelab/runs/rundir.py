@@ -1,0 +1,86 @@
+"""The run folder: runs/<name>-<timestamp>/ with recipe, metrics, summary, checkpoints and final/.
+
+summary.json is rewritten atomically at every status change, so a reader never sees half a file,
+and `status: completed` (with final/) is written only when the run really finished.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from tunelab.config import Recipe, recipe_to_yaml
+from tunelab.errors import TunelabError
+
+SUMMARY = "summary.json"
+
+
+def create_run_dir(recipe: Recipe) -> Path:
+    parent = Path(recipe.output.dir)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run_dir = parent / f"{recipe.name}-{stamp}"
+    suffix = 2
+    while run_dir.exists():  # two runs started in the same second
+        run_dir = parent / f"{recipe.name}-{stamp}-{suffix}"
+        suffix += 1
+    run_dir.mkdir(parents=True)
+    write_text_atomic(run_dir / "recipe.yaml", recipe_to_yaml(recipe))
+    return run_dir
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
+    write_text_atomic(run_dir / SUMMARY, json.dumps(summary, indent=2, sort_keys=False) + "\n")
+
+
+def read_summary(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / SUMMARY
+    if not path.is_file():
+        raise TunelabError(f"{run_dir} is not a tunelab run folder (no {SUMMARY})")
+    return dict(json.loads(path.read_text(encoding="utf-8")))
+
+
+class MetricsLog:
+    """One JSON line per log step in metrics.jsonl, mirrored to TensorBoard."""
+
+    def __init__(self, run_dir: Path, enabled: bool = True, resume_step: int | None = None):
+        self.enabled = enabled
+        self.path = run_dir / "metrics.jsonl"
+        self.writer: Any = None
+        if not enabled:
+            return
+        if resume_step is not None:
+            self._drop_lines_after(resume_step)  # the interrupted run logged past its last checkpoint
+        from torch.utils.tensorboard import SummaryWriter  # imported late: it is slow to import
+
+        purge = None if resume_step is None else resume_step + 1
+        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=purge)
+
+    def _drop_lines_after(self, step: int) -> None:
+        if not self.path.is_file():
+            return
+        lines = self.path.read_text(encoding="utf-8").splitlines()
+        kept = [line for line in lines if json.loads(line)["step"] <= step]
+        write_text_atomic(self.path, "".join(f"{line}\n" for line in kept))
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"step": step, **values}) + "\n")
+        for key, value in values.items():
+            split = key.split("_", 1)[0]
+            tag = key.replace("_", "/", 1) if split in ("val", "test") else f"train/{key}"
+            self.writer.add_scalar(tag, value, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
