@@ -171,6 +171,27 @@ CHATS = [
     {"messages": [{"role": "user", "content": "Lost card"}, {"role": "assistant", "content": "Blocked it."}]},
 ]
 
+VAL_CHATS = [
+    {
+        "messages": [
+            {"role": "user", "content": "Is my card blocked?"},
+            {"role": "assistant", "content": "Yes it is."},
+        ]
+    },
+    {
+        "messages": [
+            {"role": "user", "content": "Send 10 to Anna"},
+            {"role": "assistant", "content": "Sent 10."},
+        ]
+    },
+    {
+        "messages": [
+            {"role": "user", "content": "Good morning"},
+            {"role": "assistant", "content": "Morning! How can I help?"},
+        ]
+    },
+]
+
 LABELED = [
     {"text": "what is my balance", "label": "balance"},
     {"text": "how much money do I have", "label": "balance"},
@@ -182,15 +203,22 @@ LABELED = [
     {"text": "please transfer money", "label": "transfer"},
 ]
 
+VAL_LABELED = [
+    {"text": "balance please", "label": "balance"},
+    {"text": "wire 20 euros to Tom", "label": "transfer"},
+    {"text": "someone stole my card", "label": "card"},
+    {"text": "how much is left in my account", "label": "balance"},
+]
+
 
 def make_recipe(tmp_path: Path, model_dir: Path, task: str, **sections: dict[str, Any]) -> Path:
     """Write data and a recipe into tmp_path; `sections` update the recipe's sections."""
     if task == "sft":
         train = write_jsonl(tmp_path / "train.jsonl", CHATS)
-        val = write_jsonl(tmp_path / "val.jsonl", CHATS[:3])
+        val = write_jsonl(tmp_path / "val.jsonl", VAL_CHATS)
     else:
         train = write_jsonl(tmp_path / "train.jsonl", LABELED)
-        val = write_jsonl(tmp_path / "val.jsonl", LABELED[:4])
+        val = write_jsonl(tmp_path / "val.jsonl", VAL_LABELED)
     recipe: dict[str, Any] = {
         "name": f"tiny-{task}",
         "task": task,

@@ -46,17 +46,97 @@ class ModelConfig(Section):
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) to load.")
 
 
+DataFormat = Literal[
+    "auto",
+    "chat",
+    "sharegpt",
+    "alpaca",
+    "prompt_completion",
+    "text",
+    "labeled",
+    "multiple_choice",
+    "preference",
+]
+
+
+class NearDedup(Section):
+    enabled: bool = Field(True, description="Remove near-duplicates (MinHash LSH over character shingles).")
+    threshold: float = Field(
+        0.8,
+        gt=0,
+        le=1,
+        description="Estimated Jaccard similarity at or above which two texts are near-duplicates.",
+    )
+    shingle_size: int = Field(
+        5, ge=1, description="Characters per shingle (5 suits short texts and long ones)."
+    )
+    num_perm: int = Field(128, ge=16, description="MinHash permutations: more is more precise and slower.")
+
+
+class SplitRatios(Section):
+    validation: float = Field(
+        0.0, ge=0, lt=1, description="Share of train held out as validation when no file."
+    )
+    test: float = Field(0.0, ge=0, lt=1, description="Share of train held out as test when no file is given.")
+
+
 class DataConfig(Section):
-    train: ExistingFile = Field(description="Training data file (.jsonl or .csv).")
+    train: ExistingFile = Field(
+        description="Training data: .jsonl, .json, .csv, .tsv, .parquet or .txt (.gz too)."
+    )
     validation: ExistingFile | None = Field(
         None, description="Validation file, evaluated every train.eval_every."
     )
     test: ExistingFile | None = Field(None, description="Test file, evaluated before and after training.")
-    text_column: str = Field("text", description="classify: the column holding the text.")
-    text_pair_column: str | None = Field(
-        None, description="classify: optional second text column (sentence-pair tasks)."
+    format: DataFormat = Field(
+        "auto", description="Input format; auto detects it from the fields of the first rows."
     )
-    label_column: str = Field("label", description="classify: the column holding the label.")
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="Rename source columns to the format's fields, e.g. {prompt: dialogue, completion: summary}.",
+    )
+    text_unit: Literal["line", "file"] = Field(
+        "line", description=".txt files: one document per line or per file."
+    )
+    text_column: str = Field("text", description="labeled/text formats: the column holding the text.")
+    text_pair_column: str | None = Field(None, description="labeled: optional second text column (pairs).")
+    label_column: str = Field("label", description="labeled: the column holding the label.")
+    on_error: Literal["fail", "skip"] = Field(
+        "fail", description="Bad rows: fail lists them and stops; skip leaves them out and counts them."
+    )
+    normalize: bool = Field(True, description="Unicode NFC, control characters removed, whitespace tidied.")
+    dedup: bool = Field(
+        True, description="Remove exact duplicates (after normalisation, ignoring case) from train."
+    )
+    near_dedup: NearDedup = Field(default_factory=NearDedup, description="Near-duplicate removal from train.")
+    pii: Literal["off", "mask", "drop", "report"] = Field(
+        "report",
+        description="Emails, phones, cards, IPs, IBANs: mask with <EMAIL>-style placeholders, drop the row, "
+        "or only count them (report).",
+    )
+    min_tokens: int = Field(1, ge=0, description="Drop examples shorter than this many tokens (counted).")
+    max_tokens: int | None = Field(
+        None, gt=0, description="Drop examples longer than this many tokens before truncation (counted)."
+    )
+    truncation: Literal["truncate", "drop"] = Field(
+        "truncate", description="Examples over train.max_seq_len: cut at the limit, or leave out (counted)."
+    )
+    template: Literal["auto", "chatml", "llama3", "alpaca"] = Field(
+        "auto", description="Chat template: auto uses the tokenizer's own, else chatml."
+    )
+    balance: Literal["none", "oversample", "undersample"] = Field(
+        "none", description="classify: even out label counts in train by repeating or leaving out examples."
+    )
+    split: SplitRatios = Field(
+        default_factory=SplitRatios, description="Hold-out shares when files are missing."
+    )
+    leakage: Literal["drop", "fail"] = Field(
+        "drop",
+        description="Train rows that (near-)duplicate validation/test/contamination rows: drop or fail.",
+    )
+    contamination: list[ExistingFile] = Field(
+        default_factory=list, description="Extra files (e.g. a benchmark) that train must not overlap."
+    )
 
 
 class FullMethod(Section):
@@ -110,6 +190,9 @@ class TrainConfig(Section):
     save_every: int = Field(100, gt=0, description="Write a checkpoint every this many steps.")
     keep_last: int = Field(2, ge=1, description="Checkpoints to keep; older ones are deleted.")
     log_every: int = Field(10, gt=0, description="Write a metrics.jsonl line every this many steps.")
+    packing: bool = Field(
+        False, description="sft: pack examples into max_seq_len rows; attention never crosses examples."
+    )
     early_stopping: EarlyStopping | None = Field(
         None,
         description="Stop when a validation metric stops improving, e.g. {metric: val_loss, patience: 3}.",
@@ -132,8 +215,8 @@ class Recipe(Section):
     model: ModelConfig = Field(description="The pre-trained model to start from.")
     data: DataConfig = Field(description="Where the data is and which columns to read.")
     method: MethodConfig = Field(description="Which weights move: full, freeze or lora.")
-    train: TrainConfig = Field(default_factory=TrainConfig, description="The training loop's settings.")  # type: ignore[arg-type]
-    output: OutputConfig = Field(default_factory=OutputConfig, description="Where run folders go.")  # type: ignore[arg-type]
+    train: TrainConfig = Field(default_factory=TrainConfig, description="The training loop's settings.")
+    output: OutputConfig = Field(default_factory=OutputConfig, description="Where run folders go.")
 
     @model_validator(mode="after")
     def _cross_field_checks(self) -> Recipe:

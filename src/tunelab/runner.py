@@ -22,7 +22,9 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from tunelab.config import Recipe, load_recipe, recipe_to_yaml
-from tunelab.data.pipeline import PreparedData, load_records, tokenize_records
+from tunelab.data.packing import check_packing_supported, collate_packed
+from tunelab.data.pipeline import PreparedData, load_records, tokenize_records, write_prepared
+from tunelab.data.tokenize import collate
 from tunelab.errors import TunelabError
 from tunelab.evaluation.metrics import evaluate
 from tunelab.models.load import load_model
@@ -65,10 +67,14 @@ def train(recipe: Recipe, *, resume: Path | None = None, console: Console | None
         f"- {recipe.method.name} on {loaded.source}"
     )
 
+    if data.packed:
+        check_packing_supported(model)
+
     run_dir = resume if resume else _shared_run_dir(recipe, accelerator)
     summary = _initial_summary(recipe, run_dir, loaded.source, data, trainable, total, resume)
     if accelerator.is_main_process:
         write_summary(run_dir, summary)
+        write_prepared(run_dir / "data", records, data)  # exactly what is trained on, and report.json
     try:
         summary = _train_in_run_dir(
             recipe,
@@ -109,7 +115,7 @@ def _train_in_run_dir(
 ) -> dict[str, Any]:
     cfg, objective = recipe.train, OBJECTIVES[recipe.task]
     pad_id = tokenizer.pad_token_id
-    batches = MicroBatches(data.splits["train"], cfg.batch_size, cfg.seed, pad_id, accelerator)
+    batches = _train_batches(recipe, data, pad_id, accelerator)
     steps = total_steps(cfg, batches.per_epoch)
     optimizer = build_optimizer(model, cfg)
     # The scheduler is not passed to prepare(): accelerate's wrapper steps it once per process.
@@ -167,6 +173,14 @@ def _train_in_run_dir(
     if accelerator.is_main_process:
         write_summary(run_dir, summary)
     return summary
+
+
+def _train_batches(recipe: Recipe, data: PreparedData, pad_id: int, accelerator: Accelerator) -> MicroBatches:
+    cfg = recipe.train
+    collate_fn = collate_packed if data.packed else collate
+    return MicroBatches(
+        data.splits["train"], cfg.batch_size, cfg.seed, pad_id, accelerator, collate_fn=collate_fn
+    )
 
 
 def export_final(model: Any, tokenizer: Any, run_dir: Path, recipe: Recipe, data: PreparedData) -> Path:

@@ -1,100 +1,218 @@
-"""Reading data: every bad row is named as file:line: reason, nothing is dropped silently."""
+"""Every format in, canonical records out; every bad row named as file:line: reason."""
 
 from __future__ import annotations
 
+import gzip
+import json
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import write_jsonl
-from tunelab.data.formats import build_label_map, load_chats, load_labeled
-from tunelab.data.records import Labeled
+from tunelab.data.formats import Columns, build_label_map, load_split
+from tunelab.data.records import Chat, Labeled, Message, Preference, Text
 from tunelab.errors import DataError
 
-GOOD = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+
+def one(path: Path, **kwargs) -> object:
+    split = load_split(path, **kwargs)
+    assert len(split.records) == 1
+    return split.records[0]
 
 
-def test_chat_rows_become_canonical_records_with_weights(tmp_path: Path) -> None:
+def test_openai_chat_with_system_and_weights(tmp_path: Path) -> None:
     row = {
+        "system": "Be brief.",
         "messages": [
-            {"role": "system", "content": "Be brief."},
             {"role": "user", "content": "hi"},
             {"role": "assistant", "content": "draft", "weight": 0},
             {"role": "user", "content": "again"},
             {"role": "assistant", "content": "hello"},
+        ],
+    }
+    chat = one(write_jsonl(tmp_path / "c.jsonl", [row]))
+    assert isinstance(chat, Chat)
+    assert [(m.role, m.content, m.weight) for m in chat.messages] == [
+        ("system", "Be brief.", None), ("user", "hi", None), ("assistant", "draft", 0),
+        ("user", "again", None), ("assistant", "hello", None),
+    ]  # fmt: skip
+    assert chat.source == f"{tmp_path / 'c.jsonl'}:1"
+
+
+def test_sharegpt(tmp_path: Path) -> None:
+    row = {
+        "conversations": [
+            {"from": "system", "value": "S"},
+            {"from": "human", "value": "Q"},
+            {"from": "gpt", "value": "A"},
         ]
     }
-    (chat,) = load_chats(write_jsonl(tmp_path / "c.jsonl", [row]))
-    assert [m.role for m in chat.messages] == ["system", "user", "assistant", "user", "assistant"]
-    assert chat.messages[2].weight == 0 and chat.messages[4].weight is None
-    assert chat.source.endswith("c.jsonl:1")
+    chat = one(write_jsonl(tmp_path / "s.jsonl", [row]))
+    assert chat == Chat((Message("system", "S"), Message("user", "Q"), Message("assistant", "A")))
 
 
-def test_every_bad_chat_row_is_listed_with_its_line(tmp_path: Path) -> None:
-    lines = [
-        '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}]}',
-        '{"text": "no messages here"}',
-        '{"messages": [{"role": "robot", "content": "beep"}, {"role": "assistant", "content": "ok"}]}',
-        '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "  "}]}',
-        '{"messages": [{"role": "user", "content": "only a question"}]}',
-        "",
-        '{"messages": [{"role": "user", "content": "hi"}, ',
-    ]
+@pytest.mark.parametrize(
+    ("row", "user"),
+    [
+        ({"instruction": "Add", "input": "2 and 3", "output": "5"}, "Add\n\n2 and 3"),
+        ({"instruction": "Say hi", "input": "", "output": "hi"}, "Say hi"),
+    ],
+)
+def test_alpaca_with_and_without_input(tmp_path: Path, row: dict, user: str) -> None:
+    chat = one(write_jsonl(tmp_path / "a.jsonl", [row]))
+    assert chat == Chat((Message("user", user), Message("assistant", row["output"])))
+
+
+def test_prompt_completion(tmp_path: Path) -> None:
+    chat = one(write_jsonl(tmp_path / "p.jsonl", [{"prompt": "2+2=", "completion": "4"}]))
+    assert chat == Chat((Message("user", "2+2="), Message("assistant", "4")))
+
+
+def test_plain_text_per_line_and_per_file(tmp_path: Path) -> None:
+    path = tmp_path / "t.txt"
+    path.write_text("first line\n\nsecond line\n", encoding="utf-8")
+    split = load_split(path)
+    assert split.format == "text" and [r.text for r in split.records] == ["first line", "second line"]
+    assert [r.source for r in split.records] == [f"{path}:1", f"{path}:3"]
+    assert load_split(path, text_unit="file").records == [Text("first line\n\nsecond line\n")]
+
+
+def test_labeled_text_with_pairs_and_configured_columns(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "l.jsonl", [{"s1": "a cat", "s2": "a dog", "y": 1}])
+    record = one(path, columns=Columns(text="s1", text_pair="s2", label="y"))
+    assert record == Labeled(text="a cat", text_pair="a dog", label="1")
+
+
+def test_multiple_choice_becomes_labeled_text(tmp_path: Path) -> None:
+    row = {"question": "2+2?", "choices": ["3", "4", "5"], "answer": 1}
+    record = one(write_jsonl(tmp_path / "m.jsonl", [row]))
+    assert record == Labeled(text="2+2?\nA. 3\nB. 4\nC. 5", label="B")
+
+
+def test_preference_pairs_plain_and_hh_rlhf(tmp_path: Path) -> None:
+    plain = {"prompt": "Q?", "chosen": "good", "rejected": "bad"}
+    hh = {
+        "chosen": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: joke?\n\nAssistant: A pun.",
+        "rejected": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: joke?\n\nAssistant: No.",
+    }
+    records = load_split(write_jsonl(tmp_path / "p.jsonl", [plain, hh]), fmt="preference").records
+    assert records[0] == Preference((Message("user", "Q?"),), "good", "bad")
+    assert records[1] == Preference(
+        (Message("user", "hi"), Message("assistant", "hello"), Message("user", "joke?")), "A pun.", "No."
+    )
+
+
+def test_columns_rename_source_fields(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "d.jsonl", [{"dialogue": "#P1#: hi", "summary1": "a greeting"}])
+    record = one(
+        path,
+        fmt="prompt_completion",
+        columns=Columns(rename={"prompt": "dialogue", "completion": "summary1"}),
+    )
+    assert record == Chat((Message("user", "#P1#: hi"), Message("assistant", "a greeting")))
+
+
+@pytest.mark.parametrize("container", ["json", "csv", "tsv", "parquet", "jsonl.gz"])
+def test_every_container_reads_the_same_rows(tmp_path: Path, container: str) -> None:
+    rows = [{"text": "good film", "label": "pos"}, {"text": "bad film", "label": "neg"}]
+    path = tmp_path / f"data.{container}"
+    if container == "json":
+        path.write_text(json.dumps(rows), encoding="utf-8")
+    elif container in ("csv", "tsv"):
+        sep = "," if container == "csv" else "\t"
+        path.write_text("text" + sep + "label\n" + "".join(f"{r['text']}{sep}{r['label']}\n" for r in rows))
+    elif container == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    else:
+        path.write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode()))
+    split = load_split(path)
+    assert split.format == "labeled"
+    assert [(r.text, r.label) for r in split.records] == [("good film", "pos"), ("bad film", "neg")]
+
+
+BAD_CHATS = [
+    '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}]}',
+    '{"text": "no messages here"}',
+    '{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}',
+    '{"messages": [{"role": "robot", "content": "beep"}, {"role": "assistant", "content": "ok"}]}',
+    '{"messages": [{"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}]}',
+    '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "  "}]}',
+    '{"messages": [{"role": "user", "content": "hi"}, ',
+    '{"messages": [{"role": "user", "content": "e"}, {"role": "assistant", "content": "f"}]}',
+]
+
+
+@pytest.fixture
+def bad_chats(tmp_path: Path) -> Path:
     path = tmp_path / "chats.jsonl"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    path.write_text("\n".join(BAD_CHATS) + "\n", encoding="utf-8")
+    return path
 
+
+def test_fail_lists_every_bad_row_with_its_line(bad_chats: Path) -> None:
     with pytest.raises(DataError) as err:
-        load_chats(path)
-
+        load_split(bad_chats, fmt="chat")
     text = str(err.value)
-    assert "5 bad row(s) out of 6" in text
-    assert f"{path}:2: missing 'messages'" in text
-    assert f"{path}:3: messages[0]: unknown role 'robot'" in text
-    assert f"{path}:4: messages[1]: empty or missing content for role 'assistant'" in text
-    assert f"{path}:5: no assistant message" in text
-    assert f"{path}:7: not valid JSON" in text
+    assert "4 bad row(s) out of 8" in text
+    assert f"{bad_chats}:2: missing 'messages'" in text
+    assert f"{bad_chats}:4: messages[0]: unknown role 'robot'" in text
+    assert f"{bad_chats}:6: messages[1].content: empty" in text
+    assert f"{bad_chats}:7: not valid JSON" in text
+    assert "data.on_error: skip" in text
+
+
+def test_skip_keeps_every_other_row_and_counts_the_bad_ones(bad_chats: Path) -> None:
+    split = load_split(bad_chats, fmt="chat", on_error="skip")
+    assert [r.source.rsplit(":", 1)[1] for r in split.records] == ["1", "3", "5", "8"]
+    assert len(split.bad_rows) == 4 and split.total_rows == 8
 
 
 def test_a_file_that_is_not_json_says_so(tmp_path: Path) -> None:
     path = tmp_path / "train.jsonl"
     path.write_text("text,label\nhello,greeting\n", encoding="utf-8")
     with pytest.raises(DataError, match="no line of this file is a JSON object; is it really JSONL"):
-        load_labeled(path, text_column="text", label_column="label")
+        load_split(path)
 
 
 def test_a_missing_label_column_names_the_columns_and_the_setting(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "t.jsonl", [{"text": "a", "intent": "x"}])
     with pytest.raises(DataError) as err:
-        load_labeled(path, text_column="text", label_column="label")
+        load_split(path, fmt="labeled")
     assert "no column 'label'; the file has: intent, text" in str(err.value)
     assert "set data.label_column" in str(err.value)
+
+
+def test_undetectable_format_names_the_fields(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "x.jsonl", [{"foo": 1, "bar": "x"}])
+    with pytest.raises(DataError, match=r"cannot tell the data format from its fields \(bar, foo\)"):
+        load_split(path)
 
 
 def test_csv_rows_keep_their_line_numbers_across_multiline_fields(tmp_path: Path) -> None:
     path = tmp_path / "t.csv"
     path.write_text('text,label\n"two\nlines",a\n,b\nfine,a\n', encoding="utf-8")
     with pytest.raises(DataError) as err:
-        load_labeled(path, text_column="text", label_column="label")
-    assert f"{path}:4: empty or missing 'text'" in str(err.value)
+        load_split(path)
+    assert f"{path}:4: text: expected text, got NoneType" in str(
+        err.value
+    ) or f"{path}:4: text: empty" in str(err.value)
     assert "1 bad row(s) out of 3" in str(err.value)
 
 
-def test_tsv_and_integer_labels(tmp_path: Path) -> None:
+def test_integer_labels_keep_numeric_order(tmp_path: Path) -> None:
     path = tmp_path / "t.tsv"
     path.write_text("sentence\tlabel\ngood film \t1\nbad film \t0\nok \t10\n", encoding="utf-8")
-    records = load_labeled(path, text_column="sentence", label_column="label")
-    assert [r.label for r in records] == ["1", "0", "10"]
-    assert build_label_map(records) == {"0": 0, "1": 1, "10": 2}  # numeric, not string, order
-
-
-def test_label_map_sorts_names() -> None:
-    records = [Labeled(text="t", label=name) for name in ["pos", "neg", "neu", "neg"]]
-    assert build_label_map(records) == {"neg": 0, "neu": 1, "pos": 2}
+    records = load_split(path, columns=Columns(text="sentence")).records
+    assert build_label_map(records) == {"0": 0, "1": 1, "10": 2}
+    assert build_label_map([Labeled("t", n) for n in ["pos", "neg", "neu"]]) == {"neg": 0, "neu": 1, "pos": 2}
 
 
 def test_missing_file_and_unsupported_type(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="data file not found"):
-        load_chats(tmp_path / "nope.jsonl")
+        load_split(tmp_path / "nope.jsonl")
     (tmp_path / "x.xml").write_text("<a/>", encoding="utf-8")
     with pytest.raises(DataError, match=r"unsupported file type '\.xml'"):
-        load_chats(tmp_path / "x.xml")
+        load_split(tmp_path / "x.xml")

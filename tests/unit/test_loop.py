@@ -12,9 +12,9 @@ from transformers import AutoModelForCausalLM
 
 from tests.conftest import CHATS, write_jsonl
 from tunelab.config import EarlyStopping, TrainConfig
-from tunelab.data.formats import load_chats
+from tunelab.data.formats import load_split
 from tunelab.data.templates import ensure_chat_template
-from tunelab.data.tokenize import collate, tokenize_chats
+from tunelab.data.tokenize import LengthPolicy, collate, tokenize_chats
 from tunelab.training.loop import (
     Hooks,
     MicroBatches,
@@ -28,8 +28,8 @@ from tunelab.training.objectives import OBJECTIVES
 @pytest.fixture
 def examples(tmp_path: Path, tokenizer: Any) -> list[dict]:
     ensure_chat_template(tokenizer)
-    chats = load_chats(write_jsonl(tmp_path / "c.jsonl", CHATS))
-    examples, _ = tokenize_chats(tokenizer, chats, max_seq_len=64)
+    chats = load_split(write_jsonl(tmp_path / "c.jsonl", CHATS)).records
+    examples, _ = tokenize_chats(tokenizer, chats, LengthPolicy(max_seq_len=64))
     assert len(examples) == 8
     return examples
 

@@ -8,7 +8,7 @@ import pytest
 
 from tunelab.data.records import Chat, Message
 from tunelab.data.templates import ensure_chat_template
-from tunelab.data.tokenize import IGNORE_INDEX, collate, tokenize_chats
+from tunelab.data.tokenize import IGNORE_INDEX, LengthPolicy, collate, tokenize_chats
 
 CHAT = Chat(
     messages=(
@@ -45,7 +45,7 @@ def labelled_runs(tokenizer: Any, example: dict) -> list[str]:
 
 def test_builtin_chatml_masks_exactly_the_assistant_turns(tokenizer: Any) -> None:
     assert ensure_chat_template(tokenizer) == "chatml"
-    (example,), stats = tokenize_chats(tokenizer, [CHAT], max_seq_len=512)
+    (example,), stats = tokenize_chats(tokenizer, [CHAT], LengthPolicy(max_seq_len=512))
     # Each answer and its end-of-turn marker carry the loss; system, user and template text do not.
     assert labelled_runs(tokenizer, example) == ["It was due on Monday.<|im_end|>", "Yes: blocked.<|im_end|>"]
     assert stats.truncated == 0
@@ -54,7 +54,7 @@ def test_builtin_chatml_masks_exactly_the_assistant_turns(tokenizer: Any) -> Non
 def test_the_tokenizers_own_template_is_used_and_masked(tokenizer: Any) -> None:
     tokenizer.chat_template = LLAMA3_LIKE
     assert ensure_chat_template(tokenizer) == "tokenizer"
-    (example,), _ = tokenize_chats(tokenizer, [CHAT], max_seq_len=512)
+    (example,), _ = tokenize_chats(tokenizer, [CHAT], LengthPolicy(max_seq_len=512))
     assert example["input_ids"][0] == tokenizer.bos_token_id
     assert labelled_runs(tokenizer, example) == ["It was due on Monday.</s>", "Yes: blocked.</s>"]
 
@@ -63,21 +63,21 @@ def test_weight_zero_turns_carry_no_loss(tokenizer: Any) -> None:
     ensure_chat_template(tokenizer)
     messages = list(CHAT.messages)
     messages[2] = Message("assistant", "It was due on Monday.", weight=0)
-    (example,), _ = tokenize_chats(tokenizer, [Chat(tuple(messages), "t:1")], max_seq_len=512)
+    (example,), _ = tokenize_chats(tokenizer, [Chat(tuple(messages), "t:1")], LengthPolicy(max_seq_len=512))
     assert labelled_runs(tokenizer, example) == ["Yes: blocked.<|im_end|>"]
 
 
 def test_truncation_keeps_the_prefix_and_counts_it(tokenizer: Any) -> None:
     ensure_chat_template(tokenizer)
-    (full,), _ = tokenize_chats(tokenizer, [CHAT], max_seq_len=512)
-    (cut,), stats = tokenize_chats(tokenizer, [CHAT], max_seq_len=len(full["input_ids"]) - 3)
+    (full,), _ = tokenize_chats(tokenizer, [CHAT], LengthPolicy(max_seq_len=512))
+    (cut,), stats = tokenize_chats(tokenizer, [CHAT], LengthPolicy(max_seq_len=len(full["input_ids"]) - 3))
     assert stats.truncated == 1
     assert cut["input_ids"] == full["input_ids"][: len(cut["input_ids"])]
 
 
 def test_examples_without_assistant_tokens_after_truncation_are_reported(tokenizer: Any) -> None:
     ensure_chat_template(tokenizer)
-    examples, stats = tokenize_chats(tokenizer, [CHAT], max_seq_len=8)
+    examples, stats = tokenize_chats(tokenizer, [CHAT], LengthPolicy(max_seq_len=8))
     assert examples == []
     assert stats.without_targets == ["test:1"]
 
@@ -92,9 +92,11 @@ def test_collate_pads_right_and_masks_padding() -> None:
 @pytest.mark.parametrize("with_pair", [False, True])
 def test_classification_examples_carry_label_ids(tokenizer: Any, with_pair: bool) -> None:
     from tunelab.data.records import Labeled
-    from tunelab.data.tokenize import tokenize_labeled
+    from tunelab.data.tokenize import LengthPolicy, tokenize_labeled
 
     record = Labeled(text="lost my card", label="card", text_pair="please help" if with_pair else None)
-    (example,), stats = tokenize_labeled(tokenizer, [record], {"balance": 0, "card": 1}, max_seq_len=4)
+    (example,), stats = tokenize_labeled(
+        tokenizer, [record], {"balance": 0, "card": 1}, LengthPolicy(max_seq_len=4)
+    )
     assert example["label"] == 1
     assert len(example["input_ids"]) == 4 and stats.truncated == 1

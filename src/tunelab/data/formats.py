@@ -1,193 +1,350 @@
-"""Read data files into canonical records, naming file, line and reason for every bad row.
+"""Detect a file's format and convert each row, once, into a canonical record.
 
-A bad row is never dropped silently: the loaders collect every problem and raise one DataError that
-lists the first `MAX_LISTED` of them and the total count.
+Formats: OpenAI chat (`messages`), ShareGPT (`conversations`), Alpaca (`instruction`/`input`/
+`output`), prompt/completion, plain text, labelled text, multiple choice (MMLU style) and preference
+pairs (`prompt`/`chosen`/`rejected`, or HH-RLHF dialogues). Every bad row becomes a
+`file:where: reason` line; `on_error` decides whether they stop the run (fail) or are left out and
+counted (skip). Nothing is dropped silently.
 """
 
 from __future__ import annotations
 
-import csv
-import json
-from collections.abc import Iterator
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunelab.data.records import ROLES, Chat, Labeled, Message
+from tunelab.data.readers import ReadResult, Row, read_file
+from tunelab.data.records import ROLES, Chat, Labeled, Message, Preference, Record, Text
 from tunelab.errors import DataError
 
 MAX_LISTED = 20
-SUPPORTED_SUFFIXES = (".jsonl", ".csv", ".tsv")
-
-Row = tuple[int, dict[str, Any]]  # (1-based line number, the row's fields)
 
 
-class RowProblems:
-    """Collects `file:line: reason` lines and raises them together."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.items: list[str] = []
-
-    def add(self, line: int, reason: str) -> None:
-        self.items.append(f"{self.path}:{line}: {reason}")
-
-    def raise_if_any(self, total_rows: int, fix: str) -> None:
-        if not self.items:
-            return
-        shown = self.items[:MAX_LISTED]
-        more = len(self.items) - len(shown)
-        problems = shown + ([f"... and {more} more"] if more else [])
-        raise DataError(
-            f"{self.path}: {len(self.items)} bad row(s) out of {total_rows}", problems=problems, fix=fix
-        )
+class RowError(Exception):
+    """One row cannot become a record; the message is the reason shown to the user."""
 
 
-def read_rows(path: str | Path) -> tuple[list[Row], RowProblems]:
-    """Read every row of a JSONL/CSV/TSV file; rows that cannot be parsed become problems."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(
-            f"data file not found: {path.resolve()}", fix="check the path in the recipe's data section"
-        )
-    suffix = path.suffix.lower()
-    if suffix not in SUPPORTED_SUFFIXES:
-        raise DataError(
-            f"{path}: unsupported file type {suffix!r}",
-            fix=f"use one of {', '.join(SUPPORTED_SUFFIXES)} (more formats arrive with the data pipeline)",
-        )
-    problems = RowProblems(path)
-    if suffix == ".jsonl":
-        rows = list(_jsonl_rows(path, problems))
-        if not rows and problems.items:
-            raise DataError(
-                f"{path}: no line of this file is a JSON object; is it really JSONL?",
-                problems=problems.items[:3],
-                fix='write one JSON object per line, e.g. {"text": "...", "label": "..."}',
-            )
-    else:
-        rows = list(_delimited_rows(path, "\t" if suffix == ".tsv" else ","))
-    return rows, problems
+@dataclass(frozen=True)
+class Columns:
+    text: str = "text"
+    label: str = "label"
+    text_pair: str | None = None
+    rename: dict[str, str] = field(
+        default_factory=dict
+    )  # format field -> source column, e.g. prompt -> dialogue
+
+    def apply(self, fields: dict[str, Any]) -> dict[str, Any]:
+        if not self.rename:
+            return fields
+        return {**fields, **{name: fields[src] for name, src in self.rename.items() if src in fields}}
 
 
-def _jsonl_rows(path: Path, problems: RowProblems) -> Iterator[Row]:
-    with path.open(encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue  # blank lines (e.g. a trailing newline) are not rows
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as exc:
-                problems.add(line_no, f"not valid JSON ({exc.msg} at column {exc.colno})")
-                continue
-            if not isinstance(value, dict):
-                problems.add(line_no, f"expected a JSON object, got {type(value).__name__}")
-                continue
-            yield line_no, value
-
-
-def _delimited_rows(path: Path, delimiter: str) -> Iterator[Row]:
-    with path.open(encoding="utf-8", newline="") as handle:
-        reader = csv.DictReader(handle, delimiter=delimiter)
-        # reader.line_num is the line a row *ends* on (a quoted field may span lines); +1 would skip the header.
-        start = 2
-        for row in reader:
-            yield start, dict(row)
-            start = reader.line_num + 1
+@dataclass
+class LoadedSplit:
+    path: Path
+    format: str
+    records: list[Any]
+    bad_rows: list[str] = field(default_factory=list)  # "file:where: reason", also for skipped rows
+    total_rows: int = 0
 
 
 # ---------------------------------------------------------------------------------------------
-# Chat records (task: sft)
+# Converters: fields -> record, raising RowError with the reason
 
 
-def load_chats(path: str | Path) -> list[Chat]:
-    """`{"messages": [{"role", "content", "weight"?}, ...]}` per line, as OpenAI chat fine-tuning files."""
-    rows, problems = read_rows(path)
-    total_rows = len(rows) + len(problems.items)  # rows that parsed + rows that were not valid JSON
-    chats: list[Chat] = []
-    for line, row in rows:
-        chat = _parse_chat(row, f"{path}:{line}", lambda reason, line=line: problems.add(line, reason))
-        if chat is not None:
-            chats.append(chat)
-    problems.raise_if_any(
-        total_rows,
-        fix='each line needs {"messages": [{"role": "user", "content": ...}, {"role": "assistant", ...}]}',
-    )
-    if not chats:
-        raise DataError(f"{path}: the file has no rows", fix="point the recipe at a file with data in it")
-    return chats
+def _content(value: Any, where: str, *, required: bool) -> str:
+    if not isinstance(value, str):
+        raise RowError(f"{where}: expected text, got {type(value).__name__}")
+    if required and not value.strip():
+        raise RowError(f"{where}: empty")
+    return value
 
 
-def _parse_chat(row: dict[str, Any], source: str, report: Any) -> Chat | None:
-    messages = row.get("messages")
+def chat_from_messages(messages: Any, system: Any = None) -> tuple[Message, ...]:
     if not isinstance(messages, list) or not messages:
-        report("missing 'messages' (a non-empty list of {role, content})")
-        return None
-    parsed: list[Message] = []
+        raise RowError("missing 'messages' (a non-empty list of {role, content})")
+    parsed = [Message("system", _content(system, "system", required=True))] if system else []
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
-            report(f"messages[{i}] is not an object")
-            return None
-        role, content, weight = message.get("role"), message.get("content"), message.get("weight")
+            raise RowError(f"messages[{i}] is not an object")
+        role, weight = message.get("role"), message.get("weight")
         if role not in ROLES:
-            report(f"messages[{i}]: unknown role {role!r}; expected one of {', '.join(ROLES)}")
-            return None
-        if not isinstance(content, str) or (role == "assistant" and not content.strip()):
-            report(f"messages[{i}]: empty or missing content for role {role!r}")
-            return None
+            raise RowError(f"messages[{i}]: unknown role {role!r}; expected one of {', '.join(ROLES)}")
+        if "content" not in message:
+            raise RowError(f"messages[{i}]: missing content")
+        content = _content(message["content"], f"messages[{i}].content", required=role == "assistant")
         if weight not in (None, 0, 1):
-            report(f"messages[{i}]: weight must be 0 or 1, got {weight!r}")
-            return None
+            raise RowError(f"messages[{i}]: weight must be 0 or 1, got {weight!r}")
         parsed.append(Message(role=role, content=content, weight=weight))
     if not any(m.role == "assistant" for m in parsed):
-        report("no assistant message: nothing to learn from this conversation")
-        return None
-    return Chat(messages=tuple(parsed), source=source)
+        raise RowError("no assistant message: nothing to learn from this conversation")
+    return tuple(parsed)
+
+
+def from_chat(fields: dict[str, Any], columns: Columns) -> Chat:
+    return Chat(chat_from_messages(fields.get("messages"), fields.get("system")))
+
+
+SHAREGPT_ROLES = {
+    "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant",
+    "bard": "assistant", "bing": "assistant", "model": "assistant", "system": "system",
+}  # fmt: skip
+
+
+def from_sharegpt(fields: dict[str, Any], columns: Columns) -> Chat:
+    turns = fields.get("conversations")
+    if not isinstance(turns, list) or not turns:
+        raise RowError("missing 'conversations' (a non-empty list of {from, value})")
+    messages = []
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict):
+            raise RowError(f"conversations[{i}] is not an object")
+        speaker = turn.get("from")
+        if speaker not in SHAREGPT_ROLES:
+            raise RowError(f"conversations[{i}]: unknown speaker {speaker!r}; expected human, gpt or system")
+        messages.append({"role": SHAREGPT_ROLES[speaker], "content": turn.get("value")})
+    return Chat(chat_from_messages(messages, fields.get("system")))
+
+
+def from_alpaca(fields: dict[str, Any], columns: Columns) -> Chat:
+    instruction = _content(fields.get("instruction"), "instruction", required=True)
+    extra = fields.get("input") or ""
+    output = _content(fields.get("output"), "output", required=True)
+    user = (
+        instruction
+        if not str(extra).strip()
+        else f"{instruction}\n\n{_content(extra, 'input', required=False)}"
+    )
+    messages = [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
+    return Chat(chat_from_messages(messages, fields.get("system")))
+
+
+def from_prompt_completion(fields: dict[str, Any], columns: Columns) -> Chat:
+    prompt = _content(fields.get("prompt"), "prompt", required=True)
+    completion = _content(fields.get("completion"), "completion", required=True)
+    return Chat((Message("user", prompt), Message("assistant", completion)))
+
+
+def from_text(fields: dict[str, Any], columns: Columns) -> Text:
+    return Text(_content(fields.get(columns.text), columns.text, required=True))
+
+
+def from_labeled(fields: dict[str, Any], columns: Columns) -> Labeled:
+    text = _content(fields.get(columns.text), columns.text, required=True)
+    pair = (
+        _content(fields.get(columns.text_pair), columns.text_pair, required=True)
+        if columns.text_pair
+        else None
+    )
+    label = fields.get(columns.label)
+    if label is None or (isinstance(label, str) and not label.strip()):
+        raise RowError(f"{columns.label}: empty or missing")
+    if isinstance(label, (dict, list, float)):
+        raise RowError(f"{columns.label}: must be a string or an integer, got {label!r}")
+    return Labeled(text=text, label=str(label).strip(), text_pair=pair)
+
+
+def from_multiple_choice(fields: dict[str, Any], columns: Columns) -> Labeled:
+    """MMLU style {question, choices, answer}: the choices are lettered in the text, the label is the letter."""
+    question = _content(fields.get("question"), "question", required=True)
+    choices, answer = fields.get("choices"), fields.get("answer")
+    if not isinstance(choices, list) or len(choices) < 2:
+        raise RowError("choices: expected a list of two or more options")
+    letters = [chr(ord("A") + i) for i in range(len(choices))]
+    if isinstance(answer, int) and 0 <= answer < len(choices):
+        label = letters[answer]
+    elif isinstance(answer, str) and answer.strip().upper() in letters:
+        label = answer.strip().upper()
+    else:
+        raise RowError(f"answer: expected an index or a letter among {', '.join(letters)}, got {answer!r}")
+    options = "\n".join(f"{letter}. {choice}" for letter, choice in zip(letters, choices, strict=True))
+    return Labeled(text=f"{question}\n{options}", label=label)
+
+
+HH_TURN = re.compile(r"\n\n(Human|Assistant): ")
+
+
+def parse_hh_dialogue(text: str) -> list[Message]:
+    """'\\n\\nHuman: ...\\n\\nAssistant: ...' -> messages (HH-RLHF's whole-dialogue format)."""
+    parts = HH_TURN.split(text)
+    if parts[0].strip() or len(parts) < 3:
+        raise RowError("expected a dialogue of '\\n\\nHuman: ' / '\\n\\nAssistant: ' turns")
+    roles = {"Human": "user", "Assistant": "assistant"}
+    return [Message(roles[speaker], body) for speaker, body in zip(parts[1::2], parts[2::2], strict=True)]
+
+
+def from_preference(fields: dict[str, Any], columns: Columns) -> Preference:
+    chosen, rejected, prompt = fields.get("chosen"), fields.get("rejected"), fields.get("prompt")
+    if prompt is None and isinstance(chosen, str) and isinstance(rejected, str):
+        # HH-RLHF: both are whole dialogues; the shared prompt is everything before the final answer.
+        chosen_turns, rejected_turns = parse_hh_dialogue(chosen), parse_hh_dialogue(rejected)
+        if chosen_turns[-1].role != "assistant" or rejected_turns[-1].role != "assistant":
+            raise RowError("chosen and rejected must both end with an Assistant turn")
+        if chosen_turns[:-1] != rejected_turns[:-1]:
+            raise RowError("chosen and rejected differ before their final Assistant turn (no shared prompt)")
+        prompt_messages = tuple(chosen_turns[:-1])
+        chosen, rejected = chosen_turns[-1].content, rejected_turns[-1].content
+    else:
+        if isinstance(prompt, str):
+            prompt_messages = (Message("user", _content(prompt, "prompt", required=True)),)
+        elif isinstance(prompt, list):
+            prompt_messages = tuple(_prompt_message(m, i) for i, m in enumerate(prompt))
+        else:
+            raise RowError("prompt: missing (a string or a list of messages)")
+        chosen, rejected = _final_answer(chosen, "chosen"), _final_answer(rejected, "rejected")
+    chosen = _content(chosen, "chosen", required=True)
+    rejected = _content(rejected, "rejected", required=True)
+    if chosen == rejected:
+        raise RowError("chosen and rejected are the same answer: nothing to prefer")
+    return Preference(prompt=prompt_messages, chosen=chosen, rejected=rejected)
+
+
+def _prompt_message(message: Any, i: int) -> Message:
+    if not isinstance(message, dict) or message.get("role") not in ROLES:
+        raise RowError(f"prompt[{i}]: expected {{role, content}} with role one of {', '.join(ROLES)}")
+    return Message(message["role"], _content(message.get("content"), f"prompt[{i}].content", required=True))
+
+
+def _final_answer(value: Any, name: str) -> Any:
+    """An answer given as a message list (UltraFeedback style) is its last assistant message."""
+    if isinstance(value, list) and value and isinstance(value[-1], dict):
+        return value[-1].get("content")
+    return value
+
+
+Converter = Callable[[dict[str, Any], Columns], Record]
+CONVERTERS: dict[str, Converter] = {
+    "chat": from_chat,
+    "sharegpt": from_sharegpt,
+    "alpaca": from_alpaca,
+    "prompt_completion": from_prompt_completion,
+    "text": from_text,
+    "labeled": from_labeled,
+    "multiple_choice": from_multiple_choice,
+    "preference": from_preference,
+}
+FORMATS = tuple(CONVERTERS)
+RECORD_KIND = {
+    "chat": "chat", "sharegpt": "chat", "alpaca": "chat", "prompt_completion": "chat", "text": "text",
+    "labeled": "labeled", "multiple_choice": "labeled", "preference": "preference",
+}  # fmt: skip
+
+
+def detect_format(rows: list[Row], columns: Columns, kind: str | None = None) -> str | None:
+    """The format whose telltale fields the first rows carry; None when nothing matches.
+
+    `kind` (chat, labeled, ...) limits the search to formats that give the records a task needs, so
+    a classification file missing its label column is not mistaken for plain text.
+    """
+    keys: set[str] = set()
+    for row in rows[:50]:
+        keys.update(row.fields)
+    rules = [
+        ("chat", {"messages"}),
+        ("sharegpt", {"conversations"}),
+        ("preference", {"chosen", "rejected"}),
+        ("alpaca", {"instruction", "output"}),
+        ("prompt_completion", {"prompt", "completion"}),
+        ("multiple_choice", {"question", "choices", "answer"}),
+        ("labeled", {columns.text, columns.label}),
+        ("text", {columns.text}),
+    ]
+    if kind is not None:
+        rules = [(name, needed) for name, needed in rules if RECORD_KIND[name] == kind]
+    return next((name for name, needed in rules if needed <= keys), None)
 
 
 # ---------------------------------------------------------------------------------------------
-# Labelled records (task: classify)
+# Loading a split
 
 
-def load_labeled(
-    path: str | Path, *, text_column: str, label_column: str, text_pair_column: str | None = None
-) -> list[Labeled]:
-    rows, problems = read_rows(path)
-    problems.raise_if_any(len(rows) + len(problems.items), fix="each line must be one JSON object")
-    if not rows:
-        raise DataError(f"{path}: the file has no rows", fix="point the recipe at a file with data in it")
-    _check_columns_exist(
-        path,
-        rows,
-        {"text_column": text_column, "label_column": label_column, "text_pair_column": text_pair_column},
+def load_split(
+    path: str | Path,
+    *,
+    fmt: str = "auto",
+    columns: Columns | None = None,
+    on_error: str = "fail",
+    text_unit: str = "line",
+    kind: str | None = None,
+) -> LoadedSplit:
+    """Read one file into records. `kind` restricts auto-detection to formats giving that record kind."""
+    columns = columns or Columns()
+    read = read_file(path, text_unit=text_unit)
+    if columns.rename:
+        read.rows = [Row(row.where, columns.apply(row.fields)) for row in read.rows]
+    name = fmt if fmt != "auto" else detect_format(read.rows, columns, kind)
+    if name is None and kind == "labeled":
+        name = "labeled"  # so the missing column is named below
+    if name is None:
+        raise DataError(
+            f"{read.path}: cannot tell the data format from its fields ({_fields(read)})",
+            fix=f"set data.format to one of {', '.join(FORMATS)} (and data.text_column / label_column)",
+        )
+    _check_columns(read, name, columns)
+    split = LoadedSplit(
+        path=read.path, format=name, records=[], bad_rows=list(read.unreadable), total_rows=read.total
     )
-    records: list[Labeled] = []
-    for line, row in rows:
-        text, label = row.get(text_column), row.get(label_column)
-        pair = row.get(text_pair_column) if text_pair_column else None
-        if not isinstance(text, str) or not text.strip():
-            problems.add(line, f"empty or missing {text_column!r}")
-        elif label is None or (isinstance(label, str) and not label.strip()):
-            problems.add(line, f"empty or missing {label_column!r}")
-        elif isinstance(label, (dict, list, float)):
-            problems.add(line, f"{label_column!r} must be a string or an integer, got {label!r}")
-        else:
-            source = f"{path}:{line}"
-            records.append(Labeled(text=text, label=str(label).strip(), text_pair=pair, source=source))
-    problems.raise_if_any(len(rows), fix=f"give every row a non-empty {text_column!r} and {label_column!r}")
-    return records
+    convert = CONVERTERS[name]
+    for row in read.rows:
+        source = f"{read.path}:{row.where}"
+        try:
+            record = convert(row.fields, columns)
+        except RowError as exc:
+            split.bad_rows.append(f"{source}: {exc}")
+            continue
+        split.records.append(_with_source(record, source))
+    if split.bad_rows and on_error == "fail":
+        raise _bad_rows_error(split)
+    if not split.records:
+        raise DataError(f"{read.path}: no usable rows", problems=split.bad_rows[:MAX_LISTED])
+    return split
 
 
-def _check_columns_exist(path: str | Path, rows: list[Row], columns: dict[str, str | None]) -> None:
-    """`columns` maps the recipe setting (data.label_column) to the column name it asks for."""
-    seen: set[str] = set()
-    for _, row in rows:
-        seen.update(row)
-    for setting, column in columns.items():
-        if column is not None and column not in seen:
+def _with_source(record: Record, source: str) -> Record:
+    from dataclasses import replace
+
+    return replace(record, source=source)
+
+
+def _fields(read: ReadResult) -> str:
+    keys: set[str] = set()
+    for row in read.rows[:50]:
+        keys.update(row.fields)
+    return ", ".join(sorted(keys)) or "none"
+
+
+def _check_columns(read: ReadResult, fmt: str, columns: Columns) -> None:
+    """A configured column that no row has is a setting mistake, not a thousand bad rows."""
+    if fmt not in ("labeled", "text"):
+        return
+    settings = {
+        "text_column": columns.text,
+        "label_column": columns.label,
+        "text_pair_column": columns.text_pair,
+    }
+    if fmt == "text":
+        settings = {"text_column": columns.text}
+    keys: set[str] = set()
+    for row in read.rows:
+        keys.update(row.fields)
+    for setting, column in settings.items():
+        if column is not None and column not in keys:
             raise DataError(
-                f"{path}: no column {column!r}; the file has: {', '.join(sorted(seen))}",
+                f"{read.path}: no column {column!r}; the file has: {', '.join(sorted(keys))}",
                 fix=f"set data.{setting} to the right column name",
             )
+
+
+def _bad_rows_error(split: LoadedSplit) -> DataError:
+    shown = split.bad_rows[:MAX_LISTED]
+    more = len(split.bad_rows) - len(shown)
+    return DataError(
+        f"{split.path}: {len(split.bad_rows)} bad row(s) out of {split.total_rows} ({split.format} format)",
+        problems=shown + ([f"... and {more} more"] if more else []),
+        fix="fix these rows, or set data.on_error: skip to leave them out (they are counted in the report)",
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,7 +1,6 @@
 """Canonical records: every input format is converted once, at load time, into one of these.
 
 Everything downstream of loading knows only these records, never the source format.
-(`Text` and `Preference` arrive with the pretrain and preference tasks.)
 """
 
 from __future__ import annotations
@@ -26,8 +25,36 @@ class Chat:
 
 
 @dataclass(frozen=True)
+class Text:
+    text: str
+    source: str = field(default="", compare=False)
+
+
+@dataclass(frozen=True)
 class Labeled:
     text: str
     label: str
     text_pair: str | None = None
     source: str = field(default="", compare=False)
+
+
+@dataclass(frozen=True)
+class Preference:
+    prompt: tuple[Message, ...]  # the shared conversation before the two answers
+    chosen: str
+    rejected: str
+    source: str = field(default="", compare=False)
+
+
+Record = Chat | Text | Labeled | Preference
+
+
+def record_text(record: Record) -> str:
+    """All of a record's text in one string: what dedup, leakage and PII checks look at."""
+    if isinstance(record, Chat):
+        return "\n".join(m.content for m in record.messages)
+    if isinstance(record, Labeled):
+        return record.text if record.text_pair is None else f"{record.text}\n{record.text_pair}"
+    if isinstance(record, Preference):
+        return "\n".join([*(m.content for m in record.prompt), record.chosen, record.rejected])
+    return record.text

@@ -23,18 +23,40 @@ CHATML = (
 )
 
 
+LLAMA3 = (
+    "{{ bos_token or '' }}{% for message in messages %}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+
+# Alpaca's prompt layout; a system message, if any, is the preamble.
+ALPACA = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ message['content'] + '\n\n' }}"
+    "{% elif message['role'] == 'user' %}{{ '### Instruction:\n' + message['content'] + '\n\n' }}"
+    "{% else %}{{ '### Response:\n' + message['content'] + (eos_token or '') + '\n\n' }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '### Response:\n' }}{% endif %}"
+)
+
+BUILTIN_TEMPLATES = {"chatml": CHATML, "llama3": LLAMA3, "alpaca": ALPACA}
+
+
 @dataclass(frozen=True)
 class Span:
     start: int  # character offsets into the rendered text, end exclusive
     end: int
 
 
-def ensure_chat_template(tokenizer: Any) -> str:
-    """Give the tokenizer a template if it has none; return the name of the one in use."""
-    if getattr(tokenizer, "chat_template", None):
-        return "tokenizer"
-    tokenizer.chat_template = CHATML
-    return "chatml"
+def ensure_chat_template(tokenizer: Any, name: str = "auto") -> str:
+    """Set the template to render with; return its name. It is saved with the tokenizer in final/."""
+    if name == "auto":
+        if getattr(tokenizer, "chat_template", None):
+            return "tokenizer"
+        name = "chatml"
+    tokenizer.chat_template = BUILTIN_TEMPLATES[name]
+    return name
 
 
 def render_chat(tokenizer: Any, chat: Chat) -> tuple[str, list[Span]]:

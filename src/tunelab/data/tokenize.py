@@ -17,15 +17,50 @@ IGNORE_INDEX = -100  # label value that carries no loss (torch's cross_entropy d
 Example = dict[str, Any]
 
 
+@dataclass(frozen=True)
+class LengthPolicy:
+    max_seq_len: int
+    truncation: str = "truncate"  # or "drop": leave out examples over max_seq_len
+    min_tokens: int = 1
+    max_tokens: int | None = None  # leave out examples longer than this (before truncation)
+
+
 @dataclass
 class TokenizeStats:
     examples: int = 0
     truncated: int = 0
-    without_targets: list[str] = field(default_factory=list)  # sources of examples left with no label
+    # reason -> sources of the examples left out for it; reasons: too_short, too_long, over_max_seq_len, no_targets
+    dropped: dict[str, list[str]] = field(default_factory=dict)
+
+    def drop(self, reason: str, source: str) -> None:
+        self.dropped.setdefault(reason, []).append(source)
+
+    @property
+    def without_targets(self) -> list[str]:
+        return self.dropped.get("no_targets", [])
+
+    def as_report(self) -> dict[str, Any]:
+        return {
+            "examples": self.examples,
+            "truncated": self.truncated,
+            "dropped": {reason: len(sources) for reason, sources in self.dropped.items()},
+            "dropped_examples": {reason: sources[:5] for reason, sources in self.dropped.items()},
+        }
+
+
+def _length_verdict(n_tokens: int, policy: LengthPolicy) -> str | None:
+    """Why an example of this length is left out, or None to keep (and maybe truncate) it."""
+    if n_tokens < policy.min_tokens:
+        return "too_short"
+    if policy.max_tokens is not None and n_tokens > policy.max_tokens:
+        return "too_long"
+    if n_tokens > policy.max_seq_len and policy.truncation == "drop":
+        return "over_max_seq_len"
+    return None
 
 
 def tokenize_chats(
-    tokenizer: Any, chats: list[Chat], max_seq_len: int
+    tokenizer: Any, chats: list[Chat], policy: LengthPolicy
 ) -> tuple[list[Example], TokenizeStats]:
     """Tokenise conversations; labels are the token ids inside assistant spans, IGNORE_INDEX elsewhere."""
     if not getattr(tokenizer, "is_fast", False):
@@ -36,19 +71,21 @@ def tokenize_chats(
     stats = TokenizeStats()
     examples: list[Example] = []
     for chat in chats:
+        stats.examples += 1
         text, spans = render_chat(tokenizer, chat)
         encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
+        if (reason := _length_verdict(len(ids), policy)) is not None:
+            stats.drop(reason, chat.source)
+            continue
         labels = [
-            tok if _in_spans(start, end, spans) else IGNORE_INDEX
-            for tok, (start, end) in zip(ids, offsets, strict=True)
+            tok if _in_spans(a, b, spans) else IGNORE_INDEX for tok, (a, b) in zip(ids, offsets, strict=True)
         ]
-        stats.examples += 1
-        if len(ids) > max_seq_len:
+        if len(ids) > policy.max_seq_len:
             stats.truncated += 1
-            ids, labels = ids[:max_seq_len], labels[:max_seq_len]
+            ids, labels = ids[: policy.max_seq_len], labels[: policy.max_seq_len]
         if count_causal_targets(labels) == 0:
-            stats.without_targets.append(chat.source)
+            stats.drop("no_targets", chat.source)
             continue
         examples.append({"input_ids": ids, "labels": labels})
     return examples, stats
@@ -68,17 +105,20 @@ def _in_spans(start: int, end: int, spans: list[Span]) -> bool:
 
 
 def tokenize_labeled(
-    tokenizer: Any, records: list[Labeled], label_map: dict[str, int], max_seq_len: int
+    tokenizer: Any, records: list[Labeled], label_map: dict[str, int], policy: LengthPolicy
 ) -> tuple[list[Example], TokenizeStats]:
     stats = TokenizeStats()
     examples: list[Example] = []
     for record in records:
-        encoded = tokenizer(record.text, record.text_pair)
         stats.examples += 1
-        if len(encoded["input_ids"]) > max_seq_len:
+        encoded = tokenizer(record.text, record.text_pair)
+        if (reason := _length_verdict(len(encoded["input_ids"]), policy)) is not None:
+            stats.drop(reason, record.source)
+            continue
+        if len(encoded["input_ids"]) > policy.max_seq_len:
             # Re-encode rather than slice, so the tokenizer keeps its closing special tokens ([SEP]).
             stats.truncated += 1
-            encoded = tokenizer(record.text, record.text_pair, truncation=True, max_length=max_seq_len)
+            encoded = tokenizer(record.text, record.text_pair, truncation=True, max_length=policy.max_seq_len)
         example: Example = {k: list(v) for k, v in encoded.items() if k in ("input_ids", "token_type_ids")}
         example["label"] = label_map[record.label]
         examples.append(example)

@@ -50,6 +50,23 @@ def load_model(cfg: ModelConfig, task: str, label_map: dict[str, int] | None = N
     return LoadedModel(model=model, tokenizer=tokenizer, source=source, new_modules=new_modules)
 
 
+def load_tokenizer(cfg: ModelConfig) -> Any:
+    """The tokenizer alone (for data inspection and preparation: no weights are read)."""
+    source, local = _resolve_source(cfg.name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            source,
+            trust_remote_code=cfg.trust_remote_code,
+            revision=cfg.revision,
+            local_files_only=local or _offline(),
+        )
+    except (OSError, ValueError) as exc:
+        raise _not_loadable(cfg.name, source, local, exc) from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return tokenizer
+
+
 def _load_weights(
     source: str, task: str, label_map: dict[str, int] | None, dtype: torch.dtype, common: dict[str, Any]
 ) -> tuple[Any, dict[str, Any]]:

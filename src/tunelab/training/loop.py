@@ -19,7 +19,7 @@ import torch
 
 from tunelab.config import TrainConfig
 from tunelab.data.tokenize import Example, collate
-from tunelab.training.objectives import Batch, Objective
+from tunelab.training.objectives import Batch, Objective, count_input_tokens
 
 
 @dataclass
@@ -51,9 +51,16 @@ class MicroBatches:
     """
 
     def __init__(
-        self, examples: list[Example], batch_size: int, seed: int, pad_token_id: int, accelerator: Any
+        self,
+        examples: list[Example],
+        batch_size: int,
+        seed: int,
+        pad_token_id: int,
+        accelerator: Any,
+        collate_fn: Callable[[list[Example], int], Batch] = collate,
     ):
         self.examples = examples
+        self.collate_fn = collate_fn
         self.batch_size = batch_size
         self.seed = seed
         self.pad_token_id = pad_token_id
@@ -87,7 +94,7 @@ class MicroBatches:
         return self.collate([self.examples[i] for i in indices])
 
     def collate(self, examples: list[Example]) -> Batch:
-        batch = collate(examples, self.pad_token_id)
+        batch = self.collate_fn(examples, self.pad_token_id)
         return {k: v.to(self.accelerator.device) for k, v in batch.items()}
 
 
@@ -120,7 +127,7 @@ def accumulate_gradients(
     local = torch.tensor(
         [
             sum(objective.count_targets(b) for b in micro_batches),
-            sum(int(b["attention_mask"].sum()) for b in micro_batches),
+            sum(count_input_tokens(b) for b in micro_batches),
         ],
         device=accelerator.device,
     )

@@ -25,12 +25,22 @@ class Output:
 
 
 def model_inputs(batch: Batch) -> Batch:
-    return {k: v for k, v in batch.items() if k != "labels"}
+    """What the model takes: not the labels, nor bookkeeping keys (named with a leading underscore)."""
+    return {k: v for k, v in batch.items() if k != "labels" and not k.startswith("_")}
+
+
+def count_input_tokens(batch: Batch) -> int:
+    """Non-padding input tokens; packed batches carry the count, since their mask is 4-D."""
+    if "_real_tokens" in batch:
+        return int(batch["_real_tokens"])
+    return int(batch["attention_mask"].sum())
 
 
 def causal_lm(model: Any, batch: Batch) -> Output:
     """Next-token cross-entropy on the positions whose label is not IGNORE_INDEX."""
-    logits = model(**model_inputs(batch)).logits
+    # use_cache=False: a training forward needs no KV cache; building one wastes memory (and with a
+    # cache, transformers would not honour packed position_ids on its own).
+    logits = model(**model_inputs(batch), use_cache=False).logits
     shifted = logits[:, :-1, :].float()
     targets = batch["labels"][:, 1:]
     loss_sum = F.cross_entropy(

@@ -1,0 +1,150 @@
+"""Read the rows of a data file, whatever its container, each with a location for error messages.
+
+Containers: .jsonl, .json (an array of objects), .csv, .tsv, .parquet, .txt; each may be gzipped
+(.jsonl.gz, ...). A row is a dict of fields; its location is the line number for line-based files
+and the item/row number otherwise, so every bad row can be named as `file:where: reason`.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from tunelab.errors import DataError
+
+CONTAINERS = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt")
+
+
+@dataclass(frozen=True)
+class Row:
+    where: str  # "12" (line) or "item 12" / "row 12" (1-based), for messages
+    fields: dict[str, Any]
+
+
+@dataclass
+class ReadResult:
+    path: Path
+    container: str
+    rows: list[Row]
+    unreadable: list[str] = field(default_factory=list)  # "file:where: reason" for rows that did not parse
+
+    @property
+    def total(self) -> int:
+        return len(self.rows) + len(self.unreadable)
+
+
+def container_of(path: Path) -> str:
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] == ".gz":
+        suffixes = suffixes[:-1]
+    if not suffixes or suffixes[-1] not in CONTAINERS:
+        raise DataError(
+            f"{path}: unsupported file type {''.join(path.suffixes) or '(none)'!r}",
+            fix=f"use one of {', '.join(CONTAINERS)} (optionally .gz)",
+        )
+    return suffixes[-1]
+
+
+def read_file(path: str | Path, *, text_unit: str = "line") -> ReadResult:
+    """Read every row; rows that cannot be parsed are collected, never dropped silently."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(
+            f"data file not found: {path.resolve()}", fix="check the path in the recipe's data section"
+        )
+    container = container_of(path)
+    result = ReadResult(path=path, container=container, rows=[])
+    if container == ".parquet":
+        result.rows = list(_parquet_rows(path))
+        return result
+    with _open_text(path) as handle:
+        if container == ".jsonl":
+            _jsonl_rows(handle, result)
+        elif container == ".json":
+            result.rows = list(_json_array_rows(path, handle))
+        elif container in (".csv", ".tsv"):
+            result.rows = list(_delimited_rows(handle, "\t" if container == ".tsv" else ","))
+        else:
+            result.rows = list(_text_rows(handle, text_unit))
+    if container == ".jsonl" and not result.rows and result.unreadable:
+        raise DataError(
+            f"{path}: no line of this file is a JSON object; is it really JSONL?",
+            problems=result.unreadable[:3],
+            fix='write one JSON object per line, e.g. {"text": "...", "label": "..."}',
+        )
+    return result
+
+
+def _open_text(path: Path) -> IO[str]:
+    if path.suffix.lower() == ".gz":
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", newline="")
+    # utf-8-sig: a byte-order mark (common in files saved by Windows tools) is not part of the first field.
+    return path.open(encoding="utf-8-sig", newline="")
+
+
+def _jsonl_rows(handle: IO[str], result: ReadResult) -> None:
+    for line_no, line in enumerate(handle, start=1):
+        if not line.strip():
+            continue  # blank lines (e.g. a trailing newline) are not rows
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            result.unreadable.append(
+                f"{result.path}:{line_no}: not valid JSON ({exc.msg} at column {exc.colno})"
+            )
+            continue
+        if not isinstance(value, dict):
+            result.unreadable.append(
+                f"{result.path}:{line_no}: expected a JSON object, got {type(value).__name__}"
+            )
+            continue
+        result.rows.append(Row(str(line_no), value))
+
+
+def _json_array_rows(path: Path, handle: IO[str]) -> Iterator[Row]:
+    try:
+        value = json.load(handle)
+    except json.JSONDecodeError as exc:
+        raise DataError(
+            f"{path}:{exc.lineno}: not valid JSON ({exc.msg})", fix="a .json file holds one array"
+        ) from None
+    if isinstance(value, dict) and len(value) == 1 and isinstance(next(iter(value.values())), list):
+        value = next(iter(value.values()))  # {"data": [...]}, a common wrapper
+    if not isinstance(value, list):
+        raise DataError(f"{path}: expected a JSON array of objects, got {type(value).__name__}")
+    for i, item in enumerate(value, start=1):
+        if not isinstance(item, dict):
+            raise DataError(f"{path}: item {i}: expected an object, got {type(item).__name__}")
+        yield Row(f"item {i}", item)
+
+
+def _delimited_rows(handle: IO[str], delimiter: str) -> Iterator[Row]:
+    # QUOTE_MINIMAL with csv's defaults: quoted fields may span lines; reader.line_num is where a row ends.
+    reader = csv.DictReader(handle, delimiter=delimiter)
+    start = 2  # line 1 is the header
+    for row in reader:
+        yield Row(str(start), {k: v for k, v in row.items() if k is not None})
+        start = reader.line_num + 1
+
+
+def _text_rows(handle: IO[str], unit: str) -> Iterator[Row]:
+    if unit == "file":
+        yield Row("1", {"text": handle.read()})
+        return
+    for line_no, line in enumerate(handle, start=1):
+        if line.strip():
+            yield Row(str(line_no), {"text": line.rstrip("\r\n")})
+
+
+def _parquet_rows(path: Path) -> Iterator[Row]:
+    import pyarrow.parquet as pq  # optional heavy import, only for parquet files
+
+    table = pq.read_table(path)
+    for i, row in enumerate(table.to_pylist(), start=1):
+        yield Row(f"row {i}", row)
