@@ -273,8 +273,8 @@ def load_split(
     columns = columns or Columns()
     read = read_file(path, text_unit=text_unit)
     if columns.rename:
-        read.rows = [Row(row.where, columns.apply(row.fields)) for row in read.rows]
-    name = fmt if fmt != "auto" else detect_format(read.rows, columns, kind)
+        read.rows = [Row(row.where, columns.apply(row.fields), row.error) for row in read.rows]
+    name = fmt if fmt != "auto" else detect_format(read.parsed, columns, kind)
     if name is None and kind == "labeled":
         name = "labeled"  # so the missing column is named below
     if name is None:
@@ -283,12 +283,13 @@ def load_split(
             fix=f"set data.format to one of {', '.join(FORMATS)} (and data.text_column / label_column)",
         )
     _check_columns(read, name, columns)
-    split = LoadedSplit(
-        path=read.path, format=name, records=[], bad_rows=list(read.unreadable), total_rows=read.total
-    )
+    split = LoadedSplit(path=read.path, format=name, records=[], total_rows=read.total)
     convert = CONVERTERS[name]
     for row in read.rows:
         source = f"{read.path}:{row.where}"
+        if row.error is not None:
+            split.bad_rows.append(f"{source}: {row.error}")
+            continue
         try:
             record = convert(row.fields, columns)
         except RowError as exc:
@@ -310,7 +311,7 @@ def _with_source(record: Record, source: str) -> Record:
 
 def _fields(read: ReadResult) -> str:
     keys: set[str] = set()
-    for row in read.rows[:50]:
+    for row in read.parsed[:50]:
         keys.update(row.fields)
     return ", ".join(sorted(keys)) or "none"
 

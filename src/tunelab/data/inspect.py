@@ -37,7 +37,7 @@ def inspect_file(
         # Unknown layout: still useful to see sizes, duplicates and PII over all of its text fields.
         read = read_file(path, text_unit=text_unit)
         fmt_name = f"unknown ({exc.message.split('(', 1)[1].rstrip(')')})"
-        records = [Text(_all_text(row.fields), source=f"{read.path}:{row.where}") for row in read.rows]
+        records = [Text(_all_text(row.fields), source=f"{read.path}:{row.where}") for row in read.parsed]
         bad, total = read.unreadable, read.total
     texts = [record_text(r) for r in records]
     summary: dict[str, Any] = {

@@ -56,11 +56,12 @@ def columns_of(data: DataConfig) -> Columns:
     )
 
 
-def near_config(data: DataConfig) -> NearDupConfig | None:
+def near_config(data: DataConfig) -> NearDupConfig:
     near = data.near_dedup
-    if not near.enabled:
-        return None
     return NearDupConfig(threshold=near.threshold, num_perm=near.num_perm, shingle_size=near.shingle_size)
+
+
+LARGE_REMOVAL = 0.10  # warn when a cleaning step removes more than this share of train
 
 
 def load_records(recipe: Recipe) -> Records:
@@ -77,8 +78,17 @@ def load_records(recipe: Recipe) -> Records:
         for split in splits:
             splits[split], report["pii"][split] = quality.apply_pii(splits[split], data.pii)
     near = near_config(data)
-    if data.dedup or near is not None:
-        splits["train"], report["dedup"] = quality.dedup(splits["train"], exact=data.dedup, near=near)
+    if data.dedup or data.near_dedup.enabled:
+        before = len(splits["train"])
+        splits["train"], report["dedup"] = quality.dedup(
+            splits["train"], exact=data.dedup, near=near if data.near_dedup.enabled else None
+        )
+        removed = before - len(splits["train"])
+        if removed > LARGE_REMOVAL * before:
+            report.setdefault("warnings", []).append(
+                f"dedup removed {removed} of {before} training rows ({100 * removed / before:.0f}%): "
+                "check report.json's examples; a dataset of sub-phrases (like SST-2) wants data.near_dedup off"
+            )
     ratios = {s: getattr(data.split, s) for s in ("validation", "test") if s not in splits}
     if any(r > 0 for r in ratios.values()):
         held, report["split"] = quality.split_off(
@@ -121,7 +131,7 @@ def _load(recipe: Recipe, split: str, report: dict[str, Any]) -> list[Record]:
 
 
 def _check_leakage(
-    recipe: Recipe, splits: dict[str, list[Any]], near: NearDupConfig | None
+    recipe: Recipe, splits: dict[str, list[Any]], near: NearDupConfig
 ) -> tuple[list[Any], dict]:
     held_out: dict[str, list[Any]] = {s: splits[s] for s in ("validation", "test") if s in splits}
     for path in recipe.data.contamination:
@@ -156,6 +166,7 @@ def tokenize_records(recipe: Recipe, records: Records, tokenizer: Any) -> Prepar
     data, max_len = recipe.data, recipe.train.max_seq_len
     policy = LengthPolicy(max_len, data.truncation, data.min_tokens, data.max_tokens)
     prepared = PreparedData(splits={}, stats={}, label_map=records.label_map, report=records.report)
+    prepared.notes.extend(records.report.get("warnings", []))
     if recipe.task == "sft":
         prepared.chat_template = ensure_chat_template(tokenizer, data.template)
     for split, items in records.splits.items():

@@ -12,7 +12,7 @@ import gzip
 import io
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -25,18 +25,26 @@ CONTAINERS = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt")
 class Row:
     where: str  # "12" (line) or "item 12" / "row 12" (1-based), for messages
     fields: dict[str, Any]
+    error: str | None = None  # set when the row could not be parsed; fields is then empty
 
 
 @dataclass
 class ReadResult:
     path: Path
     container: str
-    rows: list[Row]
-    unreadable: list[str] = field(default_factory=list)  # "file:where: reason" for rows that did not parse
+    rows: list[Row]  # in file order; unparsable rows are kept, with `error` set
+
+    @property
+    def parsed(self) -> list[Row]:
+        return [row for row in self.rows if row.error is None]
+
+    @property
+    def unreadable(self) -> list[str]:
+        return [f"{self.path}:{row.where}: {row.error}" for row in self.rows if row.error is not None]
 
     @property
     def total(self) -> int:
-        return len(self.rows) + len(self.unreadable)
+        return len(self.rows)
 
 
 def container_of(path: Path) -> str:
@@ -72,7 +80,7 @@ def read_file(path: str | Path, *, text_unit: str = "line") -> ReadResult:
             result.rows = list(_delimited_rows(handle, "\t" if container == ".tsv" else ","))
         else:
             result.rows = list(_text_rows(handle, text_unit))
-    if container == ".jsonl" and not result.rows and result.unreadable:
+    if container == ".jsonl" and result.rows and not result.parsed:
         raise DataError(
             f"{path}: no line of this file is a JSON object; is it really JSONL?",
             problems=result.unreadable[:3],
@@ -95,14 +103,10 @@ def _jsonl_rows(handle: IO[str], result: ReadResult) -> None:
         try:
             value = json.loads(line)
         except json.JSONDecodeError as exc:
-            result.unreadable.append(
-                f"{result.path}:{line_no}: not valid JSON ({exc.msg} at column {exc.colno})"
-            )
+            result.rows.append(Row(str(line_no), {}, f"not valid JSON ({exc.msg} at column {exc.colno})"))
             continue
         if not isinstance(value, dict):
-            result.unreadable.append(
-                f"{result.path}:{line_no}: expected a JSON object, got {type(value).__name__}"
-            )
+            result.rows.append(Row(str(line_no), {}, f"expected a JSON object, got {type(value).__name__}"))
             continue
         result.rows.append(Row(str(line_no), value))
 

@@ -1,0 +1,209 @@
+"""The data stage end to end: leakage, PII, splits, packing and the audit trail it leaves."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from tests.conftest import REPO, make_recipe, write_jsonl
+from tunelab.cli import app
+from tunelab.config import Recipe, load_recipe
+from tunelab.data.formats import load_split
+from tunelab.data.pipeline import load_records
+from tunelab.errors import DataError
+from tunelab.runner import train
+
+runner = CliRunner()
+INTENTS = REPO / "examples" / "data" / "intent_train.jsonl"
+
+
+def recipe_for(tmp_path: Path, train_rows: list[dict], **data: Any) -> Recipe:
+    train_file = write_jsonl(tmp_path / "train.jsonl", train_rows)
+    return Recipe.model_validate(
+        {
+            "name": "data-test",
+            "task": "classify",
+            "model": {"name": "unused"},
+            "data": {"train": str(train_file), **data},
+            "method": {"name": "full"},
+        }
+    )
+
+
+def intent_rows() -> list[dict]:
+    return [json.loads(line) for line in INTENTS.read_text().splitlines()]
+
+
+def edit(text: str, i: int) -> str:
+    """A small edit, as near-duplicates in the wild look: a typo, or one word changed."""
+    if i % 2:
+        return text.replace("e", "3", 1)
+    words = text.split()
+    words[len(words) // 2] = "really"
+    return " ".join(words)
+
+
+def long_rows() -> list[dict]:
+    """Two support messages of the same intent joined: ~100 characters, like a short review."""
+    by_label: dict[str, list[str]] = {}
+    for row in intent_rows():
+        by_label.setdefault(row["label"], []).append(row["text"])
+    return [{"text": f"{a} {b}", "label": label} for label, texts in by_label.items()
+            for a, b in zip(texts[::2], texts[1::2], strict=False)][:60]  # fmt: skip
+
+
+def test_planted_near_duplicates_across_train_and_test_are_dropped_from_train(tmp_path: Path) -> None:
+    rows = long_rows()
+    planted = [{"text": edit(r["text"], i), "label": r["label"]} for i, r in enumerate(rows[:6])]
+    unrelated = {"text": "totally unrelated words about the weather in spring", "label": rows[0]["label"]}
+    test_file = write_jsonl(tmp_path / "test.jsonl", [*planted, unrelated])
+    recipe = recipe_for(tmp_path, rows, test=str(test_file))  # default threshold 0.8
+
+    records = load_records(recipe)
+
+    leakage = records.report["leakage"]
+    assert leakage["overlap"]["test"] == {"exact": 0, "near": 6}
+    assert leakage["removed_from_train"] == 6
+    kept_texts = {r.text for r in records.splits["train"]}
+    assert not any(r["text"] in kept_texts for r in rows[:6])
+    assert all(r["text"] in kept_texts for r in rows[6:])
+    assert len(records.splits["test"]) == 7  # the held-out side is never edited
+
+
+def test_leakage_fail_policy_stops_with_examples(tmp_path: Path) -> None:
+    rows = intent_rows()[:30]
+    test_file = write_jsonl(tmp_path / "test.jsonl", [rows[3]])
+    with pytest.raises(DataError, match="1 training row\\(s\\) overlap held-out data") as err:
+        load_records(recipe_for(tmp_path, rows, test=str(test_file), leakage="fail"))
+    assert "exact-duplicates" in str(err.value)
+
+
+def test_contamination_files_are_checked_too(tmp_path: Path) -> None:
+    rows = intent_rows()[:30]
+    bench = write_jsonl(
+        tmp_path / "bench.jsonl", [{"text": rows[5]["text"].upper()}]
+    )  # same text, other case
+    records = load_records(recipe_for(tmp_path, rows, contamination=[str(bench)]))
+    assert records.report["leakage"]["overlap"][f"contamination {bench}"] == {"exact": 1, "near": 0}
+    assert len(records.splits["train"]) == 29
+
+
+def test_pii_mask_and_drop_through_the_pipeline(tmp_path: Path) -> None:
+    rows = [
+        {"text": "mail me at jane.doe@example.com please", "label": "a"},
+        {"text": "card 4111 1111 1111 1111 was charged", "label": "b"},
+        {"text": "python 3.11.7 released on 2024-01-15 with 12345 fixes", "label": "a"},
+        {"text": "server 192.168.1.20 is down", "label": "b"},
+        {"text": "nothing personal in this one", "label": "b"},
+    ]
+    masked = load_records(recipe_for(tmp_path, rows, pii="mask"))
+    texts = [r.text for r in masked.splits["train"]]
+    assert texts == [
+        "mail me at <EMAIL> please",
+        "card <CREDIT_CARD> was charged",
+        "python 3.11.7 released on 2024-01-15 with 12345 fixes",
+        "server <IPV4> is down",
+        "nothing personal in this one",
+    ]
+    assert masked.report["pii"]["train"]["hits"] == {"CREDIT_CARD": 1, "EMAIL": 1, "IPV4": 1}
+
+    dropped = load_records(recipe_for(tmp_path, rows, pii="drop"))
+    assert [r.text for r in dropped.splits["train"]] == [rows[2]["text"], rows[4]["text"]]
+    assert dropped.report["pii"]["train"]["rows_dropped"] == 3
+
+
+def proportions(records: list) -> dict[str, float]:
+    counts = Counter(r.label for r in records)
+    return {label: 100 * n / len(records) for label, n in counts.items()}
+
+
+def test_stratified_split_keeps_label_proportions_and_is_seeded(tmp_path: Path) -> None:
+    rng = random.Random(0)
+    vocabulary = [f"w{i}" for i in range(500)]
+    labels = ["a"] * 250 + ["b"] * 150 + ["c"] * 100
+    rows = [{"text": " ".join(rng.sample(vocabulary, 8)), "label": label} for label in labels]
+    recipe = recipe_for(
+        tmp_path, rows, split={"validation": 0.2, "test": 0.1}, dedup=False, near_dedup={"enabled": False}
+    )
+
+    first = load_records(recipe)
+    again = load_records(recipe)
+    other = load_records(recipe.model_copy(update={"train": recipe.train.model_copy(update={"seed": 7})}))
+
+    overall = {"a": 50.0, "b": 30.0, "c": 20.0}
+    assert {s: len(v) for s, v in first.splits.items()} == {"validation": 100, "test": 50, "train": 350}
+    for split in ("train", "validation", "test"):
+        for label, share in proportions(first.splits[split]).items():
+            assert abs(share - overall[label]) <= 1.0, (split, label, share)
+    for split in first.splits:
+        assert [r.source for r in first.splits[split]] == [r.source for r in again.splits[split]]
+    assert [r.source for r in first.splits["test"]] != [r.source for r in other.splits["test"]]
+
+
+def test_packed_training_gives_the_same_loss_and_weights_as_unpacked(
+    tmp_path: Path, tiny_llama: Path
+) -> None:
+    # One step over all 8 examples: packed rows and padded examples hold the same targets, and the
+    # loss is normalised by targets, so loss and update must agree.
+    results = {}
+    for packing in (False, True):
+        folder = tmp_path / str(packing)
+        folder.mkdir()
+        recipe = make_recipe(folder, tiny_llama, "sft", train={"batch_size": 8, "grad_accum": 1, "max_steps": 1,
+                                                              "packing": packing, "max_seq_len": 128})  # fmt: skip
+        results[packing] = train(load_recipe(recipe))
+    losses = {}
+    for packing, result in results.items():
+        lines = (result.run_dir / "metrics.jsonl").read_text().splitlines()
+        losses[packing] = next(json.loads(line)["loss"] for line in lines if '"loss"' in line)
+    assert losses[True] == pytest.approx(losses[False], abs=1e-5)
+    report = json.loads((results[True].run_dir / "data" / "report.json").read_text())
+    assert report["packing"]["examples"] == 8 and report["packing"]["rows"] < 8
+    unpacked = load_file(results[False].run_dir / "final" / "adapter_model.safetensors")
+    packed = load_file(results[True].run_dir / "final" / "adapter_model.safetensors")
+    for name, tensor in unpacked.items():
+        torch.testing.assert_close(packed[name], tensor, atol=1e-5, rtol=0, msg=name)
+
+
+def test_a_run_writes_what_it_trains_on_and_the_report(tmp_path: Path, tiny_bert: Path) -> None:
+    recipe = make_recipe(tmp_path, tiny_bert, "classify", train={"max_steps": 1})
+    run_dir = train(load_recipe(recipe)).run_dir
+    data_dir = run_dir / "data"
+    report = json.loads((data_dir / "report.json").read_text())
+    assert report["splits"]["train"]["rows"] == 8 and report["records"] == {"train": 8, "validation": 4}
+    assert {"normalize", "pii", "dedup", "leakage", "labels", "tokenize"} <= set(report)
+    # The written split reads back as the same records.
+    again = load_split(data_dir / "train.jsonl").records
+    assert [(r.text, r.label) for r in again] == [
+        (r["text"], r["label"])
+        for r in json.loads("[" + ",".join((tmp_path / "train.jsonl").read_text().splitlines()) + "]")
+    ]
+
+
+def test_data_prepare_writes_cleaned_splits(tmp_path: Path, tiny_bert: Path) -> None:
+    recipe = make_recipe(tmp_path, tiny_bert, "classify")
+    out = tmp_path / "prepared"
+    result = runner.invoke(app, ["data", "prepare", str(recipe), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert {p.name for p in out.iterdir()} == {"train.jsonl", "validation.jsonl", "report.json"}
+    assert "records: train 8, validation 4" in result.output
+
+
+def test_skip_counts_bad_rows_in_the_report(tmp_path: Path, tiny_llama: Path) -> None:
+    recipe = make_recipe(tmp_path, tiny_llama, "sft", data={"on_error": "skip"}, train={"max_steps": 1})
+    with (tmp_path / "train.jsonl").open("a") as handle:
+        handle.write('{"messages": [{"role": "robot", "content": "x"}]}\nnot json\n')
+    run_dir = train(load_recipe(recipe)).run_dir
+    report = json.loads((run_dir / "data" / "report.json").read_text())
+    assert report["splits"]["train"]["bad_rows"] == 2 and report["records"]["train"] == 8
+    assert report["splits"]["train"]["bad_examples"][0].endswith(
+        "train.jsonl:9: messages[0]: unknown role 'robot'; expected one of system, user, assistant"
+    )
