@@ -1,0 +1,71 @@
+"""`data inspect` and the leakage check on real public data from ../shared/data (skipped where absent)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tests.conftest import SHARED_DATA
+from tunelab.cli import app
+from tunelab.data.formats import Columns, load_split
+from tunelab.data.quality import leakage
+
+pytestmark = pytest.mark.skipif(
+    not SHARED_DATA.is_dir(), reason=f"real test data not found at {SHARED_DATA} (it sits beside the checkout in CI)"
+)
+runner = CliRunner()
+
+# file, extra CLI options, expected format, records, bad rows
+CASES = [
+    ("codealpaca/code_alpaca_2k.jsonl", [], "alpaca", 2015, 2),  # two rows have an empty output
+    ("alpaca/alpaca_data_first335.jsonl", [], "alpaca", 334, 1),
+    ("sst2/train.tsv", ["--text-column", "sentence"], "labeled", 67349, 0),
+    ("hh_rlhf/harmless_base_test.jsonl", [], "preference", 2303, 9),  # 9 pairs with an empty answer
+    ("dialogsum/test.jsonl", ["--format", "prompt_completion", "--column", "prompt=dialogue",
+                              "--column", "completion=summary1"], "prompt_completion", 500, 0),  # fmt: skip
+    ("plain_text/tinyshakespeare.txt", [], "text", 32777, 0),  # non-blank lines
+    ("mmlu/dev.jsonl", [], "multiple_choice", 285, 0),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "options", "fmt", "records", "bad"), CASES, ids=[c[0] for c in CASES])
+def test_data_inspect_runs_over_real_files(
+    tmp_path: Path, tiny_llama: Path, name: str, options: list[str], fmt: str, records: int, bad: int
+) -> None:
+    out = tmp_path / "summary.json"
+    args = ["data", "inspect", str(SHARED_DATA / name), "--json", str(out), *options]
+    if "sst2" not in name:  # token statistics with a real tokenizer folder (SST-2 is large; chars suffice)
+        args += ["--tokenizer", str(tiny_llama), "--max-seq-len", "256"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(out.read_text())
+    assert (summary["format"], summary["records"], summary["bad_rows"]) == (fmt, records, bad)
+    assert summary["characters"]["max"] >= summary["characters"]["p95"] >= summary["characters"]["median"] > 0
+    if "tokens" in summary:
+        assert summary["tokens"]["max"] >= summary["tokens"]["median"] > 0
+    if fmt == "multiple_choice":
+        assert set(summary["labels"]["counts"]) == {"A", "B", "C", "D"}
+    if fmt == "labeled":
+        assert summary["labels"]["counts"] == {"0": 29780, "1": 37569}
+
+
+def test_an_unknown_layout_is_still_summarised(tmp_path: Path) -> None:
+    out = tmp_path / "summary.json"
+    result = runner.invoke(app, ["data", "inspect", str(SHARED_DATA / "dialogsum/test.jsonl"), "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(out.read_text())
+    assert summary["format"].startswith("unknown (dialogue, fname, summary1")
+    assert summary["records"] == 500
+
+
+@pytest.mark.slow
+def test_sst2_train_and_dev_share_no_sentence() -> None:
+    train = load_split(SHARED_DATA / "sst2/train.tsv", columns=Columns(text="sentence")).records
+    dev = load_split(SHARED_DATA / "sst2/dev.tsv", columns=Columns(text="sentence")).records
+    kept, step = leakage(train, {"validation": dev}, near=None, policy="drop")
+    assert step["overlap"]["validation"]["exact"] == 0
+    assert len(kept) == len(train) == 67349
