@@ -22,12 +22,14 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from tunelab.config import Recipe, load_recipe, recipe_to_yaml
+from tunelab.data import cache as data_cache
 from tunelab.data.packing import check_packing_supported, collate_packed
-from tunelab.data.pipeline import PreparedData, load_records, tokenize_records, write_prepared
+from tunelab.data.pipeline import PreparedData, Records, load_records, tokenize_records, write_prepared
+from tunelab.data.templates import ensure_chat_template
 from tunelab.data.tokenize import collate
 from tunelab.errors import TunelabError
 from tunelab.evaluation.metrics import evaluate
-from tunelab.models.load import load_model
+from tunelab.models.load import load_model, load_tokenizer
 from tunelab.models.methods import apply_method, count_parameters
 from tunelab.runs.rundir import MetricsLog, create_run_dir, read_summary, write_summary
 from tunelab.training import checkpoint
@@ -53,9 +55,9 @@ def train(recipe: Recipe, *, resume: Path | None = None, console: Console | None
     console = console or Console(stderr=True, soft_wrap=True)
     resume_from = _checkpoint_to_resume(resume, recipe, console) if resume else None
 
-    records = load_records(recipe)
-    loaded = load_model(recipe.model, recipe.task, records.label_map)
-    data = tokenize_records(recipe, records, loaded.tokenizer)
+    tokenizer = load_tokenizer(recipe.model)
+    data, records, cached_files = _prepare_data(recipe, tokenizer, console)
+    loaded = load_model(recipe.model, recipe.task, data.label_map, tokenizer=tokenizer)
     for note in data.notes:
         console.print(f"[yellow]note:[/] {note}")
     if loaded.new_modules:
@@ -74,7 +76,7 @@ def train(recipe: Recipe, *, resume: Path | None = None, console: Console | None
     summary = _initial_summary(recipe, run_dir, loaded.source, data, trainable, total, resume)
     if accelerator.is_main_process:
         write_summary(run_dir, summary)
-        write_prepared(run_dir / "data", records, data)  # exactly what is trained on, and report.json
+        _write_data_folder(recipe, run_dir / "data", data, records, cached_files, tokenizer)
     try:
         summary = _train_in_run_dir(
             recipe,
@@ -173,6 +175,41 @@ def _train_in_run_dir(
     if accelerator.is_main_process:
         write_summary(run_dir, summary)
     return summary
+
+
+def _prepare_data(
+    recipe: Recipe, tokenizer: Any, console: Console
+) -> tuple[PreparedData, Records | None, Path | None]:
+    """The data stage, or its cached result: (prepared data, records if computed, cached split files)."""
+    hit = data_cache.load(data_cache.cache_dir(recipe), data_cache.cache_key(recipe, tokenizer))
+    if hit is not None:
+        prepared, files = hit
+        if recipe.task == "sft":
+            ensure_chat_template(tokenizer, recipe.data.template)  # the cached tokens were rendered with it
+        console.print(f"data: prepared before, read from the cache ({files.parent})")
+        return prepared, None, files
+    records = load_records(recipe)
+    return tokenize_records(recipe, records, tokenizer), records, None
+
+
+def _write_data_folder(
+    recipe: Recipe,
+    target: Path,
+    data: PreparedData,
+    records: Records | None,
+    cached_files: Path | None,
+    tokenizer: Any,
+) -> None:
+    """run_dir/data: exactly what is trained on, and report.json; new results also go to the cache."""
+    if cached_files is not None:
+        shutil.copytree(cached_files, target, dirs_exist_ok=True)
+        return
+    assert records is not None
+    write_prepared(target, records, data)
+    # The key is computed on a fresh tokenizer, as the next run will see it (the data stage may have
+    # given this one a chat template).
+    key = data_cache.cache_key(recipe, load_tokenizer(recipe.model))
+    data_cache.save(data_cache.cache_dir(recipe), key, data, target)
 
 
 def _train_batches(recipe: Recipe, data: PreparedData, pad_id: int, accelerator: Accelerator) -> MicroBatches:

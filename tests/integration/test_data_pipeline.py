@@ -207,3 +207,55 @@ def test_skip_counts_bad_rows_in_the_report(tmp_path: Path, tiny_llama: Path) ->
     assert report["splits"]["train"]["bad_examples"][0].endswith(
         "train.jsonl:9: messages[0]: unknown role 'robot'; expected one of system, user, assistant"
     )
+
+
+def first_loss(run_dir: Path) -> float:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return next(json.loads(line)["loss"] for line in lines if '"loss"' in line)
+
+
+def test_a_second_run_reads_the_prepared_data_from_the_cache(
+    tmp_path: Path, tiny_llama: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tunelab import runner
+
+    recipe_path = make_recipe(tmp_path, tiny_llama, "sft", train={"max_steps": 2})
+    first = train(load_recipe(recipe_path))
+
+    def no_data_work(recipe):
+        raise AssertionError("the data stage ran although its result was cached")
+
+    monkeypatch.setattr(runner, "load_records", no_data_work)
+    second = train(load_recipe(recipe_path))
+    assert first_loss(second.run_dir) == first_loss(first.run_dir)
+    for name in ("train.jsonl", "validation.jsonl", "report.json"):
+        assert (second.run_dir / "data" / name).read_text() == (first.run_dir / "data" / name).read_text()
+    assert json.loads((second.run_dir / "final" / "tunelab.json").read_text())["chat_template"] == "chatml"
+
+    # Any change to what the data stage depends on is a miss: a setting ...
+    with pytest.raises(AssertionError, match="the data stage ran"):
+        train(load_recipe(recipe_path, ["train.max_seq_len=48"]))
+    # ... or a byte of a data file.
+    with (tmp_path / "train.jsonl").open("a") as handle:
+        handle.write(
+            json.dumps(
+                {"messages": [{"role": "user", "content": "new"}, {"role": "assistant", "content": "row"}]}
+            )
+            + "\n"
+        )
+    with pytest.raises(AssertionError, match="the data stage ran"):
+        train(load_recipe(recipe_path))
+
+
+def test_a_damaged_cache_entry_is_rebuilt(tmp_path: Path, tiny_bert: Path) -> None:
+    recipe_path = make_recipe(tmp_path, tiny_bert, "classify", train={"max_steps": 1})
+    train(load_recipe(recipe_path))
+    (entry,) = (tmp_path / "runs" / ".cache" / "data").iterdir()
+    (entry / "prepared.json").write_text("{not json", encoding="utf-8")
+    result = train(load_recipe(recipe_path))
+    assert result.summary["status"] == "completed"
+    assert json.loads((entry / "prepared.json").read_text())["label_map"] == {
+        "balance": 0,
+        "card": 1,
+        "transfer": 2,
+    }

@@ -14,7 +14,8 @@ from tunelab.data.formats import Columns, load_split
 from tunelab.data.quality import leakage
 
 pytestmark = pytest.mark.skipif(
-    not SHARED_DATA.is_dir(), reason=f"real test data not found at {SHARED_DATA} (it sits beside the checkout in CI)"
+    not SHARED_DATA.is_dir(),
+    reason=f"real test data not found at {SHARED_DATA} (it sits beside the checkout in CI)",
 )
 runner = CliRunner()
 
@@ -24,8 +25,13 @@ CASES = [
     ("alpaca/alpaca_data_first335.jsonl", [], "alpaca", 334, 1),
     ("sst2/train.tsv", ["--text-column", "sentence"], "labeled", 67349, 0),
     ("hh_rlhf/harmless_base_test.jsonl", [], "preference", 2303, 9),  # 9 pairs with an empty answer
-    ("dialogsum/test.jsonl", ["--format", "prompt_completion", "--column", "prompt=dialogue",
-                              "--column", "completion=summary1"], "prompt_completion", 500, 0),  # fmt: skip
+    (
+        "dialogsum/test.jsonl",
+        ["--format", "prompt_completion", "--column", "prompt=dialogue", "--column", "completion=summary1"],
+        "prompt_completion",
+        500,
+        0,
+    ),
     ("plain_text/tinyshakespeare.txt", [], "text", 32777, 0),  # non-blank lines
     ("mmlu/dev.jsonl", [], "multiple_choice", 285, 0),
 ]
@@ -55,7 +61,9 @@ def test_data_inspect_runs_over_real_files(
 
 def test_an_unknown_layout_is_still_summarised(tmp_path: Path) -> None:
     out = tmp_path / "summary.json"
-    result = runner.invoke(app, ["data", "inspect", str(SHARED_DATA / "dialogsum/test.jsonl"), "--json", str(out)])
+    result = runner.invoke(
+        app, ["data", "inspect", str(SHARED_DATA / "dialogsum/test.jsonl"), "--json", str(out)]
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(out.read_text())
     assert summary["format"].startswith("unknown (dialogue, fname, summary1")

@@ -33,7 +33,10 @@ def resolve_dtype(name: str) -> torch.dtype:
     return torch.float32
 
 
-def load_model(cfg: ModelConfig, task: str, label_map: dict[str, int] | None = None) -> LoadedModel:
+def load_model(
+    cfg: ModelConfig, task: str, label_map: dict[str, int] | None = None, tokenizer: Any = None
+) -> LoadedModel:
+    """The model with its tokenizer (pass `tokenizer` when it was already loaded for the data stage)."""
     source, local = _resolve_source(cfg.name)
     common = {
         "trust_remote_code": cfg.trust_remote_code,
@@ -41,7 +44,7 @@ def load_model(cfg: ModelConfig, task: str, label_map: dict[str, int] | None = N
         "local_files_only": local or _offline(),
     }
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, **common)
+        tokenizer = tokenizer or AutoTokenizer.from_pretrained(source, **common)
         model, info = _load_weights(source, task, label_map, resolve_dtype(cfg.dtype), common)
     except (OSError, ValueError) as exc:
         raise _not_loadable(cfg.name, source, local, exc) from None

@@ -1,0 +1,102 @@
+"""Cache of the prepared data stage, so a second `train` on the same data skips loading, cleaning and
+tokenising.
+
+The key covers everything the result depends on: the bytes of every data file, the tokenizer (its
+vocabulary, special tokens and chat template), every data setting, the length and packing settings,
+the task and the tunelab version. Entries are JSON (never pickle: a cache folder is no place to run
+code from) and are written atomically; a damaged entry is ignored and rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from tunelab import __version__
+from tunelab.config import Recipe
+from tunelab.data.pipeline import PreparedData
+
+SPLIT_FILES = ("train.jsonl", "validation.jsonl", "test.jsonl", "report.json")
+
+
+def cache_dir(recipe: Recipe) -> Path:
+    return Path(recipe.output.dir) / ".cache" / "data"
+
+
+def cache_key(recipe: Recipe, tokenizer: Any) -> str:
+    data = recipe.data
+    files = [data.train, data.validation, data.test, *data.contamination]
+    parts = {
+        "version": __version__,
+        "task": recipe.task,
+        "files": {str(f): _file_digest(Path(f)) for f in files if f},
+        "data": data.model_dump(mode="json"),
+        "max_seq_len": recipe.train.max_seq_len,
+        "packing": recipe.train.packing,
+        "seed": recipe.train.seed,  # splits and balancing draw from it
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    vocab = sorted(tokenizer.get_vocab().items())
+    parts = [
+        vocab,
+        tokenizer.all_special_tokens,
+        getattr(tokenizer, "chat_template", None),
+        type(tokenizer).__name__,
+    ]
+    return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load(root: Path, key: str) -> tuple[PreparedData, Path] | None:
+    """The cached result and the folder of its written splits, or None on a miss or a damaged entry."""
+    entry = root / key
+    try:
+        raw = json.loads((entry / "prepared.json").read_text(encoding="utf-8"))
+        prepared = PreparedData(
+            splits=raw["splits"],
+            stats={},
+            label_map=raw["label_map"],
+            chat_template=raw["chat_template"],
+            notes=raw["notes"],
+            report=raw["report"],
+            packed=raw["packed"],
+        )
+    except (OSError, ValueError, KeyError):
+        return None
+    return prepared, entry / "data"
+
+
+def save(root: Path, key: str, prepared: PreparedData, written: Path) -> None:
+    """Store the prepared data and the split files already written for the run (`written`)."""
+    entry, tmp = root / key, root / f".{key}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "data").mkdir(parents=True)
+    for name in SPLIT_FILES:
+        if (written / name).is_file():
+            shutil.copy2(written / name, tmp / "data" / name)
+    payload = {
+        "splits": prepared.splits,
+        "label_map": prepared.label_map,
+        "chat_template": prepared.chat_template,
+        "notes": prepared.notes,
+        "report": prepared.report,
+        "packed": prepared.packed,
+    }
+    (tmp / "prepared.json").write_text(json.dumps(payload), encoding="utf-8")
+    shutil.rmtree(entry, ignore_errors=True)
+    tmp.rename(entry)
