@@ -22,7 +22,17 @@ class Section(BaseModel):
 
 
 def _existing_file(value: str) -> str:
-    """Data paths must exist when the recipe is validated, so a typo fails before any model loads."""
+    """Data paths must exist when the recipe is validated, so a typo fails before any model loads.
+    Hub datasets (hf:org/name[@revision][:split]) are checked for form here and fetched at load time."""
+    if value.startswith("hf:"):
+        from tunelab.data.hub import parse_spec
+        from tunelab.errors import DataError
+
+        try:
+            parse_spec(value)
+        except DataError as exc:
+            raise ValueError(f"{exc.message}; {exc.fix}") from None
+        return value
     path = Path(value).expanduser()
     if not path.is_file():
         raise ValueError(

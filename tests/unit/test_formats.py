@@ -216,3 +216,42 @@ def test_missing_file_and_unsupported_type(tmp_path: Path) -> None:
     (tmp_path / "x.xml").write_text("<a/>", encoding="utf-8")
     with pytest.raises(DataError, match=r"unsupported file type '\.xml'"):
         load_split(tmp_path / "x.xml")
+
+
+def test_hub_dataset_ids_pick_the_split_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tunelab.data import hub
+
+    snapshot = tmp_path / "snapshot"
+    (snapshot / "data").mkdir(parents=True)
+    write_jsonl(snapshot / "data" / "train-00000-of-00002.jsonl", [{"text": "a", "label": "x"}])
+    write_jsonl(snapshot / "data" / "train-00001-of-00002.jsonl", [{"text": "b", "label": "y"}])
+    write_jsonl(snapshot / "data" / "validation.jsonl", [{"text": "c", "label": "x"}])
+    asked = []
+    monkeypatch.setattr(hub, "download", lambda spec: asked.append(spec) or snapshot)
+
+    train = load_split("hf:org/sentiment@v1.0", kind="labeled")
+    assert [r.text for r in train.records] == ["a", "b"]
+    assert asked[0] == hub.HubSpec("org/sentiment", "v1.0", "train")
+    assert [r.text for r in load_split("hf:org/sentiment", hub_split="validation").records] == ["c"]
+    with pytest.raises(DataError, match="no 'test' files in the dataset"):
+        load_split("hf:org/sentiment:test")
+
+
+def test_hub_dataset_offline_says_what_was_tried(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(
+        DataError, match=r"dataset 'nobody/nothing' could not be fetched from the local cache"
+    ):
+        load_split("hf:nobody/nothing")
+
+
+def test_a_malformed_hub_id_is_a_recipe_error(tmp_path: Path) -> None:
+    from tunelab.config import load_recipe
+    from tunelab.errors import RecipeError
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "name: x\ntask: sft\nmodel: {name: m}\ndata: {train: 'hf:no-slash'}\nmethod: {name: full}\n"
+    )
+    with pytest.raises(RecipeError, match=r"data\.train: 'hf:no-slash' is not a Hub dataset id"):
+        load_recipe(recipe)

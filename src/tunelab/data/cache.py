@@ -33,7 +33,7 @@ def cache_key(recipe: Recipe, tokenizer: Any) -> str:
     parts = {
         "version": __version__,
         "task": recipe.task,
-        "files": {str(f): _file_digest(Path(f)) for f in files if f},
+        "files": {str(f): _source_digest(str(f)) for f in files if f},
         "data": data.model_dump(mode="json"),
         "max_seq_len": recipe.train.max_seq_len,
         "packing": recipe.train.packing,
@@ -52,6 +52,11 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
         type(tokenizer).__name__,
     ]
     return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()
+
+
+def _source_digest(source: str) -> str:
+    # A Hub dataset is keyed by its id: pin it with @revision for the cache to follow upstream changes.
+    return source if source.startswith("hf:") else _file_digest(Path(source))
 
 
 def _file_digest(path: Path) -> str:

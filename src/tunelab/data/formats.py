@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunelab.data import hub
 from tunelab.data.readers import ReadResult, Row, read_file
 from tunelab.data.records import ROLES, Chat, Labeled, Message, Preference, Record, Text
 from tunelab.errors import DataError
@@ -268,8 +269,30 @@ def load_split(
     on_error: str = "fail",
     text_unit: str = "line",
     kind: str | None = None,
+    hub_split: str = "train",
 ) -> LoadedSplit:
-    """Read one file into records. `kind` restricts auto-detection to formats giving that record kind."""
+    """Read one file (or a Hub dataset's split) into records.
+
+    `kind` restricts auto-detection to formats giving that record kind; `hub_split` is the Hub split read
+    when an `hf:org/name` source names none.
+    """
+    if hub.is_hub_spec(str(path)):
+        spec = hub.parse_spec(str(path), default_split=hub_split)
+        files = hub.split_files(hub.download(spec), spec.split)
+        parts = [
+            load_split(f, fmt=fmt, columns=columns, on_error="skip", text_unit=text_unit, kind=kind)
+            for f in files
+        ]
+        merged = LoadedSplit(
+            path=Path(str(path)),
+            format=parts[0].format,
+            records=[r for part in parts for r in part.records],
+            bad_rows=[b for part in parts for b in part.bad_rows],
+            total_rows=sum(part.total_rows for part in parts),
+        )
+        if merged.bad_rows and on_error == "fail":
+            raise _bad_rows_error(merged)
+        return merged
     columns = columns or Columns()
     read = read_file(path, text_unit=text_unit)
     if columns.rename:

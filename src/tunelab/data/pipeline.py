@@ -114,6 +114,7 @@ def _load(recipe: Recipe, split: str, report: dict[str, Any]) -> list[Record]:
         on_error=data.on_error,
         text_unit=data.text_unit,
         kind=wanted,
+        hub_split=split,
     )
     if RECORD_KIND[loaded.format] != wanted:
         raise DataError(
