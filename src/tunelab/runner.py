@@ -24,7 +24,14 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from tunelab.config import Recipe, load_recipe, recipe_to_yaml
 from tunelab.data import cache as data_cache
 from tunelab.data.packing import check_packing_supported, collate_packed
-from tunelab.data.pipeline import PreparedData, Records, load_records, tokenize_records, write_prepared
+from tunelab.data.pipeline import (
+    PreparedData,
+    Records,
+    describe,
+    load_records,
+    tokenize_records,
+    write_prepared,
+)
 from tunelab.data.templates import ensure_chat_template
 from tunelab.data.tokenize import collate
 from tunelab.errors import TunelabError
@@ -58,6 +65,7 @@ def train(recipe: Recipe, *, resume: Path | None = None, console: Console | None
     tokenizer = load_tokenizer(recipe.model)
     data, records, cached_files = _prepare_data(recipe, tokenizer, console)
     loaded = load_model(recipe.model, recipe.task, data.label_map, tokenizer=tokenizer)
+    console.print(describe(data.report))
     for note in data.notes:
         console.print(f"[yellow]note:[/] {note}")
     if loaded.new_modules:
