@@ -18,6 +18,7 @@ from tunelab.data.packing import (
     pack_examples,
 )
 from tunelab.data.tokenize import IGNORE_INDEX, collate, count_causal_targets
+from tunelab.errors import RecipeError
 from tunelab.training.objectives import causal_lm, causal_lm_targets
 
 PAD = 1
@@ -215,5 +216,5 @@ def test_position_ids_alone_do_not_isolate_examples_while_use_cache_is_on(model:
 def test_check_packing_supported_refuses_other_attention(model: Any, tiny_llama: Path) -> None:
     check_packing_supported(model)
     eager = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32, attn_implementation="eager")
-    with pytest.raises(ValueError, match="sdpa"):
+    with pytest.raises(RecipeError, match=r"train\.packing: needs attn_implementation=.sdpa."):
         check_packing_supported(eager)

@@ -38,6 +38,7 @@ from typing import Any
 import torch
 
 from tunelab.data.tokenize import IGNORE_INDEX, Example
+from tunelab.errors import RecipeError
 
 PACKING_ATTENTION = "sdpa"  # the attention implementation whose mask convention collate_packed follows
 
@@ -151,7 +152,8 @@ def check_packing_supported(model: Any) -> None:
     """Refuse packed batches for attention implementations that would misread the boolean 4-D mask."""
     implementation = getattr(model.config, "_attn_implementation", None)
     if implementation != PACKING_ATTENTION:
-        raise ValueError(
-            f"sequence packing needs attn_implementation={PACKING_ATTENTION!r}, the model uses {implementation!r}: "
-            "eager would add the boolean mask to the scores and flash-attention would read it as padding"
+        raise RecipeError(
+            f"train.packing: needs attn_implementation={PACKING_ATTENTION!r}, the model uses {implementation!r} "
+            "(eager would add the boolean mask to the scores; flash-attention would read it as padding)",
+            fix="set train.packing: false for this model",
         )
