@@ -163,6 +163,91 @@ def data_prepare(
     out.print(f"written to {target} (train.jsonl, ..., report.json)")
 
 
+runs_app = typer.Typer(no_args_is_help=True, help="The run registry: list, show and compare runs.")
+app.add_typer(runs_app, name="runs")
+RunsDir = Annotated[Path, typer.Option("--dir", help="The output.dir whose registry to read.")]
+
+
+@runs_app.command("list")
+@friendly_errors
+def runs_list(
+    runs_dir: RunsDir = Path("runs"),
+    limit: Annotated[int, typer.Option(help="Show at most this many, newest first.")] = 20,
+    debug: DebugOption = False,
+) -> None:
+    """Runs, newest first, with status, cost and the main metric."""
+    from tunelab.runs.registry import format_table, list_runs
+
+    rows = []
+    for run in list_runs(runs_dir, limit=limit):
+        metrics = run.get("metrics") or {}
+        main = next(
+            (k for k in ("test_accuracy", "val_accuracy", "test_loss", "val_loss") if k in metrics), None
+        )
+        rows.append({**run, "metric": f"{main} {metrics[main]:.4f}" if main else "-"})
+    columns = ("run_id", "status", "task", "method", "steps", "wall_s", "metric")
+    for line in format_table(rows, columns) if rows else [f"no runs recorded in {runs_dir}"]:
+        out.print(line)
+
+
+@runs_app.command("show")
+@friendly_errors
+def runs_show(
+    run_id: Annotated[str, typer.Argument(help="A run id or a unique prefix of one.")],
+    runs_dir: RunsDir = Path("runs"),
+    debug: DebugOption = False,
+) -> None:
+    """Everything the registry holds about one run."""
+    import json
+
+    from tunelab.runs.registry import get_run
+
+    run = get_run(runs_dir, run_id)
+    run.pop("recipe_yaml", None)
+    out.print(json.dumps(run, indent=2))
+
+
+@runs_app.command("compare")
+@friendly_errors
+def runs_compare(
+    run_ids: Annotated[list[str], typer.Argument(help="Two or more run ids (or unique prefixes).")],
+    runs_dir: RunsDir = Path("runs"),
+    debug: DebugOption = False,
+) -> None:
+    """Metrics side by side, and the recipe fields that differ."""
+    from tunelab.runs.registry import compare_runs, format_table
+
+    result = compare_runs(runs_dir, run_ids)
+    ids = result["runs"]
+    metric_rows = [
+        {"metric": name, **dict(zip(ids, values, strict=True))} for name, values in result["metrics"].items()
+    ]
+    diff_rows = [
+        {"recipe field": name, **dict(zip(ids, values, strict=True))}
+        for name, values in result["recipe_differences"].items()
+    ]
+    for line in format_table(metric_rows, ["metric", *ids]):
+        out.print(line)
+    out.print("")
+    if diff_rows:
+        for line in format_table(diff_rows, ["recipe field", *ids]):
+            out.print(line)
+    else:
+        out.print("the recipes are the same")
+
+
+@app.command()
+@friendly_errors
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder.")],
+    debug: DebugOption = False,
+) -> None:
+    """Write RUN_DIR/report.html: curves, baselines, data report and cost, in one self-contained page."""
+    from tunelab.runs.report import write_report
+
+    out.print(f"report: {write_report(run_dir)}")
+
+
 def _key_value(item: str) -> tuple[str, str]:
     key, sep, value = item.partition("=")
     if not sep:
@@ -172,16 +257,25 @@ def _key_value(item: str) -> tuple[str, str]:
 
 def _print_result(summary: dict[str, Any]) -> None:
     baseline, metrics = summary.get("baseline", {}), summary.get("metrics", {})
+    others = summary.get("baselines", {})
     for key, after in metrics.items():
         if key in baseline:
             out.print(f"{key}: {baseline[key]:.4f} before training -> {after:.4f} after")
         elif isinstance(after, float):
             out.print(f"{key}: {after:.4f}")
+        for name, scores in others.items():
+            if key in scores and isinstance(after, float):
+                change = after - scores[key]
+                out.print(
+                    f"  vs {name.replace('_', '-')} baseline (base model): {scores[key]:.4f} ({change:+.4f})"
+                )
     stopped = " (stopped early)" if summary.get("stopped_early") else ""
     out.print(
         f"steps: {summary['steps']}{stopped}, tokens: {summary['tokens']:,}, time: {summary['wall_s']:.1f}s"
     )
     out.print(f"run folder: {summary['run_dir']}")
+    if summary.get("report"):
+        out.print(f"report: {summary['report']}")
 
 
 def main() -> None:

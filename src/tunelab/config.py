@@ -215,6 +215,23 @@ class TrainConfig(Section):
     seed: int = Field(42, description="Seed for initialisation, data order and dropout.")
 
 
+Baseline = Literal["zero_shot", "few_shot"]
+BASELINES: tuple[Baseline, ...] = ("zero_shot", "few_shot")
+
+
+class EvalConfig(Section):
+    baselines: list[Baseline] = Field(
+        default_factory=lambda: list(BASELINES),
+        description="Base-model baselines scored beside the fine-tuned model (classify: encoder "
+        "similarity to label names, nearest centroid of few_shot_k examples per class).",
+    )
+    few_shot_k: int = Field(3, ge=1, description="Labelled examples per class (or prior turns) for few-shot.")
+    label_descriptions: dict[str, str] = Field(
+        default_factory=dict,
+        description="classify zero-shot: a description per label name, instead of the name.",
+    )
+
+
 class OutputConfig(Section):
     dir: str = Field("runs", description="Parent folder of run folders (runs/<name>-<timestamp>/).")
 
@@ -231,6 +248,7 @@ class Recipe(Section):
     data: DataConfig = Field(description="Where the data is and which columns to read.")
     method: MethodConfig = Field(description="Which weights move: full, freeze or lora.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="The training loop's settings.")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="Baselines scored beside the result.")
     output: OutputConfig = Field(default_factory=OutputConfig, description="Where run folders go.")
 
     @model_validator(mode="after")

@@ -7,6 +7,7 @@ once training starts, any failure marks the folder `failed`, never `completed`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import resource
 import shutil
@@ -35,9 +36,12 @@ from tunelab.data.pipeline import (
 from tunelab.data.templates import ensure_chat_template
 from tunelab.data.tokenize import collate
 from tunelab.errors import TunelabError
+from tunelab.evaluation.baselines import encoder_baselines
 from tunelab.evaluation.metrics import evaluate
 from tunelab.models.load import load_model, load_tokenizer
 from tunelab.models.methods import apply_method, count_parameters
+from tunelab.runs.registry import record_run
+from tunelab.runs.report import write_report
 from tunelab.runs.rundir import MetricsLog, create_run_dir, read_summary, write_summary
 from tunelab.training import checkpoint
 from tunelab.training.loop import Hooks, MicroBatches, TrainState, eval_batches, fit
@@ -68,6 +72,7 @@ def train(recipe: Recipe, *, resume: Path | None = None, console: Console | None
     console.print(describe(data.report))
     for note in data.notes:
         console.print(f"[yellow]note:[/] {note}")
+    baselines = _baselines(recipe, loaded, data, console) if resume is None else None
     if loaded.new_modules:
         console.print(f"new (randomly initialised, trained in full): {', '.join(loaded.new_modules)}")
     model = apply_method(loaded.model, recipe.method, recipe.task, loaded.new_modules)
@@ -82,8 +87,11 @@ def train(recipe: Recipe, *, resume: Path | None = None, console: Console | None
 
     run_dir = resume if resume else _shared_run_dir(recipe, accelerator)
     summary = _initial_summary(recipe, run_dir, loaded.source, data, trainable, total, resume)
+    if baselines is not None:
+        summary["baselines"] = baselines
     if accelerator.is_main_process:
         write_summary(run_dir, summary)
+        _register(recipe, run_dir, summary, data_hash=data_cache.data_digest(recipe))
         _write_data_folder(recipe, run_dir / "data", data, records, cached_files, tokenizer)
     try:
         summary = _train_in_run_dir(
@@ -107,7 +115,13 @@ def train(recipe: Recipe, *, resume: Path | None = None, console: Console | None
         )
         if accelerator.is_main_process:
             write_summary(run_dir, summary)
+            _register(recipe, run_dir, summary)
+            _write_report_quietly(run_dir)
         raise
+    if accelerator.is_main_process:
+        _register(recipe, run_dir, summary)
+        summary["report"] = str(write_report(run_dir))
+        write_summary(run_dir, summary)
     return TrainResult(run_dir=run_dir, summary=summary, is_main_process=accelerator.is_main_process)
 
 
@@ -183,6 +197,37 @@ def _train_in_run_dir(
     if accelerator.is_main_process:
         write_summary(run_dir, summary)
     return summary
+
+
+def _register(recipe: Recipe, run_dir: Path, summary: dict[str, Any], data_hash: str | None = None) -> None:
+    recipe_yaml = (run_dir / "recipe.yaml").read_text(encoding="utf-8")
+    record_run(
+        recipe.output.dir, run_id=run_dir.name, recipe_yaml=recipe_yaml, data_hash=data_hash, summary=summary
+    )
+
+
+def _write_report_quietly(run_dir: Path) -> None:
+    """A failed run still gets its report when possible; a report problem must not hide the failure."""
+    with contextlib.suppress(Exception):  # the original error is being raised; it matters more
+        write_report(run_dir)
+
+
+def _baselines(recipe: Recipe, loaded: Any, data: PreparedData, console: Console) -> dict[str, Any]:
+    """Zero-/few-shot scores of the base model on the test split (else validation), before training."""
+    split = next((s for s in ("test", "validation") if s in data.splits), None)
+    if recipe.task != "classify" or not recipe.eval.baselines or split is None or data.label_map is None:
+        return {}
+    scores = encoder_baselines(
+        loaded.model, loaded.tokenizer, data.splits["train"], data.splits[split], data.label_map,
+        prefix=_prefix(split), k=recipe.eval.few_shot_k, seed=recipe.train.seed,
+        descriptions=recipe.eval.label_descriptions,
+    )  # fmt: skip
+    chosen: dict[str, Any] = {name: scores[name] for name in recipe.eval.baselines}
+    shown = ", ".join(
+        f"{name} {_format({k: v for k, v in s.items() if k != 'k'})}" for name, s in chosen.items()
+    )
+    console.print(f"baselines (base model, k={recipe.eval.few_shot_k} for few-shot): {shown}")
+    return chosen
 
 
 def _prepare_data(
@@ -307,6 +352,7 @@ def _initial_summary(
         "examples": {split: len(examples) for split, examples in data.splits.items()},
         "notes": data.notes,
         "baseline": previous.get("baseline", {}),
+        "baselines": previous.get("baselines", {}),
         "metrics": {},
     }
 

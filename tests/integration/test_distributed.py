@@ -37,7 +37,7 @@ def test_two_processes_of_batch_one_equal_one_process_of_batch_two(tmp_path: Pat
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     (run_dir,) = [
-        p for p in (tmp_path / "two" / "runs").iterdir() if not p.name.startswith(".")
+        p for p in (tmp_path / "two" / "runs").iterdir() if p.is_dir() and not p.name.startswith(".")
     ]  # one, not one per process
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed"

@@ -117,7 +117,7 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(
     monkeypatch.setattr(checkpoint, "save_checkpoint", crash_after_step_3)
     with pytest.raises(SimulatedCrash):
         run(recipe)
-    (run_dir,) = [p for p in (tmp_path / "b" / "runs").iterdir() if not p.name.startswith(".")]
+    (run_dir,) = [p for p in (tmp_path / "b" / "runs").iterdir() if p.is_dir() and not p.name.startswith(".")]
     crashed = json.loads((run_dir / "summary.json").read_text())
     assert crashed["status"] == "failed" and crashed["error"] == "power cut"
     assert not (run_dir / "final").exists()

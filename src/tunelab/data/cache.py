@@ -43,6 +43,14 @@ def cache_key(recipe: Recipe, tokenizer: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
 
+def data_digest(recipe: Recipe) -> str:
+    """sha256 over the recipe's data files (their bytes), for the run registry."""
+    data = recipe.data
+    files = [data.train, data.validation, data.test, *data.contamination]
+    parts = {str(f): _source_digest(str(f)) for f in files if f}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
 def tokenizer_fingerprint(tokenizer: Any) -> str:
     vocab = sorted(tokenizer.get_vocab().items())
     parts = [

@@ -1,0 +1,86 @@
+"""Baselines for classification with the *base* encoder, scored before any training.
+
+zero-shot: cosine similarity between a text's embedding and each label's (its name, or a description
+from the recipe); few-shot: the nearest class centroid of k labelled training examples per class.
+They answer the question fine-tuning must beat: how far does the pre-trained model get unaided?
+Embeddings are attention-masked means of the encoder's last hidden states (what sentence encoders
+such as MiniLM are trained for).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from tunelab.data.tokenize import Example, collate
+
+
+@torch.no_grad()
+def embed(encoder: Any, examples: Sequence[Example], pad_token_id: int, batch_size: int = 32) -> torch.Tensor:
+    """(n, hidden) unit-length embeddings, in the order of `examples`."""
+    was_training = encoder.training
+    encoder.eval()
+    device = next(encoder.parameters()).device
+    chunks = []
+    for start in range(0, len(examples), batch_size):
+        batch = collate(
+            [{"input_ids": e["input_ids"]} for e in examples[start : start + batch_size]], pad_token_id
+        )
+        batch = {k: v.to(device) for k, v in batch.items()}
+        hidden = encoder(**batch).last_hidden_state.float()
+        mask = batch["attention_mask"].unsqueeze(-1).float()
+        chunks.append(F.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1), dim=-1))
+    encoder.train(was_training)
+    return torch.cat(chunks)
+
+
+def encoder_baselines(
+    model: Any,
+    tokenizer: Any,
+    train: Sequence[Example],
+    scored: Sequence[Example],
+    label_map: dict[str, int],
+    *,
+    prefix: str,
+    k: int = 3,
+    seed: int = 42,
+    descriptions: dict[str, str] | None = None,
+) -> dict[str, dict[str, float]]:
+    """{"zero_shot": {f"{prefix}_accuracy": ...}, "few_shot": {...}} on the `scored` examples."""
+    encoder = model.base_model  # the backbone under the (new) classification head
+    pad_id = tokenizer.pad_token_id
+    truth = torch.tensor([e["label"] for e in scored])
+    texts = embed(encoder, scored, pad_id)
+    names = sorted(label_map, key=label_map.__getitem__)
+    label_texts = [(descriptions or {}).get(name, name.replace("_", " ")) for name in names]
+    label_vectors = embed(encoder, [{"input_ids": tokenizer(t)["input_ids"]} for t in label_texts], pad_id)
+    zero_shot = (texts @ label_vectors.T).argmax(-1).cpu()
+    centroids = embed_centroids(encoder, train, len(names), pad_id, k, seed)
+    few_shot = (texts @ centroids.T).argmax(-1).cpu()
+    return {
+        "zero_shot": {f"{prefix}_accuracy": float((zero_shot == truth).float().mean())},
+        "few_shot": {f"{prefix}_accuracy": float((few_shot == truth).float().mean()), "k": k},
+    }
+
+
+def embed_centroids(
+    encoder: Any, train: Sequence[Example], n_classes: int, pad_id: int, k: int, seed: int
+) -> torch.Tensor:
+    """Unit-length mean embedding of k seeded training examples per class (fewer if a class has fewer)."""
+    rng = random.Random(seed)
+    by_class: dict[int, list[Example]] = {}
+    for example in train:
+        by_class.setdefault(example["label"], []).append(example)
+    centroids = []
+    for label in range(n_classes):
+        pool = by_class.get(label, [])
+        shots = rng.sample(pool, min(k, len(pool)))
+        if not shots:  # a class with no training example cannot be predicted by this baseline
+            centroids.append(torch.full((encoder.config.hidden_size,), float("nan")))
+            continue
+        centroids.append(F.normalize(embed(encoder, shots, pad_id).mean(0), dim=-1).cpu())
+    return torch.nan_to_num(torch.stack(centroids), nan=-2.0).to(next(encoder.parameters()).device)
