@@ -116,6 +116,11 @@ class DataConfig(Section):
     text_column: str = Field("text", description="labeled/text formats: the column holding the text.")
     text_pair_column: str | None = Field(None, description="labeled: optional second text column (pairs).")
     label_column: str = Field("label", description="labeled: the column holding the label.")
+    sample: int | None = Field(
+        None,
+        gt=0,
+        description="Train on a seeded random sample of this many training rows (recorded in report.json).",
+    )
     on_error: Literal["fail", "skip"] = Field(
         "fail", description="Bad rows: fail lists them and stops; skip leaves them out and counts them."
     )

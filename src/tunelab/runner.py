@@ -37,12 +37,12 @@ from tunelab.data.templates import ensure_chat_template
 from tunelab.data.tokenize import collate
 from tunelab.errors import TunelabError
 from tunelab.evaluation.baselines import encoder_baselines
-from tunelab.evaluation.metrics import evaluate
+from tunelab.evaluation.metrics import classification_scores, evaluate, predicted_labels
 from tunelab.models.load import load_model, load_tokenizer
 from tunelab.models.methods import apply_method, count_parameters
 from tunelab.runs.registry import record_run
 from tunelab.runs.report import write_report
-from tunelab.runs.rundir import MetricsLog, create_run_dir, read_summary, write_summary
+from tunelab.runs.rundir import MetricsLog, create_run_dir, read_summary, write_summary, write_text_atomic
 from tunelab.training import checkpoint
 from tunelab.training.loop import Hooks, MicroBatches, TrainState, eval_batches, fit
 from tunelab.training.objectives import OBJECTIVES
@@ -180,6 +180,11 @@ def _train_in_run_dir(
     metrics = {"train_loss_last": _last_train_loss(run_dir), **state.last_metrics}
     if "test" in data.splits:
         metrics.update(run_eval("test"))
+    if recipe.task == "classify":
+        scored = _classification_eval(recipe, model, data, summary, metrics, pad_id, accelerator)
+        if scored is not None and accelerator.is_main_process:
+            write_text_atomic(run_dir / "eval.json", json.dumps(scored, indent=2) + "\n")
+            metrics[f"{scored['split_prefix']}_macro_f1"] = scored["classification"]["macro"]["f1"]
     if accelerator.is_main_process:
         export_final(accelerator.unwrap_model(model), tokenizer, run_dir, recipe, data)
     summary.update(
@@ -271,6 +276,42 @@ def _train_batches(recipe: Recipe, data: PreparedData, pad_id: int, accelerator:
     return MicroBatches(
         data.splits["train"], cfg.batch_size, cfg.seed, pad_id, accelerator, collate_fn=collate_fn
     )
+
+
+def _classification_eval(
+    recipe: Recipe,
+    model: Any,
+    data: PreparedData,
+    summary: dict[str, Any],
+    metrics: dict[str, Any],
+    pad_id: int,
+    accelerator: Accelerator,
+) -> dict[str, Any] | None:
+    """eval.json for classify: full scores and confusion matrix of the fine-tuned model on the test split
+    (else validation), beside the baselines scored on the same rows before training."""
+    split = next((s for s in ("test", "validation") if s in data.splits), None)
+    if split is None or data.label_map is None:
+        return None
+    prefix = _prefix(split)
+    names = sorted(data.label_map, key=data.label_map.__getitem__)
+    batches = eval_batches(data.splits[split], recipe.train.batch_size, pad_id, accelerator)
+    y_true, y_pred = predicted_labels(model, batches, accelerator)
+    scores = classification_scores(y_true, y_pred, names)
+    baselines = {name: dict(s) for name, s in summary.get("baselines", {}).items()}
+    if summary.get("baseline"):
+        baselines["untrained_head"] = dict(summary["baseline"])
+    return {
+        "split": split,
+        "split_prefix": prefix,
+        "fine_tuned": {
+            f"{prefix}_accuracy": scores["accuracy"],
+            f"{prefix}_loss": metrics.get(f"{prefix}_loss"),
+        },
+        "baselines": baselines,
+        "classification": scores,
+        "confusion_matrix": scores["confusion_matrix"],
+        "labels": names,
+    }
 
 
 def export_final(model: Any, tokenizer: Any, run_dir: Path, recipe: Recipe, data: PreparedData) -> Path:

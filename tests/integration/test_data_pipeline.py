@@ -259,3 +259,14 @@ def test_a_damaged_cache_entry_is_rebuilt(tmp_path: Path, tiny_bert: Path) -> No
         "card": 1,
         "transfer": 2,
     }
+
+
+def test_sample_takes_the_same_seeded_rows_and_says_so(tmp_path: Path) -> None:
+    rows = intent_rows()[:60]
+    recipe = recipe_for(tmp_path, rows, sample=10)
+    first, again = load_records(recipe), load_records(recipe)
+    texts = [r.text for r in first.splits["train"]]
+    assert len(texts) == 10 and texts == [r.text for r in again.splits["train"]]
+    order = [r["text"] for r in rows]
+    assert [order.index(t) for t in texts] == sorted(order.index(t) for t in texts)  # file order kept
+    assert first.report["sample"] == {"from": 60, "kept": 10, "seed": 42}

@@ -8,6 +8,7 @@ Both run before the model is trained, so every data problem surfaces before any 
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,11 @@ def load_records(recipe: Recipe) -> Records:
     data = recipe.data
     report: dict[str, Any] = {"splits": {}}
     splits = {split: _load(recipe, split, report) for split in SPLITS if getattr(data, split)}
+    if data.sample is not None and len(splits["train"]) > data.sample:
+        # Seeded, and in file order, so the same recipe always trains on the same rows.
+        chosen = sorted(random.Random(recipe.train.seed).sample(range(len(splits["train"])), data.sample))
+        report["sample"] = {"from": len(splits["train"]), "kept": data.sample, "seed": recipe.train.seed}
+        splits["train"] = [splits["train"][i] for i in chosen]
     if data.normalize:
         report["normalize"] = {}
         for split in splits:

@@ -10,7 +10,7 @@ from typing import Any, TypeAlias
 
 import torch
 
-from tunelab.training.objectives import Batch, Objective
+from tunelab.training.objectives import Batch, Objective, model_inputs
 
 
 @torch.no_grad()
@@ -49,6 +49,22 @@ def evaluate(
 # A diverged run (loss inf, or in the thousands) then reports a large finite number that stays
 # JSON-serialisable and plottable instead of raising OverflowError. Same cap as `evaluate` above.
 MAX_LOG_PERPLEXITY = 50.0
+
+
+@torch.no_grad()
+def predicted_labels(model: Any, batches: Iterable[Batch], accelerator: Any) -> tuple[list[int], list[int]]:
+    """(true, predicted) class ids over every process's share of the batches, in a stable order."""
+    from accelerate.utils import gather_object
+
+    was_training = model.training
+    model.eval()
+    pairs: list[tuple[int, int]] = []
+    for batch in batches:
+        logits = model(**model_inputs(batch)).logits
+        pairs += zip(batch["labels"].tolist(), logits.argmax(-1).tolist(), strict=True)
+    model.train(was_training)
+    gathered = gather_object(pairs) if accelerator.num_processes > 1 else pairs
+    return [t for t, _ in gathered], [p for _, p in gathered]
 
 
 def perplexity(mean_loss: float) -> float:

