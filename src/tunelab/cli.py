@@ -236,6 +236,58 @@ def runs_compare(
         out.print("the recipes are the same")
 
 
+@app.command("eval")
+@friendly_errors
+def eval_command(
+    target: Annotated[
+        str, typer.Argument(help="A run folder, its final/ folder, or a base model (folder or Hub id).")
+    ],
+    data: Annotated[Path, typer.Option("--data", help="The data file to score.")],
+    metrics: Annotated[
+        str,
+        typer.Option(
+            "--metrics", help="sft: generative metrics, comma-separated: bleu,chrf,rouge,exact_match."
+        ),
+    ] = "",
+    task: Annotated[str | None, typer.Option(help="Task of a base model (sft).")] = None,
+    text_column: Annotated[str, typer.Option(help="Column holding the text (classify).")] = "text",
+    label_column: Annotated[str, typer.Option(help="Column holding the label (classify).")] = "label",
+    max_seq_len: Annotated[int, typer.Option(help="Tokens per example.")] = 512,
+    max_new_tokens: Annotated[
+        int, typer.Option(help="Tokens generated per answer (generative metrics).")
+    ] = 128,
+    out_file: Annotated[Path | None, typer.Option("--out", help="Where to write eval.json.")] = None,
+    debug: DebugOption = False,
+) -> None:
+    """Score a model on a data file; writes eval.json (into the run folder when TARGET is a run)."""
+    import json
+
+    from tunelab.data.formats import Columns
+    from tunelab.evaluation.target import GENERATIVE, evaluate_file, load_target
+
+    wanted = tuple(name.strip() for name in metrics.split(",") if name.strip())
+    unknown = [name for name in wanted if name not in GENERATIVE]
+    if unknown:
+        raise TunelabError(
+            f"--metrics: unknown {', '.join(unknown)}", fix=f"choose from {', '.join(GENERATIVE)}"
+        )
+    loaded = load_target(target, task)
+    result = evaluate_file(
+        loaded, str(data), metrics=wanted, columns=Columns(text=text_column, label=label_column),
+        max_seq_len=max_seq_len, max_new_tokens=max_new_tokens,
+    )  # fmt: skip
+    for key, value in result["metrics"].items():
+        out.print(f"{key}: {value:.4f}")
+    if "classification" in result:
+        macro = result["classification"]["macro"]
+        out.print(
+            f"macro precision {macro['precision']:.4f}, recall {macro['recall']:.4f}, f1 {macro['f1']:.4f}"
+        )
+    path = out_file or ((loaded.run_dir / f"eval-{data.stem}.json") if loaded.run_dir else Path("eval.json"))
+    path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    out.print(f"written to {path}")
+
+
 @app.command()
 @friendly_errors
 def report(

@@ -1,0 +1,64 @@
+"""`tunelab eval` rebuilds a run's model from final/ and scores a file with it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tests.conftest import make_recipe
+from tunelab.cli import app
+from tunelab.config import load_recipe
+from tunelab.runner import train
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize(
+    "method", [{"name": "lora", "r": 4, "alpha": 8}, {"name": "full"}], ids=["lora", "full"]
+)
+def test_eval_of_a_classify_run_reproduces_its_final_validation_scores(
+    tmp_path: Path, tiny_bert: Path, method: dict
+) -> None:
+    # The last validation pass ran on the final weights; rebuilding them from final/ (adapter on its
+    # base, or full weights) must give the same numbers.
+    recipe = make_recipe(
+        tmp_path, tiny_bert, "classify", method=method, train={"max_steps": 3, "eval_every": 3}
+    )
+    run = train(load_recipe(recipe))
+    result = runner.invoke(app, ["eval", str(run.run_dir), "--data", str(tmp_path / "val.jsonl")])
+    assert result.exit_code == 0, result.output
+    scored = json.loads((run.run_dir / "eval-val.json").read_text())
+    assert scored["metrics"]["eval_loss"] == pytest.approx(run.summary["metrics"]["val_loss"], abs=1e-6)
+    assert scored["metrics"]["eval_accuracy"] == pytest.approx(
+        run.summary["metrics"]["val_accuracy"], abs=1e-9
+    )
+    assert len(scored["confusion_matrix"]) == 3 and "macro precision" in result.output
+    assert (run.run_dir / "eval.json").is_file()  # the run's own scores are not overwritten
+
+
+def test_eval_of_an_sft_run_with_generative_metrics(tmp_path: Path, tiny_llama: Path) -> None:
+    recipe = make_recipe(tmp_path, tiny_llama, "sft", train={"max_steps": 2, "eval_every": 2})
+    run = train(load_recipe(recipe))
+    out = tmp_path / "scores.json"
+    result = runner.invoke(
+        app,
+        ["eval", str(run.run_dir / "final"), "--data", str(tmp_path / "val.jsonl"),
+         "--metrics", "bleu,rouge,exact_match", "--max-new-tokens", "4", "--out", str(out)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    scores = json.loads(out.read_text())["metrics"]
+    assert scores["eval_loss"] == pytest.approx(run.summary["metrics"]["val_loss"], abs=1e-6)
+    assert {"eval_bleu", "eval_rouge1", "eval_rouge2", "eval_rougeL", "eval_exact_match"} <= set(scores)
+    assert 0 <= scores["eval_exact_match"] <= 1
+
+
+def test_eval_rejects_unknown_metrics_and_base_classifiers(tmp_path: Path, tiny_bert: Path) -> None:
+    data = tmp_path / "x.jsonl"
+    data.write_text('{"text": "a", "label": "b"}\n')
+    bad = runner.invoke(app, ["eval", str(tiny_bert), "--data", str(data), "--metrics", "bleurt"])
+    assert bad.exit_code == 1 and "--metrics: unknown bleurt" in bad.output
+    base = runner.invoke(app, ["eval", str(tiny_bert), "--data", str(data), "--task", "classify"])
+    assert base.exit_code == 1 and "needs a trained head" in base.output
