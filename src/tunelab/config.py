@@ -235,6 +235,16 @@ class EvalConfig(Section):
         default_factory=dict,
         description="classify zero-shot: a description per label name, instead of the name.",
     )
+    reference: ExistingFile | None = Field(
+        None,
+        description="Forgetting check (sft): general text (perplexity) or multiple-choice JSONL (question, "
+        "choices, answer; accuracy), scored before and after training.",
+    )
+    forgetting_tolerance: float = Field(
+        0.05,
+        ge=0,
+        description="Warn when the reference score gets worse by more than this share (0.05 = 5%).",
+    )
 
 
 class OutputConfig(Section):
@@ -263,6 +273,8 @@ class Recipe(Section):
             raise ValueError("train.early_stopping needs data.validation to watch")
         if stopping is not None and stopping.metric == "val_accuracy" and self.task != "classify":
             raise ValueError("train.early_stopping.metric val_accuracy exists only for task: classify")
+        if self.eval.reference is not None and self.task != "sft":
+            raise ValueError("eval.reference (the forgetting check) needs a causal language model: task sft")
         return self
 
 

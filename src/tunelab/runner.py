@@ -37,6 +37,8 @@ from tunelab.data.templates import ensure_chat_template
 from tunelab.data.tokenize import collate
 from tunelab.errors import TunelabError
 from tunelab.evaluation.baselines import encoder_baselines
+from tunelab.evaluation.forgetting import forgetting_entry, load_reference
+from tunelab.evaluation.forgetting import score as score_reference
 from tunelab.evaluation.metrics import classification_scores, evaluate, predicted_labels
 from tunelab.models.load import load_model, load_tokenizer
 from tunelab.models.methods import apply_method, count_parameters
@@ -153,6 +155,12 @@ def _train_in_run_dir(
         split_batches = eval_batches(data.splits[split], cfg.batch_size, pad_id, accelerator)
         return evaluate(model, split_batches, objective, recipe.task, accelerator, prefix=_prefix(split))
 
+    reference = load_reference(recipe.eval.reference) if recipe.eval.reference else None
+    if reference is not None and not _is_adapter(model) and resume_from is None:
+        # full / freeze: "before" is the base model, i.e. these weights before the first step.
+        summary["forgetting_before"] = score_reference(accelerator.unwrap_model(model), tokenizer, reference)
+        if accelerator.is_main_process:
+            write_summary(run_dir, summary)  # a resumed run needs it: the base weights are gone by then
     if resume_from is not None:
         checkpoint.load_checkpoint(accelerator, resume_from)
         console.print(f"resumed from {resume_from} (step {state.step} of {steps})")
@@ -180,11 +188,17 @@ def _train_in_run_dir(
     metrics = {"train_loss_last": _last_train_loss(run_dir), **state.last_metrics}
     if "test" in data.splits:
         metrics.update(run_eval("test"))
+    scored: dict[str, Any] = {}
     if recipe.task == "classify":
-        scored = _classification_eval(recipe, model, data, summary, metrics, pad_id, accelerator)
-        if scored is not None and accelerator.is_main_process:
-            write_text_atomic(run_dir / "eval.json", json.dumps(scored, indent=2) + "\n")
+        scored = _classification_eval(recipe, model, data, summary, metrics, pad_id, accelerator) or {}
+        if scored:
             metrics[f"{scored['split_prefix']}_macro_f1"] = scored["classification"]["macro"]["f1"]
+    if reference is not None:
+        forgetting = _forgetting(recipe, model, tokenizer, reference, summary, accelerator)
+        scored["forgetting"] = summary["forgetting"] = forgetting
+        console.print(_describe_forgetting(forgetting))
+    if scored and accelerator.is_main_process:
+        write_text_atomic(run_dir / "eval.json", json.dumps(scored, indent=2) + "\n")
     if accelerator.is_main_process:
         export_final(accelerator.unwrap_model(model), tokenizer, run_dir, recipe, data)
     summary.update(
@@ -276,6 +290,42 @@ def _train_batches(recipe: Recipe, data: PreparedData, pad_id: int, accelerator:
     return MicroBatches(
         data.splits["train"], cfg.batch_size, cfg.seed, pad_id, accelerator, collate_fn=collate_fn
     )
+
+
+def _is_adapter(model: Any) -> bool:
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)
+
+
+def _forgetting(
+    recipe: Recipe,
+    model: Any,
+    tokenizer: Any,
+    reference: Any,
+    summary: dict[str, Any],
+    accelerator: Accelerator,
+) -> dict[str, Any]:
+    """Score the reference after training; for adapters "before" is the same model with the adapter off."""
+    unwrapped = accelerator.unwrap_model(model)
+    after = score_reference(unwrapped, tokenizer, reference)
+    if _is_adapter(unwrapped):
+        with unwrapped.disable_adapter():  # the base model, without a second copy in memory
+            before = score_reference(unwrapped, tokenizer, reference)
+    else:
+        before = summary["forgetting_before"]
+    return forgetting_entry(reference, before, after, recipe.eval.forgetting_tolerance)
+
+
+def _describe_forgetting(entry: dict[str, Any]) -> str:
+    line = (
+        f"forgetting check ({Path(entry['reference']).name}, {entry['metric']}): "
+        f"{entry['before']:.4f} before -> {entry['after']:.4f} after"
+    )
+    if entry["warning"]:
+        worse, allowed = 100 * entry["relative_worsening"], 100 * entry["tolerance"]
+        line += f"  [warning: worse by {worse:.1f}%, over the {allowed:.0f}% tolerance]"
+    return line
 
 
 def _classification_eval(
@@ -394,6 +444,7 @@ def _initial_summary(
         "notes": data.notes,
         "baseline": previous.get("baseline", {}),
         "baselines": previous.get("baselines", {}),
+        **({"forgetting_before": previous["forgetting_before"]} if "forgetting_before" in previous else {}),
         "metrics": {},
     }
 
