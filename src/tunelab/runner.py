@@ -24,6 +24,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from tunelab.config import Recipe, load_recipe, recipe_to_yaml
 from tunelab.data import cache as data_cache
+from tunelab.data.formats import load_split
 from tunelab.data.packing import check_packing_supported, collate_packed
 from tunelab.data.pipeline import (
     PreparedData,
@@ -34,9 +35,9 @@ from tunelab.data.pipeline import (
     write_prepared,
 )
 from tunelab.data.templates import ensure_chat_template
-from tunelab.data.tokenize import collate
+from tunelab.data.tokenize import LengthPolicy, collate
 from tunelab.errors import TunelabError
-from tunelab.evaluation.baselines import encoder_baselines
+from tunelab.evaluation.baselines import chat_baselines, encoder_baselines
 from tunelab.evaluation.forgetting import forgetting_entry, load_reference
 from tunelab.evaluation.forgetting import score as score_reference
 from tunelab.evaluation.metrics import classification_scores, evaluate, predicted_labels
@@ -74,7 +75,11 @@ def train(recipe: Recipe, *, resume: Path | None = None, console: Console | None
     console.print(describe(data.report))
     for note in data.notes:
         console.print(f"[yellow]note:[/] {note}")
-    baselines = _baselines(recipe, loaded, data, console) if resume is None else None
+    baselines = None
+    if resume is None:
+        baselines = _baselines(
+            recipe, loaded, data, _records_for_baselines(records, cached_files), accelerator, console
+        )
     if loaded.new_modules:
         console.print(f"new (randomly initialised, trained in full): {', '.join(loaded.new_modules)}")
     model = apply_method(loaded.model, recipe.method, recipe.task, loaded.new_modules)
@@ -231,19 +236,44 @@ def _write_report_quietly(run_dir: Path) -> None:
         write_report(run_dir)
 
 
-def _baselines(recipe: Recipe, loaded: Any, data: PreparedData, console: Console) -> dict[str, Any]:
+def _records_for_baselines(records: Records | None, cached_files: Path | None) -> dict[str, list[Any]]:
+    """The cleaned records per split: computed now, or read back from the cache's canonical JSONL."""
+    if records is not None:
+        return records.splits
+    assert cached_files is not None
+    return {p.stem: load_split(p).records for p in cached_files.glob("*.jsonl")}
+
+
+def _baselines(
+    recipe: Recipe,
+    loaded: Any,
+    data: PreparedData,
+    records: dict[str, list[Any]],
+    accelerator: Accelerator,
+    console: Console,
+) -> dict[str, Any]:
     """Zero-/few-shot scores of the base model on the test split (else validation), before training."""
     split = next((s for s in ("test", "validation") if s in data.splits), None)
-    if recipe.task != "classify" or not recipe.eval.baselines or split is None or data.label_map is None:
+    if not recipe.eval.baselines or split is None:
         return {}
-    scores = encoder_baselines(
-        loaded.model, loaded.tokenizer, data.splits["train"], data.splits[split], data.label_map,
-        prefix=_prefix(split), k=recipe.eval.few_shot_k, seed=recipe.train.seed,
-        descriptions=recipe.eval.label_descriptions,
-    )  # fmt: skip
+    k, seed = recipe.eval.few_shot_k, recipe.train.seed
+    loaded.model.to(accelerator.device)
+    if recipe.task == "classify":
+        assert data.label_map is not None
+        scores = encoder_baselines(
+            loaded.model, loaded.tokenizer, data.splits["train"], data.splits[split], data.label_map,
+            prefix=_prefix(split), k=k, seed=seed, descriptions=recipe.eval.label_descriptions,
+        )  # fmt: skip
+    else:
+        policy = LengthPolicy(recipe.train.max_seq_len, "truncate", recipe.data.min_tokens)
+        scores = chat_baselines(
+            loaded.model, loaded.tokenizer, records["train"], records[split], policy, accelerator,
+            prefix=_prefix(split), k=k, seed=seed,
+        )  # fmt: skip
     chosen: dict[str, Any] = {name: scores[name] for name in recipe.eval.baselines}
     shown = ", ".join(
-        f"{name} {_format({k: v for k, v in s.items() if k != 'k'})}" for name, s in chosen.items()
+        f"{name} {_format({key: v for key, v in s.items() if key not in ('k', 'scored')})}"
+        for name, s in chosen.items()
     )
     console.print(f"baselines (base model, k={recipe.eval.few_shot_k} for few-shot): {shown}")
     return chosen

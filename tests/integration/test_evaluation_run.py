@@ -107,3 +107,16 @@ def test_encoder_baselines_on_the_real_minilm_are_far_above_chance() -> None:
     )
     assert scores["zero_shot"]["test_accuracy"] >= 0.8
     assert scores["few_shot"]["test_accuracy"] >= 0.9
+
+
+def test_sft_baselines_are_base_model_losses_with_and_without_shots(tmp_path: Path, tiny_llama: Path) -> None:
+    recipe = make_recipe(tmp_path, tiny_llama, "sft", train={"max_steps": 2, "max_seq_len": 256})
+    first = train(load_recipe(recipe, [f"data.test={tmp_path / 'val.jsonl'}"])).summary
+    zero, few = first["baselines"]["zero_shot"], first["baselines"]["few_shot"]
+    # LoRA starts as the identity, so the untrained model's test loss is the base model's zero-shot loss.
+    assert zero["test_loss"] == pytest.approx(first["baseline"]["test_loss"], abs=1e-6)
+    assert few["test_loss"] != zero["test_loss"] and few["k"] == 3 and few["scored"] == zero["scored"] == 3
+    assert 0 < few["shots_mean"] <= 3
+
+    again = train(load_recipe(recipe, [f"data.test={tmp_path / 'val.jsonl'}"])).summary  # data from the cache
+    assert again["baselines"] == first["baselines"]

@@ -11,12 +11,18 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from tunelab.data.tokenize import Example, collate
+from tunelab.data.records import Chat
+from tunelab.data.templates import render_chat
+from tunelab.data.tokenize import Example, LengthPolicy, collate, tokenize_chats
+from tunelab.evaluation.metrics import evaluate
+from tunelab.training.loop import eval_batches
+from tunelab.training.objectives import OBJECTIVES
 
 
 @torch.no_grad()
@@ -84,3 +90,49 @@ def embed_centroids(
             continue
         centroids.append(F.normalize(embed(encoder, shots, pad_id).mean(0), dim=-1).cpu())
     return torch.nan_to_num(torch.stack(centroids), nan=-2.0).to(next(encoder.parameters()).device)
+
+
+def chat_baselines(
+    model: Any,
+    tokenizer: Any,
+    train: Sequence[Chat],
+    scored: Sequence[Chat],
+    policy: LengthPolicy,
+    accelerator: Any,
+    *,
+    prefix: str,
+    k: int = 3,
+    seed: int = 42,
+    batch_size: int = 8,
+) -> dict[str, dict[str, float]]:
+    """Loss of the base causal LM on the scored answers: zero-shot (the conversation alone, through the
+    chat template) and few-shot (k seeded training conversations first, as prior turns carrying no loss).
+    Loss, not generated text, because it is the metric sft runs report; lower is better."""
+    rng = random.Random(seed)
+    shots = rng.sample(list(train), min(k, len(train)))
+    with_shots = [_with_shots(tokenizer, chat, shots, policy.max_seq_len) for chat in scored]
+    out = {}
+    for name, chats in (("zero_shot", list(scored)), ("few_shot", [c for c, _ in with_shots])):
+        examples, _ = tokenize_chats(tokenizer, chats, policy)
+        batches = eval_batches(examples, batch_size, tokenizer.pad_token_id, accelerator)
+        scores = evaluate(model, batches, OBJECTIVES["sft"], "sft", accelerator, prefix=prefix)
+        out[name] = {**scores, "scored": len(examples)}
+    out["few_shot"]["k"] = len(shots)
+    out["few_shot"]["shots_mean"] = sum(n for _, n in with_shots) / max(len(with_shots), 1)
+    return out
+
+
+def _with_shots(tokenizer: Any, chat: Chat, shots: Sequence[Chat], max_len: int) -> tuple[Chat, int]:
+    """The chat after as many shots (prior turns, no loss) as fit in max_len tokens; and that number.
+    Fewer shots rather than truncation, which would cut the very answer being scored."""
+    system = [m for m in chat.messages if m.role == "system"]
+    turns = [m for m in chat.messages if m.role != "system"]
+    for n in range(len(shots), 0, -1):
+        prior = [replace(m, weight=0) for shot in shots[:n] for m in shot.messages if m.role != "system"]
+        candidate = replace(chat, messages=(*system, *prior, *turns))
+        if (
+            len(tokenizer(render_chat(tokenizer, candidate)[0], add_special_tokens=False)["input_ids"])
+            <= max_len
+        ):
+            return candidate, n
+    return chat, 0
