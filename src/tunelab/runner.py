@@ -272,7 +272,7 @@ def _baselines(
         )  # fmt: skip
     chosen: dict[str, Any] = {name: scores[name] for name in recipe.eval.baselines}
     shown = ", ".join(
-        f"{name} {_format({key: v for key, v in s.items() if key not in ('k', 'scored')})}"
+        f"{name} {_format({key: v for key, v in s.items() if key not in ('k', 'scored', 'shots_mean')})}"
         for name, s in chosen.items()
     )
     console.print(f"baselines (base model, k={recipe.eval.few_shot_k} for few-shot): {shown}")
