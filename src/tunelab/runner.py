@@ -24,7 +24,6 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from tunelab.config import Recipe, load_recipe, recipe_to_yaml
 from tunelab.data import cache as data_cache
-from tunelab.data.formats import load_split
 from tunelab.data.packing import check_packing_supported, collate_packed
 from tunelab.data.pipeline import (
     PreparedData,
@@ -35,12 +34,21 @@ from tunelab.data.pipeline import (
     write_prepared,
 )
 from tunelab.data.templates import ensure_chat_template
-from tunelab.data.tokenize import LengthPolicy, collate
+from tunelab.data.tokenize import collate
 from tunelab.errors import TunelabError
-from tunelab.evaluation.baselines import chat_baselines, encoder_baselines
-from tunelab.evaluation.forgetting import forgetting_entry, load_reference
+from tunelab.evaluation.forgetting import load_reference
 from tunelab.evaluation.forgetting import score as score_reference
-from tunelab.evaluation.metrics import classification_scores, evaluate, predicted_labels
+from tunelab.evaluation.metrics import evaluate
+from tunelab.evaluation.scoring import (
+    classification_eval,
+    describe_forgetting,
+    forgetting_check,
+    format_metrics,
+    is_adapter,
+    records_for_baselines,
+    score_baselines,
+    split_prefix,
+)
 from tunelab.models.load import load_model, load_tokenizer
 from tunelab.models.methods import apply_method, count_parameters
 from tunelab.runs.registry import record_run
@@ -77,8 +85,8 @@ def train(recipe: Recipe, *, resume: Path | None = None, console: Console | None
         console.print(f"[yellow]note:[/] {note}")
     baselines = None
     if resume is None:
-        baselines = _baselines(
-            recipe, loaded, data, _records_for_baselines(records, cached_files), accelerator, console
+        baselines = score_baselines(
+            recipe, loaded, data, records_for_baselines(records, cached_files), accelerator, console
         )
     if loaded.new_modules:
         console.print(f"new (randomly initialised, trained in full): {', '.join(loaded.new_modules)}")
@@ -158,10 +166,10 @@ def _train_in_run_dir(
 
     def run_eval(split: str) -> dict[str, float]:
         split_batches = eval_batches(data.splits[split], cfg.batch_size, pad_id, accelerator)
-        return evaluate(model, split_batches, objective, recipe.task, accelerator, prefix=_prefix(split))
+        return evaluate(model, split_batches, objective, recipe.task, accelerator, prefix=split_prefix(split))
 
     reference = load_reference(recipe.eval.reference) if recipe.eval.reference else None
-    if reference is not None and not _is_adapter(model) and resume_from is None:
+    if reference is not None and not is_adapter(model) and resume_from is None:
         # full / freeze: "before" is the base model, i.e. these weights before the first step.
         summary["forgetting_before"] = score_reference(accelerator.unwrap_model(model), tokenizer, reference)
         if accelerator.is_main_process:
@@ -171,7 +179,7 @@ def _train_in_run_dir(
         console.print(f"resumed from {resume_from} (step {state.step} of {steps})")
     elif "test" in data.splits:
         summary["baseline"] = run_eval("test")  # the same base model before any training
-        console.print(f"before training: {_format(summary['baseline'])}")
+        console.print(f"before training: {format_metrics(summary['baseline'])}")
 
     log = MetricsLog(
         run_dir, enabled=accelerator.is_main_process, resume_step=state.step if resume_from else None
@@ -195,13 +203,13 @@ def _train_in_run_dir(
         metrics.update(run_eval("test"))
     scored: dict[str, Any] = {}
     if recipe.task == "classify":
-        scored = _classification_eval(recipe, model, data, summary, metrics, pad_id, accelerator) or {}
+        scored = classification_eval(recipe, model, data, summary, metrics, pad_id, accelerator) or {}
         if scored:
             metrics[f"{scored['split_prefix']}_macro_f1"] = scored["classification"]["macro"]["f1"]
     if reference is not None:
-        forgetting = _forgetting(recipe, model, tokenizer, reference, summary, accelerator)
+        forgetting = forgetting_check(recipe, model, tokenizer, reference, summary, accelerator)
         scored["forgetting"] = summary["forgetting"] = forgetting
-        console.print(_describe_forgetting(forgetting))
+        console.print(describe_forgetting(forgetting))
     if scored and accelerator.is_main_process:
         write_text_atomic(run_dir / "eval.json", json.dumps(scored, indent=2) + "\n")
     if accelerator.is_main_process:
@@ -234,49 +242,6 @@ def _write_report_quietly(run_dir: Path) -> None:
     """A failed run still gets its report when possible; a report problem must not hide the failure."""
     with contextlib.suppress(Exception):  # the original error is being raised; it matters more
         write_report(run_dir)
-
-
-def _records_for_baselines(records: Records | None, cached_files: Path | None) -> dict[str, list[Any]]:
-    """The cleaned records per split: computed now, or read back from the cache's canonical JSONL."""
-    if records is not None:
-        return records.splits
-    assert cached_files is not None
-    return {p.stem: load_split(p).records for p in cached_files.glob("*.jsonl")}
-
-
-def _baselines(
-    recipe: Recipe,
-    loaded: Any,
-    data: PreparedData,
-    records: dict[str, list[Any]],
-    accelerator: Accelerator,
-    console: Console,
-) -> dict[str, Any]:
-    """Zero-/few-shot scores of the base model on the test split (else validation), before training."""
-    split = next((s for s in ("test", "validation") if s in data.splits), None)
-    if not recipe.eval.baselines or split is None:
-        return {}
-    k, seed = recipe.eval.few_shot_k, recipe.train.seed
-    loaded.model.to(accelerator.device)
-    if recipe.task == "classify":
-        assert data.label_map is not None
-        scores = encoder_baselines(
-            loaded.model, loaded.tokenizer, data.splits["train"], data.splits[split], data.label_map,
-            prefix=_prefix(split), k=k, seed=seed, descriptions=recipe.eval.label_descriptions,
-        )  # fmt: skip
-    else:
-        policy = LengthPolicy(recipe.train.max_seq_len, "truncate", recipe.data.min_tokens)
-        scores = chat_baselines(
-            loaded.model, loaded.tokenizer, records["train"], records[split], policy, accelerator,
-            prefix=_prefix(split), k=k, seed=seed,
-        )  # fmt: skip
-    chosen: dict[str, Any] = {name: scores[name] for name in recipe.eval.baselines}
-    shown = ", ".join(
-        f"{name} {_format({key: v for key, v in s.items() if key not in ('k', 'scored', 'shots_mean')})}"
-        for name, s in chosen.items()
-    )
-    console.print(f"baselines (base model, k={recipe.eval.few_shot_k} for few-shot): {shown}")
-    return chosen
 
 
 def _prepare_data(
@@ -320,78 +285,6 @@ def _train_batches(recipe: Recipe, data: PreparedData, pad_id: int, accelerator:
     return MicroBatches(
         data.splits["train"], cfg.batch_size, cfg.seed, pad_id, accelerator, collate_fn=collate_fn
     )
-
-
-def _is_adapter(model: Any) -> bool:
-    from peft import PeftModel
-
-    return isinstance(model, PeftModel)
-
-
-def _forgetting(
-    recipe: Recipe,
-    model: Any,
-    tokenizer: Any,
-    reference: Any,
-    summary: dict[str, Any],
-    accelerator: Accelerator,
-) -> dict[str, Any]:
-    """Score the reference after training; for adapters "before" is the same model with the adapter off."""
-    unwrapped = accelerator.unwrap_model(model)
-    after = score_reference(unwrapped, tokenizer, reference)
-    if _is_adapter(unwrapped):
-        with unwrapped.disable_adapter():  # the base model, without a second copy in memory
-            before = score_reference(unwrapped, tokenizer, reference)
-    else:
-        before = summary["forgetting_before"]
-    return forgetting_entry(reference, before, after, recipe.eval.forgetting_tolerance)
-
-
-def _describe_forgetting(entry: dict[str, Any]) -> str:
-    line = (
-        f"forgetting check ({Path(entry['reference']).name}, {entry['metric']}): "
-        f"{entry['before']:.4f} before -> {entry['after']:.4f} after"
-    )
-    if entry["warning"]:
-        worse, allowed = 100 * entry["relative_worsening"], 100 * entry["tolerance"]
-        line += f"  [warning: worse by {worse:.1f}%, over the {allowed:.0f}% tolerance]"
-    return line
-
-
-def _classification_eval(
-    recipe: Recipe,
-    model: Any,
-    data: PreparedData,
-    summary: dict[str, Any],
-    metrics: dict[str, Any],
-    pad_id: int,
-    accelerator: Accelerator,
-) -> dict[str, Any] | None:
-    """eval.json for classify: full scores and confusion matrix of the fine-tuned model on the test split
-    (else validation), beside the baselines scored on the same rows before training."""
-    split = next((s for s in ("test", "validation") if s in data.splits), None)
-    if split is None or data.label_map is None:
-        return None
-    prefix = _prefix(split)
-    names = sorted(data.label_map, key=data.label_map.__getitem__)
-    batches = eval_batches(data.splits[split], recipe.train.batch_size, pad_id, accelerator)
-    y_true, y_pred = predicted_labels(model, batches, accelerator)
-    scores = classification_scores(y_true, y_pred, names)
-    baselines = {name: dict(s) for name, s in summary.get("baselines", {}).items()}
-    if summary.get("baseline"):
-        baselines["untrained_head"] = dict(summary["baseline"])
-    return {
-        "split": split,
-        "split_prefix": prefix,
-        "fine_tuned": {
-            f"{prefix}_accuracy": scores["accuracy"],
-            f"{prefix}_loss": metrics.get(f"{prefix}_loss"),
-        },
-        "baselines": baselines,
-        "classification": scores,
-        "confusion_matrix": scores["confusion_matrix"],
-        "labels": names,
-    }
 
 
 def export_final(model: Any, tokenizer: Any, run_dir: Path, recipe: Recipe, data: PreparedData) -> Path:
@@ -503,14 +396,6 @@ def peak_memory_mb() -> float:
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
-def _prefix(split: str) -> str:
-    return {"validation": "val", "test": "test"}[split]
-
-
-def _format(metrics: dict[str, float]) -> str:
-    return ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
 
 
 def _wall(summary: dict[str, Any], started: float) -> float:

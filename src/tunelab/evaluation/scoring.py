@@ -1,0 +1,143 @@
+"""Scores a training run adds beside its own loss: base-model baselines, full classification scores
+and the forgetting check. Called by the runner; each takes what it needs and returns plain dicts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from accelerate import Accelerator
+from rich.console import Console
+
+from tunelab.config import Recipe
+from tunelab.data.formats import load_split
+from tunelab.data.pipeline import PreparedData, Records
+from tunelab.data.tokenize import LengthPolicy
+from tunelab.evaluation.baselines import chat_baselines, encoder_baselines
+from tunelab.evaluation.forgetting import forgetting_entry
+from tunelab.evaluation.forgetting import score as score_reference
+from tunelab.evaluation.metrics import classification_scores, predicted_labels
+from tunelab.training.loop import eval_batches
+
+
+def split_prefix(split: str) -> str:
+    return {"validation": "val", "test": "test"}[split]
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+
+
+def records_for_baselines(records: Records | None, cached_files: Path | None) -> dict[str, list[Any]]:
+    """The cleaned records per split: computed now, or read back from the cache's canonical JSONL."""
+    if records is not None:
+        return records.splits
+    assert cached_files is not None
+    return {p.stem: load_split(p).records for p in cached_files.glob("*.jsonl")}
+
+
+def score_baselines(
+    recipe: Recipe,
+    loaded: Any,
+    data: PreparedData,
+    records: dict[str, list[Any]],
+    accelerator: Accelerator,
+    console: Console,
+) -> dict[str, Any]:
+    """Zero-/few-shot scores of the base model on the test split (else validation), before training."""
+    split = next((s for s in ("test", "validation") if s in data.splits), None)
+    if not recipe.eval.baselines or split is None:
+        return {}
+    k, seed = recipe.eval.few_shot_k, recipe.train.seed
+    loaded.model.to(accelerator.device)
+    if recipe.task == "classify":
+        assert data.label_map is not None
+        scores = encoder_baselines(
+            loaded.model, loaded.tokenizer, data.splits["train"], data.splits[split], data.label_map,
+            prefix=split_prefix(split), k=k, seed=seed, descriptions=recipe.eval.label_descriptions,
+        )  # fmt: skip
+    else:
+        policy = LengthPolicy(recipe.train.max_seq_len, "truncate", recipe.data.min_tokens)
+        scores = chat_baselines(
+            loaded.model, loaded.tokenizer, records["train"], records[split], policy, accelerator,
+            prefix=split_prefix(split), k=k, seed=seed,
+        )  # fmt: skip
+    chosen: dict[str, Any] = {name: scores[name] for name in recipe.eval.baselines}
+    shown = ", ".join(
+        f"{name} {format_metrics({key: v for key, v in s.items() if key not in ('k', 'scored', 'shots_mean')})}"
+        for name, s in chosen.items()
+    )
+    console.print(f"baselines (base model, k={recipe.eval.few_shot_k} for few-shot): {shown}")
+    return chosen
+
+
+def is_adapter(model: Any) -> bool:
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)
+
+
+def forgetting_check(
+    recipe: Recipe,
+    model: Any,
+    tokenizer: Any,
+    reference: Any,
+    summary: dict[str, Any],
+    accelerator: Accelerator,
+) -> dict[str, Any]:
+    """Score the reference after training; for adapters "before" is the same model with the adapter off."""
+    unwrapped = accelerator.unwrap_model(model)
+    after = score_reference(unwrapped, tokenizer, reference)
+    if is_adapter(unwrapped):
+        with unwrapped.disable_adapter():  # the base model, without a second copy in memory
+            before = score_reference(unwrapped, tokenizer, reference)
+    else:
+        before = summary["forgetting_before"]
+    return forgetting_entry(reference, before, after, recipe.eval.forgetting_tolerance)
+
+
+def describe_forgetting(entry: dict[str, Any]) -> str:
+    line = (
+        f"forgetting check ({Path(entry['reference']).name}, {entry['metric']}): "
+        f"{entry['before']:.4f} before -> {entry['after']:.4f} after"
+    )
+    if entry["warning"]:
+        worse, allowed = 100 * entry["relative_worsening"], 100 * entry["tolerance"]
+        line += f"  [warning: worse by {worse:.1f}%, over the {allowed:.0f}% tolerance]"
+    return line
+
+
+def classification_eval(
+    recipe: Recipe,
+    model: Any,
+    data: PreparedData,
+    summary: dict[str, Any],
+    metrics: dict[str, Any],
+    pad_id: int,
+    accelerator: Accelerator,
+) -> dict[str, Any] | None:
+    """eval.json for classify: full scores and confusion matrix of the fine-tuned model on the test split
+    (else validation), beside the baselines scored on the same rows before training."""
+    split = next((s for s in ("test", "validation") if s in data.splits), None)
+    if split is None or data.label_map is None:
+        return None
+    prefix = split_prefix(split)
+    names = sorted(data.label_map, key=data.label_map.__getitem__)
+    batches = eval_batches(data.splits[split], recipe.train.batch_size, pad_id, accelerator)
+    y_true, y_pred = predicted_labels(model, batches, accelerator)
+    scores = classification_scores(y_true, y_pred, names)
+    baselines = {name: dict(s) for name, s in summary.get("baselines", {}).items()}
+    if summary.get("baseline"):
+        baselines["untrained_head"] = dict(summary["baseline"])
+    return {
+        "split": split,
+        "split_prefix": prefix,
+        "fine_tuned": {
+            f"{prefix}_accuracy": scores["accuracy"],
+            f"{prefix}_loss": metrics.get(f"{prefix}_loss"),
+        },
+        "baselines": baselines,
+        "classification": scores,
+        "confusion_matrix": scores["confusion_matrix"],
+        "labels": names,
+    }
