@@ -270,3 +270,18 @@ def test_sample_takes_the_same_seeded_rows_and_says_so(tmp_path: Path) -> None:
     order = [r["text"] for r in rows]
     assert [order.index(t) for t in texts] == sorted(order.index(t) for t in texts)  # file order kept
     assert first.report["sample"] == {"from": 60, "kept": 10, "seed": 42}
+
+
+def test_leakage_names_with_colons_are_kept_whole() -> None:
+    # Held-out names carry file paths and hf: ids, both of which may contain ':'.
+    from tunelab.data.clean import NearDupConfig
+    from tunelab.data.quality import leakage
+    from tunelab.data.records import Labeled
+
+    train_rows = [Labeled("lost my card please block it", "card", source="t.jsonl:1"),
+                  Labeled("what is my balance today", "balance", source="t.jsonl:2")]  # fmt: skip
+    held = {"contamination hf:org/bench": [Labeled("LOST my card   please block it", "card", source="b:7")]}
+    kept, step = leakage(train_rows, held, near=NearDupConfig(), policy="drop")
+    assert [r.source for r in kept] == ["t.jsonl:2"]
+    assert step["overlap"] == {"contamination hf:org/bench": {"exact": 1, "near": 0}}
+    assert step["examples"] == [{"train": "t.jsonl:1", "overlaps": "b:7", "kind": "exact"}]

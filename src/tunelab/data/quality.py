@@ -106,14 +106,15 @@ def leakage(
     policy: str,
 ) -> tuple[list[Record], Step]:
     """Train rows that (near-)duplicate any held-out row: removed from train (drop) or a failure (fail)."""
-    exact_index: dict[str, str] = {}
+    # Every held-out row once, as (split name, record); both indexes point into this list by position.
+    rows = [(name, record) for name, records in held_out.items() for record in records]
+    exact_index: dict[str, int] = {}
     near_index = NearDuplicateIndex(near) if near is not None else None
-    for name, records in held_out.items():
-        for i, record in enumerate(records):
-            text = record_text(record)
-            exact_index.setdefault(dedup_key(text), f"{name}:{record.source}")
-            if near_index is not None:
-                near_index.add(f"{name}\t{i}", text)
+    for position, (_, record) in enumerate(rows):
+        text = record_text(record)
+        exact_index.setdefault(dedup_key(text), position)
+        if near_index is not None:
+            near_index.add(str(position), text)
     per_split: dict[str, Counter[str]] = {name: Counter() for name in held_out}
     examples: list[dict[str, str]] = []
     kept: list[Record] = []
@@ -122,15 +123,14 @@ def leakage(
         hit, kind = exact_index.get(dedup_key(text)), "exact"
         if hit is None and near_index is not None:
             matches = near_index.query(text)
-            if matches:
-                name, index = matches[0].split("\t")
-                hit, kind = f"{name}:{held_out[name][int(index)].source}", "near"
+            hit, kind = (min(int(m) for m in matches), "near") if matches else (None, kind)
         if hit is None:
             kept.append(record)
             continue
-        per_split[hit.split(":", 1)[0]][kind] += 1
+        name, overlapped = rows[hit]
+        per_split[name][kind] += 1
         if len(examples) < EXAMPLES_SHOWN:
-            examples.append({"train": record.source, "overlaps": hit.split(":", 1)[1], "kind": kind})
+            examples.append({"train": record.source, "overlaps": overlapped.source, "kind": kind})
     overlap = {name: {"exact": c["exact"], "near": c["near"]} for name, c in per_split.items()}
     removed = len(train) - len(kept)
     step: Step = {"policy": policy, "overlap": overlap, "examples": examples, "removed_from_train": 0}
