@@ -45,7 +45,6 @@ from tunelab.evaluation.scoring import (
     forgetting_check,
     format_metrics,
     is_adapter,
-    records_for_baselines,
     score_baselines,
     split_prefix,
 )
@@ -78,16 +77,15 @@ def train(recipe: Recipe, *, resume: Path | None = None, console: Console | None
     resume_from = _checkpoint_to_resume(resume, recipe, console) if resume else None
 
     tokenizer = load_tokenizer(recipe.model)
-    data, records, cached_files = _prepare_data(recipe, tokenizer, console)
+    cache_key = data_cache.cache_key(recipe, tokenizer)  # before the data stage gives it a chat template
+    data, records, cached_files = _prepare_data(recipe, tokenizer, cache_key, console)
     loaded = load_model(recipe.model, recipe.task, data.label_map, tokenizer=tokenizer)
     console.print(describe(data.report))
     for note in data.notes:
         console.print(f"[yellow]note:[/] {note}")
     baselines = None
     if resume is None:
-        baselines = score_baselines(
-            recipe, loaded, data, records_for_baselines(records, cached_files), accelerator, console
-        )
+        baselines = score_baselines(recipe, loaded, data, records, cached_files, accelerator, console)
     if loaded.new_modules:
         console.print(f"new (randomly initialised, trained in full): {', '.join(loaded.new_modules)}")
     model = apply_method(loaded.model, recipe.method, recipe.task, loaded.new_modules)
@@ -107,7 +105,7 @@ def train(recipe: Recipe, *, resume: Path | None = None, console: Console | None
     if accelerator.is_main_process:
         write_summary(run_dir, summary)
         _register(recipe, run_dir, summary, data_hash=data_cache.data_digest(recipe))
-        _write_data_folder(recipe, run_dir / "data", data, records, cached_files, tokenizer)
+        _write_data_folder(recipe, run_dir / "data", data, records, cached_files, cache_key)
     try:
         summary = _train_in_run_dir(
             recipe,
@@ -245,10 +243,10 @@ def _write_report_quietly(run_dir: Path) -> None:
 
 
 def _prepare_data(
-    recipe: Recipe, tokenizer: Any, console: Console
+    recipe: Recipe, tokenizer: Any, cache_key: str, console: Console
 ) -> tuple[PreparedData, Records | None, Path | None]:
     """The data stage, or its cached result: (prepared data, records if computed, cached split files)."""
-    hit = data_cache.load(data_cache.cache_dir(recipe), data_cache.cache_key(recipe, tokenizer))
+    hit = data_cache.load(data_cache.cache_dir(recipe), cache_key)
     if hit is not None:
         prepared, files = hit
         if recipe.task == "sft":
@@ -265,7 +263,7 @@ def _write_data_folder(
     data: PreparedData,
     records: Records | None,
     cached_files: Path | None,
-    tokenizer: Any,
+    cache_key: str,
 ) -> None:
     """run_dir/data: exactly what is trained on, and report.json; new results also go to the cache."""
     if cached_files is not None:
@@ -273,10 +271,7 @@ def _write_data_folder(
         return
     assert records is not None
     write_prepared(target, records, data)
-    # The key is computed on a fresh tokenizer, as the next run will see it (the data stage may have
-    # given this one a chat template).
-    key = data_cache.cache_key(recipe, load_tokenizer(recipe.model))
-    data_cache.save(data_cache.cache_dir(recipe), key, data, target)
+    data_cache.save(data_cache.cache_dir(recipe), cache_key, data, target)
 
 
 def _train_batches(recipe: Recipe, data: PreparedData, pad_id: int, accelerator: Accelerator) -> MicroBatches:

@@ -28,19 +28,20 @@ def format_metrics(metrics: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
 
 
-def records_for_baselines(records: Records | None, cached_files: Path | None) -> dict[str, list[Any]]:
-    """The cleaned records per split: computed now, or read back from the cache's canonical JSONL."""
+def chat_records(records: Records | None, cached_files: Path | None, split: str) -> list[Any]:
+    """One split's cleaned records: computed now, or read back from the cache's canonical JSONL."""
     if records is not None:
-        return records.splits
+        return list(records.splits[split])
     assert cached_files is not None
-    return {p.stem: load_split(p).records for p in cached_files.glob("*.jsonl")}
+    return list(load_split(cached_files / f"{split}.jsonl").records)
 
 
 def score_baselines(
     recipe: Recipe,
     loaded: Any,
     data: PreparedData,
-    records: dict[str, list[Any]],
+    records: Records | None,
+    cached_files: Path | None,
     accelerator: Accelerator,
     console: Console,
 ) -> dict[str, Any]:
@@ -59,7 +60,8 @@ def score_baselines(
     else:
         policy = LengthPolicy(recipe.train.max_seq_len, "truncate", recipe.data.min_tokens)
         scores = chat_baselines(
-            loaded.model, loaded.tokenizer, records["train"], records[split], policy, accelerator,
+            loaded.model, loaded.tokenizer, chat_records(records, cached_files, "train"),
+            chat_records(records, cached_files, split), policy, accelerator,
             prefix=split_prefix(split), k=k, seed=seed,
         )  # fmt: skip
     chosen: dict[str, Any] = {name: scores[name] for name in recipe.eval.baselines}
