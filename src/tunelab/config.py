@@ -54,6 +54,9 @@ class ModelConfig(Section):
         False, description="Run Python code shipped with the model. Off unless you trust its author."
     )
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) to load.")
+    load_in_8bit: bool = Field(
+        False, description="Load the frozen base in 8-bit (bitsandbytes; needs CUDA) under an adapter method."
+    )
 
 
 DataFormat = Literal[
@@ -95,9 +98,53 @@ class SplitRatios(Section):
     test: float = Field(0.0, ge=0, lt=1, description="Share of train held out as test when no file is given.")
 
 
+class TrainSource(Section):
+    path: ExistingFile = Field(description="A training file (any supported format) or hf: dataset.")
+    format: DataFormat | None = Field(None, description="This file's format; default: data.format.")
+    weight: float = Field(
+        1.0, gt=0, description="Sampling weight: the share of draws is proportional to weight x rows."
+    )
+    task_name: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$",
+        description="Name used in per-dataset metrics (val_<task_name>_loss); default: the file's stem.",
+    )
+    validation: ExistingFile | None = Field(
+        None, description="This dataset's own validation file (else data.split.validation of its rows)."
+    )
+    test: ExistingFile | None = Field(
+        None, description="This dataset's own test file (else data.split.test of its rows)."
+    )
+
+
+class Replay(Section):
+    path: ExistingFile = Field(
+        description="General text or instructions to keep rehearsing (against forgetting)."
+    )
+    format: DataFormat | None = Field(None, description="The replay file's format; default: auto.")
+    ratio: float | None = Field(
+        None, gt=0, lt=1, description="Share of training draws taken from the replay data."
+    )
+
+
+class Progressive(Section):
+    start: float = Field(gt=0, le=1, description="New tasks' share of draws at the first step.")
+    end: float = Field(gt=0, le=1, description="New tasks' share of draws at the last step.")
+
+
+class Mixing(Section):
+    strategy: Literal["proportional", "temperature"] = Field(
+        "proportional",
+        description="proportional: draws follow weight x rows; temperature: (weight x rows)^(1/T), "
+        "which lifts small datasets.",
+    )
+    temperature: float = Field(2.0, ge=1, description="T of the temperature strategy (1 = proportional).")
+
+
 class DataConfig(Section):
-    train: ExistingFile = Field(
-        description="Training data: .jsonl, .json, .csv, .tsv, .parquet or .txt (.gz too)."
+    train: ExistingFile | list[TrainSource] = Field(
+        description="Training data: .jsonl, .json, .csv, .tsv, .parquet or .txt (.gz too); or a list of "
+        "datasets {path, format, weight, task_name} mixed for multi-task training."
     )
     validation: ExistingFile | None = Field(
         None, description="Validation file, evaluated every train.eval_every."
@@ -157,18 +204,48 @@ class DataConfig(Section):
     contamination: list[ExistingFile] = Field(
         default_factory=list, description="Extra files (e.g. a benchmark) that train must not overlap."
     )
+    mixing: Mixing = Field(default_factory=Mixing, description="How several training datasets are sampled.")
+    replay: Replay | None = Field(
+        None, description="General data mixed into training at replay.ratio, against forgetting."
+    )
+    progressive: Progressive | None = Field(
+        None,
+        description="Ramp the new tasks' share of draws from start to end over training; replay gets the rest.",
+    )
+
+    @property
+    def sources(self) -> list[TrainSource]:
+        """The training datasets as a list, one entry when data.train is a single file."""
+        if isinstance(self.train, str):
+            return [TrainSource(path=self.train)]
+        return list(self.train)
+
+    @property
+    def multi_source(self) -> bool:
+        return not isinstance(self.train, str) or self.replay is not None
 
 
-class FullMethod(Section):
+class MethodBase(Section):
+    # Preference tuning's settings live with the method, as the recipe reads `method.objective: dpo`.
+    objective: Literal["dpo", "ipo", "orpo"] = Field(
+        "dpo",
+        description="task preference: dpo (sigmoid), ipo (squared, length-averaged) or orpo (no reference).",
+    )
+    beta: float = Field(
+        0.1, gt=0, description="task preference: strength of the pull towards the reference (orpo: lambda)."
+    )
+
+
+class FullMethod(MethodBase):
     name: Literal["full"] = Field(description="Train every weight of the model.")
 
 
-class FreezeMethod(Section):
+class FreezeMethod(MethodBase):
     name: Literal["freeze"] = Field(description="Train only the top k blocks plus the head.")
     k: int = Field(ge=0, description="How many of the top transformer blocks to train (0: head only).")
 
 
-class LoraMethod(Section):
+class LoraMethod(MethodBase):
     name: Literal["lora"] = Field(description="Low-rank adapters through peft; the base stays frozen.")
     r: int = Field(8, gt=0, description="Rank of the LoRA update matrices.")
     alpha: int = Field(16, gt=0, description="LoRA scaling numerator; the update is scaled by alpha/r.")
@@ -179,10 +256,78 @@ class LoraMethod(Section):
     )
 
 
+class DoraMethod(LoraMethod):
+    name: Literal["dora"] = Field(  # type: ignore[assignment]
+        description="Weight-decomposed LoRA (DoRA): LoRA on the direction, a trained magnitude per column."
+    )
+
+
+class QloraMethod(LoraMethod):
+    name: Literal["qlora"] = Field(  # type: ignore[assignment]
+        description="LoRA over a 4-bit NF4 base with double quantisation (bitsandbytes; needs CUDA)."
+    )
+
+
+class Ia3Method(MethodBase):
+    name: Literal["ia3"] = Field(description="(IA)3: learned vectors that rescale keys, values and the MLP.")
+    target_modules: Literal["auto"] | list[str] = Field(
+        "auto", description="Modules to rescale; auto: peft's table for the architecture."
+    )
+    feedforward_modules: Literal["auto"] | list[str] = Field(
+        "auto", description="Which of target_modules are MLP layers (their input is rescaled)."
+    )
+
+
+class PrefixMethod(MethodBase):
+    name: Literal["prefix"] = Field(description="Prefix tuning: trained key/value prefixes in every layer.")
+    num_virtual_tokens: int = Field(20, gt=0, description="Length of the trained prefix.")
+    projection: bool = Field(
+        False, description="Reparameterise the prefix through an MLP (more stable, more to train)."
+    )
+
+
+class PromptMethod(MethodBase):
+    name: Literal["prompt"] = Field(description="Prompt tuning: trained soft-prompt embeddings.")
+    num_virtual_tokens: int = Field(20, gt=0, description="Length of the trained soft prompt.")
+    init_text: str | None = Field(
+        None, description="Initialise the soft prompt from this text's embeddings (else random)."
+    )
+
+
+class AdapterMethod(MethodBase):
+    name: Literal["adapter"] = Field(
+        description="Bottleneck adapters (Houlsby) after each block's attention and MLP; the base stays frozen."
+    )
+    reduction_factor: int = Field(16, gt=0, description="hidden size / adapter bottleneck size.")
+    non_linearity: Literal["relu", "gelu", "silu"] = Field("relu", description="The bottleneck's activation.")
+
+
 # A small explicit registry: the `name` field picks the class. No import strings in user YAML.
-MethodConfig = Annotated[FullMethod | FreezeMethod | LoraMethod, Field(discriminator="name")]
-METHOD_CLASSES: dict[str, type[Section]] = {"full": FullMethod, "freeze": FreezeMethod, "lora": LoraMethod}
+MethodConfig = Annotated[
+    FullMethod
+    | FreezeMethod
+    | LoraMethod
+    | DoraMethod
+    | QloraMethod
+    | Ia3Method
+    | PrefixMethod
+    | PromptMethod
+    | AdapterMethod,
+    Field(discriminator="name"),
+]
+METHOD_CLASSES: dict[str, type[Section]] = {
+    "full": FullMethod,
+    "freeze": FreezeMethod,
+    "lora": LoraMethod,
+    "dora": DoraMethod,
+    "qlora": QloraMethod,
+    "ia3": Ia3Method,
+    "prefix": PrefixMethod,
+    "prompt": PromptMethod,
+    "adapter": AdapterMethod,
+}
 METHOD_NAMES = tuple(METHOD_CLASSES)
+ADAPTER_METHODS = ("lora", "dora", "qlora", "ia3", "prefix", "prompt", "adapter")  # the base stays frozen
 
 
 class EarlyStopping(Section):
@@ -210,8 +355,10 @@ class TrainConfig(Section):
     save_every: int = Field(100, gt=0, description="Write a checkpoint every this many steps.")
     keep_last: int = Field(2, ge=1, description="Checkpoints to keep; older ones are deleted.")
     log_every: int = Field(10, gt=0, description="Write a metrics.jsonl line every this many steps.")
-    packing: bool = Field(
-        False, description="sft: pack examples into max_seq_len rows; attention never crosses examples."
+    packing: bool | None = Field(
+        None,
+        description="sft/pretrain: pack examples into max_seq_len rows; attention never crosses examples. "
+        "Default: on for pretrain, off otherwise.",
     )
     early_stopping: EarlyStopping | None = Field(
         None,
@@ -256,12 +403,16 @@ class Recipe(Section):
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
         description="Run name; letters, digits, '.', '_' and '-'. Used in the run folder's name.",
     )
-    task: Literal["sft", "classify"] = Field(
-        description="sft: chat/instruction tuning, loss on assistant tokens. classify: sequence classification."
+    task: Literal["sft", "classify", "pretrain", "preference", "reward"] = Field(
+        description="sft: chat/instruction tuning, loss on assistant tokens. classify: sequence classification. "
+        "pretrain: continued pre-training on text, loss on every token. preference: DPO/IPO/ORPO on chosen "
+        "and rejected answers. reward: a scalar reward model trained on preference pairs."
     )
     model: ModelConfig = Field(description="The pre-trained model to start from.")
     data: DataConfig = Field(description="Where the data is and which columns to read.")
-    method: MethodConfig = Field(description="Which weights move: full, freeze or lora.")
+    method: MethodConfig = Field(
+        description="Which weights move: full, freeze, lora, dora, qlora, ia3, prefix, prompt or adapter."
+    )
     train: TrainConfig = Field(default_factory=TrainConfig, description="The training loop's settings.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Baselines scored beside the result.")
     output: OutputConfig = Field(default_factory=OutputConfig, description="Where run folders go.")
@@ -273,9 +424,88 @@ class Recipe(Section):
             raise ValueError("train.early_stopping needs data.validation to watch")
         if stopping is not None and stopping.metric == "val_accuracy" and self.task != "classify":
             raise ValueError("train.early_stopping.metric val_accuracy exists only for task: classify")
-        if self.eval.reference is not None and self.task != "sft":
-            raise ValueError("eval.reference (the forgetting check) needs a causal language model: task sft")
+        if self.eval.reference is not None and self.task not in CAUSAL_TASKS:
+            raise ValueError(
+                "eval.reference (the forgetting check) needs a causal language model: "
+                f"task {', '.join(CAUSAL_TASKS)}"
+            )
+        _check_method(self)
+        _check_data_sources(self)
         return self
+
+    @property
+    def packing(self) -> bool:
+        """Whether train rows are packed: train.packing, else on for pretrain only."""
+        if self.train.packing is not None:
+            return self.train.packing and self.task in ("sft", "pretrain")
+        return self.task == "pretrain"
+
+
+CAUSAL_TASKS = ("sft", "pretrain", "preference")
+
+
+def _check_method(recipe: Recipe) -> None:
+    method, task = recipe.method, recipe.task
+    # Checked by value, not by "was it written": a saved recipe.yaml spells out every default.
+    changed = [
+        key for key in ("beta", "objective") if getattr(method, key) != MethodBase.model_fields[key].default
+    ]
+    if changed and task != "preference":
+        raise ValueError(f"method.{changed[0]} applies to task: preference only")
+    if task == "reward" and method.name in ("prefix", "prompt"):
+        raise ValueError(f"method {method.name} is not supported for task reward; use lora or full")
+    quantised = "qlora (a 4-bit base)" if method.name == "qlora" else None
+    if recipe.model.load_in_8bit:
+        if method.name not in ADAPTER_METHODS or method.name == "qlora":
+            raise ValueError(
+                "model.load_in_8bit: an 8-bit base cannot be trained itself; use it with lora, dora or ia3"
+            )
+        quantised = "model.load_in_8bit"
+    if quantised is not None:
+        _check_quantisation_available(quantised)
+
+
+def _check_quantisation_available(what: str) -> None:
+    """Quantised bases need bitsandbytes kernels, which need CUDA: fail at validation, not mid-load."""
+    import importlib.util
+
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ValueError(
+            f"{what} quantises the base with bitsandbytes, which needs a CUDA GPU, and none is visible; "
+            "on CPU use method lora (same adapters over a full-precision base)"
+        )
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ValueError(f"{what} needs the bitsandbytes package: pip install bitsandbytes")
+
+
+def _check_data_sources(recipe: Recipe) -> None:
+    data = recipe.data
+    if isinstance(data.train, list):
+        if recipe.task not in ("sft", "pretrain"):
+            raise ValueError("data.train as a list of datasets (multi-task) is for task sft or pretrain")
+        if not data.train:
+            raise ValueError("data.train: the list of datasets is empty")
+        names = [source_name(s) for s in data.train]
+        if len(set(names)) != len(names):
+            raise ValueError(f"data.train: two datasets share a task_name ({', '.join(names)}); name them")
+    if data.replay is not None and recipe.task not in ("sft", "pretrain"):
+        raise ValueError("data.replay is for task sft or pretrain")
+    if data.replay is not None and (data.replay.ratio is None) == (data.progressive is None):
+        raise ValueError(
+            "data.replay: set either replay.ratio (a constant share) or data.progressive (a ramp)"
+        )
+    if data.progressive is not None and data.replay is None:
+        raise ValueError("data.progressive ramps new tasks against replay data: set data.replay.path")
+
+
+def source_name(source: TrainSource) -> str:
+    """A dataset's name in metrics: its task_name, else the file's stem (`hf:` specs: the dataset name)."""
+    if source.task_name:
+        return source.task_name
+    stem = source.path.split(":", 1)[-1] if source.path.startswith("hf:") else Path(source.path).name
+    return stem.split("/")[-1].split("@")[0].split(".")[0] or "train"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -290,7 +520,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     try:
         return Recipe.model_validate(raw)
     except ValidationError as exc:
-        problems = [_format_error(err) for err in exc.errors()]
+        problems = [_format_error(err) for err in _without_unchosen_branches(exc.errors())]
         noun = "problem" if len(problems) == 1 else "problems"
         raise RecipeError(
             f"{path}: {len(problems)} {noun}",
@@ -343,6 +573,38 @@ def _parse_scalar(text: str) -> Any:
         return text
 
 
+TYPE_MISMATCH = {"string_type", "list_type", "dict_type", "model_type", "model_attributes_type"}
+
+
+def _is_branch(part: Any) -> bool:
+    """pydantic names the union member it tried inside the loc: 'function-after[...]', 'list[TrainSource]'."""
+    return isinstance(part, str) and ("[" in part or part in {"str", "int", "float", "bool"})
+
+
+def _without_unchosen_branches(errors: list[Any]) -> list[Any]:
+    """For a union field (data.train: a file or a list), report the branch the user meant: drop
+    "not a list" when they wrote a path and the path is wrong, and vice versa."""
+    by_field: dict[tuple[Any, ...], list[Any]] = {}
+    for err in errors:
+        loc = tuple(err["loc"])
+        cut = next((i for i, part in enumerate(loc) if _is_branch(part)), None)
+        by_field.setdefault(loc[:cut] if cut is not None else loc, []).append(err)
+    kept: list[Any] = []
+    for field, errs in by_field.items():
+        branchy = [e for e in errs if any(_is_branch(p) for p in e["loc"])]
+        if not branchy:
+            kept.extend(errs)
+            continue
+        meant = [e for e in branchy if e["type"] not in TYPE_MISMATCH]
+        if meant:
+            kept.extend({**e, "loc": tuple(p for p in e["loc"] if not _is_branch(p))} for e in meant)
+        else:  # a value of no accepted type at all: one message naming the accepted types
+            kept.append(
+                {"loc": field, "type": "union_type", "msg": "wrong type", "input": errs[0].get("input")}
+            )
+    return kept
+
+
 def _yaml_path(loc: tuple[Any, ...]) -> str:
     parts: list[str] = []
     for i, part in enumerate(loc):
@@ -391,6 +653,8 @@ def _format_error(err: Any) -> str:
         return f"{path}: must be one of {ctx.get('expected')}, got {got!r}"
     if kind == "union_tag_invalid":
         return f"{path}: unknown method {ctx.get('tag')!r}; must be one of {', '.join(METHOD_NAMES)}"
+    if kind == "union_type":
+        return f"{path}: must be a file path or a list of datasets ({{path, weight, ...}}), got {got!r}"
     if kind == "union_tag_not_found":
         return f"{path}: needs a name ({', '.join(METHOD_NAMES)})"
     if kind == "value_error":

@@ -12,6 +12,7 @@ import json
 import resource
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,10 +23,12 @@ from accelerate.utils import broadcast_object_list, set_seed
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from tunelab.config import Recipe, load_recipe, recipe_to_yaml
+from tunelab.config import Recipe, load_recipe, recipe_to_yaml, source_name
 from tunelab.data import cache as data_cache
+from tunelab.data import mixture
 from tunelab.data.packing import check_packing_supported, collate_packed
 from tunelab.data.pipeline import (
+    CHAT_TASKS,
     PreparedData,
     Records,
     describe,
@@ -34,7 +37,7 @@ from tunelab.data.pipeline import (
     write_prepared,
 )
 from tunelab.data.templates import ensure_chat_template
-from tunelab.data.tokenize import collate
+from tunelab.data.tokenize import Example, collate
 from tunelab.errors import TunelabError
 from tunelab.evaluation.forgetting import load_reference
 from tunelab.evaluation.forgetting import score as score_reference
@@ -55,7 +58,7 @@ from tunelab.runs.report import write_report
 from tunelab.runs.rundir import MetricsLog, create_run_dir, read_summary, write_summary, write_text_atomic
 from tunelab.training import checkpoint
 from tunelab.training.loop import Hooks, MicroBatches, TrainState, eval_batches, fit
-from tunelab.training.objectives import OBJECTIVES
+from tunelab.training.objectives import OBJECTIVES, Objective
 from tunelab.training.schedule import build_optimizer, build_scheduler, total_steps
 
 
@@ -150,10 +153,14 @@ def _train_in_run_dir(
     console: Console,
     started: float,
 ) -> dict[str, Any]:
-    cfg, objective = recipe.train, OBJECTIVES[recipe.task]
+    cfg = recipe.train
+    objective = build_objective(recipe, model, accelerator)
     pad_id = tokenizer.pad_token_id
-    batches = _train_batches(recipe, data, pad_id, accelerator)
+    batches, mixed = _train_batches(recipe, data, pad_id, accelerator)
     steps = total_steps(cfg, batches.per_epoch)
+    if mixed is not None:  # a progressive schedule places each draw on the run's whole length
+        mixed.epochs = steps * cfg.grad_accum / batches.per_epoch
+        summary["mix"] = mixed.describe()
     optimizer = build_optimizer(model, cfg)
     # The scheduler is not passed to prepare(): accelerate's wrapper steps it once per process.
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -162,9 +169,17 @@ def _train_in_run_dir(
     accelerator.register_for_checkpointing(scheduler, state)
     accelerator.register_save_state_pre_hook(checkpoint.keep_only_trainable_weights)
 
+    collate_fn = collate_for(recipe.task)
+
     def run_eval(split: str) -> dict[str, float]:
-        split_batches = eval_batches(data.splits[split], cfg.batch_size, pad_id, accelerator)
-        return evaluate(model, split_batches, objective, recipe.task, accelerator, prefix=split_prefix(split))
+        """The split's metrics, then each dataset's own (val_<task>_loss) in a multi-dataset run."""
+        examples = data.splits[split]
+        metrics: dict[str, float] = {}
+        for name, subset in [("", examples), *_per_dataset(examples)]:
+            prefix = f"{split_prefix(split)}_{name}" if name else split_prefix(split)
+            split_batches = eval_batches(subset, cfg.batch_size, pad_id, accelerator, collate_fn)
+            metrics.update(evaluate(model, split_batches, objective, recipe.task, accelerator, prefix=prefix))
+        return metrics
 
     reference = load_reference(recipe.eval.reference) if recipe.eval.reference else None
     if reference is not None and not is_adapter(model) and resume_from is None:
@@ -249,7 +264,7 @@ def _prepare_data(
     hit = data_cache.load(data_cache.cache_dir(recipe), cache_key)
     if hit is not None:
         prepared, files = hit
-        if recipe.task == "sft":
+        if recipe.task in CHAT_TASKS:
             ensure_chat_template(tokenizer, recipe.data.template)  # the cached tokens were rendered with it
         console.print(f"data: prepared before, read from the cache ({files.parent})")
         return prepared, None, files
@@ -274,12 +289,92 @@ def _write_data_folder(
     data_cache.save(data_cache.cache_dir(recipe), cache_key, data, target)
 
 
-def _train_batches(recipe: Recipe, data: PreparedData, pad_id: int, accelerator: Accelerator) -> MicroBatches:
+def _train_batches(
+    recipe: Recipe, data: PreparedData, pad_id: int, accelerator: Accelerator
+) -> tuple[MicroBatches, MixedOrder | None]:
     cfg = recipe.train
-    collate_fn = collate_packed if data.packed else collate
-    return MicroBatches(
-        data.splits["train"], cfg.batch_size, cfg.seed, pad_id, accelerator, collate_fn=collate_fn
+    collate_fn = collate_packed if data.packed else collate_for(recipe.task)
+    train = data.splits["train"]
+    mixed = MixedOrder(recipe, train) if any("task" in example for example in train) else None
+    batches = MicroBatches(
+        train, cfg.batch_size, cfg.seed, pad_id, accelerator, collate_fn=collate_fn, order_fn=mixed
     )
+    return batches, mixed
+
+
+def collate_for(task: str) -> Callable[[list[Example], int], dict[str, torch.Tensor]]:
+    if task in ("preference", "reward"):
+        from tunelab.data.pairs import collate_pairs
+
+        return collate_pairs
+    return collate
+
+
+def build_objective(recipe: Recipe, model: Any, accelerator: Accelerator) -> Objective:
+    """The task's loss. DPO and IPO compare against a reference: the same model with its adapter
+    switched off (no second copy), or for full/freeze a frozen copy of the weights before training."""
+    if recipe.task == "reward":
+        from tunelab.training.preference import reward_objective
+
+        return reward_objective()
+    if recipe.task != "preference":
+        return OBJECTIVES[recipe.task]
+    from tunelab.training.preference import (
+        adapter_disabled_reference,
+        frozen_copy_reference,
+        preference_objective,
+    )
+
+    method = recipe.method
+    reference = None
+    if method.objective != "orpo":
+        reference = adapter_disabled_reference() if is_adapter(model) else frozen_copy_reference(model)
+    return preference_objective(method.objective, method.beta, reference)
+
+
+class MixedOrder:
+    """The training order of a multi-dataset run (see data/mixture.py), as MicroBatches' order_fn."""
+
+    def __init__(self, recipe: Recipe, train: list[Example]) -> None:
+        data = recipe.data
+        names = [str(example.get("task", "")) for example in train]
+        weights = {source_name(s): s.weight for s in data.sources}
+        self.groups = [
+            mixture.Group(
+                name,
+                [i for i, n in enumerate(names) if n == name],
+                weights.get(name, 1.0),
+                name == mixture.REPLAY,
+            )
+            for name in dict.fromkeys(names)
+        ]
+        self.plan = mixture.plan(
+            self.groups,
+            strategy=data.mixing.strategy,
+            temperature=data.mixing.temperature,
+            replay_ratio=data.replay.ratio if data.replay else None,
+            progressive=(data.progressive.start, data.progressive.end) if data.progressive else None,
+        )
+        self.seed = recipe.train.seed
+        self.epochs = recipe.train.epochs
+
+    def __call__(self, epoch: int) -> list[int]:
+        return mixture.epoch_order(self.groups, self.plan, self.seed, epoch, self.epochs)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "draws_per_epoch": self.plan.draws_per_epoch,
+            "shares_of_new_data": self.plan.new_shares,
+            "replay_share_start": self.plan.replay_share(0.0),
+            "replay_share_end": self.plan.replay_share(1.0),
+        }
+
+
+def _per_dataset(examples: list[Example]) -> list[tuple[str, list[Example]]]:
+    names = [str(e["task"]) for e in examples if e.get("task")]
+    if not names:
+        return []
+    return [(name, [e for e in examples if e.get("task") == name]) for name in dict.fromkeys(names)]
 
 
 def export_final(model: Any, tokenizer: Any, run_dir: Path, recipe: Recipe, data: PreparedData) -> Path:

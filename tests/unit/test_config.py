@@ -96,7 +96,7 @@ def test_method_fields_are_checked_against_the_chosen_method(tmp_path: Path, goo
         load_recipe(write_recipe(tmp_path, good))
     text = str(err.value)
     assert "method.k: required, but missing" in text
-    assert "method.r: unknown key; allowed: name, k" in text
+    assert "method.r: unknown key; allowed: objective, beta, name, k" in text
 
 
 def test_unknown_method_and_task(tmp_path: Path, good: dict) -> None:
@@ -106,7 +106,7 @@ def test_unknown_method_and_task(tmp_path: Path, good: dict) -> None:
         load_recipe(write_recipe(tmp_path, good))
     text = str(err.value)
     assert "method: unknown method 'lroa'; must be one of full, freeze, lora" in text
-    assert "task: must be one of 'sft' or 'classify', got 'classification'" in text
+    assert "task: must be one of 'sft', 'classify', 'pretrain', 'preference' or 'reward', got 'classification'" in text
 
 
 def test_missing_data_file_is_a_recipe_error_naming_the_path(tmp_path: Path, good: dict) -> None:

@@ -100,3 +100,22 @@ def test_classification_examples_carry_label_ids(tokenizer: Any, with_pair: bool
     )
     assert example["label"] == 1
     assert len(example["input_ids"]) == 4 and stats.truncated == 1
+
+
+def test_pretraining_text_is_a_target_everywhere_and_long_documents_are_chunked(tokenizer: Any) -> None:
+    from tunelab.data.records import Text
+    from tunelab.data.tokenize import tokenize_texts
+
+    short = Text("Hello there!", source="t:1")
+    long = Text("The quick brown fox jumps over the lazy dog. " * 6, source="t:2")
+    examples, stats = tokenize_texts(tokenizer, [short, long], LengthPolicy(max_seq_len=16))
+    first = examples[0]
+    assert first["labels"] == first["input_ids"]  # the loss is on every token
+    assert first["input_ids"][-1] == tokenizer.eos_token_id  # documents end with EOS
+    assert tokenizer.decode(first["input_ids"], skip_special_tokens=True) == "Hello there!"
+    long_ids = [t for e in examples[1:] for t in e["input_ids"]]
+    assert all(len(e["input_ids"]) <= 16 for e in examples)
+    # Cut into consecutive chunks: nothing lost but a trailing one-token chunk, if any.
+    full = tokenizer(long.text)["input_ids"] + [tokenizer.eos_token_id]
+    assert long_ids == full[: len(long_ids)] and len(full) - len(long_ids) <= 1
+    assert stats.truncated == 1 and stats.examples == 2

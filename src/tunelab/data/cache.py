@@ -27,16 +27,22 @@ def cache_dir(recipe: Recipe) -> Path:
     return Path(recipe.output.dir) / ".cache" / "data"
 
 
-def cache_key(recipe: Recipe, tokenizer: Any) -> str:
+def data_files(recipe: Recipe) -> list[str]:
+    """Every file the data stage reads: training datasets, their held-out files, replay, contamination."""
     data = recipe.data
-    files = [data.train, data.validation, data.test, *data.contamination]
+    files = [f for s in data.sources for f in (s.path, s.validation, s.test)]
+    files += [data.replay.path if data.replay else None, data.validation, data.test, *data.contamination]
+    return [str(f) for f in files if f]
+
+
+def cache_key(recipe: Recipe, tokenizer: Any) -> str:
     parts = {
         "version": __version__,
         "task": recipe.task,
-        "files": {str(f): _source_digest(str(f)) for f in files if f},
-        "data": data.model_dump(mode="json"),
+        "files": {f: _source_digest(f) for f in data_files(recipe)},
+        "data": recipe.data.model_dump(mode="json"),
         "max_seq_len": recipe.train.max_seq_len,
-        "packing": recipe.train.packing,
+        "packing": recipe.packing,
         "seed": recipe.train.seed,  # splits and balancing draw from it
         "tokenizer": tokenizer_fingerprint(tokenizer),
     }
@@ -45,9 +51,7 @@ def cache_key(recipe: Recipe, tokenizer: Any) -> str:
 
 def data_digest(recipe: Recipe) -> str:
     """sha256 over the recipe's data files (their bytes), for the run registry."""
-    data = recipe.data
-    files = [data.train, data.validation, data.test, *data.contamination]
-    parts = {str(f): _source_digest(str(f)) for f in files if f}
+    parts = {f: _source_digest(f) for f in data_files(recipe)}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 

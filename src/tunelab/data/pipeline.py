@@ -13,22 +13,37 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunelab.config import DataConfig, Recipe
+from tunelab.config import DataConfig, Recipe, source_name
 from tunelab.data import quality
 from tunelab.data.clean import NearDupConfig
 from tunelab.data.formats import RECORD_KIND, Columns, build_label_map, check_labels_known, load_split
+from tunelab.data.mixture import REPLAY
 from tunelab.data.packing import pack_examples
-from tunelab.data.records import Chat, Labeled, Record
+from tunelab.data.records import Chat, Labeled, Preference, Record, Text
 from tunelab.data.templates import ensure_chat_template
-from tunelab.data.tokenize import Example, LengthPolicy, TokenizeStats, tokenize_chats, tokenize_labeled
+from tunelab.data.tokenize import (
+    Example,
+    LengthPolicy,
+    TokenizeStats,
+    tokenize_chats,
+    tokenize_labeled,
+    tokenize_texts,
+)
 from tunelab.errors import DataError
 
 SPLITS = ("train", "validation", "test")
-RECORD_KIND_FOR_TASK = {"sft": "chat", "classify": "labeled"}
+RECORD_KIND_FOR_TASK = {
+    "sft": "chat", "classify": "labeled", "pretrain": "text", "preference": "preference", "reward": "preference",
+}  # fmt: skip
+# Replay data (general data mixed in against forgetting) may be plain text under instruction tuning.
+REPLAY_KINDS = {"sft": ("chat", "text"), "pretrain": ("text",)}
 FORMATS_FOR_KIND = {
     "chat": "chat (messages), sharegpt (conversations), alpaca (instruction/output), prompt/completion",
     "labeled": "labeled text (text + label columns) or multiple choice (question/choices/answer)",
+    "text": "plain text (.txt, or a text column)",
+    "preference": "preference pairs (prompt, chosen, rejected)",
 }
+CHAT_TASKS = ("sft", "preference", "reward")  # tasks whose records are rendered with a chat template
 
 
 @dataclass
@@ -38,6 +53,8 @@ class Records:
     splits: dict[str, list[Any]]
     label_map: dict[str, int] | None = None
     report: dict[str, Any] = field(default_factory=dict)
+    # Multi-dataset runs: split -> the dataset name of each record ("" for the shared validation/test files).
+    tasks: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -67,14 +84,119 @@ LARGE_REMOVAL = 0.10  # warn when a cleaning step removes more than this share o
 
 def load_records(recipe: Recipe) -> Records:
     """Read, clean, split and leak-check every split named in the recipe."""
+    if recipe.data.multi_source:
+        return _load_mixture(recipe)
     data = recipe.data
     report: dict[str, Any] = {"splits": {}}
-    splits = {split: _load(recipe, split, report) for split in SPLITS if getattr(data, split)}
-    if data.sample is not None and len(splits["train"]) > data.sample:
-        # Seeded, and in file order, so the same recipe always trains on the same rows.
-        chosen = sorted(random.Random(recipe.train.seed).sample(range(len(splits["train"])), data.sample))
-        report["sample"] = {"from": len(splits["train"]), "kept": data.sample, "seed": recipe.train.seed}
-        splits["train"] = [splits["train"][i] for i in chosen]
+    kind = RECORD_KIND_FOR_TASK[recipe.task]
+    splits = {
+        split: _load(recipe, getattr(data, split), data.format, split, report["splits"], split, (kind,))
+        for split in SPLITS
+        if getattr(data, split)
+    }
+    splits["train"] = _sample(recipe, splits["train"], report)
+    _clean(recipe, splits, report)
+    ratios = {s: getattr(data.split, s) for s in ("validation", "test") if s not in splits}
+    if any(r > 0 for r in ratios.values()):
+        held, report["split"] = quality.split_off(
+            splits.pop("train"), ratios, seed=recipe.train.seed, stratify=recipe.task == "classify"
+        )
+        splits.update(held)
+    splits["train"], report["leakage"] = _check_leakage(recipe, splits, near_config(data))
+    label_map = _labels(recipe, splits, report) if recipe.task == "classify" else None
+    report["records"] = {split: len(records) for split, records in splits.items()}
+    _check_not_empty(splits)
+    return Records(splits=splits, label_map=label_map, report=report)
+
+
+def _load_mixture(recipe: Recipe) -> Records:
+    """Several training datasets (and replay data): each is read, cleaned and split on its own, then
+    train rows are leak-checked against every held-out row and all splits are concatenated, tagged."""
+    data = recipe.data
+    report: dict[str, Any] = {"splits": {}, "sources": {}}
+    parts: dict[str, dict[str, list[Record]]] = {}
+    kind = RECORD_KIND_FOR_TASK[recipe.task]
+    for source in data.sources:
+        name = source_name(source)
+        sub: dict[str, Any] = {"splits": {}}
+        own_splits = {
+            "train": _load(
+                recipe, source.path, source.format or data.format, "train", sub["splits"], "train", (kind,)
+            )
+        }
+        for split in ("validation", "test"):
+            own = getattr(source, split)
+            if own:
+                own_splits[split] = _load(
+                    recipe, own, source.format or data.format, split, sub["splits"], split, (kind,)
+                )
+        own_splits["train"] = _sample(recipe, own_splits["train"], sub)
+        _clean(recipe, own_splits, sub)
+        # A dataset without its own held-out file gives data.split's share, unless a shared file covers it.
+        ratios = {
+            s: getattr(data.split, s)
+            for s in ("validation", "test")
+            if s not in own_splits and not getattr(data, s)
+        }
+        if any(r > 0 for r in ratios.values()):
+            held, sub["split"] = quality.split_off(
+                own_splits.pop("train"), ratios, seed=recipe.train.seed, stratify=False
+            )
+            own_splits.update(held)
+        parts[name], report["sources"][name] = own_splits, sub
+    if data.replay is not None:
+        sub = {"splits": {}}
+        replay = _load(
+            recipe, data.replay.path, data.replay.format or "auto", "train", sub["splits"], "train",
+            REPLAY_KINDS[recipe.task],
+        )  # fmt: skip
+        replay_splits = {"train": replay}
+        _clean(recipe, replay_splits, sub)
+        parts[REPLAY], report["sources"][REPLAY] = replay_splits, sub
+    shared = {
+        split: _load(recipe, getattr(data, split), data.format, split, report["splits"], split, (kind,))
+        for split in ("validation", "test")
+        if getattr(data, split)
+    }
+    if shared:
+        _clean(recipe, shared, report, dedup_train=False)
+        parts[""] = shared
+    splits: dict[str, list[Record]] = {}
+    tasks: dict[str, list[str]] = {}
+    tag: dict[int, str] = {}
+    for name, part in parts.items():
+        for split, records in part.items():
+            splits.setdefault(split, []).extend(records)
+            tasks.setdefault(split, []).extend([name] * len(records))
+            tag.update((id(record), name) for record in records)
+    splits["train"], report["leakage"] = _check_leakage(recipe, splits, near_config(data))
+    tasks["train"] = [tag[id(record)] for record in splits["train"]]
+    report["records"] = {split: len(records) for split, records in splits.items()}
+    report["records_per_dataset"] = {
+        split: {name: names.count(name) for name in dict.fromkeys(names)} for split, names in tasks.items()
+    }
+    _check_not_empty(splits)
+    for name in parts:
+        if name and name not in tasks["train"]:
+            raise DataError(f"dataset {name}: no training rows left after cleaning", fix="see report.json")
+    return Records(splits=splits, report=report, tasks=tasks)
+
+
+def _sample(recipe: Recipe, train: list[Record], report: dict[str, Any]) -> list[Record]:
+    sample = recipe.data.sample
+    if sample is None or len(train) <= sample:
+        return train
+    # Seeded, and in file order, so the same recipe always trains on the same rows.
+    chosen = sorted(random.Random(recipe.train.seed).sample(range(len(train)), sample))
+    report["sample"] = {"from": len(train), "kept": sample, "seed": recipe.train.seed}
+    return [train[i] for i in chosen]
+
+
+def _clean(
+    recipe: Recipe, splits: dict[str, list[Record]], report: dict[str, Any], *, dedup_train: bool = True
+) -> None:
+    """Normalise and PII-handle every split; remove duplicates from train. Counts go into `report`."""
+    data = recipe.data
     if data.normalize:
         report["normalize"] = {}
         for split in splits:
@@ -83,51 +205,53 @@ def load_records(recipe: Recipe) -> Records:
         report["pii"] = {}
         for split in splits:
             splits[split], report["pii"][split] = quality.apply_pii(splits[split], data.pii)
-    near = near_config(data)
-    if data.dedup or data.near_dedup.enabled:
-        before = len(splits["train"])
-        splits["train"], report["dedup"] = quality.dedup(
-            splits["train"], exact=data.dedup, near=near if data.near_dedup.enabled else None
+    if not dedup_train or not (data.dedup or data.near_dedup.enabled):
+        return
+    before = len(splits["train"])
+    splits["train"], report["dedup"] = quality.dedup(
+        splits["train"], exact=data.dedup, near=near_config(data) if data.near_dedup.enabled else None
+    )
+    removed = before - len(splits["train"])
+    if removed > LARGE_REMOVAL * before:
+        report.setdefault("warnings", []).append(
+            f"dedup removed {removed} of {before} training rows ({100 * removed / before:.0f}%): "
+            "check report.json's examples; a dataset of sub-phrases (like SST-2) wants data.near_dedup off"
         )
-        removed = before - len(splits["train"])
-        if removed > LARGE_REMOVAL * before:
-            report.setdefault("warnings", []).append(
-                f"dedup removed {removed} of {before} training rows ({100 * removed / before:.0f}%): "
-                "check report.json's examples; a dataset of sub-phrases (like SST-2) wants data.near_dedup off"
-            )
-    ratios = {s: getattr(data.split, s) for s in ("validation", "test") if s not in splits}
-    if any(r > 0 for r in ratios.values()):
-        held, report["split"] = quality.split_off(
-            splits.pop("train"), ratios, seed=recipe.train.seed, stratify=recipe.task == "classify"
-        )
-        splits.update(held)
-    splits["train"], report["leakage"] = _check_leakage(recipe, splits, near)
-    label_map = _labels(recipe, splits, report) if recipe.task == "classify" else None
-    report["records"] = {split: len(records) for split, records in splits.items()}
+
+
+def _check_not_empty(splits: dict[str, list[Record]]) -> None:
     for split, records in splits.items():
         if not records:
             raise DataError(f"{split}: no rows left after cleaning", fix="see the counts in report.json")
-    return Records(splits=splits, label_map=label_map, report=report)
 
 
-def _load(recipe: Recipe, split: str, report: dict[str, Any]) -> list[Record]:
+def _load(
+    recipe: Recipe,
+    path: str,
+    fmt: str,
+    split: str,
+    report: dict[str, Any],
+    key: str,
+    kinds: tuple[str, ...],
+) -> list[Record]:
+    """One file's records, checked to be of a kind the task can train on; counts go to report[key]."""
     data = recipe.data
-    wanted = RECORD_KIND_FOR_TASK[recipe.task]
     loaded = load_split(
-        getattr(data, split),
-        fmt=data.format,
+        path,
+        fmt=fmt,
         columns=columns_of(data),
         on_error=data.on_error,
         text_unit=data.text_unit,
-        kind=wanted,
+        kind=kinds[0] if len(kinds) == 1 else None,
         hub_split=split,
     )
-    if RECORD_KIND[loaded.format] != wanted:
+    if RECORD_KIND[loaded.format] not in kinds:
+        wanted = " or ".join(FORMATS_FOR_KIND[k] for k in kinds)
         raise DataError(
-            f"{loaded.path} looks like {loaded.format} data, but task {recipe.task} needs {FORMATS_FOR_KIND[wanted]}",
+            f"{loaded.path} looks like {loaded.format} data, but task {recipe.task} needs {wanted}",
             fix="set data.format (and data.columns) if the detection is wrong, or change task",
         )
-    report["splits"][split] = {
+    report[key] = {
         "file": str(loaded.path),
         "format": loaded.format,
         "rows": loaded.total_rows,
@@ -174,26 +298,62 @@ def tokenize_records(recipe: Recipe, records: Records, tokenizer: Any) -> Prepar
     policy = LengthPolicy(max_len, data.truncation, data.min_tokens, data.max_tokens)
     prepared = PreparedData(splits={}, stats={}, label_map=records.label_map, report=records.report)
     prepared.notes.extend(records.report.get("warnings", []))
-    if recipe.task == "sft":
+    if recipe.task in CHAT_TASKS:
         prepared.chat_template = ensure_chat_template(tokenizer, data.template)
     for split, items in records.splits.items():
-        if recipe.task == "sft":
-            examples, stats = tokenize_chats(tokenizer, _all(items, Chat), policy)
-        else:
-            assert records.label_map is not None
-            examples, stats = tokenize_labeled(tokenizer, _all(items, Labeled), records.label_map, policy)
+        examples, stats = [], TokenizeStats()
+        for name, group in _groups(items, records.tasks.get(split)):
+            group_examples, group_stats = _tokenize(tokenizer, group, records.label_map, policy)
+            if name:
+                for example in group_examples:
+                    example["task"] = name
+            examples.extend(group_examples)
+            stats.add(group_stats)
         _preflight(split, max_len, examples, stats, prepared.notes)
         prepared.splits[split], prepared.stats[split] = examples, stats
     prepared.report["tokenize"] = {
         "template": prepared.chat_template,
         **{split: stats.as_report() for split, stats in prepared.stats.items()},
     }
-    if recipe.train.packing and recipe.task == "sft":
+    if recipe.packing:
         # Only train is packed: evaluation runs example by example, so its numbers never depend on packing.
+        # Each dataset is packed on its own, so a packed row still belongs to one dataset for mixing.
         train = prepared.splits["train"]
-        prepared.splits["train"], prepared.packed = pack_examples(train, max_len), True
-        prepared.report["packing"] = {"examples": len(train), "rows": len(prepared.splits["train"])}
+        rows: list[Example] = []
+        for name, group in _groups(train, [str(e.get("task", "")) for e in train]):
+            packed = pack_examples(group, max_len)
+            rows.extend({**row, "task": name} if name else row for row in packed)
+        prepared.splits["train"], prepared.packed = rows, True
+        prepared.report["packing"] = {"examples": len(train), "rows": len(rows)}
     return prepared
+
+
+def _groups(items: list[Any], tags: list[str] | None) -> list[tuple[str, list[Any]]]:
+    """Consecutive runs of items of one dataset and one record type, with the dataset's name."""
+    groups: list[tuple[str, list[Any]]] = []
+    for i, item in enumerate(items):
+        key = (tags[i] if tags else "", type(item))
+        if groups and (groups[-1][0], type(groups[-1][1][0])) == key:
+            groups[-1][1].append(item)
+        else:
+            groups.append((key[0], [item]))
+    return groups
+
+
+def _tokenize(
+    tokenizer: Any, items: list[Any], label_map: dict[str, int] | None, policy: LengthPolicy
+) -> tuple[list[Example], TokenizeStats]:
+    first = items[0]
+    if isinstance(first, Chat):
+        return tokenize_chats(tokenizer, _all(items, Chat), policy)
+    if isinstance(first, Text):
+        return tokenize_texts(tokenizer, _all(items, Text), policy)
+    if isinstance(first, Preference):
+        from tunelab.data.pairs import tokenize_preferences
+
+        return tokenize_preferences(tokenizer, _all(items, Preference), policy)
+    assert label_map is not None
+    return tokenize_labeled(tokenizer, _all(items, Labeled), label_map, policy)
 
 
 def _all(items: list[Any], kind: type) -> list[Any]:
@@ -211,7 +371,7 @@ def _preflight(
         raise DataError(
             f"{split}: no example keeps a single assistant token after rendering and truncation "
             f"to train.max_seq_len={max_len}, so there is nothing to learn",
-            problems=[f"{source}: no assistant token left" for source in stats.without_targets[:5]],
+            problems=[f"{source}: no target token left" for source in stats.without_targets[:5]],
             fix="raise train.max_seq_len, shorten the prompts, or check that the chat template renders "
             "assistant turns",
         )
@@ -271,7 +431,12 @@ def write_prepared(out_dir: Path, records: Records, prepared: PreparedData | Non
         left_out: set[str] = set()
         if prepared is not None:
             left_out = {s for sources in prepared.stats[split].dropped.values() for s in sources}
-        rows = [record_to_json(r) for r in items if r.source not in left_out]
+        tags = records.tasks.get(split) or [""] * len(items)
+        rows = [
+            {**record_to_json(r), **({"_task": tag} if tag else {})}
+            for r, tag in zip(items, tags, strict=True)
+            if r.source not in left_out
+        ]
         tmp = out_dir / f".{split}.jsonl.tmp"
         tmp.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
         tmp.replace(out_dir / f"{split}.jsonl")

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from tunelab.data.records import Chat, Labeled
+from tunelab.data.records import Chat, Labeled, Text
 from tunelab.data.templates import Span, render_chat
 from tunelab.errors import DataError
 
@@ -31,6 +31,12 @@ class TokenizeStats:
     truncated: int = 0
     # reason -> sources of the examples left out for it; reasons: too_short, too_long, over_max_seq_len, no_targets
     dropped: dict[str, list[str]] = field(default_factory=dict)
+
+    def add(self, other: TokenizeStats) -> None:
+        self.examples += other.examples
+        self.truncated += other.truncated
+        for reason, sources in other.dropped.items():
+            self.dropped.setdefault(reason, []).extend(sources)
 
     def drop(self, reason: str, source: str) -> None:
         self.dropped.setdefault(reason, []).append(source)
@@ -88,6 +94,37 @@ def tokenize_chats(
             stats.drop("no_targets", chat.source)
             continue
         examples.append({"input_ids": ids, "labels": labels})
+    return examples, stats
+
+
+def tokenize_texts(
+    tokenizer: Any, texts: list[Text], policy: LengthPolicy
+) -> tuple[list[Example], TokenizeStats]:
+    """Plain text for continued pre-training: the loss is on every token.
+
+    A document longer than max_seq_len is cut into consecutive chunks rather than truncated, since in
+    pre-training every token is training signal (stats.truncated counts the documents that were cut).
+    Each document ends with EOS so the model learns where documents end, and packed neighbours are
+    told apart.
+    """
+    stats = TokenizeStats()
+    examples: list[Example] = []
+    for record in texts:
+        stats.examples += 1
+        ids = list(tokenizer(record.text)["input_ids"])  # special tokens as the model expects (BOS)
+        if tokenizer.eos_token_id is not None and (not ids or ids[-1] != tokenizer.eos_token_id):
+            ids.append(tokenizer.eos_token_id)
+        if (reason := _length_verdict(len(ids), policy)) is not None:
+            stats.drop(reason, record.source)
+            continue
+        chunks = [ids[i : i + policy.max_seq_len] for i in range(0, len(ids), policy.max_seq_len)]
+        stats.truncated += len(chunks) > 1
+        # A last chunk of one token has nothing to predict (its only token is never a target): left out.
+        kept = [chunk for chunk in chunks if len(chunk) > 1]
+        if not kept:
+            stats.drop("no_targets", record.source)
+            continue
+        examples.extend({"input_ids": chunk, "labels": list(chunk)} for chunk in kept)
     return examples, stats
 
 

@@ -23,20 +23,26 @@ def evaluate(
     loss_sum = torch.zeros((), dtype=torch.float64, device=accelerator.device)
     targets = torch.zeros((), dtype=torch.float64, device=accelerator.device)
     correct = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+    stat_sums: dict[str, torch.Tensor] = {}
     for batch in batches:
         out = objective.loss(model, batch)
         loss_sum += out.loss_sum.double()
         targets += objective.count_targets(batch)
         if task == "classify":
+            assert out.logits is not None
             correct += (out.logits.argmax(-1) == batch["labels"]).sum()
+        for name, value in out.stats.items():
+            stat_sums[name] = stat_sums.get(name, torch.zeros_like(targets)) + value.double()
     loss_sum, targets, correct = (accelerator.reduce(t, "sum") for t in (loss_sum, targets, correct))
     model.train(was_training)
     n = max(float(targets), 1.0)
     metrics = {f"{prefix}_loss": float(loss_sum) / n}
-    if task == "sft":
+    if task in ("sft", "pretrain"):
         metrics[f"{prefix}_perplexity"] = math.exp(min(metrics[f"{prefix}_loss"], 50.0))
     if task == "classify":
         metrics[f"{prefix}_accuracy"] = float(correct) / n
+    for name, value in sorted(stat_sums.items()):
+        metrics[f"{prefix}_{name}"] = float(accelerator.reduce(value, "sum")) / n
     return metrics
 
 

@@ -12,6 +12,7 @@ from rich.console import Console
 from tunelab.config import Recipe
 from tunelab.data.formats import load_split
 from tunelab.data.pipeline import PreparedData, Records
+from tunelab.data.records import Chat
 from tunelab.data.tokenize import LengthPolicy
 from tunelab.evaluation.baselines import chat_baselines, encoder_baselines
 from tunelab.evaluation.forgetting import forgetting_entry
@@ -28,12 +29,15 @@ def format_metrics(metrics: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
 
 
-def chat_records(records: Records | None, cached_files: Path | None, split: str) -> list[Any]:
-    """One split's cleaned records: computed now, or read back from the cache's canonical JSONL."""
+def chat_records(records: Records | None, cached_files: Path | None, split: str) -> list[Chat]:
+    """One split's cleaned conversations: computed now, or read back from the cache's canonical JSONL.
+    Plain-text rows (replay data mixed into instruction tuning) are not conversations and are skipped."""
     if records is not None:
-        return list(records.splits[split])
-    assert cached_files is not None
-    return list(load_split(cached_files / f"{split}.jsonl").records)
+        rows = list(records.splits[split])
+    else:
+        assert cached_files is not None
+        rows = list(load_split(cached_files / f"{split}.jsonl").records)
+    return [row for row in rows if isinstance(row, Chat)]
 
 
 def score_baselines(
@@ -47,7 +51,9 @@ def score_baselines(
 ) -> dict[str, Any]:
     """Zero-/few-shot scores of the base model on the test split (else validation), before training."""
     split = next((s for s in ("test", "validation") if s in data.splits), None)
-    if not recipe.eval.baselines or split is None:
+    # Zero-/few-shot baselines exist for classification and chat; pretrain and preference runs compare
+    # against the base model's own loss on the test split, which every run scores before training.
+    if not recipe.eval.baselines or split is None or recipe.task not in ("sft", "classify"):
         return {}
     k, seed = recipe.eval.few_shot_k, recipe.train.seed
     loaded.model.to(accelerator.device)

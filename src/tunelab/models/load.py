@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from tunelab.config import ModelConfig
 from tunelab.errors import ModelLoadError
+
+Quantisation = Literal["4bit", "8bit"]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -34,23 +37,80 @@ def resolve_dtype(name: str) -> torch.dtype:
 
 
 def load_model(
-    cfg: ModelConfig, task: str, label_map: dict[str, int] | None = None, tokenizer: Any = None
+    cfg: ModelConfig,
+    task: str,
+    label_map: dict[str, int] | None = None,
+    tokenizer: Any = None,
+    *,
+    quantisation: Quantisation | None = None,
 ) -> LoadedModel:
-    """The model with its tokenizer (pass `tokenizer` when it was already loaded for the data stage)."""
+    """The model with its tokenizer (pass `tokenizer` when it was already loaded for the data stage).
+
+    `quantisation` loads the frozen base through bitsandbytes ("4bit": qlora; "8bit"); by default it
+    follows `cfg.load_in_8bit`. See `quantisation_for`.
+    """
     source, local = _resolve_source(cfg.name)
-    common = {
+    common: dict[str, Any] = {
         "trust_remote_code": cfg.trust_remote_code,
         "revision": cfg.revision,
         "local_files_only": local or _offline(),
     }
+    quantisation = quantisation or ("8bit" if cfg.load_in_8bit else None)
     try:
         tokenizer = tokenizer or AutoTokenizer.from_pretrained(source, **common)
-        model, info = _load_weights(source, task, label_map, resolve_dtype(cfg.dtype), common)
+        weights_options = {**common, **_quantisation_options(quantisation, task)}
+        model, info = _load_weights(source, task, label_map, resolve_dtype(cfg.dtype), weights_options)
     except (OSError, ValueError) as exc:
         raise _not_loadable(cfg.name, source, local, exc) from None
     _ensure_pad_token(tokenizer, model)
     new_modules = sorted({key.rsplit(".", 1)[0] for key in info.get("missing_keys", [])})
     return LoadedModel(model=model, tokenizer=tokenizer, source=source, new_modules=new_modules)
+
+
+def quantisation_for(method_name: str, load_in_8bit: bool) -> Quantisation | None:
+    """How a recipe's base is loaded: 4-bit NF4 under qlora, 8-bit when model.load_in_8bit, else unquantised."""
+    if method_name == "qlora":
+        return "4bit"
+    return "8bit" if load_in_8bit else None
+
+
+def _quantisation_options(quantisation: Quantisation | None, task: str) -> dict[str, Any]:
+    """from_pretrained keywords for a bitsandbytes base (the recipe validator has checked for CUDA)."""
+    if quantisation is None:
+        return {}
+    if not _bitsandbytes_installed():
+        raise ModelLoadError(
+            f"a {quantisation} base is loaded through bitsandbytes, which is not installed",
+            fix="pip install bitsandbytes (needs a CUDA GPU), or use method lora over an unquantised base",
+        )
+    from transformers import BitsAndBytesConfig
+
+    # Sequence-classification heads are new and trained in full: keep them (and BERT's pooler) out of
+    # bitsandbytes. transformers' own default keeps only the module of the *last parameter*, which misses
+    # a head whose last parameter is a bias ("classifier.bias"). Causal LMs keep their defaults (lm_head).
+    skip = ["classifier", "score", "pooler"] if task in ("classify", "reward") else None
+    if quantisation == "4bit":
+        config = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=_compute_dtype(),
+            llm_int8_skip_modules=skip,  # despite the name, 4-bit loading reads it too
+        )
+    else:
+        config = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
+    # One whole copy per process, on that process's GPU (under DDP, LOCAL_RANK names it).
+    return {"quantization_config": config, "device_map": {"": int(os.environ.get("LOCAL_RANK", "0"))}}
+
+
+def _bitsandbytes_installed() -> bool:
+    return importlib.util.find_spec("bitsandbytes") is not None
+
+
+def _compute_dtype() -> torch.dtype:
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16
 
 
 def load_tokenizer(cfg: ModelConfig) -> Any:
@@ -73,6 +133,10 @@ def load_tokenizer(cfg: ModelConfig) -> Any:
 def _load_weights(
     source: str, task: str, label_map: dict[str, int] | None, dtype: torch.dtype, common: dict[str, Any]
 ) -> tuple[Any, dict[str, Any]]:
+    if task == "reward":  # one scalar score per sequence (a Bradley-Terry reward model)
+        return AutoModelForSequenceClassification.from_pretrained(
+            source, num_labels=1, dtype=dtype, output_loading_info=True, **common
+        )
     if task == "classify":
         assert label_map is not None
         return AutoModelForSequenceClassification.from_pretrained(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -58,8 +59,12 @@ class MicroBatches:
         pad_token_id: int,
         accelerator: Any,
         collate_fn: Callable[[list[Example], int], Batch] = collate,
+        order_fn: Callable[[int], list[int]] | None = None,
     ):
+        """`order_fn(epoch)` replaces the seeded permutation (multi-dataset mixtures draw their own)."""
         self.examples = examples
+        self.order_fn = order_fn
+        self.drawn: Counter[str] = Counter()  # examples per dataset since the last log line
         self.collate_fn = collate_fn
         self.batch_size = batch_size
         self.seed = seed
@@ -69,13 +74,17 @@ class MicroBatches:
 
     @property
     def per_epoch(self) -> int:
-        per_process = math.ceil(len(self.examples) / self.accelerator.num_processes)
+        draws = len(self.order_fn(0)) if self.order_fn is not None else len(self.examples)
+        per_process = math.ceil(draws / self.accelerator.num_processes)
         return math.ceil(per_process / self.batch_size)
 
     def epoch_order(self, epoch: int) -> list[list[int]]:
         if self._order is None or self._order[0] != epoch:
-            generator = torch.Generator().manual_seed(self.seed + epoch)
-            perm = torch.randperm(len(self.examples), generator=generator).tolist()
+            if self.order_fn is not None:
+                perm = self.order_fn(epoch)
+            else:
+                generator = torch.Generator().manual_seed(self.seed + epoch)
+                perm = torch.randperm(len(self.examples), generator=generator).tolist()
             world, rank = self.accelerator.num_processes, self.accelerator.process_index
             perm += perm[: (-len(perm)) % world]  # wrap so every process gets as many batches
             mine = perm[rank::world]
@@ -91,7 +100,16 @@ class MicroBatches:
         state.batch_in_epoch += 1
         if state.batch_in_epoch == len(order):
             state.epoch, state.batch_in_epoch = state.epoch + 1, 0
-        return self.collate([self.examples[i] for i in indices])
+        chosen = [self.examples[i] for i in indices]
+        self.drawn.update(str(e["task"]) for e in chosen if "task" in e)
+        return self.collate(chosen)
+
+    def take_mix(self) -> dict[str, float]:
+        """Each dataset's share of the examples drawn (this process) since the last call: `mix/<task>`."""
+        total = sum(self.drawn.values())
+        shares = {f"mix/{task}": count / total for task, count in sorted(self.drawn.items())} if total else {}
+        self.drawn.clear()
+        return shares
 
     def collate(self, examples: list[Example]) -> Batch:
         batch = self.collate_fn(examples, self.pad_token_id)
@@ -99,20 +117,25 @@ class MicroBatches:
 
 
 def eval_batches(
-    examples: list[Example], batch_size: int, pad_token_id: int, accelerator: Any
+    examples: list[Example],
+    batch_size: int,
+    pad_token_id: int,
+    accelerator: Any,
+    collate_fn: Callable[[list[Example], int], Batch] = collate,
 ) -> Iterator[Batch]:
     """Each process evaluates its own slice, in file order; metrics are summed across processes."""
     mine = examples[accelerator.process_index :: accelerator.num_processes]
     for i in range(0, len(mine), batch_size):
-        batch = collate(mine[i : i + batch_size], pad_token_id)
+        batch = collate_fn(mine[i : i + batch_size], pad_token_id)
         yield {k: v.to(accelerator.device) for k, v in batch.items()}
 
 
 @dataclass(frozen=True)
 class StepResult:
     loss: float  # mean over the window's targets, all processes
-    targets: int  # label tokens (sft) or examples (classify), all processes
+    targets: int  # label tokens (sft), examples (classify) or pairs (preference), all processes
     tokens: int  # non-padding input tokens, all processes
+    stats: dict[str, float] = field(default_factory=dict)  # the objective's extra metrics, per target
 
 
 def accumulate_gradients(
@@ -135,14 +158,19 @@ def accumulate_gradients(
     # DDP averages gradients over processes; scaling by the process count turns that mean back into a sum.
     scale = accelerator.num_processes / max(total_targets, 1)
     loss_sum = torch.zeros((), device=accelerator.device)
+    stat_sums: dict[str, torch.Tensor] = {}
     for i, batch in enumerate(micro_batches):
         last = i == len(micro_batches) - 1
         with contextlib.nullcontext() if last else accelerator.no_sync(model):  # all-reduce once per step
             out = objective.loss(model, batch)
             accelerator.backward(out.loss_sum * scale)
         loss_sum += out.loss_sum.detach().float()
+        for name, value in out.stats.items():
+            stat_sums[name] = stat_sums.get(name, torch.zeros((), device=accelerator.device)) + value.detach()
+    n = max(total_targets, 1)
     loss_sum = accelerator.reduce(loss_sum, "sum")
-    return StepResult(float(loss_sum) / max(total_targets, 1), total_targets, total_tokens)
+    stats = {name: float(accelerator.reduce(value.float(), "sum")) / n for name, value in stat_sums.items()}
+    return StepResult(float(loss_sum) / n, total_targets, total_tokens, stats)
 
 
 @dataclass
@@ -169,6 +197,7 @@ def fit(
 ) -> TrainState:
     model.train()
     window_losses: list[float] = []
+    window_stats: list[dict[str, float]] = []
     window_start, window_tokens = time.perf_counter(), 0
     last_saved = state.step
     while state.step < total_steps and not state.stopped_early:
@@ -178,14 +207,18 @@ def fit(
         state.step += 1
         state.tokens += result.tokens
         window_losses.append(result.loss)
+        window_stats.append(result.stats)
         window_tokens += result.tokens
         tokens_per_s = window_tokens / max(time.perf_counter() - window_start, 1e-9)
         hooks.progress(state.step, result.loss, tokens_per_s)
 
         if state.step % cfg.log_every == 0 or state.step == total_steps:
             epoch = state.epoch + state.batch_in_epoch / batches.per_epoch
-            hooks.log(state.step, _train_log(window_losses, scheduler, grad_norm, state, tokens_per_s, epoch))
-            window_losses, window_start, window_tokens = [], time.perf_counter(), 0
+            values = _train_log(window_losses, scheduler, grad_norm, state, tokens_per_s, epoch)
+            values.update(_mean_stats(window_stats))
+            values.update(batches.take_mix())
+            hooks.log(state.step, values)
+            window_losses, window_stats, window_start, window_tokens = [], [], time.perf_counter(), 0
         if hooks.evaluate is not None and (state.step % cfg.eval_every == 0 or state.step == total_steps):
             _evaluate_and_maybe_stop(hooks, cfg, state)
         if state.step % cfg.save_every == 0 or state.step == total_steps or state.stopped_early:
@@ -226,6 +259,11 @@ def _train_log(
     if grad_norm is not None:
         values["grad_norm"] = grad_norm
     return values
+
+
+def _mean_stats(window: list[dict[str, float]]) -> dict[str, float]:
+    names = {name for stats in window for name in stats}
+    return {name: sum(stats.get(name, 0.0) for stats in window) / len(window) for name in sorted(names)}
 
 
 def _evaluate_and_maybe_stop(hooks: Hooks, cfg: TrainConfig, state: TrainState) -> None:

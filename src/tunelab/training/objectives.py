@@ -7,7 +7,7 @@ all accumulated micro-batches (and all processes), so gradient accumulation equa
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -21,7 +21,10 @@ Batch = dict[str, torch.Tensor]
 @dataclass
 class Output:
     loss_sum: torch.Tensor  # summed over targets, float32
-    logits: torch.Tensor
+    logits: torch.Tensor | None = None
+    # Extra metrics as sums over targets (e.g. preference pairs ranked right); the loop and `evaluate`
+    # add them up over micro-batches and processes and divide by the target count, like the loss.
+    stats: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def model_inputs(batch: Batch) -> Batch:
@@ -71,5 +74,6 @@ class Objective:
 
 OBJECTIVES: dict[str, Objective] = {
     "sft": Objective(loss=causal_lm, count_targets=causal_lm_targets),
+    "pretrain": Objective(loss=causal_lm, count_targets=causal_lm_targets),  # labels are every token
     "classify": Objective(loss=classification, count_targets=classification_targets),
 }
