@@ -1,19 +1,17 @@
 """`tunelab eval`: score a run, a final/ folder or a base model on a data file.
 
-A run's final/ folder says how to rebuild the model (tunelab.json: task, method, base model): full
-weights load from the folder itself; an adapter loads onto its base model through peft.
+A run's final/ folder says how to rebuild the model (tunelab.json: task, method, base model);
+`tunelab.models.restore.load_trained` does it, as it does for export and inference.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator
-from transformers import AutoTokenizer
 
 from tunelab.config import ModelConfig
 from tunelab.data.formats import Columns, load_split
@@ -23,7 +21,9 @@ from tunelab.data.tokenize import LengthPolicy, tokenize_chats, tokenize_labeled
 from tunelab.errors import TunelabError
 from tunelab.evaluation import metrics as m
 from tunelab.evaluation.generate import generate
+from tunelab.inference import end_of_turn_ids
 from tunelab.models.load import load_model
+from tunelab.models.restore import find_final, load_trained
 from tunelab.training.loop import eval_batches
 from tunelab.training.objectives import OBJECTIVES
 
@@ -41,31 +41,17 @@ class Target:
 
 def load_target(target: str, task: str | None = None) -> Target:
     path = Path(target)
-    final = path / "final" if (path / "final" / "tunelab.json").is_file() else path
-    if not (final / "tunelab.json").is_file():  # a base model: a Hub id or a plain model folder
-        chosen = task or "sft"
-        if chosen == "classify":
-            raise TunelabError(
-                f"{target} is a base model: a classifier needs a trained head",
-                fix="evaluate a run or its final/ folder",
-            )
-        loaded = load_model(ModelConfig(name=target), chosen)
-        return Target(loaded.model, loaded.tokenizer, chosen, None, None)
-    info = json.loads((final / "tunelab.json").read_text(encoding="utf-8"))
-    labels_file = final / "labels.json"
-    label_map = json.loads(labels_file.read_text(encoding="utf-8")) if labels_file.is_file() else None
-    if (final / "adapter_config.json").is_file():
-        from peft import PeftModel
-
-        base = load_model(ModelConfig(name=info["base_model"]), info["task"], label_map)
-        model = PeftModel.from_pretrained(base.model, str(final))
-    else:
-        model = load_model(ModelConfig(name=str(final)), info["task"], label_map).model
-    tokenizer = AutoTokenizer.from_pretrained(str(final))  # saved with the chat template used in training
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    run_dir = final.parent if final.name == "final" else None
-    return Target(model, tokenizer, info["task"], label_map, run_dir)
+    if find_final(path) is not None or (path / "summary.json").is_file():
+        trained = load_trained(path)  # a run (a run without final/ is an error that says why) or final/
+        return Target(trained.model, trained.tokenizer, trained.task, trained.label_map, trained.run_dir)
+    chosen = task or "sft"  # a base model: a Hub id or a plain model folder
+    if chosen == "classify":
+        raise TunelabError(
+            f"{target} is a base model: a classifier needs a trained head",
+            fix="evaluate a run or its final/ folder",
+        )
+    loaded = load_model(ModelConfig(name=target), chosen)
+    return Target(loaded.model, loaded.tokenizer, chosen, None, None)
 
 
 def evaluate_file(
@@ -118,8 +104,7 @@ def _generative(
         last = max(i for i, message in enumerate(chat.messages) if message.role == "assistant")
         prompts.append([_as_dict(message) for message in chat.messages[:last]])
         references.append(chat.messages[last].content)
-    end_of_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    stops = [end_of_turn] if isinstance(end_of_turn, int) and end_of_turn != tokenizer.unk_token_id else []
+    stops = end_of_turn_ids(tokenizer)
     answers = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, stop_token_ids=stops)
     scores: dict[str, float] = {}
     if "bleu" in metrics:

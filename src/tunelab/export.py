@@ -1,0 +1,335 @@
+"""`tunelab export`: turn a run's final/ into a folder that other tools load.
+
+Without --merge the weights go as trained: a peft adapter (load it onto its base with peft), a
+bottleneck adapter (tunelab only), or full weights (full / freeze runs). With --merge a peft adapter
+is folded into its base, loaded in float32 and never quantised (merging into 4-bit weights would
+round the update away), and the result saved as plain transformers weights.
+
+Every export also holds the tokenizer with the training chat template, a generation config that
+stops at the template's end-of-turn token, the label map, tunelab.json and a model card. The
+folder is built under a temporary name beside `out` and renamed at the end, so a failed export never
+leaves a folder that looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+from pathlib import Path
+from typing import Any
+
+import yaml
+from transformers import GenerationConfig
+
+from tunelab.errors import TunelabError
+from tunelab.inference import stop_token_ids
+from tunelab.models.restore import (
+    GENERATIVE_TASKS,
+    INFO,
+    LABELS,
+    adapter_kind,
+    load_saved_tokenizer,
+    load_trained,
+    read_info,
+    read_label_map,
+    read_recipe,
+    resolve_final,
+    run_dir_of,
+)
+
+README = "README.md"
+
+
+def export_run(run: Path, out: Path, merge: bool = False, *, force: bool = False) -> Path:
+    """Export `run` (a run folder or its final/) to `out`; returns `out`.
+
+    Raises TunelabError when `out` is not empty (unless `force`) or when `merge` is asked of a
+    method that cannot be merged.
+    """
+    final = resolve_final(run)
+    info = read_info(final)
+    kind = adapter_kind(final)
+    _check_out(out, final, force)
+    if merge and kind is not None:
+        _check_mergeable(final, kind, info["method"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        weights = _write_weights(final, kind, merge, tmp)
+        export = {
+            "weights": weights,
+            "adapter": kind if weights == "adapter" else None,
+            "from": str(Path(run).resolve()),
+        }
+        _write_extras(final, {**info, "export": export}, tmp)
+        _replace_folder(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # never a half-written export
+        raise
+    return out
+
+
+def exported_weights(out: Path) -> str:
+    """What an export holds: 'merged', 'adapter' or 'full' (read back from its tunelab.json)."""
+    return str(json.loads((out / INFO).read_text(encoding="utf-8"))["export"]["weights"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks, before anything is written
+
+
+def _check_out(out: Path, final: Path, force: bool) -> None:
+    resolved, source = out.resolve(), final.resolve()
+    if resolved == source or resolved in source.parents:
+        # --force would delete the run being exported.
+        raise TunelabError(f"--out {out} holds the run being exported", fix="choose a folder outside the run")
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise TunelabError(f"--out {out} is a file, not a folder", fix="choose a folder name")
+    if any(out.iterdir()) and not force:
+        raise TunelabError(
+            f"--out {out} already exists and is not empty", fix="choose another folder, or --force"
+        )
+
+
+def _check_mergeable(final: Path, kind: str, method: str) -> None:
+    if kind == "bottleneck":
+        reason = "a bottleneck adapter adds new layers to the model; there is no base weight to fold it into"
+        needs = "tunelab (tunelab chat / predict / eval load it)"
+    else:
+        from peft import PeftConfig
+
+        if not PeftConfig.from_pretrained(str(final)).is_prompt_learning:
+            return
+        reason = f"{method} learns virtual tokens fed to the model at every call, not a change of its weights"
+        needs = "peft at inference (PeftModel.from_pretrained(base, folder))"
+    raise TunelabError(
+        f"--merge: {method} cannot be merged: {reason}",
+        fix=f"export without --merge: the adapter-only export works, and loading it needs {needs}",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+def _write_weights(final: Path, kind: str | None, merge: bool, tmp: Path) -> str:
+    """The weights into `tmp`; returns what they are: 'merged', 'adapter' or 'full'."""
+    if kind is None or not merge:
+        # Full weights are final already, and an adapter exports as trained: copied, byte for byte.
+        shutil.copytree(final, tmp)
+        return "full" if kind is None else "adapter"
+    # float32, never quantised: the merged weights are W + BA computed in full precision.
+    trained = load_trained(final, dtype="float32")
+    merged = trained.model.merge_and_unload(safe_merge=True)  # safe_merge: refuse NaNs instead of saving them
+    merged.save_pretrained(str(tmp))  # safetensors
+    return "merged"
+
+
+def _write_extras(final: Path, info: dict[str, Any], tmp: Path) -> None:
+    """Everything but the weights; `info` is tunelab.json with the export's own entry."""
+    tokenizer = load_saved_tokenizer(final)
+    tokenizer.save_pretrained(str(tmp))  # with the chat template used in training
+    if info["task"] in GENERATIVE_TASKS:
+        _write_generation_config(tmp, info, tokenizer)
+    label_map = read_label_map(final)
+    if label_map is not None:
+        _write_label_map(tmp, label_map)
+    (tmp / INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    run_dir = run_dir_of(final)
+    card = model_card(info, label_map, read_recipe(run_dir), _read_summary(run_dir))
+    (tmp / README).write_text(card, encoding="utf-8")
+
+
+def _write_generation_config(tmp: Path, info: dict[str, Any], tokenizer: Any) -> None:
+    """So that a plain `model.generate` stops at the end of the answer, not at max_new_tokens."""
+    config = _existing_generation_config(tmp, info["base_model"])
+    config.eos_token_id = stop_token_ids(tokenizer, config)
+    if config.pad_token_id is None:
+        config.pad_token_id = tokenizer.pad_token_id
+    config.save_pretrained(str(tmp))
+
+
+def _existing_generation_config(tmp: Path, base_model: str) -> GenerationConfig:
+    """The model's own generation settings when there are some (saved weights first, then the base)."""
+    for source in (str(tmp), base_model):
+        try:
+            return GenerationConfig.from_pretrained(source, local_files_only=True)
+        except (OSError, ValueError):
+            continue
+    return GenerationConfig()
+
+
+def _write_label_map(tmp: Path, label_map: dict[str, int]) -> None:
+    (tmp / LABELS).write_text(json.dumps(label_map, indent=2) + "\n", encoding="utf-8")
+    config_file = tmp / "config.json"
+    if config_file.is_file():  # full or merged weights: transformers reads the names from config.json
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        config["id2label"] = {str(i): name for name, i in label_map.items()}
+        config["label2id"] = dict(label_map)
+        config_file.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+
+
+def _replace_folder(tmp: Path, out: Path) -> None:
+    if not out.exists():
+        tmp.rename(out)
+        return
+    old = out.with_name(f".{out.name}.old-{secrets.token_hex(4)}")
+    out.rename(old)  # an existing (empty, or --force) folder steps aside only once the export is whole
+    try:
+        tmp.rename(out)
+    except BaseException:
+        old.rename(out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _read_summary(run_dir: Path | None) -> dict[str, Any]:
+    path = run_dir / "summary.json" if run_dir else None
+    if path is None or not path.is_file():
+        return {}
+    return dict(json.loads(path.read_text(encoding="utf-8")))
+
+
+# ---------------------------------------------------------------------------------------------
+# The model card
+
+
+def model_card(
+    info: dict[str, Any], label_map: dict[str, int] | None, recipe: dict[str, Any], summary: dict[str, Any]
+) -> str:
+    """README.md: Hub metadata, how to load the export, the results against baselines, the recipe."""
+    weights = info["export"]["weights"]
+    generative = info["task"] in GENERATIVE_TASKS
+    front = {
+        "base_model": info["base_model"],
+        "library_name": "peft" if weights == "adapter" else "transformers",
+        "pipeline_tag": "text-generation" if generative else "text-classification",
+        "tags": ["tunelab", info["task"], info["method"], *(["merged"] if weights == "merged" else [])],
+    }
+    name = summary.get("name") or recipe.get("name") or "tunelab model"
+    lines = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "", f"# {name}", ""]
+    lines += [_description(info, weights), ""]
+    if info.get("chat_template"):
+        lines += [
+            f"Prompts use the `{info['chat_template']}` chat template, saved with the tokenizer "
+            "(`tokenizer.apply_chat_template`); `generation_config.json` stops generation at its "
+            "end-of-turn token.",
+            "",
+        ]
+    if label_map:
+        lines += [f"Labels: {', '.join(f'`{n}`' for n in sorted(label_map, key=label_map.__getitem__))}.", ""]
+    lines += ["## Use", "", *_usage(info, weights, label_map), ""]
+    lines += ["## Results", "", *_results_table(summary), ""]
+    lines += ["## Training recipe", "", *_recipe_table(recipe), ""]
+    return "\n".join(lines)
+
+
+def _description(info: dict[str, Any], weights: str) -> str:
+    what = {
+        "merged": f"the {info['method']} adapter merged into the base weights (float32)",
+        "adapter": f"the {info['method']} adapter alone; it loads onto the base model",
+        "full": "the full fine-tuned weights",
+    }[weights]
+    text = (
+        f"`{info['task']}` fine-tune of `{info['base_model']}`, made with tunelab. This folder holds {what}."
+    )
+    if info["method"] == "qlora" and weights == "merged":
+        text += (
+            " The adapter was trained on a 4-bit quantised base and is merged here into the full-precision"
+            " base, so outputs can differ slightly from the quantised model scored during training."
+        )
+    return text
+
+
+def _usage(info: dict[str, Any], weights: str, label_map: dict[str, int] | None) -> list[str]:
+    generative = info["task"] in GENERATIVE_TASKS
+    tunelab = "tunelab chat FOLDER" if generative else "tunelab predict FOLDER --data rows.jsonl"
+    tunelab_line = f"With tunelab: `{tunelab}` (FOLDER is this folder)."
+    if weights == "adapter" and info["export"].get("adapter") == "bottleneck":
+        return ["This bottleneck adapter is inserted into its base by tunelab. " + tunelab_line]
+    auto = "AutoModelForCausalLM" if generative else "AutoModelForSequenceClassification"
+    chat = generative and bool(info.get("chat_template"))
+    extra = ", GenerationConfig" if chat and weights == "adapter" else ""
+    code = [f"from transformers import {auto}, AutoTokenizer{extra}", ""]
+    if weights == "adapter":
+        head = ", num_labels=1" if info["task"] == "reward" else ""
+        if label_map:
+            id2label = {i: name for name, i in label_map.items()}
+            head = f", num_labels={len(label_map)}, id2label={id2label!r}"
+        code[0:0] = ["from peft import PeftModel"]
+        code += [
+            f'base = {auto}.from_pretrained("{info["base_model"]}"{head})',
+            'model = PeftModel.from_pretrained(base, "FOLDER")',
+        ]
+    else:
+        code += [f'model = {auto}.from_pretrained("FOLDER")']
+    code += [
+        'tokenizer = AutoTokenizer.from_pretrained("FOLDER")'
+        + ("  # with the training chat template" if chat else "")
+    ]
+    if chat:
+        # An adapter's own folder is not where transformers looks for generation settings: pass them.
+        settings = (
+            ', generation_config=GenerationConfig.from_pretrained("FOLDER")' if weights == "adapter" else ""
+        )
+        code += [
+            "",
+            'messages = [{"role": "user", "content": "Hello!"}]',
+            "inputs = tokenizer.apply_chat_template(",
+            '    messages, add_generation_prompt=True, return_dict=True, return_tensors="pt"',
+            ")",
+            f"output = model.generate(**inputs, max_new_tokens=128{settings})  # stops at the end of turn",
+            'print(tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True))',
+        ]
+    return ["```python", *code, "```", "", tunelab_line]
+
+
+def _results_table(summary: dict[str, Any]) -> list[str]:
+    metrics = {k: v for k, v in (summary.get("metrics") or {}).items() if isinstance(v, int | float)}
+    if not metrics:
+        return ["No metrics were recorded for this run."]
+    before = summary.get("baseline") or {}
+    baselines = {name: scores for name, scores in (summary.get("baselines") or {}).items() if scores}
+    header = [
+        "metric",
+        "fine-tuned",
+        "before training",
+        *(f"{n.replace('_', '-')} baseline" for n in baselines),
+    ]
+    rows = [
+        [name, _number(value), _number(before.get(name)), *(_number(s.get(name)) for s in baselines.values())]
+        for name, value in metrics.items()
+    ]
+    return _table(header, rows)
+
+
+def _recipe_table(recipe: dict[str, Any]) -> list[str]:
+    if not recipe:
+        return ["The recipe was not found (the export was made from a final/ folder outside its run)."]
+    return _table(["setting", "value"], [[key, value] for key, value in _flatten(recipe)])
+
+
+def _flatten(value: Any, prefix: str = "") -> list[tuple[str, str]]:
+    if isinstance(value, dict) and value:
+        return [item for key, inner in value.items() for item in _flatten(inner, f"{prefix}{key}.")]
+    text = json.dumps(value) if isinstance(value, list | dict | bool) or value is None else str(value)
+    return [(prefix.rstrip("."), text)]
+
+
+def _number(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(str(cell).replace("|", "\\|").replace("\n", " ") for cell in cells) + " |"
+
+    return [line(header), line(["---"] * len(header)), *(line(row) for row in rows)]

@@ -1,0 +1,430 @@
+"""Use a trained model: one answer (`generate_text`), an interactive chat (`chat_loop`), or a file of
+predictions (`predict_file`).
+
+Prompts are rendered with the chat template saved in final/ (the one training rendered with) and
+encoded without extra special tokens, exactly as training encoded them, so the model sees at
+inference the layout it learned. Generation stops at EOS and at the template's end-of-turn token.
+
+Streaming: `chat_loop` passes `model.generate` a streamer whose callback runs synchronously in
+generate's own loop (`transformers.TextStreamer`), rather than `TextIteratorStreamer` plus a thread.
+One thread keeps errors and Ctrl-C where the caller sees them, and decoding goes through the same
+`generate` call as everything else (peft prompt methods, caches, sampling), unlike a hand-written loop.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import TextStreamer
+
+from tunelab.data.readers import Row, read_file
+from tunelab.data.records import ROLES
+from tunelab.errors import DataError, TunelabError
+from tunelab.evaluation.generate import generate
+from tunelab.models.restore import Trained, read_recipe
+from tunelab.runs.rundir import write_text_atomic
+
+MAX_LISTED = 20
+RESET, EXIT = "/reset", "/exit"  # chat commands
+_PROBE = "tunelab probe answer"  # an assistant turn whose end marker `end_of_turn_ids` looks for
+
+Messages = list[dict[str, str]]
+
+
+# ---------------------------------------------------------------------------------------------
+# Stop tokens
+
+
+def end_of_turn_ids(tokenizer: Any) -> list[int]:
+    """The token the chat template writes right after an assistant answer (`<|im_end|>` for chatml,
+    `<|eot_id|>` for llama3, EOS for alpaca), when it is a single special or added token; else [].
+
+    Found by rendering a probe conversation rather than from a table of known markers, so a model's
+    own template works too. A model that ends answers with it never emits EOS, so generation must
+    stop at it as well.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        return []
+    probe = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": _PROBE}]
+    try:
+        rendered = str(tokenizer.apply_chat_template(probe, tokenize=False))
+    except Exception:  # a template with stricter rules (say, a required system turn): no marker known
+        return []
+    at = rendered.rfind(_PROBE)
+    after = rendered[at + len(_PROBE) :].lstrip() if at >= 0 else ""
+    if not after:
+        return []
+    first = tokenizer(after, add_special_tokens=False)["input_ids"][:1]
+    atomic = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}))
+    return [int(first[0])] if first and first[0] in atomic else []
+
+
+def stop_token_ids(tokenizer: Any, generation_config: Any = None) -> list[int]:
+    """EOS of the tokenizer, every EOS of the generation config (Llama 3 lists several), and the
+    template's end-of-turn token: the tokens that end an answer."""
+    configured = getattr(generation_config, "eos_token_id", None)
+    if isinstance(configured, int):
+        configured = [configured]
+    candidates = [tokenizer.eos_token_id, *(configured or []), *end_of_turn_ids(tokenizer)]
+    return list(dict.fromkeys(int(t) for t in candidates if t is not None))
+
+
+def to_best_device(trained: Trained) -> Trained:
+    """The model on the GPU when there is one (loading leaves it on the CPU)."""
+    if torch.cuda.is_available():
+        trained.model.to("cuda")
+    return trained
+
+
+# ---------------------------------------------------------------------------------------------
+# One answer
+
+
+def render_prompt(trained: Trained, messages: Messages) -> str:
+    """The conversation plus the assistant's generation prompt, rendered as in training."""
+    if not getattr(trained.tokenizer, "chat_template", None):
+        raise TunelabError(
+            f"{trained.final_dir}: the tokenizer has no chat template, so a conversation cannot be rendered",
+            fix="chat and predict need an sft (or preference) run",
+        )
+    return str(trained.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+
+
+def generate_text(
+    trained: Trained,
+    prompt: str,
+    *,
+    system: str | None = None,
+    max_new_tokens: int = 128,
+    temperature: float = 0.0,
+) -> str:
+    """One answer to `prompt` (a user message); a pretrain run continues `prompt` as plain text."""
+    _require_generative(trained)
+    if trained.task == "pretrain" and trained.info.get("chat_template") is None:
+        # Continued pre-training learned plain text: continue it, with the tokenizer's usual BOS.
+        ids = trained.tokenizer(prompt)["input_ids"]
+    else:
+        ids = _encode(trained, _conversation(system, [{"role": "user", "content": prompt}]))
+    return _generate(trained, ids, max_new_tokens=max_new_tokens, temperature=temperature)
+
+
+def _conversation(system: str | None, turns: Messages) -> Messages:
+    return ([{"role": "system", "content": system}] if system else []) + turns
+
+
+def _encode(trained: Trained, messages: Messages) -> list[int]:
+    text = render_prompt(trained, messages)
+    # The template already wrote any BOS it wants; the tokenizer adding one would double it (and
+    # training encoded the rendered text the same way).
+    ids: list[int] = trained.tokenizer(text, add_special_tokens=False)["input_ids"]
+    return ids
+
+
+@torch.no_grad()
+def _generate(
+    trained: Trained,
+    ids: list[int],
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    streamer: TextStreamer | None = None,
+) -> str:
+    if max_new_tokens < 1 or temperature < 0:
+        raise TunelabError(
+            f"max_new_tokens must be >= 1 and temperature >= 0 (got {max_new_tokens}, {temperature})"
+        )
+    model, tokenizer = trained.model, trained.tokenizer
+    stops = stop_token_ids(tokenizer, getattr(model, "generation_config", None))
+    device = next(model.parameters()).device
+    input_ids = torch.tensor([ids], dtype=torch.long, device=device)
+    sampling: dict[str, Any] = {"do_sample": False}
+    if temperature > 0:
+        sampling = {"do_sample": True, "temperature": temperature}
+    output = model.generate(
+        input_ids=input_ids,
+        attention_mask=torch.ones_like(input_ids),
+        max_new_tokens=max_new_tokens,
+        eos_token_id=stops,
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0],
+        streamer=streamer,
+        **sampling,
+    )
+    new_tokens = output[0, input_ids.shape[1] :].tolist()
+    stop_set = set(stops)
+    end = next((k for k, token in enumerate(new_tokens) if token in stop_set), len(new_tokens))
+    return str(tokenizer.decode(new_tokens[:end], skip_special_tokens=True)).strip()
+
+
+def _require_generative(trained: Trained) -> None:
+    if not trained.generative:
+        raise TunelabError(
+            f"{trained.final_dir}: a {trained.task} model scores text, it does not generate it",
+            fix="use `tunelab predict` for classifiers and reward models",
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Interactive chat
+
+
+class _CallbackStreamer(TextStreamer):
+    """TextStreamer that hands each finished piece of text to a callback instead of printing it.
+
+    TextStreamer decodes the whole answer so far at every token and releases text up to the last
+    space or newline, so a word split over several tokens (or a multi-byte character) is never
+    shown half-decoded.
+    """
+
+    def __init__(self, tokenizer: Any, emit: Callable[[str], None]):
+        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self.emit = emit
+
+    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+        if text:
+            self.emit(text)
+
+
+def chat_loop(
+    trained: Trained,
+    input_fn: Callable[[str], str],
+    output_fn: Callable[[str], None],
+    *,
+    system: str | None = None,
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+    prompt: str = "you> ",
+) -> Messages:
+    """Read user turns with `input_fn` until /exit or end of input; stream each answer to `output_fn`.
+
+    The whole history is rendered with the training template every turn. `/reset` forgets it.
+    `output_fn` gets pieces of text (no newline added); returns the history at exit.
+    """
+    _require_generative(trained)
+    history: Messages = _conversation(system, [])
+    while True:
+        try:
+            line = input_fn(prompt).strip()
+        except EOFError:
+            break
+        if not line:
+            continue
+        if line == EXIT:
+            break
+        if line == RESET:
+            history = _conversation(system, [])
+            output_fn("(history cleared)\n")
+            continue
+        history.append({"role": "user", "content": line})
+        answer = _generate(
+            trained,
+            _encode(trained, history),
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            streamer=_CallbackStreamer(trained.tokenizer, output_fn),
+        )
+        output_fn("\n")
+        history.append({"role": "assistant", "content": answer})
+    return history
+
+
+# ---------------------------------------------------------------------------------------------
+# Predictions for a file
+
+
+def predict_file(
+    trained: Trained,
+    data_file: str | Path,
+    out_file: str | Path,
+    batch_size: int = 16,
+    max_new_tokens: int = 128,
+    max_seq_len: int | None = None,
+) -> int:
+    """One JSON line per input row, in input order; returns the number of rows.
+
+    classify: {label, probabilities (by label name)}; reward: {score}; generative runs: {answer} to
+    each row's prompt (a conversation without its last assistant turn, a prompt, or an instruction).
+    A row's `id` field, if any, is copied. Texts are truncated to `max_seq_len` tokens (default: the
+    run's train.max_seq_len). Every bad row is reported (file:line: reason) and nothing
+    is written; the output file appears complete or not at all.
+    """
+    if batch_size < 1:
+        raise TunelabError(f"batch_size must be >= 1, got {batch_size}")
+    inputs = _parse_rows(data_file, _parse_prompt_row if trained.generative else _parse_text_row)
+    if trained.generative:
+        predictions = _predict_answers(trained, inputs, batch_size, max_new_tokens)
+    else:
+        predictions = _predict_scores(
+            trained, inputs, batch_size, max_seq_len or _trained_max_seq_len(trained)
+        )
+    lines = [
+        json.dumps({**({"id": item["id"]} if "id" in item else {}), **prediction}, ensure_ascii=False)
+        for item, prediction in zip(inputs, predictions, strict=True)
+    ]
+    out = Path(out_file)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out, "\n".join(lines) + "\n")
+    return len(lines)
+
+
+def _parse_rows(data_file: str | Path, parse: Callable[[Row], dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every row parsed, or a DataError naming each bad one as file:line: reason."""
+    read = read_file(data_file)
+    inputs, bad = [], []
+    for row in read.rows:
+        try:
+            inputs.append(parse(row))
+        except ValueError as exc:
+            bad.append(f"{read.path}:{row.where}: {exc}")
+    if bad:
+        more = [f"... and {len(bad) - MAX_LISTED} more"] if len(bad) > MAX_LISTED else []
+        raise DataError(
+            f"{read.path}: {len(bad)} bad row(s) out of {len(read.rows)}; nothing was predicted",
+            problems=bad[:MAX_LISTED] + more,
+            fix=_ROW_HELP["generative" if parse is _parse_prompt_row else "scoring"],
+        )
+    if not inputs:
+        raise DataError(f"{read.path}: no rows to predict")
+    return inputs
+
+
+def _trained_max_seq_len(trained: Trained) -> int:
+    """The run's train.max_seq_len: a classifier sees at most what it was trained on (else 512)."""
+    recipe = read_recipe(trained.run_dir)
+    train = recipe.get("train") if isinstance(recipe.get("train"), dict) else None
+    value = train.get("max_seq_len") if train else None
+    return value if isinstance(value, int) and value > 0 else 512
+
+
+_ROW_HELP = {
+    "scoring": 'each row needs "text" (and optionally "text_pair"), e.g. {"text": "block my card"}',
+    "generative": 'each row needs "messages" (a conversation), "prompt" or "instruction", '
+    'e.g. {"prompt": "Hello there!"}',
+}
+
+
+def _parse_text_row(row: Row) -> dict[str, Any]:
+    if row.error is not None:
+        raise ValueError(row.error)
+    item: dict[str, Any] = {"text": _text_field(row.fields, "text")}
+    if row.fields.get("text_pair") is not None:
+        item["text_pair"] = _text_field(row.fields, "text_pair")
+    return _with_id(item, row)
+
+
+def _parse_prompt_row(row: Row) -> dict[str, Any]:
+    if row.error is not None:
+        raise ValueError(row.error)
+    fields = row.fields
+    system = fields.get("system")
+    if system is not None and not isinstance(system, str):
+        raise ValueError("system: expected text")
+    if "messages" in fields:
+        messages = _prompt_messages(fields["messages"])
+    elif "prompt" in fields:
+        messages = [{"role": "user", "content": _text_field(fields, "prompt")}]
+    elif "instruction" in fields:
+        extra = fields.get("input") or ""
+        instruction = _text_field(fields, "instruction")  # laid out as training's alpaca reader does
+        messages = [
+            {"role": "user", "content": f"{instruction}\n\n{extra}" if str(extra).strip() else instruction}
+        ]
+    else:
+        raise ValueError(
+            f"no messages, prompt or instruction field (fields: {', '.join(sorted(fields)) or 'none'})"
+        )
+    if system and not any(m["role"] == "system" for m in messages):
+        messages = _conversation(system, messages)
+    return _with_id({"messages": messages}, row)
+
+
+def _prompt_messages(value: Any) -> Messages:
+    """A conversation minus its final assistant turn (the answer to generate); it must end with a user turn."""
+    if not isinstance(value, list) or not value:
+        raise ValueError("messages: expected a non-empty list of {role, content}")
+    messages = []
+    for i, message in enumerate(value):
+        if not isinstance(message, dict) or message.get("role") not in ROLES:
+            raise ValueError(f"messages[{i}]: expected {{role, content}} with role one of {', '.join(ROLES)}")
+        if not isinstance(message.get("content"), str):
+            raise ValueError(f"messages[{i}].content: expected text")
+        messages.append({"role": message["role"], "content": message["content"]})
+    if messages[-1]["role"] == "assistant":
+        messages.pop()
+    if not messages or messages[-1]["role"] != "user":
+        raise ValueError("messages: the conversation must end with a user turn (before any final answer)")
+    return messages
+
+
+def _text_field(fields: dict[str, Any], name: str) -> str:
+    value = fields.get(name)
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{name}: expected non-empty text, got {_describe(value)}")
+    return value
+
+
+def _describe(value: Any) -> str:
+    return "nothing" if value is None else repr(value) if isinstance(value, str) else type(value).__name__
+
+
+def _with_id(item: dict[str, Any], row: Row) -> dict[str, Any]:
+    if "id" in row.fields:
+        item["id"] = row.fields["id"]
+    return item
+
+
+def _predict_answers(
+    trained: Trained, inputs: list[dict[str, Any]], batch_size: int, max_new_tokens: int
+) -> list[dict[str, Any]]:
+    prompts = [item["messages"] for item in inputs]
+    render_prompt(trained, prompts[0])  # without a chat template: a clear error, before any work
+    answers = generate(
+        trained.model,
+        trained.tokenizer,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        stop_token_ids=end_of_turn_ids(trained.tokenizer),
+    )
+    return [{"answer": answer} for answer in answers]
+
+
+@torch.no_grad()
+def _predict_scores(
+    trained: Trained, inputs: list[dict[str, Any]], batch_size: int, max_seq_len: int
+) -> list[dict[str, Any]]:
+    """Classifier probabilities by label name, or a reward model's score, batch by batch."""
+    model, tokenizer = trained.model, trained.tokenizer
+    device = next(model.parameters()).device
+    names = sorted(trained.label_map, key=trained.label_map.__getitem__) if trained.label_map else []
+    results: list[dict[str, Any]] = []
+    for start in range(0, len(inputs), batch_size):
+        batch = inputs[start : start + batch_size]
+        # Encoded as training encoded labelled text: the tokenizer's own special tokens, truncated.
+        encoded = tokenizer(
+            [item["text"] for item in batch],
+            _pairs(batch),
+            truncation=True,
+            max_length=max_seq_len,
+            padding=True,
+            return_tensors="pt",
+        ).to(device)
+        logits = model(**encoded).logits.float()
+        if trained.task == "reward":
+            results.extend({"score": float(score)} for score in logits[:, 0].tolist())
+            continue
+        for row in torch.softmax(logits, dim=-1).tolist():
+            best = max(range(len(row)), key=row.__getitem__)
+            results.append({"label": names[best], "probabilities": dict(zip(names, row, strict=True))})
+    return results
+
+
+def _pairs(batch: Sequence[dict[str, Any]]) -> list[str] | None:
+    if not any("text_pair" in item for item in batch):
+        return None
+    if not all("text_pair" in item for item in batch):
+        raise TunelabError("predict: either every row has text_pair or none does")
+    return [item["text_pair"] for item in batch]

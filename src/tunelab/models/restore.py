@@ -1,0 +1,188 @@
+"""Rebuild a trained model from a run's final/ folder (or from an export of it).
+
+final/ holds `tunelab.json` ({task, method, base_model, chat_template}), the tokenizer saved with the
+chat template used in training, an optional `labels.json`, and the weights in one of three shapes:
+
+- full weights (`config.json` + safetensors): full and freeze runs, and merged exports;
+- a peft adapter (`adapter_config.json`): lora, dora, qlora, ia3, prefix, prompt; it goes onto its base;
+- a bottleneck adapter (`bottleneck_adapter.json` + weights): inserted into its base by
+  `tunelab.models.adapters.load_bottleneck`.
+
+Evaluation, export and inference all load through `load_trained`, so they see the same model.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from transformers import AutoTokenizer
+
+from tunelab.config import ModelConfig
+from tunelab.errors import TunelabError
+from tunelab.models.load import load_model
+
+INFO = "tunelab.json"
+LABELS = "labels.json"
+PEFT_ADAPTER = "adapter_config.json"
+BOTTLENECK_ADAPTER = "bottleneck_adapter.json"
+
+# The model head each task trains: generative tasks share the causal LM head.
+HEADS = {"sft": "sft", "pretrain": "sft", "preference": "sft", "classify": "classify", "reward": "reward"}
+GENERATIVE_TASKS = ("sft", "pretrain", "preference")
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+
+
+@dataclass
+class Trained:
+    model: Any
+    tokenizer: Any
+    task: str
+    method: str
+    label_map: dict[str, int] | None
+    info: dict[str, Any]  # tunelab.json
+    final_dir: Path
+    run_dir: Path | None  # the run folder when final_dir is a run's final/, else None
+
+    @property
+    def generative(self) -> bool:
+        return self.task in GENERATIVE_TASKS
+
+
+def find_final(path: str | Path) -> Path | None:
+    """The folder holding tunelab.json: `path` itself (final/ or an export) or `path`/final (a run)."""
+    path = Path(path)
+    for candidate in (path / "final", path):
+        if (candidate / INFO).is_file():
+            return candidate
+    return None
+
+
+def resolve_final(path: str | Path) -> Path:
+    """Like `find_final`, but a folder that is not a finished run is an error that says why."""
+    final = find_final(path)
+    if final is not None:
+        return final
+    path = Path(path)
+    if not path.exists():
+        raise TunelabError(f"{path}: no such run or model folder")
+    summary = path / "summary.json"
+    if summary.is_file():  # a run folder without final/: it has not finished (yet)
+        status = json.loads(summary.read_text(encoding="utf-8")).get("status", "unknown")
+        raise TunelabError(
+            f"{path}: the run has no final/ model (status: {status})",
+            fix="final/ is written when a run completes; resume it with `tunelab train --resume`",
+        )
+    raise TunelabError(
+        f"{path}: not a tunelab run, final/ or export folder (no {INFO})",
+        fix="pass a run folder (runs/<name>-<time>), its final/ folder, or a `tunelab export` folder",
+    )
+
+
+def read_info(final: Path) -> dict[str, Any]:
+    info = json.loads((final / INFO).read_text(encoding="utf-8"))
+    missing = [key for key in ("task", "method", "base_model") if key not in info]
+    if missing:
+        raise TunelabError(f"{final / INFO}: missing {', '.join(missing)}")
+    if info["task"] not in HEADS:
+        raise TunelabError(f"{final / INFO}: unknown task {info['task']!r}; known: {', '.join(HEADS)}")
+    return dict(info)
+
+
+def read_label_map(final: Path) -> dict[str, int] | None:
+    path = final / LABELS
+    return dict(json.loads(path.read_text(encoding="utf-8"))) if path.is_file() else None
+
+
+def adapter_kind(final: Path) -> str | None:
+    """'peft', 'bottleneck', or None when the folder holds full weights."""
+    if (final / PEFT_ADAPTER).is_file():
+        return "peft"
+    if (final / BOTTLENECK_ADAPTER).is_file():
+        return "bottleneck"
+    return None
+
+
+def run_dir_of(final: Path) -> Path | None:
+    return final.parent if final.name == "final" else None
+
+
+def load_trained(path: str | Path, *, dtype: Dtype = "auto") -> Trained:
+    """The trained model (in eval mode) and its tokenizer, from a run folder or a final/ folder.
+
+    `dtype` is the dtype of the weights loaded (auto: bfloat16 on a CUDA device that supports it,
+    float32 otherwise). The base is never quantised here, even when training used a 4-bit base:
+    an adapter applies to the full-precision weights it was derived from.
+    """
+    final = resolve_final(path)
+    info = read_info(final)
+    label_map = read_label_map(final)
+    if info["task"] == "classify" and label_map is None:
+        raise TunelabError(f"{final}: a classifier needs its label map ({LABELS}), which is missing")
+    head = HEADS[info["task"]]
+    kind = adapter_kind(final)
+    run_dir = run_dir_of(final)
+    if kind is None:  # full weights, in final/ itself
+        model = load_model(model_config(str(final), run_dir, dtype), head, label_map).model
+    else:
+        base = load_model(model_config(info["base_model"], run_dir, dtype), head, label_map).model
+        model = _attach_adapter(base, final, kind)
+    model.eval()
+    return Trained(
+        model=model,
+        tokenizer=load_saved_tokenizer(final),
+        task=info["task"],
+        method=info["method"],
+        label_map=label_map,
+        info=info,
+        final_dir=final,
+        run_dir=run_dir,
+    )
+
+
+def model_config(name: str, run_dir: Path | None, dtype: Dtype) -> ModelConfig:
+    """Load `name` with the run's trust_remote_code (a model with custom code needs it for its
+    fine-tuned weights too) and, for the base, its revision: both from recipe.yaml."""
+    section = read_recipe(run_dir).get("model")
+    recipe_model = section if isinstance(section, dict) else {}
+    is_base = name == recipe_model.get("name")
+    # load_in_8bit is left out on purpose: a restored model is never quantised.
+    return ModelConfig(
+        name=name,
+        dtype=dtype,
+        revision=recipe_model.get("revision") if is_base else None,
+        trust_remote_code=bool(recipe_model.get("trust_remote_code", False)),
+    )
+
+
+def read_recipe(run_dir: Path | None) -> dict[str, Any]:
+    """The run's recipe.yaml as plain YAML ({} without one). Not validated on purpose: its data files
+    may have moved since training, and only a few settings are read from it."""
+    path = run_dir / "recipe.yaml" if run_dir is not None else None
+    if path is None or not path.is_file():
+        return {}
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return raw if isinstance(raw, dict) else {}
+
+
+def _attach_adapter(base: Any, final: Path, kind: str) -> Any:
+    if kind == "bottleneck":
+        # Written alongside this module by the adapter method; imported only when such a run is loaded.
+        from tunelab.models.adapters import load_bottleneck  # type: ignore[import-not-found,unused-ignore]
+
+        loaded = load_bottleneck(base, final)
+        return base if loaded is None else loaded
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(base, str(final))
+
+
+def load_saved_tokenizer(final: Path) -> Any:
+    """The tokenizer saved in final/: it carries the chat template used in training."""
+    tokenizer = AutoTokenizer.from_pretrained(str(final))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return tokenizer
