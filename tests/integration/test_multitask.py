@@ -9,6 +9,7 @@ import pytest
 
 from tests.conftest import CHATS, CORPUS, VAL_CHATS, make_recipe, write_jsonl
 from tunelab.config import load_recipe
+from tunelab.errors import RecipeError
 from tunelab.runner import train
 
 GREETINGS = [
@@ -104,7 +105,7 @@ def test_pretrain_trains_on_every_token_and_packs_by_default(tmp_path: Path, tin
 def test_multi_dataset_lists_are_refused_for_classification(tmp_path: Path, tiny_bert: Path) -> None:
     data = write_jsonl(tmp_path / "x.jsonl", [{"text": "a", "label": "b"}])
     recipe = make_recipe(tmp_path, tiny_bert, "classify", data={"train": [{"path": str(data)}]})
-    with pytest.raises(Exception, match="multi-task"):
+    with pytest.raises(RecipeError, match="multi-task"):
         load_recipe(recipe)
 
 

@@ -87,23 +87,33 @@ def test_each_side_is_tokenised_like_the_same_sft_chat(chatml: Any) -> None:
         assert example[f"{side}_labels"] == sft["labels"]
 
 
-def test_truncation_cuts_from_the_right_and_counts_each_pair_once(chatml: Any) -> None:
+def test_truncation_keeps_the_answer_and_cuts_the_oldest_prompt_tokens(chatml: Any) -> None:
     (full,), _ = tokenize_preferences(chatml, [ORDER], WIDE)
     n_chosen, n_rejected = len(full["chosen_input_ids"]), len(full["rejected_input_ids"])
     assert n_chosen > n_rejected + 2
 
-    # Only the longer side is over: it is cut, the other is untouched.
+    # Only the longer side is over: its prompt loses its first tokens, the answer is whole; the other
+    # side is untouched.
     (example,), stats = tokenize_preferences(chatml, [ORDER], LengthPolicy(max_seq_len=n_chosen - 2))
     assert stats.truncated == 1 and stats.dropped == {}
-    assert example["chosen_input_ids"] == full["chosen_input_ids"][: n_chosen - 2]
-    assert example["chosen_labels"] == full["chosen_labels"][: n_chosen - 2]
+    assert example["chosen_input_ids"] == full["chosen_input_ids"][2:]
+    assert example["chosen_labels"] == full["chosen_labels"][2:]
+    assert labelled_text(chatml, example["chosen_input_ids"], example["chosen_labels"]) == [
+        "It was due on Monday.<|im_end|>"
+    ]
     assert example["rejected_input_ids"] == full["rejected_input_ids"]
 
-    # Both sides over: still one truncated pair.
-    keep = first_label(full["chosen_labels"]) + 1  # the prompt and one answer token each
-    (example,), stats = tokenize_preferences(chatml, [ORDER], LengthPolicy(max_seq_len=keep))
+    # Both sides over: still one truncated pair, each keeping its whole answer.
+    answer = n_chosen - first_label(full["chosen_labels"])
+    (example,), stats = tokenize_preferences(chatml, [ORDER], LengthPolicy(max_seq_len=answer + 1))
     assert stats.truncated == 1
-    assert len(example["chosen_input_ids"]) == len(example["rejected_input_ids"]) == keep
+    assert len(example["chosen_input_ids"]) == len(example["rejected_input_ids"]) == answer + 1
+    assert example["chosen_labels"][1:] == full["chosen_labels"][-answer:]
+
+    # An answer longer than max_seq_len alone keeps its beginning.
+    (example,), _ = tokenize_preferences(chatml, [ORDER], LengthPolicy(max_seq_len=3))
+    start = first_label(full["chosen_labels"])
+    assert example["chosen_input_ids"] == full["chosen_input_ids"][start : start + 3]
 
 
 def test_every_drop_is_counted_with_its_reason_and_source(chatml: Any) -> None:
@@ -111,9 +121,10 @@ def test_every_drop_is_counted_with_its_reason_and_source(chatml: Any) -> None:
     n_chosen, n_rejected = len(full["chosen_input_ids"]), len(full["rejected_input_ids"])
     prompt_len = first_label(full["chosen_labels"])
 
-    # Truncated down to the prompt, neither answer keeps a target.
-    examples, stats = tokenize_preferences(chatml, [ORDER], LengthPolicy(max_seq_len=prompt_len))
+    # One token per side: the answer's first token, which nothing precedes, so nothing to predict.
+    examples, stats = tokenize_preferences(chatml, [ORDER], LengthPolicy(max_seq_len=1))
     assert examples == [] and stats.dropped == {"no_targets": ["prefs:1"]}
+    assert prompt_len > 1
 
     _, stats = tokenize_preferences(
         chatml, [ORDER], LengthPolicy(max_seq_len=n_chosen - 1, truncation="drop")

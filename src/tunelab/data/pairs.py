@@ -94,8 +94,13 @@ def _encode(tokenizer: Any, chat: Chat) -> Encoded:
 
 
 def _truncate(encoded: Encoded, max_len: int) -> Encoded:
+    """Keep the end: the prompt loses its oldest tokens, the answer is kept (cut from the right only
+    when it alone is longer than max_len). Cutting from the right, as sft does, would often remove the
+    answer, which is all a preference pair is about (TRL's DPO keeps the end of the prompt likewise)."""
     ids, labels = encoded
-    return ids[:max_len], labels[:max_len]
+    answer_start = next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), len(ids))
+    start = min(max(0, len(ids) - max_len), answer_start)
+    return ids[start : start + max_len], labels[start : start + max_len]
 
 
 def _require_fast(tokenizer: Any) -> None:
