@@ -435,13 +435,15 @@ class Recipe(Section):
 
     @property
     def packing(self) -> bool:
-        """Whether train rows are packed: train.packing, else on for pretrain only."""
+        """Whether train rows are packed: train.packing, else on for pretrain (unless the method
+        prepends virtual tokens, whose 2-D mask peft cannot join to the packed 4-D one)."""
         if self.train.packing is not None:
             return self.train.packing and self.task in ("sft", "pretrain")
-        return self.task == "pretrain"
+        return self.task == "pretrain" and self.method.name not in VIRTUAL_TOKEN_METHODS
 
 
 CAUSAL_TASKS = ("sft", "pretrain", "preference")
+VIRTUAL_TOKEN_METHODS = ("prefix", "prompt")
 
 
 def _check_method(recipe: Recipe) -> None:
@@ -454,6 +456,11 @@ def _check_method(recipe: Recipe) -> None:
         raise ValueError(f"method.{changed[0]} applies to task: preference only")
     if task == "reward" and method.name in ("prefix", "prompt"):
         raise ValueError(f"method {method.name} is not supported for task reward; use lora or full")
+    if recipe.train.packing and method.name in VIRTUAL_TOKEN_METHODS:
+        raise ValueError(
+            f"train.packing: method {method.name} prepends virtual tokens, which peft cannot combine with "
+            "packed rows; set train.packing: false"
+        )
     quantised = "qlora (a 4-bit base)" if method.name == "qlora" else None
     if recipe.model.load_in_8bit:
         if method.name not in ADAPTER_METHODS or method.name == "qlora":

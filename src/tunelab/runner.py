@@ -51,7 +51,8 @@ from tunelab.evaluation.scoring import (
     score_baselines,
     split_prefix,
 )
-from tunelab.models.load import load_model, load_tokenizer
+from tunelab.models.adapters import is_bottleneck, save_bottleneck
+from tunelab.models.load import load_model, load_tokenizer, quantisation_for
 from tunelab.models.methods import apply_method, count_parameters
 from tunelab.runs.registry import record_run
 from tunelab.runs.report import write_report
@@ -82,7 +83,10 @@ def train(recipe: Recipe, *, resume: Path | None = None, console: Console | None
     tokenizer = load_tokenizer(recipe.model)
     cache_key = data_cache.cache_key(recipe, tokenizer)  # before the data stage gives it a chat template
     data, records, cached_files = _prepare_data(recipe, tokenizer, cache_key, console)
-    loaded = load_model(recipe.model, recipe.task, data.label_map, tokenizer=tokenizer)
+    quantisation = quantisation_for(recipe.method.name, recipe.model.load_in_8bit)
+    loaded = load_model(
+        recipe.model, recipe.task, data.label_map, tokenizer=tokenizer, quantisation=quantisation
+    )
     console.print(describe(data.report))
     for note in data.notes:
         console.print(f"[yellow]note:[/] {note}")
@@ -381,7 +385,10 @@ def export_final(model: Any, tokenizer: Any, run_dir: Path, recipe: Recipe, data
     """Write final/ (weights in safetensors, tokenizer, label map) to a temp folder, then rename."""
     final, tmp = run_dir / "final", run_dir / ".final.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp))  # safetensors; a peft model writes only its adapter
+    if is_bottleneck(model):  # our own adapters: their weights and settings only, like a peft adapter
+        save_bottleneck(model, tmp)
+    else:
+        model.save_pretrained(str(tmp))  # safetensors; a peft model writes only its adapter
     tokenizer.save_pretrained(str(tmp))  # carries the chat template used, so inference renders alike
     info = {
         "task": recipe.task,

@@ -1,4 +1,5 @@
-"""Which weights move: table-driven over the methods, with the real loader and loop step."""
+"""Which weights move under full and freeze (adapter methods: test_method_matrix.py), with the real
+loader and loop step."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from tunelab.config import FreezeMethod, FullMethod, LoraMethod, ModelConfig, TrainConfig
+from tunelab.config import FreezeMethod, FullMethod, ModelConfig, TrainConfig
 from tunelab.data.tokenize import collate
 from tunelab.errors import RecipeError
 from tunelab.models.load import load_model
@@ -56,16 +57,6 @@ def test_freeze_moves_only_the_top_blocks_and_the_head(tiny_bert: Path) -> None:
     assert any(n.startswith("bert.encoder.layer.1.") for n in changed)
     assert any(n.startswith("classifier.") for n in changed)
     assert 0 < n_trainable < n_total
-
-
-def test_lora_moves_only_adapters_and_the_new_head(tiny_bert: Path) -> None:
-    changed, trainable, n_trainable, n_total = train_a_few_steps(
-        tiny_bert, LoraMethod(name="lora", r=2, alpha=4)
-    )
-    assert changed == trainable
-    assert all("lora_" in n or "classifier.modules_to_save" in n for n in changed)
-    assert any("classifier.modules_to_save" in n for n in changed)  # the new head is trained too
-    assert n_trainable / n_total < 0.5
 
 
 def test_freeze_with_more_blocks_than_the_model_has(tiny_bert: Path) -> None:

@@ -106,7 +106,10 @@ def test_unknown_method_and_task(tmp_path: Path, good: dict) -> None:
         load_recipe(write_recipe(tmp_path, good))
     text = str(err.value)
     assert "method: unknown method 'lroa'; must be one of full, freeze, lora" in text
-    assert "task: must be one of 'sft', 'classify', 'pretrain', 'preference' or 'reward', got 'classification'" in text
+    assert (
+        "task: must be one of 'sft', 'classify', 'pretrain', 'preference' or 'reward', got 'classification'"
+        in text
+    )
 
 
 def test_missing_data_file_is_a_recipe_error_naming_the_path(tmp_path: Path, good: dict) -> None:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from tunelab.data.readers import read_file
 from tunelab.errors import DataError
+from tunelab.training.objectives import align_logits
 
 
 @dataclass(frozen=True)
@@ -105,9 +106,8 @@ def _continuation_logliks(
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, row in enumerate(rows):
         ids[i, : len(row)], mask[i, : len(row)] = torch.tensor(row), 1
-    logprobs = F.log_softmax(
-        model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits.float(), -1
-    )
+    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
+    logprobs = F.log_softmax(align_logits(logits, width).float(), -1)
     out = []
     for i, (ctx, cont) in enumerate(items):
         positions = torch.arange(len(ctx) - 1, len(ctx) + len(cont) - 1, device=device)
@@ -127,7 +127,9 @@ def _perplexity(model: Any, tokenizer: Any, texts: list[str], batch_size: int, m
             return_tensors="pt",
         )
         ids, mask = encoded["input_ids"].to(device), encoded["attention_mask"].to(device)
-        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()
+        logits = align_logits(
+            model(input_ids=ids, attention_mask=mask, use_cache=False).logits, ids.size(1)
+        ).float()
         targets = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
         total += float(
             F.cross_entropy(

@@ -1,20 +1,74 @@
-"""Methods decide which weights move. A small registry maps the recipe's `method.name` to a builder."""
+"""Methods decide which weights move. A small registry maps the recipe's `method.name` to a builder.
+
+Every builder has the signature `(model, cfg, task, new_modules) -> model`. `new_modules` are the modules
+the checkpoint did not hold (a new classification head): whatever the method, they train in full, and
+adapter methods save them with the adapter (peft's `modules_to_save`).
+
+Adapter methods come from peft wherever peft has them (lora, dora, qlora, ia3, prefix, prompt); the
+bottleneck adapter, which peft lacks, is in `adapters.py`. Over a quantised base (qlora, or
+`model.load_in_8bit`), peft's `prepare_model_for_kbit_training` runs first.
+"""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
 import torch
-from peft import LoraConfig, TaskType, get_peft_model
+from peft import (
+    IA3Config,
+    LoraConfig,
+    PeftConfig,
+    PrefixTuningConfig,
+    PromptTuningConfig,
+    PromptTuningInit,
+    TaskType,
+    get_peft_model,
+    prepare_model_for_kbit_training,
+)
+from peft.utils import (
+    TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING,
+    TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING,
+)
 
-from tunelab.config import FreezeMethod, FullMethod, LoraMethod
+from tunelab.config import (
+    AdapterMethod,
+    FreezeMethod,
+    FullMethod,
+    Ia3Method,
+    LoraMethod,
+    PrefixMethod,
+    PromptMethod,
+)
 from tunelab.errors import RecipeError
+from tunelab.models.adapters import add_bottleneck_adapters, hidden_size
 
 Builder = Callable[[Any, Any, str, list[str]], Any]
 
+# The head each task loads (see load.py) decides peft's task type: it picks the PeftModel subclass, which
+# knows where the head is and how virtual tokens meet it.
+TASK_TYPES: dict[str, TaskType] = {
+    "sft": TaskType.CAUSAL_LM,
+    "pretrain": TaskType.CAUSAL_LM,
+    "preference": TaskType.CAUSAL_LM,
+    "classify": TaskType.SEQ_CLS,
+    "reward": TaskType.SEQ_CLS,  # a sequence-classification head with one output
+}
+
+
+def peft_task_type(task: str) -> TaskType:
+    if task not in TASK_TYPES:
+        raise RecipeError(f"task: no model head is known for task {task!r}; one of {', '.join(TASK_TYPES)}")
+    return TASK_TYPES[task]
+
+
+# ---------------------------------------------------------------------------------------------
+# Full-weight methods
+
 
 def apply_full(model: Any, cfg: FullMethod, task: str, new_modules: list[str]) -> Any:
+    _refuse_quantised(model, cfg.name)
     for param in model.parameters():
         param.requires_grad_(True)
     return model
@@ -26,7 +80,8 @@ def apply_freeze(model: Any, cfg: FreezeMethod, task: str, new_modules: list[str
     "After the blocks" is read from parameter registration order, which for transformer models is
     embeddings -> blocks -> head; this avoids a per-architecture table of head names.
     """
-    blocks = find_blocks(model)
+    _refuse_quantised(model, cfg.name)
+    blocks = find_blocks(model, cfg.name)
     if cfg.k > len(blocks):
         raise RecipeError(f"method.k: the model has {len(blocks)} blocks, got k={cfg.k}")
     trainable = {id(p) for block in list(blocks)[len(blocks) - cfg.k :] for p in block.parameters()}
@@ -42,7 +97,7 @@ def apply_freeze(model: Any, cfg: FreezeMethod, task: str, new_modules: list[str
     return model
 
 
-def find_blocks(model: Any) -> torch.nn.ModuleList:
+def find_blocks(model: Any, method: str = "freeze") -> torch.nn.ModuleList:
     """The transformer's stack of blocks: the longest ModuleList whose members share one class."""
     candidates = [
         module
@@ -50,29 +105,165 @@ def find_blocks(model: Any) -> torch.nn.ModuleList:
         if isinstance(module, torch.nn.ModuleList) and len(module) > 0 and len({type(m) for m in module}) == 1
     ]
     if not candidates:
-        raise RecipeError("method: freeze needs a model with a stack of transformer blocks; none was found")
+        raise RecipeError(
+            f"method: {method} needs a model with a stack of transformer blocks; none was found"
+        )
     return max(candidates, key=len)
 
 
+# ---------------------------------------------------------------------------------------------
+# peft methods
+
+
 def apply_lora(model: Any, cfg: LoraMethod, task: str, new_modules: list[str]) -> Any:
+    """LoRA; also over an 8-bit base (`model.load_in_8bit`), which is prepared for k-bit training first."""
+    return _lora(model, cfg, task, new_modules, use_dora=False)
+
+
+def apply_dora(model: Any, cfg: LoraMethod, task: str, new_modules: list[str]) -> Any:
+    """DoRA: LoRA on the weight's direction plus a trained magnitude per output feature."""
+    return _lora(model, cfg, task, new_modules, use_dora=True)
+
+
+def apply_qlora(model: Any, cfg: LoraMethod, task: str, new_modules: list[str]) -> Any:
+    """LoRA over a base loaded in 4-bit NF4 (load_model(..., quantisation="4bit"))."""
+    if not getattr(model, "is_loaded_in_4bit", False):
+        raise RecipeError(
+            "method qlora: the base model was not loaded in 4-bit",
+            fix="load it with load_model(..., quantisation='4bit'), or use method lora for a full-precision base",
+        )
+    return _lora(model, cfg, task, new_modules, use_dora=False)
+
+
+def _lora(model: Any, cfg: LoraMethod, task: str, new_modules: list[str], *, use_dora: bool) -> Any:
     config = LoraConfig(
         r=cfg.r,
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,
         # peft's "all-linear" skips the output head, which LoRA should not adapt.
         target_modules="all-linear" if cfg.target_modules == "auto" else cfg.target_modules,
-        task_type=TaskType.SEQ_CLS if task == "classify" else TaskType.CAUSAL_LM,
+        use_dora=use_dora,
+        task_type=peft_task_type(task),
         # Newly initialised modules (the classification head) have no pre-trained weights to adapt:
         # they are trained in full and saved with the adapter.
-        modules_to_save=new_modules or None,
+        modules_to_save=list(new_modules) or None,  # a copy: peft appends to it
     )
+    return _attach(model, config, "method.target_modules")
+
+
+def apply_ia3(model: Any, cfg: Ia3Method, task: str, new_modules: list[str]) -> Any:
+    """(IA)3: learned vectors rescaling keys, values and the MLP; "auto" reads peft's per-architecture table."""
+    targets, feedforward = _ia3_modules(model, cfg)
+    config = IA3Config(
+        target_modules=targets,
+        feedforward_modules=feedforward,
+        task_type=peft_task_type(task),
+        modules_to_save=list(new_modules) or None,  # a copy: peft appends to it
+    )
+    return _attach(model, config, "method.target_modules")
+
+
+def _ia3_modules(model: Any, cfg: Ia3Method) -> tuple[list[str], list[str]]:
+    model_type = getattr(model.config, "model_type", "?")
+    known_targets = TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING.get(model_type)
+    known_feedforward = TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING.get(model_type)
+    if cfg.target_modules == "auto" and known_targets is None:
+        raise RecipeError(
+            f"method.target_modules: peft has no (IA)3 defaults for model type {model_type!r}",
+            fix="list the key, value and MLP output layers in method.target_modules and the MLP ones in "
+            "method.feedforward_modules",
+        )
+    targets = list(known_targets or []) if cfg.target_modules == "auto" else list(cfg.target_modules)
+    if cfg.feedforward_modules != "auto":
+        feedforward = list(cfg.feedforward_modules)
+    elif known_feedforward is not None:
+        # peft requires feed-forward modules to be among the targets; with hand-picked targets keep those.
+        feedforward = [name for name in known_feedforward if name in targets]
+    else:
+        raise RecipeError(
+            f"method.feedforward_modules: peft has no (IA)3 defaults for model type {model_type!r}",
+            fix="list which of method.target_modules are MLP layers (their input is rescaled), or []",
+        )
+    if not set(feedforward) <= set(targets):
+        raise RecipeError(
+            f"method.feedforward_modules: {sorted(set(feedforward) - set(targets))} are not in "
+            f"method.target_modules ({targets})"
+        )
+    return targets, feedforward
+
+
+def apply_prefix(model: Any, cfg: PrefixMethod, task: str, new_modules: list[str]) -> Any:
+    """Prefix tuning: trained key/value prefixes, handed to every layer as a past key-value cache."""
+    _require_past_key_values(model)
+    config = PrefixTuningConfig(
+        task_type=peft_task_type(task),
+        num_virtual_tokens=cfg.num_virtual_tokens,
+        prefix_projection=cfg.projection,
+        # The reparameterising MLP's width; peft has no default for it, the model's width is the usual one.
+        encoder_hidden_size=hidden_size(model),
+        modules_to_save=list(new_modules) or None,  # a copy: peft appends to it
+    )
+    return _attach(model, config, "method")
+
+
+def apply_prompt(model: Any, cfg: PromptMethod, task: str, new_modules: list[str]) -> Any:
+    """Prompt tuning: trained soft-prompt embeddings put before the input's.
+
+    With a causal LM the logits gain one position per virtual token, at the front: callers that align
+    logits with input_ids must drop the first `num_virtual_tokens` positions (`logits[:, -seq_len:]`).
+    """
+    if peft_task_type(task) == TaskType.SEQ_CLS and _pools_last_token(model):
+        raise RecipeError(
+            f"method prompt: {type(model).__name__} classifies from the last non-padding token, which it "
+            "finds from input_ids; with a soft prompt peft passes embeddings instead, so padded batches "
+            "would be classified from a padding position",
+            fix="use method prefix or lora with this model, or an encoder model (BERT-like) for prompt tuning",
+        )
+    text = cfg.init_text
+    config = PromptTuningConfig(
+        task_type=peft_task_type(task),
+        num_virtual_tokens=cfg.num_virtual_tokens,
+        prompt_tuning_init=PromptTuningInit.TEXT if text else PromptTuningInit.RANDOM,
+        prompt_tuning_init_text=text,
+        # peft tokenizes init_text itself, loading the tokenizer from here: the folder or Hub id the
+        # model was loaded from (offline mode and the Hub cache apply as for the model).
+        tokenizer_name_or_path=_model_source(model) if text else None,
+        modules_to_save=list(new_modules) or None,  # a copy: peft appends to it
+    )
+    return _attach(model, config, "method.init_text" if text else "method")
+
+
+def _attach(model: Any, config: PeftConfig, where: str) -> Any:
+    _prepare_if_quantised(model)
     try:
         return get_peft_model(model, config)
-    except ValueError as exc:
-        raise RecipeError(f"method.target_modules: {exc}") from None
+    except (ValueError, OSError) as exc:  # OSError: prompt init_text's tokenizer could not be loaded
+        raise RecipeError(f"{where}: {exc}") from None
 
 
-METHODS: dict[str, Builder] = {"full": apply_full, "freeze": apply_freeze, "lora": apply_lora}
+# ---------------------------------------------------------------------------------------------
+# The bottleneck adapter (ours: peft has none)
+
+
+def apply_adapter(model: Any, cfg: AdapterMethod, task: str, new_modules: list[str]) -> Any:
+    """Houlsby bottleneck adapters after each attention and MLP output projection (not mergeable)."""
+    _prepare_if_quantised(model)
+    return add_bottleneck_adapters(model, cfg.reduction_factor, cfg.non_linearity, new_modules)
+
+
+METHODS: dict[str, Builder] = {
+    "full": apply_full,
+    "freeze": apply_freeze,
+    "lora": apply_lora,
+    "dora": apply_dora,
+    "qlora": apply_qlora,
+    "ia3": apply_ia3,
+    "prefix": apply_prefix,
+    "prompt": apply_prompt,
+    "adapter": apply_adapter,
+}
+# Methods whose trained weights fold into the base (peft's merge_and_unload); the others stay separate.
+MERGEABLE = ("lora", "dora", "qlora", "ia3")
 
 
 def apply_method(model: Any, cfg: Any, task: str, new_modules: list[str]) -> Any:
@@ -87,6 +278,64 @@ def count_parameters(model: Any) -> tuple[int, int]:
         if id(param) in seen:
             continue
         seen.add(id(param))
-        total += param.numel()
-        trainable += param.numel() if param.requires_grad else 0
+        # bitsandbytes packs two 4-bit weights into each stored byte.
+        count = param.numel() * (2 if type(param).__name__ == "Params4bit" else 1)
+        total += count
+        trainable += count if param.requires_grad else 0
     return trainable, total
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+def is_quantised(model: Any) -> bool:
+    return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
+
+
+def _prepare_if_quantised(model: Any) -> None:
+    """Quantised bases need peft's preparation: norms and head upcast to float32, base frozen, and gradient
+    checkpointing (non-reentrant, so inputs need not require grad) to fit the activations."""
+    if is_quantised(model):
+        prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False}
+        )
+
+
+def _refuse_quantised(model: Any, method: str) -> None:
+    if is_quantised(model):
+        raise RecipeError(
+            f"method {method}: a quantised (4/8-bit) base cannot be trained itself",
+            fix="use an adapter method (lora, dora, ia3) over it, or load the base unquantised",
+        )
+
+
+def _require_past_key_values(model: Any) -> None:
+    """peft hands prefixes to the model as a key-value cache; a model that takes none cannot use them."""
+    backbone = getattr(model, "base_model", model)
+    takes_cache = any("past_key_values" in inspect.signature(m.forward).parameters for m in (model, backbone))
+    if not takes_cache:
+        raise RecipeError(
+            f"method prefix: {type(model).__name__} takes no past_key_values, which prefix tuning feeds "
+            "its prefixes through",
+            fix="use method prompt or lora with this model",
+        )
+
+
+def _pools_last_token(model: Any) -> bool:
+    """Decoder-style classifiers read the last non-padding token; encoders (with a masked-LM head in
+    transformers' tables) read the first token or a masked mean, which a soft prompt does not disturb."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    return getattr(model.config, "model_type", None) not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+
+def _model_source(model: Any) -> str:
+    source = getattr(model.config, "_name_or_path", "")
+    if not source:
+        raise RecipeError(
+            "method.init_text: the model does not record where it was loaded from, so its tokenizer "
+            "cannot be found to embed init_text",
+            fix="remove method.init_text (random initialisation)",
+        )
+    return str(source)

@@ -43,13 +43,24 @@ def causal_lm(model: Any, batch: Batch) -> Output:
     """Next-token cross-entropy on the positions whose label is not IGNORE_INDEX."""
     # use_cache=False: a training forward needs no KV cache; building one wastes memory (and with a
     # cache, transformers would not honour packed position_ids on its own).
-    logits = model(**model_inputs(batch), use_cache=False).logits
+    logits = causal_logits(model, batch)
     shifted = logits[:, :-1, :].float()
     targets = batch["labels"][:, 1:]
     loss_sum = F.cross_entropy(
         shifted.reshape(-1, shifted.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
     )
     return Output(loss_sum=loss_sum, logits=logits)
+
+
+def causal_logits(model: Any, batch: Batch) -> torch.Tensor:
+    """Logits aligned with the input tokens. Prompt tuning (peft) puts its virtual tokens in front of
+    the input, so its logits are longer than the labels by that many: the first positions are dropped."""
+    logits = model(**model_inputs(batch), use_cache=False).logits
+    return align_logits(logits, batch["input_ids"].size(1))
+
+
+def align_logits(logits: torch.Tensor, length: int) -> torch.Tensor:
+    return logits[:, -length:] if logits.size(1) > length else logits
 
 
 def causal_lm_targets(batch: Batch) -> int:

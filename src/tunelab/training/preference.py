@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from tunelab.data.tokenize import IGNORE_INDEX
-from tunelab.training.objectives import Batch, Objective, Output, model_inputs
+from tunelab.training.objectives import Batch, Objective, Output, causal_logits, model_inputs
 
 # (model, batch) -> (summed log-probs [2B], target token counts [2B]), computed without gradients.
 Reference = Callable[[Any, Batch], tuple[torch.Tensor, torch.Tensor]]
@@ -46,8 +46,7 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
 
 
 def causal_logps(model: Any, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    logits = model(**model_inputs(batch), use_cache=False).logits
-    return sequence_logps(logits, batch["labels"])
+    return sequence_logps(causal_logits(model, batch), batch["labels"])
 
 
 def halves(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
