@@ -46,6 +46,8 @@ def friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             console.print("[bold red]interrupted[/]")
             raise typer.Exit(130) from None
+        except typer.Exit:
+            raise  # a deliberate exit code (a launcher's), not an error
         except Exception as exc:
             if debug:
                 raise
@@ -81,14 +83,39 @@ def train(
     resume: Annotated[
         Path | None, typer.Option("--resume", help="Continue RUN_DIR from its newest complete checkpoint.")
     ] = None,
+    nproc: Annotated[
+        int, typer.Option("--nproc", help="Train on N processes (DDP, or train.distributed: fsdp|deepspeed).")
+    ] = 1,
     debug: DebugOption = False,
 ) -> None:
     """Fine-tune a model as the recipe says, leaving a complete run folder."""
+    if nproc > 1 and not _launched():
+        raise typer.Exit(_launch(recipe, set_ or [], resume, nproc, debug))
     from tunelab.runner import load_and_train  # heavy imports (torch, transformers) only when needed
 
     result = load_and_train(str(recipe), set_ or [], resume, console)
     if result.is_main_process:
         _print_result(result.summary)
+
+
+def _launched() -> bool:
+    from tunelab.launch import under_launcher
+
+    return under_launcher()
+
+
+def _launch(recipe: Path, overrides: list[str], resume: Path | None, nproc: int, debug: bool) -> int:
+    """Validate once here (errors before any process starts), then hand over to the launcher."""
+    from tunelab import launch
+    from tunelab.config import load_recipe
+
+    loaded = load_recipe(recipe, overrides)
+    launch.check_can_launch(nproc, loaded.train.distributed)
+    command = launch.launch_command(
+        recipe, nproc, loaded.train.distributed, loaded.train.deepspeed_stage, overrides, resume, debug
+    )
+    console.print(f"launching {nproc} processes ({loaded.train.distributed}): {' '.join(command[1:6])} ...")
+    return launch.run(command, nproc)
 
 
 data_app = typer.Typer(no_args_is_help=True, help="Look at data and prepare it, before training.")

@@ -365,6 +365,14 @@ class TrainConfig(Section):
         description="Stop when a validation metric stops improving, e.g. {metric: val_loss, patience: 3}.",
     )
     seed: int = Field(42, description="Seed for initialisation, data order and dropout.")
+    distributed: Literal["ddp", "fsdp", "deepspeed"] = Field(
+        "ddp",
+        description="With `tunelab train --nproc N`: ddp (replicas; gloo on CPU, NCCL on CUDA), fsdp or "
+        "deepspeed (sharded; CUDA), using the accelerate configs in recipes/accelerate/.",
+    )
+    deepspeed_stage: Literal[2, 3] = Field(
+        2, description="train.distributed deepspeed: ZeRO stage 2 (optimizer + gradients) or 3 (+ weights)."
+    )
 
 
 Baseline = Literal["zero_shot", "few_shot"]

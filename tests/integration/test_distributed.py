@@ -1,4 +1,5 @@
-"""DDP on CPU (gloo): two processes train like one, because the loss is normalised across processes."""
+"""DDP on CPU (gloo) through `tunelab train --nproc 2`: two processes train like one, because the loss
+is normalised across processes."""
 
 from __future__ import annotations
 
@@ -18,23 +19,27 @@ from tunelab.runner import train
 
 
 @pytest.mark.slow
-def test_two_processes_of_batch_one_equal_one_process_of_batch_two(tmp_path: Path, tiny_llama: Path) -> None:
-    # Process r takes examples r, r+2, ... of each epoch's permutation, so with batch 1 per process
-    # every optimizer step sees the same examples as a single process with batch 2.
+def test_two_processes_of_batch_four_equal_one_process_of_batch_eight(
+    tmp_path: Path, tiny_llama: Path
+) -> None:
+    # Process r takes examples r, r+2, ... of each epoch's permutation, so with batch 4 per process
+    # every optimizer step sees the same examples as a single process with batch 8.
     (tmp_path / "one").mkdir()
     (tmp_path / "two").mkdir()
-    single = train(load_recipe(make_recipe(tmp_path / "one", tiny_llama, "sft", train={"batch_size": 2})))
-    recipe = make_recipe(tmp_path / "two", tiny_llama, "sft", train={"batch_size": 1})
-    torchrun = Path(sys.executable).with_name("torchrun")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    settings = {"grad_accum": 1, "epochs": 3}
+    single = train(
+        load_recipe(make_recipe(tmp_path / "one", tiny_llama, "sft", train={**settings, "batch_size": 8}))
+    )
+    recipe = make_recipe(tmp_path / "two", tiny_llama, "sft", train={**settings, "batch_size": 4})
     proc = subprocess.run(
-        [str(torchrun), "--nproc_per_node", "2", "-m", "tunelab", "train", str(recipe)],
+        [sys.executable, "-m", "tunelab", "train", str(recipe), "--nproc", "2"],
         capture_output=True,
         text=True,
-        env=env,
+        env=dict(os.environ),
         timeout=240,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "launching 2 processes (ddp)" in proc.stdout + proc.stderr
 
     (run_dir,) = [
         p for p in (tmp_path / "two" / "runs").iterdir() if p.is_dir() and not p.name.startswith(".")
@@ -51,12 +56,29 @@ def test_two_processes_of_batch_one_equal_one_process_of_batch_two(tmp_path: Pat
     expected = load_file(single.run_dir / "final" / "adapter_model.safetensors")
     got = load_file(run_dir / "final" / "adapter_model.safetensors")
     for name, tensor in expected.items():
-        torch.testing.assert_close(got[name], tensor, atol=1e-5, rtol=0, msg=name)
-    assert summary["metrics"]["val_loss"] == pytest.approx(single.summary["metrics"]["val_loss"], abs=1e-5)
+        torch.testing.assert_close(got[name], tensor, atol=1e-4, rtol=0, msg=name)
+    assert summary["metrics"]["val_loss"] == pytest.approx(single.summary["metrics"]["val_loss"], abs=1e-4)
     # Adam hides a constant gradient scale from the weights; the gradient norm does not.
-    assert grad_norms(run_dir) == pytest.approx(grad_norms(single.run_dir), abs=1e-5)
+    assert grad_norms(run_dir) == pytest.approx(grad_norms(single.run_dir), abs=1e-4)
+    assert summary["steps"] == 3
 
 
 def grad_norms(run_dir: Path) -> list[float]:
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return [line["grad_norm"] for line in lines if "grad_norm" in line]
+
+
+def test_sharded_strategies_are_refused_without_a_gpu(tmp_path: Path, tiny_llama: Path) -> None:
+    from typer.testing import CliRunner
+
+    from tunelab.cli import app
+
+    if torch.cuda.is_available():
+        pytest.skip("this checks the CPU-only refusal")
+    recipe = make_recipe(tmp_path, tiny_llama, "sft")
+    result = CliRunner().invoke(
+        app, ["train", str(recipe), "--nproc", "2", "--set", "train.distributed=fsdp"]
+    )
+    assert result.exit_code == 1
+    assert "train.distributed: fsdp shards the model across GPUs; no CUDA GPU is visible" in result.output
+    assert not (tmp_path / "runs").exists()  # refused before any process or run folder
