@@ -360,6 +360,11 @@ class TrainConfig(Section):
         description="sft/pretrain: pack examples into max_seq_len rows; attention never crosses examples. "
         "Default: on for pretrain, off otherwise.",
     )
+    group_by_length: bool = Field(
+        True,
+        description="Unpacked batches: put examples of similar length together (less padding); the order "
+        "of batches stays random.",
+    )
     early_stopping: EarlyStopping | None = Field(
         None,
         description="Stop when a validation metric stops improving, e.g. {metric: val_loss, patience: 3}.",

@@ -301,7 +301,14 @@ def _train_batches(
     train = data.splits["train"]
     mixed = MixedOrder(recipe, train) if any("task" in example for example in train) else None
     batches = MicroBatches(
-        train, cfg.batch_size, cfg.seed, pad_id, accelerator, collate_fn=collate_fn, order_fn=mixed
+        train,
+        cfg.batch_size,
+        cfg.seed,
+        pad_id,
+        accelerator,
+        collate_fn=collate_fn,
+        order_fn=mixed,
+        group_by_length=cfg.group_by_length and not data.packed,
     )
     return batches, mixed
 

@@ -138,3 +138,27 @@ def test_early_stopping_counts_evaluations_without_improvement(
             stopped_at = i + 1
             break
     assert stopped_at == stops_after
+
+
+def padding_of(batches: list[list[int]], lengths: list[int]) -> int:
+    return sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in batches)
+
+
+def test_length_grouping_cuts_padding_and_keeps_the_epoch_a_seeded_permutation() -> None:
+    lengths = [int(x) for x in torch.randint(1, 200, (400,), generator=torch.Generator().manual_seed(0))]
+    data = [{"input_ids": [0] * n} for n in lengths]
+
+    def order(group: bool, seed: int = 3, epoch: int = 0, world: int = 1, rank: int = 0) -> list[list[int]]:
+        stream = MicroBatches(data, 4, seed, 0, FakeAccelerator(rank, world), group_by_length=group)
+        return stream.epoch_order(epoch)
+
+    grouped, plain = order(True), order(False)
+    assert sorted(i for b in grouped for i in b) == list(range(400))  # every example once per epoch
+    assert padding_of(grouped, lengths) < padding_of(plain, lengths) / 5
+    assert max(lengths[i] for i in grouped[0]) == max(lengths)  # the longest batch comes first
+    assert order(True) == order(True) and order(True, epoch=1) != grouped and order(True, seed=4) != grouped
+    # Sorting happens on global batches, before sharding: 2 processes of batch 4 see, step by step,
+    # the examples of one process of batch 8.
+    single = MicroBatches(data, 8, 3, 0, FakeAccelerator(), group_by_length=True).epoch_order(0)
+    rank0, rank1 = order(True, world=2, rank=0), order(True, world=2, rank=1)
+    assert [sorted(a + b) for a, b in zip(rank0, rank1, strict=True)] == [sorted(s) for s in single]

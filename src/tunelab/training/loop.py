@@ -60,10 +60,13 @@ class MicroBatches:
         accelerator: Any,
         collate_fn: Callable[[list[Example], int], Batch] = collate,
         order_fn: Callable[[int], list[int]] | None = None,
+        group_by_length: bool = False,
     ):
-        """`order_fn(epoch)` replaces the seeded permutation (multi-dataset mixtures draw their own)."""
+        """`order_fn(epoch)` replaces the seeded permutation (multi-dataset mixtures draw their own).
+        `group_by_length` batches examples of similar length together (see `_grouped_by_length`)."""
         self.examples = examples
         self.order_fn = order_fn
+        self.group_by_length = group_by_length
         self.drawn: Counter[str] = Counter()  # examples per dataset since the last log line
         self.collate_fn = collate_fn
         self.batch_size = batch_size
@@ -85,6 +88,9 @@ class MicroBatches:
             else:
                 generator = torch.Generator().manual_seed(self.seed + epoch)
                 perm = torch.randperm(len(self.examples), generator=generator).tolist()
+                if self.group_by_length:
+                    step_size = self.batch_size * self.accelerator.num_processes
+                    perm = _grouped_by_length(perm, self.examples, step_size, generator)
             world, rank = self.accelerator.num_processes, self.accelerator.process_index
             perm += perm[: (-len(perm)) % world]  # wrap so every process gets as many batches
             mine = perm[rank::world]
@@ -114,6 +120,36 @@ class MicroBatches:
     def collate(self, examples: list[Example]) -> Batch:
         batch = self.collate_fn(examples, self.pad_token_id)
         return {k: v.to(self.accelerator.device) for k, v in batch.items()}
+
+
+GROUP_SPAN = 50  # global batches per sorted group: HF's LengthGroupedSampler uses the same multiple
+
+
+def _grouped_by_length(
+    perm: list[int], examples: list[Example], step_size: int, generator: torch.Generator
+) -> list[int]:
+    """Less padding, same randomness in what meets what: cut the permutation into groups of
+    GROUP_SPAN global batches, sort each group by length, cut it into global batches, and shuffle the
+    order of all batches (the longest batch first, so a run that does not fit fails at once).
+
+    It works on *global* batches (batch_size x processes) before sharding, so N processes of batch b
+    still see exactly the examples one process of batch N*b sees in each step.
+    """
+    span = step_size * GROUP_SPAN
+    batches: list[list[int]] = []
+    for start in range(0, len(perm), span):
+        group = sorted(perm[start : start + span], key=lambda i: -example_length(examples[i]))
+        batches += [group[i : i + step_size] for i in range(0, len(group), step_size)]
+    order = torch.randperm(len(batches), generator=generator).tolist()
+    longest = max(range(len(batches)), key=lambda b: example_length(examples[batches[b][0]]))
+    order.remove(longest)
+    return [i for b in [longest, *order] for i in batches[b]]
+
+
+def example_length(example: Example) -> int:
+    if "input_ids" in example:
+        return len(example["input_ids"])
+    return len(example["chosen_input_ids"]) + len(example["rejected_input_ids"])  # a preference pair
 
 
 def eval_batches(
