@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from tunelab.data.tokenize import IGNORE_INDEX
+from tunelab.training.losses import causal_lm_loss
 
 Batch = dict[str, torch.Tensor]
 
@@ -40,9 +41,17 @@ def count_input_tokens(batch: Batch) -> int:
 
 
 def causal_lm(model: Any, batch: Batch) -> Output:
-    """Next-token cross-entropy on the positions whose label is not IGNORE_INDEX."""
-    # use_cache=False: a training forward needs no KV cache; building one wastes memory (and with a
-    # cache, transformers would not honour packed position_ids on its own).
+    """Next-token cross-entropy on the positions whose label is not IGNORE_INDEX.
+
+    The fused loss (training/losses.py) gives the same value and gradients without materialising the
+    [tokens, vocabulary] logits; it returns no logits, which nothing downstream of an sft/pretrain loss
+    reads (`evaluate` reads them for classify only). Models it does not cover take the plain path.
+    """
+    # Both paths run the model with use_cache=False: a training forward needs no KV cache; building one
+    # wastes memory (and with a cache, transformers would not honour packed position_ids on its own).
+    fused = causal_lm_loss(model, batch)
+    if fused is not None:
+        return Output(loss_sum=fused[0])
     logits = causal_logits(model, batch)
     shifted = logits[:, :-1, :].float()
     targets = batch["labels"][:, 1:]
