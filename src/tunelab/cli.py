@@ -118,6 +118,34 @@ def _launch(recipe: Path, overrides: list[str], resume: Path | None, nproc: int,
     return launch.run(command, nproc)
 
 
+@app.command()
+@friendly_errors
+def plan(
+    recipe: Annotated[Path, typer.Argument(help="The recipe YAML file.")],
+    memory: Annotated[
+        str | None,
+        typer.Option(
+            "--memory", help="Memory to fit in, e.g. 24GB (default: the GPU's memory, or the RAM on CPU)."
+        ),
+    ] = None,
+    probe_steps: Annotated[
+        int,
+        typer.Option(
+            "--probe-steps", min=0, help="Optimizer steps to run and time after two warm-up steps (0: none)."
+        ),
+    ] = 3,
+    set_: SetOption = None,
+    debug: DebugOption = False,
+) -> None:
+    """Estimate a recipe's peak memory and time per epoch before training; say whether it fits."""
+    from tunelab.config import load_recipe
+    from tunelab.plan import parse_memory, render
+    from tunelab.plan import plan as make_plan
+
+    budget = parse_memory(memory) if memory is not None else None  # a bad size fails before any loading
+    render(make_plan(load_recipe(recipe, set_ or []), budget, probe_steps), out)
+
+
 data_app = typer.Typer(no_args_is_help=True, help="Look at data and prepare it, before training.")
 app.add_typer(data_app, name="data")
 
