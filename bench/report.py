@@ -1,0 +1,227 @@
+"""The bench's verdicts (issue 6's targets) and its Markdown tables, from a results dict."""
+
+from __future__ import annotations
+
+from typing import Any
+
+SFT_SPEEDUP = 3.0  # tunelab tokens/s >= 3x TRL's best
+SFT_EVAL_TOLERANCE = 0.02  # eval loss no more than 2% above TRL's packing-off run
+CLASSIFY_SPEEDUP = 1.5  # examples/s >= 1.5x the Trainer's
+ACCURACY_POINTS = 0.5  # dev accuracy no more than 0.5 points below the Trainer's
+
+
+def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    sft, cls = results["sft"]["runs"], results["classify"]["runs"]
+    trl_best_name = max(("trl_pack_off", "trl_pack_on"), key=lambda k: sft[k]["tokens_per_s"])
+    trl_best = sft[trl_best_name]
+    ours = sft["tunelab_pack_on"]
+    targets = [
+        _target(
+            "SFT tokens/s >= 3x TRL's best",
+            f"{ours['tokens_per_s']:,.0f} (packing on)",
+            f"{trl_best['tokens_per_s']:,.0f} ({_name(trl_best_name)})",
+            ours["tokens_per_s"] / trl_best["tokens_per_s"],
+            ours["tokens_per_s"] >= SFT_SPEEDUP * trl_best["tokens_per_s"],
+            "x",
+        )
+    ]
+    reference = sft["trl_pack_off"]["eval_loss"]
+    for name in ("tunelab_pack_off", "tunelab_pack_on"):
+        loss = sft[name]["eval_loss"]
+        targets.append(
+            _target(
+                f"SFT eval loss within 2% of TRL packing off ({_name(name)})",
+                f"{loss:.4f}",
+                f"{reference:.4f}",
+                loss / reference - 1,
+                loss <= reference * (1 + SFT_EVAL_TOLERANCE),
+                "%",
+            )
+        )
+    for packing in ("off", "on"):
+        ours_rss, theirs_rss = (
+            sft[f"tunelab_pack_{packing}"]["peak_rss_mb"],
+            sft[f"trl_pack_{packing}"]["peak_rss_mb"],
+        )
+        targets.append(
+            _target(
+                f"SFT peak RSS <= TRL's (packing {packing})",
+                f"{ours_rss:,.0f} MB",
+                f"{theirs_rss:,.0f} MB",
+                ours_rss / theirs_rss,
+                ours_rss <= theirs_rss,
+                "x",
+            )
+        )
+    ours_c, trainer = cls["tunelab"], cls["trainer"]
+    targets.append(
+        _target(
+            "classify examples/s >= 1.5x Trainer",
+            f"{ours_c['examples_per_s']:,.1f}",
+            f"{trainer['examples_per_s']:,.1f}",
+            ours_c["examples_per_s"] / trainer["examples_per_s"],
+            ours_c["examples_per_s"] >= CLASSIFY_SPEEDUP * trainer["examples_per_s"],
+            "x",
+        )
+    )
+    points = 100 * (ours_c["eval_accuracy"] - trainer["eval_accuracy"])
+    targets.append(
+        _target(
+            "classify dev accuracy within 0.5 points of Trainer",
+            f"{ours_c['eval_accuracy']:.4f}",
+            f"{trainer['eval_accuracy']:.4f}",
+            points,
+            points >= -ACCURACY_POINTS,
+            "pt",
+        )
+    )
+    return targets
+
+
+def _target(what: str, ours: str, theirs: str, ratio: float, met: bool, unit: str) -> dict[str, Any]:
+    shown = {"x": f"{ratio:.2f}x", "%": f"{100 * ratio:+.1f}%", "pt": f"{ratio:+.1f} pt"}[unit]
+    return {"target": what, "tunelab": ours, "reference": theirs, "ratio": shown, "met": met}
+
+
+def _name(key: str) -> str:
+    framework, _, packing = key.partition("_pack_")
+    framework = {"tunelab": "tunelab", "trl": "TRL SFTTrainer"}.get(framework, framework)
+    return f"{framework}, packing {packing}" if packing else framework
+
+
+def _mb(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
+def _load(r: dict[str, Any]) -> str:
+    load = r.get("load_average_start_end")
+    return f"{load[0]:.1f}→{load[1]:.1f}" if load else "-"
+
+
+def _f(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def sft_table(results: dict[str, Any]) -> list[str]:
+    runs = results["sft"]["runs"]
+    cuda = any(r.get("peak_cuda_mb") for r in runs.values())
+    head = "| run | steps | non-pad tokens | loop s | tokens/s | MFU | peak RSS MB |"
+    head += " peak CUDA MB |" if cuda else ""
+    head += " final train loss | eval loss | load start→end |"
+    lines = [head, "|" + " --- |" * (head.count("|") - 1)]
+    for key, r in runs.items():
+        row = (
+            f"| {_name(key)} | {r['steps']} | {r['tokens']:,} | {r['loop_s']:.1f} | {r['tokens_per_s']:,.0f} "
+            f"| {100 * r['mfu']:.1f}% | {_mb(r['peak_rss_mb'])} |"
+        )
+        row += f" {_mb(r.get('peak_cuda_mb'))} |" if cuda else ""
+        row += f" {_f(r['train_loss'])} | {_f(r['eval_loss'])} | {_load(r)} |"
+        lines.append(row)
+    return lines
+
+
+def classify_table(results: dict[str, Any]) -> list[str]:
+    runs = results["classify"]["runs"]
+    cuda = any(r.get("peak_cuda_mb") for r in runs.values())
+    head = "| run | steps | examples | loop s | examples/s | tokens/s | MFU | peak RSS MB |"
+    head += " peak CUDA MB |" if cuda else ""
+    head += " final train loss | dev loss | dev accuracy | load start→end |"
+    lines = [head, "|" + " --- |" * (head.count("|") - 1)]
+    for key, r in runs.items():
+        name = "transformers.Trainer" if key == "trainer" else "tunelab"
+        row = (
+            f"| {name} | {r['steps']} | {r['examples']:,} | {r['loop_s']:.1f} | {r['examples_per_s']:,.1f} "
+            f"| {r['tokens_per_s']:,.0f} | {100 * r['mfu']:.2f}% | {_mb(r['peak_rss_mb'])} |"
+        )
+        row += f" {_mb(r.get('peak_cuda_mb'))} |" if cuda else ""
+        row += f" {_f(r['train_loss'])} | {_f(r['eval_loss'])} | {_f(r['eval_accuracy'])} | {_load(r)} |"
+        lines.append(row)
+    return lines
+
+
+def targets_table(results: dict[str, Any]) -> list[str]:
+    lines = ["| target | tunelab | reference | ratio | met |", "| --- | --- | --- | --- | --- |"]
+    for t in results["targets"]:
+        lines.append(
+            f"| {t['target']} | {t['tunelab']} | {t['reference']} | {t['ratio']} | {'yes' if t['met'] else '**no**'} |"
+        )
+    return lines
+
+
+def profile_lines(results: dict[str, Any]) -> list[str]:
+    p = results["profile"]
+    phases = ", ".join(f"{k} {v:.0f} ms" for k, v in p["phase_ms_per_step"].items())
+    lines = [
+        f"tunelab SFT loop (packing {'on' if p['packing'] else 'off'}), {p['steps_profiled']} steps under "
+        f"torch.profiler: {p['ms_per_step']:.0f} ms of CPU op time per step; phases per step: {phases}.",
+        "",
+        "| op | self ms / step | share | calls / step |",
+        "| --- | --- | --- | --- |",
+    ]
+    lines += [
+        f"| `{o['op']}` | {o['self_ms_per_step']:.1f} | {100 * o['share']:.1f}% | {o['calls_per_step']:g} |"
+        for o in p["top_ops"]
+    ]
+    return lines
+
+
+def peaks_line(results: dict[str, Any]) -> str:
+    peaks = results["peaks"]
+    return (
+        f"Matmul peak: fp32 {1000 * peaks['fp32']['tflops']:.0f} GFLOP/s ({peaks['fp32']['size']}² matmul, best of "
+        f"{peaks['fp32']['reps']}); bf16 {1000 * peaks['bf16']['tflops']:.1f} GFLOP/s ({peaks['bf16_note']}). "
+        f"MFU = 6·N·tokens/s ÷ the {peaks['mfu_peak_dtype']} peak; N counts nn.Linear weights "
+        f"(output projection yes, embedding lookup no): SFT N = {_n(results, 'sft')}, classify N = {_n(results, 'classify')}."
+    )
+
+
+def _n(results: dict[str, Any], bench: str) -> str:
+    first = next(iter(results[bench]["runs"].values()))
+    return f"{first['matmul_params'] / 1e6:.2f}M"
+
+
+def data_line(results: dict[str, Any]) -> str:
+    d = results.get("data")
+    if not d:
+        return "Data bench: skipped (--quick)."
+    return (
+        f"Data stage (bench/data_sst2.py, {d['rows']:,} SST-2 rows, 1 repeat): inspect end to end "
+        f"{d['inspect_total_s']:.1f} s (target < 60 s); load {d['load_s']:.1f} s, exact dedup {d['exact_s']:.1f} s, "
+        f"near dedup {d['near_s']:.1f} s."
+    )
+
+
+def _git(results: dict[str, Any]) -> str:
+    git = results.get("git")
+    if not git:
+        return ""
+    return f" (commit {git['commit'][:7]}{', src/ with uncommitted changes' if git['src_changed'] else ''})"
+
+
+def markdown_table(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    parts = [
+        f"Machine `{m['name']}` ({m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB; load average at start "
+        f"{m['load_average_at_start']}, at end {m.get('load_average_at_end', '-')}), {results['date']}; "
+        + ", ".join(f"{k} {v}" for k, v in results["versions"].items())
+        + _git(results),
+        "",
+        peaks_line(results),
+        "",
+        f"SFT ({results['sft']['settings']['data']}):",
+        "",
+        *sft_table(results),
+        "",
+        f"Classify ({results['classify']['settings']['data']}):",
+        "",
+        *classify_table(results),
+        "",
+        "Targets:",
+        "",
+        *targets_table(results),
+        "",
+        data_line(results),
+        "",
+        *profile_lines(results),
+    ]
+    return "\n".join(parts)
