@@ -26,3 +26,5 @@ def test_shipped_recipe_validates(path: Path, monkeypatch: pytest.MonkeyPatch) -
         return
     recipe = load_recipe(path)
     assert recipe.name
+    for source in recipe.data.sources:  # the data a recipe names is really there
+        assert Path(source.path).is_file(), source.path
