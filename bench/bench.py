@@ -231,6 +231,16 @@ def profile(work: Path, quick: bool) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 
 
+def results_path(folder: Path, results: dict[str, Any]) -> Path:
+    """<date>-<machine>.json; a second run on the same day gets -2, -3, ... rather than overwriting."""
+    stem = f"{results['date']}-{results['machine']['name']}"
+    target, n = folder / f"{stem}.json", 1
+    while target.exists():
+        n += 1
+        target = folder / f"{stem}-{n}.json"
+    return target
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that the harness works")
@@ -267,8 +277,7 @@ def main() -> None:
     results["bench_wall_s"] = round(time.perf_counter() - started, 1)
     results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
 
-    name = f"{results['date']}-{results['machine']['name']}.json"
-    target = work / name if args.quick else BENCH / "results" / name
+    target = results_path(work if args.quick else BENCH / "results", results)
     write_json(target, results)
     print(markdown_table(results))
     log(f"results: {target} ({results['bench_wall_s']:.0f} s)")
