@@ -231,6 +231,9 @@ def profile(work: Path, quick: bool) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 
 
+SECTIONS = ("data", "sft", "classify", "profile")
+
+
 def results_path(folder: Path, results: dict[str, Any]) -> Path:
     """<date>-<machine>.json; a second run on the same day gets -2, -3, ... rather than overwriting."""
     stem = f"{results['date']}-{results['machine']['name']}"
@@ -246,7 +249,15 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that the harness works")
     parser.add_argument("--work", type=Path, help="where runs and logs go (default runs/bench-<time>)")
     parser.add_argument("--table", type=Path, help="print the Markdown table of a results file and exit")
+    parser.add_argument(
+        "--only",
+        help=f"comma-separated sections of {','.join(SECTIONS)}, for iterating on one: the partial results "
+        "go to the work folder, not bench/results, and no targets table is made",
+    )
     args = parser.parse_args()
+    sections = set(args.only.split(",")) if args.only else set(SECTIONS)
+    if not sections <= set(SECTIONS):
+        parser.error(f"--only: unknown section(s) {sorted(sections - set(SECTIONS))}; choose from {SECTIONS}")
     if args.table:
         print(markdown_table(read_json(args.table)))
         return
@@ -267,15 +278,20 @@ def main() -> None:
     log("matmul peak")
     results["peaks"] = measure_peaks(args.quick)
     peak = results["peaks"]["bf16" if results["peaks"]["mfu_peak_dtype"] == "bfloat16" else "fp32"]["tflops"]
-    results["data"] = None if args.quick else data_bench(work)
+    results["data"] = data_bench(work) if "data" in sections and not args.quick else None
 
     write_json(work / "inputs.json", sft.write_inputs(work, sizes["sft_train"], sizes["sft_eval"]))
-    results["sft"] = sft_bench(work, sizes, peak)
-    results["classify"] = classify_bench(work, sizes, peak)
-    results["profile"] = profile(work, args.quick)
-    results["targets"] = evaluate_targets(results)
+    results["sft"] = sft_bench(work, sizes, peak) if "sft" in sections else None
+    results["classify"] = classify_bench(work, sizes, peak) if "classify" in sections else None
+    results["profile"] = profile(work, args.quick) if "profile" in sections else None
     results["bench_wall_s"] = round(time.perf_counter() - started, 1)
     results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    if args.only:
+        write_json(work / "results-partial.json", results)
+        print(json.dumps({k: results[k] for k in ("sft", "classify", "data", "profile")}, indent=1))
+        log(f"partial results: {work / 'results-partial.json'} ({results['bench_wall_s']:.0f} s)")
+        return
+    results["targets"] = evaluate_targets(results)
 
     target = results_path(work if args.quick else BENCH / "results", results)
     write_json(target, results)

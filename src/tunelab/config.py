@@ -48,7 +48,9 @@ class ModelConfig(Section):
     name: str = Field(description="Hugging Face Hub id (org/name) or a local folder holding the model.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto",
-        description="Weight dtype. auto: bfloat16 on a CUDA device that supports it, float32 otherwise.",
+        description="Weight dtype as loaded. auto: float32 when the base weights train (full, freeze: the "
+        "master copy under mixed precision); for adapter methods, the compute dtype of train.precision "
+        "(the frozen base in bf16 where bf16 is fast).",
     )
     trust_remote_code: bool = Field(
         False, description="Run Python code shipped with the model. Off unless you trust its author."
@@ -370,6 +372,22 @@ class TrainConfig(Section):
         description="Stop when a validation metric stops improving, e.g. {metric: val_loss, patience: 3}.",
     )
     seed: int = Field(42, description="Seed for initialisation, data order and dropout.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto",
+        description="Matmul precision (autocast; trainable weights stay float32). auto: bf16 where the "
+        "hardware has fast bf16 (CUDA compute capability 8+, CPUs with AVX512-BF16/AMX), else fp32. "
+        "fp16 (with loss scaling) needs CUDA.",
+    )
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Recompute each block's activations in backward instead of keeping them: about a "
+        "third more compute for activation memory of one block per layer.",
+    )
+    compile: bool = Field(
+        False,
+        description="torch.compile the model (inductor). The first steps pay the compile time; best for "
+        "long runs with packing, whose shapes repeat.",
+    )
     distributed: Literal["ddp", "fsdp", "deepspeed"] = Field(
         "ddp",
         description="With `tunelab train --nproc N`: ddp (replicas; gloo on CPU, NCCL on CUDA), fsdp or "
@@ -483,6 +501,14 @@ def _check_method(recipe: Recipe) -> None:
         quantised = "model.load_in_8bit"
     if quantised is not None:
         _check_quantisation_available(quantised)
+    _check_precision(recipe)
+
+
+def _check_precision(recipe: Recipe) -> None:
+    import torch
+
+    if recipe.train.precision == "fp16" and not torch.cuda.is_available():
+        raise ValueError("train.precision fp16 needs a CUDA GPU (loss scaling); on CPU use fp32 or bf16")
 
 
 def _check_quantisation_available(what: str) -> None:

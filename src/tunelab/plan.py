@@ -280,9 +280,7 @@ def meta_model(recipe: Recipe, label_map: dict[str, int] | None) -> tuple[Any, l
     try:
         # The device context also puts whatever a method adds later (adapters) on meta.
         with torch.device("meta"):
-            model, info = load._load_weights(
-                source, recipe.task, label_map, load.resolve_dtype(recipe.model.dtype), options
-            )
+            model, info = load._load_weights(source, recipe.task, label_map, _weights_dtype(recipe), options)
     except (OSError, ValueError) as exc:
         raise load._not_loadable(recipe.model.name, source, local, exc) from None
     return model, sorted({key.rsplit(".", 1)[0] for key in info.get("missing_keys", [])})
@@ -433,17 +431,17 @@ def probe(recipe: Recipe, steps: int, *, data: PreparedData | None = None, token
     their mean stands for the epoch's. One process: under `train --nproc N` each of N holds about this.
     """
     import torch
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     from tunelab.data.pipeline import load_records, tokenize_records
     from tunelab.models.load import load_tokenizer
     from tunelab.training.loop import TrainState, accumulate_gradients
+    from tunelab.training.precision import make_accelerator
 
     if steps < 1:
         raise ValueError(f"probe steps must be at least 1, got {steps}")
     set_seed(recipe.train.seed)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = make_accelerator(_precision(recipe).mixed_precision)
     if data is None:
         tokenizer = load_tokenizer(recipe.model)
         data = tokenize_records(recipe, load_records(recipe), tokenizer)
@@ -489,13 +487,25 @@ def _training_pieces(recipe: Recipe, data: PreparedData, tokenizer: Any, acceler
     from tunelab.models.load import load_model, quantisation_for
     from tunelab.models.methods import apply_method
     from tunelab.runner import _train_batches, build_objective
+    from tunelab.training.precision import upcast_trainable
     from tunelab.training.schedule import build_optimizer, build_scheduler, total_steps
+    from tunelab.training.speed import enable_gradient_checkpointing
 
     quantisation = quantisation_for(recipe.method.name, recipe.model.load_in_8bit)
+    precision = _precision(recipe)
     loaded = load_model(
-        recipe.model, recipe.task, data.label_map, tokenizer=tokenizer, quantisation=quantisation
+        recipe.model,
+        recipe.task,
+        data.label_map,
+        tokenizer=tokenizer,
+        quantisation=quantisation,
+        dtype=precision.weights,
     )
+    if recipe.train.gradient_checkpointing:
+        enable_gradient_checkpointing(loaded.model)
+    # train.compile is not applied: the probe's few steps would time the compilation, not the training.
     model = apply_method(loaded.model, recipe.method, recipe.task, loaded.new_modules)
+    upcast_trainable(model, precision)
     if data.packed:
         check_packing_supported(model)
     objective = build_objective(recipe, model, accelerator)
@@ -505,6 +515,27 @@ def _training_pieces(recipe: Recipe, data: PreparedData, tokenizer: Any, acceler
     scheduler = build_scheduler(optimizer, recipe.train, total_steps(recipe.train, batches.per_epoch))
     model.train()
     return model, optimizer, scheduler, objective, batches
+
+
+def _precision(recipe: Recipe) -> Any:
+    import torch
+
+    from tunelab.training.precision import resolve_precision
+
+    return resolve_precision(recipe, "cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _weights_dtype(recipe: Recipe) -> Any:
+    """The dtype `train` loads the model in (training/precision.py): float32 master weights for full
+    and freeze, the compute dtype for an adapter method's frozen base."""
+    return _precision(recipe).weights
+
+
+def _activation_bytes(recipe: Recipe) -> int:
+    precision = _precision(recipe)
+    return int(
+        precision.compute_dtype.itemsize if precision.compute != "fp32" else precision.weights.itemsize
+    )
 
 
 def _step(model: Any, optimizer: Any, scheduler: Any, recipe: Recipe, accelerator: Any) -> None:
@@ -606,24 +637,16 @@ def _checkpointing(recipe: Recipe, estimate: MemoryEstimate, budget: int) -> Sug
     new = _fits(estimate.params, dataclasses.replace(estimate.work, checkpointing=True), budget)
     if new is None:
         return None
-    settable = bool(_checkpointing_override(recipe))
     return Suggestion(
         "gradient checkpointing",
-        _checkpointing_override(recipe),
-        "same gradients; about a third more compute (each block's forward runs again in backward)"
-        + ("" if settable else "; not a recipe setting yet"),
+        CHECKPOINTING_OVERRIDE,
+        "same gradients; about a third more compute (each block's forward runs again in backward)",
         new,
         SAME_RESULT,
     )
 
 
-def _checkpointing_override(recipe: Recipe) -> tuple[str, ...]:
-    """`--set train.gradient_checkpointing=true` once the recipe has such a field; nothing until then."""
-    return (
-        ("train.gradient_checkpointing=true",)
-        if "gradient_checkpointing" in type(recipe.train).model_fields
-        else ()
-    )
+CHECKPOINTING_OVERRIDE = ("train.gradient_checkpointing=true",)
 
 
 def _method_work(work: Workload, alternative: Alternative) -> Workload:
@@ -688,15 +711,12 @@ def _combination(
     alternatives: list[Alternative],
     lengths: list[int] | None,
 ) -> Suggestion | None:
-    """Micro-batch 1 (with checkpointing once the recipe can ask for it); then also each other method in
-    turn; then also shorter rows: the first of these that fits. Only changes a recipe can make."""
-    checkpointing = _checkpointing_override(recipe)
-    lean = dataclasses.replace(
-        estimate.work, batch_size=1, checkpointing=bool(checkpointing) or estimate.work.checkpointing
-    )
+    """Micro-batch 1 with gradient checkpointing; then also each other method in turn; then also
+    shorter rows: the first of these that fits. Only changes a recipe can make."""
+    lean = dataclasses.replace(estimate.work, batch_size=1, checkpointing=True)
     accum = recipe.train.grad_accum * recipe.train.batch_size
-    base = ("train.batch_size=1", f"train.grad_accum={accum}", *checkpointing)
-    first = "micro-batch 1" + (", gradient checkpointing" if checkpointing else "")
+    base = ("train.batch_size=1", f"train.grad_accum={accum}", *CHECKPOINTING_OVERRIDE)
+    first = "micro-batch 1, gradient checkpointing"
     options: list[tuple[ParamFacts, Workload, str, tuple[str, ...], str]] = [
         (estimate.params, lean, first, (), "same gradients, slower")
     ]
@@ -844,7 +864,7 @@ def workload(
     """The recipe's batch as the estimator sees it. The row length is the longest training row (capped by
     max_seq_len at tokenisation): batches are padded to their longest row, and over an epoch the
     longest row turns up in some batch."""
-    from tunelab.models.load import quantisation_for, resolve_dtype
+    from tunelab.models.load import quantisation_for
 
     cfg, method, train = recipe.train, recipe.method, data.splits["train"]
     seq_len = max((row_tokens(e) for e in train), default=cfg.max_seq_len)
@@ -856,10 +876,11 @@ def workload(
         batch_size=min(cfg.batch_size, max(len(train), 1)),
         seq_len=seq_len,
         # A quantised base computes in bfloat16 but its norms (hence the residual stream) run in float32.
-        dtype_bytes=4 if quantised else resolve_dtype(recipe.model.dtype).itemsize,
+        # Under autocast the saved activations are mostly the matmuls' bf16 outputs.
+        dtype_bytes=4 if quantised else _activation_bytes(recipe),
         grad_layers=method.k if method.name == "freeze" else shape.num_layers,
         rows_per_example=2 if recipe.task in ("preference", "reward") else 1,
-        checkpointing=quantised or bool(getattr(cfg, "gradient_checkpointing", False)),
+        checkpointing=quantised or cfg.gradient_checkpointing,
         # CUDA's sdpa kernels apply attention dropout without materialising the probabilities.
         attention_probs=shape.eager_attention or (shape.attention_dropout > 0 and not cuda),
         causal_lm=recipe.task in ("sft", "pretrain", "preference"),

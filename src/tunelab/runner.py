@@ -60,7 +60,14 @@ from tunelab.runs.rundir import MetricsLog, create_run_dir, read_summary, write_
 from tunelab.training import checkpoint
 from tunelab.training.loop import Hooks, MicroBatches, TrainState, eval_batches, fit
 from tunelab.training.objectives import OBJECTIVES, Objective
+from tunelab.training.precision import (
+    describe_precision,
+    make_accelerator,
+    resolve_precision,
+    upcast_trainable,
+)
 from tunelab.training.schedule import build_optimizer, build_scheduler, total_steps
+from tunelab.training.speed import compile_blocks, enable_gradient_checkpointing
 
 
 @dataclass
@@ -73,8 +80,8 @@ class TrainResult:
 def train(recipe: Recipe, *, resume: Path | None = None, console: Console | None = None) -> TrainResult:
     started = time.time()
     set_seed(recipe.train.seed)  # before loading: the new head and LoRA weights are drawn from it
-    # CUDA when present, else CPU; cpu=True is also what lets torchrun/accelerate launch run DDP on CPU (gloo).
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    precision = resolve_precision(recipe, "cuda" if torch.cuda.is_available() else "cpu")
+    accelerator = make_accelerator(precision.mixed_precision)
     if not accelerator.is_main_process:
         console = Console(quiet=True)  # one voice under DDP
     console = console or Console(stderr=True, soft_wrap=True)
@@ -85,7 +92,12 @@ def train(recipe: Recipe, *, resume: Path | None = None, console: Console | None
     data, records, cached_files = _prepare_data(recipe, tokenizer, cache_key, console)
     quantisation = quantisation_for(recipe.method.name, recipe.model.load_in_8bit)
     loaded = load_model(
-        recipe.model, recipe.task, data.label_map, tokenizer=tokenizer, quantisation=quantisation
+        recipe.model,
+        recipe.task,
+        data.label_map,
+        tokenizer=tokenizer,
+        quantisation=quantisation,
+        dtype=precision.weights,
     )
     console.print(describe(data.report))
     for note in data.notes:
@@ -95,18 +107,28 @@ def train(recipe: Recipe, *, resume: Path | None = None, console: Console | None
         baselines = score_baselines(recipe, loaded, data, records, cached_files, accelerator, console)
     if loaded.new_modules:
         console.print(f"new (randomly initialised, trained in full): {', '.join(loaded.new_modules)}")
+    if recipe.train.gradient_checkpointing:
+        enable_gradient_checkpointing(loaded.model)
     model = apply_method(loaded.model, recipe.method, recipe.task, loaded.new_modules)
+    upcast_trainable(model, precision)
+    if recipe.train.compile:
+        compile_blocks(model)
     trainable, total = count_parameters(model)
     console.print(
         f"parameters: {trainable:,} trainable / {total:,} total ({100 * trainable / total:.2f}%) "
         f"- {recipe.method.name} on {loaded.source}"
     )
+    console.print(f"precision: {describe_precision(precision)}")
 
     if data.packed:
         check_packing_supported(model)
 
     run_dir = resume if resume else _shared_run_dir(recipe, accelerator)
     summary = _initial_summary(recipe, run_dir, loaded.source, data, trainable, total, resume)
+    summary["precision"] = {
+        "compute": precision.compute,
+        "weights": str(precision.weights).removeprefix("torch."),
+    }
     if baselines is not None:
         summary["baselines"] = baselines
     if accelerator.is_main_process:

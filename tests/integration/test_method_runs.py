@@ -37,3 +37,26 @@ def test_final_folder_reproduces_the_last_validation_loss(
     if task == "sft":  # ...and it is not the base model: the adapter was put back, and had learned
         base = evaluate_file(load_target(str(model)), str(tmp_path / "val.jsonl"), max_seq_len=64)
         assert abs(base["metrics"]["eval_loss"] - scored["metrics"]["eval_loss"]) > 1e-4
+
+
+@pytest.mark.parametrize(
+    ("method", "weights"), [({"name": "lora", "r": 2, "alpha": 4}, "bfloat16"), ({"name": "full"}, "float32")]
+)
+def test_bf16_with_checkpointing_trains_float32_weights_over_the_resolved_base(
+    method: dict, weights: str, tmp_path: Path, tiny_llama: Path
+) -> None:
+    from safetensors.torch import load_file
+
+    from tunelab.training.precision import make_accelerator
+
+    train_cfg = {"max_steps": 2, "eval_every": 2, "precision": "bf16", "gradient_checkpointing": True}
+    try:
+        run = train(load_recipe(make_recipe(tmp_path, tiny_llama, "sft", method=method, train=train_cfg)))
+    finally:
+        make_accelerator("no")  # later tests in this process must not inherit bf16 autocast
+    assert run.summary["status"] == "completed"
+    # LoRA keeps its frozen base in bf16; full fine-tuning keeps float32 master weights.
+    assert run.summary["precision"] == {"compute": "bf16", "weights": weights}
+    final = run.run_dir / "final"
+    saved = load_file(next(final.glob("*.safetensors")))
+    assert {str(t.dtype) for t in saved.values()} == {"torch.float32"}, "trained weights stay float32"

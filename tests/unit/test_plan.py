@@ -253,11 +253,15 @@ def test_a_combination_when_no_single_change_fits(recipe: Recipe) -> None:
     assert min(total(full.params, batch_size=1), total(full.params, checkpointing=True),
                total(lora.params), total(full.params, seq_len=8)) > budget  # fmt: skip
     found = suggest(recipe, full, budget, alternatives=[lora])
-    # Only changes a recipe can make: checkpointing is no recipe field yet, so it is not part of it.
-    assert [s.change for s in found] == ["together: micro-batch 1, method lora"]
-    assert not found[0].estimate.work.checkpointing
+    assert [s.change for s in found] == ["together: micro-batch 1, gradient checkpointing, method lora"]
+    assert found[0].estimate.work.checkpointing
     assert found[0].estimate.total <= budget
-    assert found[0].overrides == ("train.batch_size=1", "train.grad_accum=16", *lora.overrides)
+    assert found[0].overrides == (
+        "train.batch_size=1",
+        "train.grad_accum=16",
+        "train.gradient_checkpointing=true",
+        *lora.overrides,
+    )
 
 
 # ---------------------------------------------------------------------------------------------

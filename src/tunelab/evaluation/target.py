@@ -10,9 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-from accelerate import Accelerator
-
 from tunelab.config import ModelConfig
 from tunelab.data.formats import Columns, load_split
 from tunelab.data.records import Chat, Message
@@ -26,6 +23,7 @@ from tunelab.models.load import load_model
 from tunelab.models.restore import find_final, load_trained
 from tunelab.training.loop import eval_batches
 from tunelab.training.objectives import OBJECTIVES
+from tunelab.training.precision import make_accelerator
 
 GENERATIVE = ("bleu", "chrf", "rouge", "exact_match")
 
@@ -64,7 +62,7 @@ def evaluate_file(
     batch_size: int = 16,
     max_new_tokens: int = 128,
 ) -> dict[str, Any]:
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = make_accelerator()  # scoring only: no autocast, the weights' own dtype
     model = target.model.to(accelerator.device)
     kind = "labeled" if target.task == "classify" else "chat"
     records = load_split(data_file, columns=columns, kind=kind, on_error="fail").records

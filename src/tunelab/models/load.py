@@ -43,11 +43,13 @@ def load_model(
     tokenizer: Any = None,
     *,
     quantisation: Quantisation | None = None,
+    dtype: torch.dtype | None = None,
 ) -> LoadedModel:
     """The model with its tokenizer (pass `tokenizer` when it was already loaded for the data stage).
 
     `quantisation` loads the frozen base through bitsandbytes ("4bit": qlora; "8bit"); by default it
-    follows `cfg.load_in_8bit`. See `quantisation_for`.
+    follows `cfg.load_in_8bit`. See `quantisation_for`. `dtype` overrides `cfg.dtype` (training
+    resolves it with the method and precision: training/precision.py).
     """
     source, local = _resolve_source(cfg.name)
     common: dict[str, Any] = {
@@ -59,7 +61,9 @@ def load_model(
     try:
         tokenizer = tokenizer or AutoTokenizer.from_pretrained(source, **common)
         weights_options = {**common, **_quantisation_options(quantisation, task)}
-        model, info = _load_weights(source, task, label_map, resolve_dtype(cfg.dtype), weights_options)
+        model, info = _load_weights(
+            source, task, label_map, dtype or resolve_dtype(cfg.dtype), weights_options
+        )
     except (OSError, ValueError) as exc:
         raise _not_loadable(cfg.name, source, local, exc) from None
     _ensure_pad_token(tokenizer, model)

@@ -118,8 +118,8 @@ class MicroBatches:
         return shares
 
     def collate(self, examples: list[Example]) -> Batch:
-        batch = self.collate_fn(examples, self.pad_token_id)
-        return {k: v.to(self.accelerator.device) for k, v in batch.items()}
+        """On the host: `accumulate_gradients` counts its targets there, then moves it to the device."""
+        return self.collate_fn(examples, self.pad_token_id)
 
 
 GROUP_SPAN = 50  # global batches per sorted group: HF's LengthGroupedSampler uses the same multiple
@@ -168,34 +168,38 @@ def eval_batches(
 
 @dataclass(frozen=True)
 class StepResult:
-    loss: float  # mean over the window's targets, all processes
+    """One optimizer step's loss and metrics. They stay device tensors: reading one (`loss`) waits for
+    the device, so the loop reads them only on logging steps."""
+
+    mean_loss: torch.Tensor  # mean over the window's targets, all processes
     targets: int  # label tokens (sft), examples (classify) or pairs (preference), all processes
     tokens: int  # non-padding input tokens, all processes
-    stats: dict[str, float] = field(default_factory=dict)  # the objective's extra metrics, per target
+    stats: dict[str, torch.Tensor] = field(default_factory=dict)  # the objective's extra metrics, per target
+
+    @property
+    def loss(self) -> float:
+        return float(self.mean_loss)
 
 
 def accumulate_gradients(
     model: Any, objective: Objective, micro_batches: list[Batch], accelerator: Any
 ) -> StepResult:
-    """Forward and backward over one optimizer step's micro-batches.
+    """Forward and backward over one optimizer step's micro-batches (host batches; moved here).
 
     Each micro-batch contributes loss_sum / total_targets, where the total covers every micro-batch
     of the window on every process. The gradient is therefore exactly that of the full batch, unlike
     a mean of per-micro-batch means, which over-weights tokens in short micro-batches.
     """
-    local = torch.tensor(
-        [
-            sum(objective.count_targets(b) for b in micro_batches),
-            sum(count_input_tokens(b) for b in micro_batches),
-        ],
-        device=accelerator.device,
-    )
-    total_targets, total_tokens = (int(x) for x in accelerator.reduce(local, "sum"))
+    # Counted on the host, before the copy to the device: counting there would wait for the device.
+    local_targets = sum(objective.count_targets(b) for b in micro_batches)
+    local_tokens = sum(count_input_tokens(b) for b in micro_batches)
+    total_targets, total_tokens = _sum_over_processes(accelerator, local_targets, local_tokens)
     # DDP averages gradients over processes; scaling by the process count turns that mean back into a sum.
     scale = accelerator.num_processes / max(total_targets, 1)
     loss_sum = torch.zeros((), device=accelerator.device)
     stat_sums: dict[str, torch.Tensor] = {}
-    for i, batch in enumerate(micro_batches):
+    for i, host_batch in enumerate(micro_batches):
+        batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in host_batch.items()}
         last = i == len(micro_batches) - 1
         with contextlib.nullcontext() if last else accelerator.no_sync(model):  # all-reduce once per step
             out = objective.loss(model, batch)
@@ -204,9 +208,19 @@ def accumulate_gradients(
         for name, value in out.stats.items():
             stat_sums[name] = stat_sums.get(name, torch.zeros((), device=accelerator.device)) + value.detach()
     n = max(total_targets, 1)
-    loss_sum = accelerator.reduce(loss_sum, "sum")
-    stats = {name: float(accelerator.reduce(value.float(), "sum")) / n for name, value in stat_sums.items()}
-    return StepResult(float(loss_sum) / n, total_targets, total_tokens, stats)
+    # Collectives, but no host sync: NCCL queues them on the device like any other kernel.
+    mean_loss = accelerator.reduce(loss_sum, "sum") / n
+    stats = {name: accelerator.reduce(value.float(), "sum") / n for name, value in stat_sums.items()}
+    return StepResult(mean_loss, total_targets, total_tokens, stats)
+
+
+def _sum_over_processes(accelerator: Any, *counts: int) -> tuple[int, ...]:
+    """Per-process counts summed over all processes. This is the one host sync per step under several
+    processes: exact normalisation needs the global target count before the first backward."""
+    if accelerator.num_processes == 1:
+        return counts
+    local = torch.tensor(counts, device=accelerator.device)
+    return tuple(int(x) for x in accelerator.reduce(local, "sum").tolist())
 
 
 @dataclass
@@ -232,29 +246,29 @@ def fit(
     hooks: Hooks,
 ) -> TrainState:
     model.train()
-    window_losses: list[float] = []
-    window_stats: list[dict[str, float]] = []
+    window: list[StepResult] = []
     window_start, window_tokens = time.perf_counter(), 0
-    last_saved = state.step
+    last_saved, last_loss = state.step, float("nan")
+    grad_norm: torch.Tensor | None = None
     while state.step < total_steps and not state.stopped_early:
         micro = [batches.next(state) for _ in range(cfg.grad_accum)]
         result = accumulate_gradients(model, objective, micro, accelerator)
         grad_norm = _optimizer_step(model, optimizer, scheduler, cfg, accelerator)
         state.step += 1
         state.tokens += result.tokens
-        window_losses.append(result.loss)
-        window_stats.append(result.stats)
+        window.append(result)
         window_tokens += result.tokens
         tokens_per_s = window_tokens / max(time.perf_counter() - window_start, 1e-9)
-        hooks.progress(state.step, result.loss, tokens_per_s)
 
         if state.step % cfg.log_every == 0 or state.step == total_steps:
+            # The step's tensors are read here only: every other step runs without waiting for the device.
             epoch = state.epoch + state.batch_in_epoch / batches.per_epoch
-            values = _train_log(window_losses, scheduler, grad_norm, state, tokens_per_s, epoch)
-            values.update(_mean_stats(window_stats))
+            values = _train_log(window, scheduler, grad_norm, state, tokens_per_s, epoch)
             values.update(batches.take_mix())
             hooks.log(state.step, values)
-            window_losses, window_stats, window_start, window_tokens = [], [], time.perf_counter(), 0
+            last_loss = values["loss"]
+            window, window_start, window_tokens = [], time.perf_counter(), 0
+        hooks.progress(state.step, last_loss, tokens_per_s)
         if hooks.evaluate is not None and (state.step % cfg.eval_every == 0 or state.step == total_steps):
             _evaluate_and_maybe_stop(hooks, cfg, state)
         if state.step % cfg.save_every == 0 or state.step == total_steps or state.stopped_early:
@@ -267,10 +281,11 @@ def fit(
 
 def _optimizer_step(
     model: Any, optimizer: Any, scheduler: Any, cfg: TrainConfig, accelerator: Any
-) -> float | None:
+) -> torch.Tensor | None:
+    """Clip, step, schedule. The gradient norm comes back as a device tensor, unread."""
     grad_norm = None
     if cfg.max_grad_norm is not None:
-        grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
@@ -278,13 +293,15 @@ def _optimizer_step(
 
 
 def _train_log(
-    losses: list[float],
+    window: list[StepResult],
     scheduler: Any,
-    grad_norm: float | None,
+    grad_norm: torch.Tensor | None,
     state: TrainState,
     tokens_per_s: float,
     epoch: float,
 ) -> dict[str, float]:
+    """The logging window's mean step loss and metrics, the last step's grad norm and learning rate."""
+    losses = torch.stack([r.mean_loss for r in window]).tolist()  # one host sync for the whole window
     values = {
         "loss": sum(losses) / len(losses),
         "lr": float(scheduler.get_last_lr()[0]),
@@ -293,13 +310,15 @@ def _train_log(
         "epoch": epoch,
     }
     if grad_norm is not None:
-        values["grad_norm"] = grad_norm
+        values["grad_norm"] = float(grad_norm)
+    values.update(_mean_stats(window))
     return values
 
 
-def _mean_stats(window: list[dict[str, float]]) -> dict[str, float]:
-    names = {name for stats in window for name in stats}
-    return {name: sum(stats.get(name, 0.0) for stats in window) / len(window) for name in sorted(names)}
+def _mean_stats(window: list[StepResult]) -> dict[str, float]:
+    names = sorted({name for result in window for name in result.stats})
+    zero = torch.zeros(())
+    return {name: sum(float(r.stats.get(name, zero)) for r in window) / len(window) for name in names}
 
 
 def _evaluate_and_maybe_stop(hooks: Hooks, cfg: TrainConfig, state: TrainState) -> None:

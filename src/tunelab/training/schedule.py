@@ -21,7 +21,28 @@ def build_optimizer(model: Any, cfg: TrainConfig) -> torch.optim.Optimizer:
         {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
         {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr)
+    return torch.optim.AdamW(
+        [g for g in groups if g["params"]], lr=cfg.lr, fused=fused_adamw_supported(params)
+    )
+
+
+# Devices with a fused AdamW kernel: one pass over each tensor instead of the foreach path's dozen
+# (on 2 CPU cores, 17 ms instead of 127 ms a step for MiniLM's 22.7M weights; bench/README.md).
+FUSED_ADAMW_DEVICES = ("cpu", "cuda")
+
+
+def fused_adamw_supported(params: list[torch.Tensor]) -> bool:
+    """True when every weight is a floating-point tensor on a device with the fused kernel.
+
+    Not for DTensor/meta weights (FSDP2 shards, a model not yet materialised), nor mixed devices.
+    """
+    devices = {p.device.type for p in params}
+    return (
+        bool(params)
+        and len(devices) == 1
+        and devices <= set(FUSED_ADAMW_DEVICES)
+        and all(p.is_floating_point() and type(p.data) is torch.Tensor for p in params)
+    )
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int) -> Any:

@@ -1,0 +1,113 @@
+"""Which dtypes a run trains in: the weights' (storage, and the optimizer's master copy) and the matmuls'.
+
+Mixed precision, not pure bf16: every weight that trains stays float32 and the forward and backward run
+under autocast, so small AdamW updates are not rounded away (a bf16 weight cannot move by less than
+1/256 of itself). Weights that do not train (the frozen base under LoRA and kin) are stored in the
+compute dtype: they are only ever read by bf16 matmuls, and half the memory is what adapter methods are
+for. `train.precision: auto` picks bf16 only where the hardware runs it fast: on a CPU without
+AVX512-BF16 or AMX, bf16 matmuls are emulated and several times slower than float32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from tunelab.config import Recipe
+
+# Methods whose base weights train: these keep float32 weights (master copies) under autocast.
+TRAINS_BASE_WEIGHTS = ("full", "freeze")
+WEIGHT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+COMPUTE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Precision:
+    compute: str  # "fp32" (no autocast), "bf16" or "fp16" (autocast)
+    weights: torch.dtype  # dtype the model is loaded in
+
+    @property
+    def mixed_precision(self) -> str:
+        """The name accelerate's `Accelerator(mixed_precision=...)` takes."""
+        return "no" if self.compute == "fp32" else self.compute
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return COMPUTE_DTYPES[self.compute]
+
+
+def fast_bf16(device_type: str) -> bool:
+    """Does this device multiply bf16 matrices natively (faster than float32)?
+
+    CUDA: compute capability 8.0 or later (Ampere, Hopper, ...); earlier GPUs emulate bf16. CPU: the
+    AVX512-BF16 or AMX-BF16 instructions (Intel Cooper Lake / Sapphire Rapids and later, AMD Zen 4+).
+    """
+    if device_type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 0)
+    if device_type == "cpu":
+        capabilities = _cpu_capabilities()
+        return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
+    return False
+
+
+def _cpu_capabilities() -> dict[str, Any]:
+    get = getattr(torch.cpu, "get_capabilities", None)  # torch >= 2.8; older: no detection, so float32
+    return dict(get()) if get is not None else {}
+
+
+def resolve_precision(recipe: Recipe, device_type: str) -> Precision:
+    """`train.precision` and `model.dtype` resolved for this device (see the module docstring)."""
+    compute = recipe.train.precision
+    if compute == "auto":
+        compute = "bf16" if fast_bf16(device_type) else "fp32"
+    if recipe.model.dtype != "auto":
+        weights = WEIGHT_DTYPES[recipe.model.dtype]
+    elif recipe.method.name in TRAINS_BASE_WEIGHTS:
+        weights = torch.float32
+    else:
+        weights = COMPUTE_DTYPES[compute]
+    return Precision(compute=compute, weights=weights)
+
+
+def upcast_trainable(model: Any, precision: Precision) -> int:
+    """Under autocast, keep every trainable weight in float32 (the master copy AdamW updates).
+
+    A base loaded in bf16 makes its new classification head (peft's modules_to_save copy) and prompt
+    embeddings bf16 too; this turns them back. Returns how many tensors it changed. Without autocast it
+    changes nothing: a float32 head under bf16 activations would then fail its matmul.
+    """
+    if precision.compute == "fp32":
+        return 0
+    changed = 0
+    for param in model.parameters():
+        if param.requires_grad and param.is_floating_point() and param.dtype != torch.float32:
+            param.data = param.data.float()
+            changed += 1
+    return changed
+
+
+def describe_precision(precision: Precision) -> str:
+    weights = str(precision.weights).removeprefix("torch.")
+    if precision.compute == "fp32":
+        return f"no autocast, {weights} weights"
+    return f"{precision.compute} autocast, {weights} weights (trainable ones float32)"
+
+
+def make_accelerator(mixed_precision: str = "no") -> Any:
+    """An Accelerator for this device (CUDA when present, else CPU) and mixed-precision setting.
+
+    accelerate keeps one state per process and refuses a second mixed-precision setting in it, or,
+    when none is passed, silently keeps the first. A process that trains several recipes one after
+    another (the tests, the bench, `plan`'s probe) therefore resets that state when the setting changes;
+    the process group (accelerate's PartialState) is kept. cpu=True is also what lets torchrun /
+    accelerate launch run DDP on CPU (gloo).
+    """
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    current = AcceleratorState._shared_state.get("_mixed_precision")
+    if current is not None and current != mixed_precision:
+        AcceleratorState._reset_state()
+    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mixed_precision)
