@@ -204,6 +204,32 @@ def classify_bench(work: Path, sizes: dict[str, Any], peak: float) -> dict[str, 
     return {"settings": settings, "runs": runs}
 
 
+def plan_bench(work: Path, results: dict[str, Any]) -> dict[str, Any]:
+    """`tunelab plan`'s estimate for each tunelab run above, beside that run's measured peak RSS."""
+    runs = [("sft", "tunelab_pack_off"), ("sft", "tunelab_pack_on"), ("classify", "tunelab")]
+    checks: dict[str, Any] = {}
+    for section, label in runs:
+        if not results.get(section):
+            continue
+        run = results[section]["runs"][label]
+        recipe = Path(run["run_dir"]) / "recipe.yaml"
+        out = work / "results" / f"plan-{section}-{label}.json"
+        log(f"plan: {section} {label}")
+        measured = run_measured(
+            python_cmd("plan_check.py", "--recipe", recipe, "--out", out),
+            work / "logs" / f"plan-{section}-{label}.log",
+            bench_env(),
+        )
+        check(measured, f"bench/plan_check.py {recipe}")
+        estimate = read_json(out)
+        checks[f"{section}_{label}"] = {
+            **estimate,
+            "measured_peak_rss_mb": run["peak_rss_mb"],
+            "ratio": estimate["estimate_mb"] / run["peak_rss_mb"],
+        }
+    return checks
+
+
 def data_bench(work: Path) -> dict[str, Any]:
     log("data: bench/data_sst2.py --repeat 1")
     measured = run_measured(
@@ -231,7 +257,7 @@ def profile(work: Path, quick: bool) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 
 
-SECTIONS = ("data", "sft", "classify", "profile")
+SECTIONS = ("data", "sft", "classify", "profile", "plan")
 
 
 def results_path(folder: Path, results: dict[str, Any]) -> Path:
@@ -284,11 +310,12 @@ def main() -> None:
     results["sft"] = sft_bench(work, sizes, peak) if "sft" in sections else None
     results["classify"] = classify_bench(work, sizes, peak) if "classify" in sections else None
     results["profile"] = profile(work, args.quick) if "profile" in sections else None
+    results["plan"] = plan_bench(work, results) if "plan" in sections else None
     results["bench_wall_s"] = round(time.perf_counter() - started, 1)
     results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     if args.only:
         write_json(work / "results-partial.json", results)
-        print(json.dumps({k: results[k] for k in ("sft", "classify", "data", "profile")}, indent=1))
+        print(json.dumps({k: results[k] for k in SECTIONS}, indent=1))
         log(f"partial results: {work / 'results-partial.json'} ({results['bench_wall_s']:.0f} s)")
         return
     results["targets"] = evaluate_targets(results)

@@ -52,7 +52,7 @@ from tunelab.evaluation.scoring import (
     split_prefix,
 )
 from tunelab.models.adapters import is_bottleneck, save_bottleneck
-from tunelab.models.load import load_model, load_tokenizer, quantisation_for
+from tunelab.models.load import LoadedModel, load_model, load_tokenizer, quantisation_for
 from tunelab.models.methods import apply_method, count_parameters
 from tunelab.runs.registry import record_run
 from tunelab.runs.report import write_report
@@ -61,9 +61,10 @@ from tunelab.training import checkpoint
 from tunelab.training.loop import Hooks, MicroBatches, TrainState, eval_batches, fit
 from tunelab.training.objectives import OBJECTIVES, Objective
 from tunelab.training.precision import (
+    Precision,
     describe_precision,
     make_accelerator,
-    resolve_precision,
+    precision_for,
     upcast_trainable,
 )
 from tunelab.training.schedule import build_optimizer, build_scheduler, total_steps
@@ -80,7 +81,7 @@ class TrainResult:
 def train(recipe: Recipe, *, resume: Path | None = None, console: Console | None = None) -> TrainResult:
     started = time.time()
     set_seed(recipe.train.seed)  # before loading: the new head and LoRA weights are drawn from it
-    precision = resolve_precision(recipe, "cuda" if torch.cuda.is_available() else "cpu")
+    precision = precision_for(recipe)
     accelerator = make_accelerator(precision.mixed_precision)
     if not accelerator.is_main_process:
         console = Console(quiet=True)  # one voice under DDP
@@ -90,15 +91,7 @@ def train(recipe: Recipe, *, resume: Path | None = None, console: Console | None
     tokenizer = load_tokenizer(recipe.model)
     cache_key = data_cache.cache_key(recipe, tokenizer)  # before the data stage gives it a chat template
     data, records, cached_files = _prepare_data(recipe, tokenizer, cache_key, console)
-    quantisation = quantisation_for(recipe.method.name, recipe.model.load_in_8bit)
-    loaded = load_model(
-        recipe.model,
-        recipe.task,
-        data.label_map,
-        tokenizer=tokenizer,
-        quantisation=quantisation,
-        dtype=precision.weights,
-    )
+    loaded = load_for_training(recipe, data.label_map, tokenizer, precision)
     console.print(describe(data.report))
     for note in data.notes:
         console.print(f"[yellow]note:[/] {note}")
@@ -107,12 +100,7 @@ def train(recipe: Recipe, *, resume: Path | None = None, console: Console | None
         baselines = score_baselines(recipe, loaded, data, records, cached_files, accelerator, console)
     if loaded.new_modules:
         console.print(f"new (randomly initialised, trained in full): {', '.join(loaded.new_modules)}")
-    if recipe.train.gradient_checkpointing:
-        enable_gradient_checkpointing(loaded.model)
-    model = apply_method(loaded.model, recipe.method, recipe.task, loaded.new_modules)
-    upcast_trainable(model, precision)
-    if recipe.train.compile:
-        compile_blocks(model)
+    model = attach_method(recipe, loaded, precision)
     trainable, total = count_parameters(model)
     console.print(
         f"parameters: {trainable:,} trainable / {total:,} total ({100 * trainable / total:.2f}%) "
@@ -165,6 +153,34 @@ def train(recipe: Recipe, *, resume: Path | None = None, console: Console | None
         summary["report"] = str(write_report(run_dir))
         write_summary(run_dir, summary)
     return TrainResult(run_dir=run_dir, summary=summary, is_main_process=accelerator.is_main_process)
+
+
+def load_for_training(
+    recipe: Recipe, label_map: dict[str, int] | None, tokenizer: Any, precision: Precision
+) -> LoadedModel:
+    """The base model as training loads it: quantised as the method asks, in the precision's weight dtype."""
+    return load_model(
+        recipe.model,
+        recipe.task,
+        label_map,
+        tokenizer=tokenizer,
+        quantisation=quantisation_for(recipe.method.name, recipe.model.load_in_8bit),
+        dtype=precision.weights,
+    )
+
+
+def attach_method(
+    recipe: Recipe, loaded: LoadedModel, precision: Precision, *, compile_model: bool = True
+) -> Any:
+    """The loaded base made ready to train: checkpointing (before peft wraps it), the method, float32
+    master weights under autocast, and regional compilation (`compile_model=False` skips it)."""
+    if recipe.train.gradient_checkpointing:
+        enable_gradient_checkpointing(loaded.model)
+    model = apply_method(loaded.model, recipe.method, recipe.task, loaded.new_modules)
+    upcast_trainable(model, precision)
+    if recipe.train.compile and compile_model:
+        compile_blocks(model)
+    return model
 
 
 def _train_in_run_dir(

@@ -71,6 +71,11 @@ def resolve_precision(recipe: Recipe, device_type: str) -> Precision:
     return Precision(compute=compute, weights=weights)
 
 
+def precision_for(recipe: Recipe) -> Precision:
+    """`resolve_precision` for the device `train` uses here: CUDA when present, else the CPU."""
+    return resolve_precision(recipe, "cuda" if torch.cuda.is_available() else "cpu")
+
+
 def upcast_trainable(model: Any, precision: Precision) -> int:
     """Under autocast, keep every trainable weight in float32 (the master copy AdamW updates).
 

@@ -1,0 +1,167 @@
+"""`plan`: all of it for one recipe. Tokenise the data, count the model on the meta device, estimate,
+probe where the machine can hold it, and suggest changes if it does not fit."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from tunelab.plan.measure import CUDA_CONTEXT_BYTES, current_rss, machine_memory
+from tunelab.plan.memory import MemoryEstimate, ModelShape, Workload, estimate_memory
+from tunelab.plan.precision import _activation_bytes
+from tunelab.plan.probing import Probe, probe, row_tokens
+from tunelab.plan.shapes import method_facts
+from tunelab.plan.suggestions import Suggestion, alternatives_for, suggest
+
+if TYPE_CHECKING:  # the heavy imports (torch, transformers) happen inside the functions that need them
+    from tunelab.config import Recipe
+    from tunelab.data.pipeline import PreparedData
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    recipe: Recipe
+    device: str
+    budget: int
+    budget_source: str  # "--memory", "RAM" or "GPU memory"
+    estimate: MemoryEstimate
+    probe: Probe | None
+    suggestions: list[Suggestion]
+    steps_per_epoch: int
+    total_steps: int
+    notes: list[str] = field(default_factory=list)
+    probe_out_of_memory: bool = False  # the probe hit CUDA's out-of-memory error: it does not fit
+
+    @property
+    def needed(self) -> int:
+        """The larger of the estimate and the probe's measured peak."""
+        return max(self.estimate.total, self.probe.peak_bytes if self.probe else 0)
+
+    @property
+    def fits(self) -> bool:
+        return self.needed <= self.budget and not self.probe_out_of_memory
+
+
+def plan(recipe: Recipe, memory_budget: int | None = None, probe_steps: int = 3) -> PlanResult:
+    """Estimate, optionally probe (`probe_steps` > 0), and if it does not fit in `memory_budget` (default:
+    the machine's RAM, or the GPU's memory on CUDA), suggest changes that would make it fit."""
+    import torch
+
+    from tunelab.data.pipeline import load_records, tokenize_records
+    from tunelab.models.load import load_tokenizer, quantisation_for
+
+    cuda = torch.cuda.is_available()
+    tokenizer = load_tokenizer(recipe.model)
+    data = tokenize_records(recipe, load_records(recipe), tokenizer)
+    quantisation = quantisation_for(recipe.method.name, recipe.model.load_in_8bit)
+    params, chunked, shape = method_facts(recipe, recipe.method, data.label_map, quantisation)
+    # Measured now, before any weights: the imports `tunelab train` makes (the runner's; the model's
+    # code and peft, brought in by the meta build) and the tokenised data. On CPU this is most of a
+    # small model's footprint.
+    overhead = CUDA_CONTEXT_BYTES if cuda else _process_baseline()
+    estimate = estimate_memory(params, workload(recipe, shape, data, overhead, chunked, cuda))
+    measured, note = _guarded_probe(recipe, probe_steps, data, tokenizer, estimate)
+    budget = memory_budget or machine_memory(cuda)
+    suggestions: list[Suggestion] = []
+    if max(estimate.total, measured.peak_bytes if measured else 0) > budget:
+        # Where the probe measured more than the estimate, suggestions must fit with that margin too.
+        margin = max(0, measured.peak_bytes - estimate.total) if measured else 0
+        lengths = None if data.packed else [row_tokens(e) for e in data.splits["train"]]
+        alternatives = alternatives_for(recipe, data.label_map, cuda)
+        suggestions = suggest(recipe, estimate, budget - margin, alternatives=alternatives, lengths=lengths)
+    per_epoch = _micro_batches_per_epoch(recipe, data, tokenizer)
+    return PlanResult(
+        recipe=recipe,
+        device="cuda" if cuda else "cpu",
+        budget=budget,
+        budget_source="--memory" if memory_budget else ("GPU memory" if cuda else "RAM"),
+        estimate=estimate,
+        probe=measured,
+        suggestions=suggestions,
+        steps_per_epoch=math.ceil(per_epoch / recipe.train.grad_accum),
+        total_steps=_total_steps(recipe, per_epoch),
+        notes=[note] if note else [],
+        probe_out_of_memory=note == OUT_OF_MEMORY,
+    )
+
+
+OUT_OF_MEMORY = "the probe ran out of GPU memory: it does not fit on this GPU"
+
+
+def _guarded_probe(
+    recipe: Recipe, steps: int, data: PreparedData, tokenizer: Any, estimate: MemoryEstimate
+) -> tuple[Probe | None, str | None]:
+    """(the probe, a note) -- not tried where the estimate says this machine cannot hold it: on CPU the
+    kernel would kill the process rather than raise."""
+    import torch
+
+    if steps < 1:
+        return None, None
+    if estimate.total > machine_memory(torch.cuda.is_available()):
+        return None, "probe skipped: the estimate is more than this machine's memory"
+    try:
+        return probe(recipe, steps, data=data, tokenizer=tokenizer), None
+    except torch.cuda.OutOfMemoryError:
+        return None, OUT_OF_MEMORY
+
+
+def _process_baseline() -> int:
+    import tunelab.runner  # noqa: F401  (the training process imports it, and all it brings)
+
+    return current_rss()
+
+
+def workload(
+    recipe: Recipe,
+    shape: ModelShape,
+    data: PreparedData,
+    overhead: int,
+    chunked_loss: bool,
+    cuda: bool = False,
+) -> Workload:
+    """The recipe's batch as the estimator sees it. The row length is the longest training row (capped by
+    max_seq_len at tokenisation): batches are padded to their longest row, and over an epoch the
+    longest row turns up in some batch."""
+    from tunelab.models.load import quantisation_for
+
+    cfg, method, train = recipe.train, recipe.method, data.splits["train"]
+    seq_len = max((row_tokens(e) for e in train), default=cfg.max_seq_len)
+    if method.name == "prompt":  # the soft prompt's virtual tokens run through every block too
+        seq_len += method.num_virtual_tokens
+    quantised = quantisation_for(method.name, recipe.model.load_in_8bit) is not None
+    return Workload(
+        shape=shape,
+        batch_size=min(cfg.batch_size, max(len(train), 1)),
+        seq_len=seq_len,
+        # A quantised base computes in bfloat16 but its norms (hence the residual stream) run in float32.
+        # Under autocast the saved activations are mostly the matmuls' bf16 outputs.
+        dtype_bytes=4 if quantised else _activation_bytes(recipe),
+        grad_layers=method.k if method.name == "freeze" else shape.num_layers,
+        rows_per_example=2 if recipe.task in ("preference", "reward") else 1,
+        checkpointing=quantised or cfg.gradient_checkpointing,
+        # CUDA's sdpa kernels apply attention dropout without materialising the probabilities.
+        attention_probs=shape.eager_attention or (shape.attention_dropout > 0 and not cuda),
+        causal_lm=recipe.task in ("sft", "pretrain", "preference"),
+        chunked_loss=chunked_loss,
+        reference_copy=recipe.task == "preference"
+        and method.objective != "orpo"
+        and method.name in ("full", "freeze"),
+        overhead=overhead,
+    )
+
+
+def _micro_batches_per_epoch(recipe: Recipe, data: PreparedData, tokenizer: Any) -> int:
+    from types import SimpleNamespace
+
+    from tunelab.runner import _train_batches
+
+    one_process = SimpleNamespace(num_processes=1, process_index=0, device="cpu")
+    batches, _ = _train_batches(recipe, data, tokenizer.pad_token_id or 0, one_process)
+    return int(batches.per_epoch)
+
+
+def _total_steps(recipe: Recipe, per_epoch: int) -> int:
+    from tunelab.training.schedule import total_steps
+
+    return total_steps(recipe.train, per_epoch)

@@ -1,0 +1,120 @@
+"""The probe: a few real optimizer steps of the recipe's own training (the runner's data stage, model
+loading, method, objective, batches and optimizer step), timed, with their peak memory measured."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from tunelab.plan.measure import CUDA_CONTEXT_BYTES, current_rss, peak_rss, reset_peak_rss
+from tunelab.plan.precision import _precision
+
+if TYPE_CHECKING:  # the heavy imports (torch, transformers) happen inside the functions that need them
+    from tunelab.config import Recipe
+    from tunelab.data.pipeline import PreparedData
+
+
+@dataclass(frozen=True)
+class Probe:
+    steps: int  # timed optimizer steps
+    step_s: float  # mean wall time of one optimizer step (grad_accum micro-batches)
+    tokens_per_s: float  # non-padding input tokens trained on per second
+    peak_bytes: int  # CPU: resident-set high-water mark; CUDA: allocator peak + CUDA_CONTEXT_BYTES
+    baseline_bytes: int  # CPU: resident set when the model was about to load; CUDA: CUDA_CONTEXT_BYTES
+    device: str
+
+
+def probe(recipe: Recipe, steps: int, *, data: PreparedData | None = None, tokenizer: Any = None) -> Probe:
+    """Load the model as `train` does and run 2 + `steps` optimizer steps of the recipe's training.
+
+    The first two steps take the longest training examples: the first allocates the gradients and
+    AdamW's state, the second then reaches the peak a whole epoch would (its longest batch). Neither is
+    timed. The timed steps take the recipe's own batches from evenly spread places in the epoch, so
+    their mean stands for the epoch's. One process: under `train --nproc N` each of N holds about this.
+    """
+    import torch
+    from accelerate.utils import set_seed
+
+    from tunelab.data.pipeline import load_records, tokenize_records
+    from tunelab.models.load import load_tokenizer
+    from tunelab.training.loop import TrainState, accumulate_gradients
+    from tunelab.training.precision import make_accelerator
+
+    if steps < 1:
+        raise ValueError(f"probe steps must be at least 1, got {steps}")
+    set_seed(recipe.train.seed)
+    accelerator = make_accelerator(_precision(recipe).mixed_precision)
+    if data is None:
+        tokenizer = load_tokenizer(recipe.model)
+        data = tokenize_records(recipe, load_records(recipe), tokenizer)
+    cuda = accelerator.device.type == "cuda"
+    baseline = _start_measuring(cuda)
+    model, optimizer, scheduler, objective, batches = _training_pieces(recipe, data, tokenizer, accelerator)
+    longest = batches.collate(_longest_rows(data.splits["train"], recipe.train.batch_size))
+    for _ in range(2):
+        accumulate_gradients(model, objective, [longest], accelerator)
+        _step(model, optimizer, scheduler, recipe, accelerator)
+    state, elapsed, tokens = TrainState(), 0.0, 0
+    for i in range(steps):
+        # Each timed step starts mid-way through its own equal share of the epoch, so a few steps
+        # sample the whole of it: length-grouped batching puts the longest batch first on purpose.
+        position = (2 * i + 1) * batches.per_epoch // (2 * steps)
+        state.epoch, state.batch_in_epoch = 0, min(position, batches.per_epoch - 1)
+        micro = [batches.next(state) for _ in range(recipe.train.grad_accum)]
+        started = time.perf_counter()
+        result = accumulate_gradients(model, objective, micro, accelerator)
+        _step(model, optimizer, scheduler, recipe, accelerator)
+        if cuda:
+            torch.cuda.synchronize()
+        elapsed += time.perf_counter() - started
+        tokens += result.tokens
+    peak = baseline + int(torch.cuda.max_memory_allocated()) if cuda else peak_rss()
+    return Probe(steps, elapsed / steps, tokens / max(elapsed, 1e-9), peak, baseline, accelerator.device.type)
+
+
+def _start_measuring(cuda: bool) -> int:
+    """The baseline, and the peak counter reset: from here on the peak is the probe's own."""
+    if cuda:
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+        return CUDA_CONTEXT_BYTES
+    reset_peak_rss()
+    return current_rss()
+
+
+def _training_pieces(recipe: Recipe, data: PreparedData, tokenizer: Any, accelerator: Any) -> tuple[Any, ...]:
+    """Model, optimizer, scheduler, objective and batches, built by the same calls as `runner.train`."""
+    from tunelab.data.packing import check_packing_supported
+    from tunelab.runner import _train_batches, attach_method, build_objective, load_for_training
+    from tunelab.training.schedule import build_optimizer, build_scheduler, total_steps
+
+    precision = _precision(recipe)
+    loaded = load_for_training(recipe, data.label_map, tokenizer, precision)
+    # train.compile is not applied: the probe's few steps would time the compilation, not the training.
+    model = attach_method(recipe, loaded, precision, compile_model=False)
+    if data.packed:
+        check_packing_supported(model)
+    objective = build_objective(recipe, model, accelerator)
+    batches, _ = _train_batches(recipe, data, loaded.tokenizer.pad_token_id, accelerator)
+    optimizer = build_optimizer(model, recipe.train)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    scheduler = build_scheduler(optimizer, recipe.train, total_steps(recipe.train, batches.per_epoch))
+    model.train()
+    return model, optimizer, scheduler, objective, batches
+
+
+def _step(model: Any, optimizer: Any, scheduler: Any, recipe: Recipe, accelerator: Any) -> None:
+    from tunelab.training.loop import _optimizer_step
+
+    _optimizer_step(model, optimizer, scheduler, recipe.train, accelerator)
+
+
+def row_tokens(example: dict[str, Any]) -> int:
+    """Tokens in a training row: its input_ids, or the longer answer of a preference pair."""
+    return max(len(value) for key, value in example.items() if key.endswith("input_ids"))
+
+
+def _longest_rows(examples: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
+    return sorted(examples, key=row_tokens)[-count:]
