@@ -204,6 +204,29 @@ def classify_bench(work: Path, sizes: dict[str, Any], peak: float) -> dict[str, 
     return {"settings": settings, "runs": runs}
 
 
+def mfu_peak(peaks: dict[str, Any]) -> float:
+    return float(peaks["bf16" if peaks["mfu_peak_dtype"] == "bfloat16" else "fp32"]["tflops"])
+
+
+def settle_peak(results: dict[str, Any], end: dict[str, Any]) -> None:
+    """The peak is measured at the start and again at the end, and MFU uses the better of the two.
+
+    On a shared (virtual) machine a 3-second measurement can land in a slow patch: 144 and 90 GFLOP/s
+    were measured at the start of two runs 10 minutes apart, and the lower one put MFU above 100%.
+    """
+    start = results["peaks"]
+    for dtype in ("fp32", "bf16"):
+        start[dtype]["tflops_start"], start[dtype]["tflops_end"] = (
+            start[dtype]["tflops"],
+            end[dtype]["tflops"],
+        )
+        start[dtype]["tflops"] = max(start[dtype]["tflops"], end[dtype]["tflops"])
+    peak = mfu_peak(start)
+    for section in ("sft", "classify"):
+        for run in (results.get(section) or {}).get("runs", {}).values():
+            with_mfu(run, peak)
+
+
 def plan_bench(work: Path, results: dict[str, Any]) -> dict[str, Any]:
     """`tunelab plan`'s estimate for each tunelab run above, beside that run's measured peak RSS."""
     runs = [("sft", "tunelab_pack_off"), ("sft", "tunelab_pack_on"), ("classify", "tunelab")]
@@ -303,7 +326,7 @@ def main() -> None:
     }
     log("matmul peak")
     results["peaks"] = measure_peaks(args.quick)
-    peak = results["peaks"]["bf16" if results["peaks"]["mfu_peak_dtype"] == "bfloat16" else "fp32"]["tflops"]
+    peak = mfu_peak(results["peaks"])
     results["data"] = data_bench(work) if "data" in sections and not args.quick else None
 
     write_json(work / "inputs.json", sft.write_inputs(work, sizes["sft_train"], sizes["sft_eval"]))
@@ -311,6 +334,8 @@ def main() -> None:
     results["classify"] = classify_bench(work, sizes, peak) if "classify" in sections else None
     results["profile"] = profile(work, args.quick) if "profile" in sections else None
     results["plan"] = plan_bench(work, results) if "plan" in sections else None
+    log("matmul peak, again")
+    settle_peak(results, measure_peaks(args.quick))
     results["bench_wall_s"] = round(time.perf_counter() - started, 1)
     results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     if args.only:

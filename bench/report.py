@@ -206,10 +206,16 @@ def peaks_line(results: dict[str, Any]) -> str:
     peaks = results["peaks"]
     return (
         f"Matmul peak: fp32 {1000 * peaks['fp32']['tflops']:.0f} GFLOP/s ({peaks['fp32']['size']}² matmul, best of "
-        f"{peaks['fp32']['reps']}); bf16 {1000 * peaks['bf16']['tflops']:.1f} GFLOP/s ({peaks['bf16_note']}). "
+        f"{peaks['fp32']['reps']}{_start_end(peaks['fp32'])}); bf16 {1000 * peaks['bf16']['tflops']:.1f} GFLOP/s ({peaks['bf16_note']}). "
         f"MFU = 6·N·tokens/s ÷ the {peaks['mfu_peak_dtype']} peak; N counts nn.Linear weights "
         f"(output projection yes, embedding lookup no): SFT N = {_n(results, 'sft')}, classify N = {_n(results, 'classify')}."
     )
+
+
+def _start_end(peak: dict[str, Any]) -> str:
+    if "tflops_end" not in peak:
+        return ""
+    return f"; better of {1000 * peak['tflops_start']:.0f} at the start and {1000 * peak['tflops_end']:.0f} at the end"
 
 
 def _n(results: dict[str, Any], bench: str) -> str:

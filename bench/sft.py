@@ -179,7 +179,7 @@ def neutral_eval(model: Any, model_dir: str, validation: Path) -> dict[str, floa
 def trl_config(out_dir: Path, packing: bool) -> Any:
     """SFTConfig with tunelab's settings. Two TRL defaults are switched off because tunelab does
     neither: gradient checkpointing (TRL's default is on; it recomputes activations, slower) and
-    bf16 autocast on a CPU (TRL's default bf16=True; tunelab trains in fp32 on CPU, bf16 on GPU)."""
+    bf16 autocast on a CPU (TRL's default bf16=True; tunelab autocasts to bf16 only where bf16 is fast: not on this CPU)."""
     import torch
     from trl import SFTConfig
 
