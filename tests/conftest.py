@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 from pathlib import Path
 from typing import Any
 
@@ -247,3 +248,22 @@ def make_recipe(tmp_path: Path, model_dir: Path, task: str, **sections: dict[str
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe, sort_keys=False), encoding="utf-8")
     return path
+
+
+def random_labelled_examples(n: int = 8, seed: int = 0) -> list[dict]:
+    """Random token ids, 5..30 long; labels on one or two spans, as a chat's assistant turns would be."""
+    from tunelab.data.tokenize import IGNORE_INDEX
+
+    rng = random.Random(seed)
+    examples = []
+    for _ in range(n):
+        length = rng.randint(5, 30)
+        ids = [rng.randrange(10, 300) for _ in range(length)]
+        labels = [IGNORE_INDEX] * length
+        for _ in range(rng.randint(1, 2)):
+            start = rng.randrange(0, length - 1)
+            end = rng.randint(start + 1, length)
+            labels[start:end] = ids[start:end]
+        labels[-1] = ids[-1]  # at least one target, as tokenize_chats guarantees
+        examples.append({"input_ids": ids, "labels": labels})
+    return examples

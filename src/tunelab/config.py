@@ -385,8 +385,8 @@ class TrainConfig(Section):
     )
     compile: bool = Field(
         False,
-        description="torch.compile the model (inductor). The first steps pay the compile time; best for "
-        "long runs with packing, whose shapes repeat.",
+        description="torch.compile each transformer block (inductor; one compile serves every layer). The "
+        "first steps pay the compile time; best for long runs with packing, whose shapes repeat.",
     )
     distributed: Literal["ddp", "fsdp", "deepspeed"] = Field(
         "ddp",
@@ -461,6 +461,7 @@ class Recipe(Section):
                 f"task {', '.join(CAUSAL_TASKS)}"
             )
         _check_method(self)
+        _check_precision(self)
         _check_data_sources(self)
         return self
 
@@ -485,7 +486,7 @@ def _check_method(recipe: Recipe) -> None:
     ]
     if changed and task != "preference":
         raise ValueError(f"method.{changed[0]} applies to task: preference only")
-    if task == "reward" and method.name in ("prefix", "prompt"):
+    if task == "reward" and method.name in VIRTUAL_TOKEN_METHODS:
         raise ValueError(f"method {method.name} is not supported for task reward; use lora or full")
     if recipe.train.packing and method.name in VIRTUAL_TOKEN_METHODS:
         raise ValueError(
@@ -501,7 +502,6 @@ def _check_method(recipe: Recipe) -> None:
         quantised = "model.load_in_8bit"
     if quantised is not None:
         _check_quantisation_available(quantised)
-    _check_precision(recipe)
 
 
 def _check_precision(recipe: Recipe) -> None:

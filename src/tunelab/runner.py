@@ -113,10 +113,7 @@ def train(recipe: Recipe, *, resume: Path | None = None, console: Console | None
 
     run_dir = resume if resume else _shared_run_dir(recipe, accelerator)
     summary = _initial_summary(recipe, run_dir, loaded.source, data, trainable, total, resume)
-    summary["precision"] = {
-        "compute": precision.compute,
-        "weights": str(precision.weights).removeprefix("torch."),
-    }
+    summary["precision"] = {"compute": precision.compute, "weights": precision.weights_name}
     if baselines is not None:
         summary["baselines"] = baselines
     if accelerator.is_main_process:

@@ -7,7 +7,6 @@ it must refuse, which take the plain path.
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ import torch.nn.functional as F
 from peft import IA3Config, LoraConfig, PromptTuningConfig, TaskType, get_peft_model
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
+from tests.conftest import random_labelled_examples
 from tunelab.data.packing import collate_packed, pack_examples
 from tunelab.data.tokenize import IGNORE_INDEX, collate
 from tunelab.training import losses
@@ -158,29 +158,12 @@ def test_bad_shapes_and_chunk_sizes_are_refused() -> None:
 # 2. On the tiny Llama: the fused objective equals the logits path it replaces
 
 
-def make_examples(n: int = 8, seed: int = 0) -> list[dict]:
-    """Random token ids, 5..30 long, labelled on one or two spans like a chat's assistant turns."""
-    rng = random.Random(seed)
-    examples = []
-    for _ in range(n):
-        length = rng.randint(5, 30)
-        ids = [rng.randrange(10, 300) for _ in range(length)]
-        labels = [IGNORE_INDEX] * length
-        for _ in range(rng.randint(1, 2)):
-            start = rng.randrange(0, length - 1)
-            end = rng.randint(start + 1, length)
-            labels[start:end] = ids[start:end]
-        labels[-1] = ids[-1]
-        examples.append({"input_ids": ids, "labels": labels})
-    return examples
-
-
 def padded_batch() -> dict[str, torch.Tensor]:
-    return collate(make_examples(), PAD)
+    return collate(random_labelled_examples(), PAD)
 
 
 def packed_batch() -> dict[str, torch.Tensor]:
-    return collate_packed(pack_examples(make_examples(), max_len=64), PAD)
+    return collate_packed(pack_examples(random_labelled_examples(), max_len=64), PAD)
 
 
 def plain_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -357,3 +340,17 @@ def test_hidden_states_that_do_not_line_up_with_the_labels_are_left_alone(
     with pytest.warns(UserWarning, match="fused causal-LM loss did not apply"):
         assert causal_lm_loss(model, padded_batch()) is None
     assert not model.get_base_model().get_output_embeddings()._forward_hooks  # the hooks are gone again
+
+
+def test_the_model_is_checked_for_altered_logits_on_its_first_step_only(
+    tiny_llama: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The check compares values, which waits for the device; a model's logit handling does not change
+    # between batches, so later steps skip it.
+    model = load(tiny_llama)
+    compared: list[int] = []
+    real_equal = torch.equal
+    monkeypatch.setattr(torch, "equal", lambda a, b: compared.append(1) or real_equal(a, b))
+    for _ in range(3):
+        assert causal_lm(model, padded_batch()).logits is None  # the fused path
+    assert len(compared) == 1

@@ -10,6 +10,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from tests.conftest import random_labelled_examples
 from tunelab.data.packing import (
     block_causal_mask,
     check_packing_supported,
@@ -29,23 +30,6 @@ def model(tiny_llama: Path) -> Any:
     return AutoModelForCausalLM.from_pretrained(
         tiny_llama, dtype=torch.float32, attn_implementation="sdpa"
     ).eval()
-
-
-def make_examples(n: int = 8, seed: int = 0) -> list[dict]:
-    """Random token ids, 5..30 long; labels on one or two spans, as a chat's assistant turns would be."""
-    rng = random.Random(seed)
-    examples = []
-    for _ in range(n):
-        length = rng.randint(5, 30)
-        ids = [rng.randrange(10, 300) for _ in range(length)]
-        labels = [IGNORE_INDEX] * length
-        for _ in range(rng.randint(1, 2)):
-            start = rng.randrange(0, length - 1)
-            end = rng.randint(start + 1, length)
-            labels[start:end] = ids[start:end]
-        labels[-1] = ids[-1]  # at least one target, as tokenize_chats guarantees
-        examples.append({"input_ids": ids, "labels": labels})
-    return examples
 
 
 def model_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -87,7 +71,7 @@ def test_ffd_refuses_an_example_longer_than_capacity() -> None:
 
 
 def test_pack_examples_restarts_positions_and_keeps_the_targets() -> None:
-    examples = make_examples()
+    examples = random_labelled_examples()
     rows = pack_examples(examples, max_len=64)
     assert sum(len(r["input_ids"]) for r in rows) == sum(len(e["input_ids"]) for e in examples)
     assert len(rows) < len(examples)
@@ -104,7 +88,7 @@ def test_pack_examples_restarts_positions_and_keeps_the_targets() -> None:
 
 
 def test_collate_packed_pads_and_counts_real_tokens() -> None:
-    rows = pack_examples(make_examples(), max_len=64)
+    rows = pack_examples(random_labelled_examples(), max_len=64)
     batch = collate_packed(rows, PAD)
     width = max(len(r["input_ids"]) for r in rows)
     assert (
@@ -140,7 +124,7 @@ def test_block_causal_mask_is_causal_within_segments_and_padding_stands_alone() 
 
 
 def test_packed_loss_and_targets_equal_unpacked(model: Any) -> None:
-    examples = make_examples()
+    examples = random_labelled_examples()
     unpacked = collate(examples, PAD)
     packed = collate_packed(pack_examples(examples, max_len=64), PAD)
     assert packed["input_ids"].numel() < unpacked["input_ids"].numel()  # packing did pack
@@ -170,7 +154,7 @@ def middle_row(examples: list[dict]) -> tuple[dict[str, torch.Tensor], int, int]
 
 
 def test_logits_of_an_example_in_the_middle_equal_its_logits_alone(model: Any) -> None:
-    examples = make_examples()
+    examples = random_labelled_examples()
     batch, start, end = middle_row(examples)
     middle_ids = batch["input_ids"][0, start:end]
 
@@ -185,7 +169,7 @@ def test_logits_of_an_example_in_the_middle_equal_its_logits_alone(model: Any) -
 
 
 def test_without_the_block_mask_the_middle_example_changes(model: Any) -> None:
-    examples = make_examples()
+    examples = random_labelled_examples()
     batch, start, end = middle_row(examples)
     alone = logits(model, input_ids=batch["input_ids"][0:1, start:end])[0]
 
@@ -203,7 +187,7 @@ def test_position_ids_alone_do_not_isolate_examples_while_use_cache_is_on(model:
     """Why collate_packed builds a mask: transformers infers packing from position_ids only when it
     has no cache, and Llama builds one because config.use_cache defaults to True. If this starts
     failing after an upgrade, the explicit mask may no longer be needed; see packing.py."""
-    examples = make_examples()
+    examples = random_labelled_examples()
     batch, start, end = middle_row(examples)
     row = {"input_ids": batch["input_ids"][0:1], "position_ids": batch["position_ids"][0:1]}
     alone = logits(model, input_ids=batch["input_ids"][0:1, start:end])[0]

@@ -85,6 +85,8 @@ def test_fused_adamw_is_chosen_only_where_its_kernel_exists() -> None:
     assert not fused_adamw_supported([torch.zeros(2, dtype=torch.int8)])
     optimizer = build_optimizer(torch.nn.Linear(2, 2), TrainConfig())
     assert optimizer.defaults["fused"] is True
+    sharded = build_optimizer(torch.nn.Linear(2, 2), TrainConfig(distributed="fsdp"))
+    assert not sharded.defaults["fused"]
 
 
 def test_fused_adamw_takes_the_same_step_as_the_reference(tiny_llama: Path, batch: dict) -> None:

@@ -14,7 +14,6 @@ Three parts, each usable on its own:
 
     memory.py       the estimator: ModelShape, ParamFacts, Workload -> MemoryEstimate
     shapes.py       the model's shape and parameter counts from a meta-device build
-    precision.py    the dtypes `train` uses for a recipe (weights, activations)
     measure.py      resident set and its peak, the machine's memory, --memory sizes
     probing.py      the probe: a few real, timed training steps
     suggestions.py  changes that would make it fit, and the leaner methods to consider

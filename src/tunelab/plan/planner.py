@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any
 
 from tunelab.plan.measure import CUDA_CONTEXT_BYTES, current_rss, machine_memory
 from tunelab.plan.memory import MemoryEstimate, ModelShape, Workload, estimate_memory
-from tunelab.plan.precision import _activation_bytes
 from tunelab.plan.probing import Probe, probe, row_tokens
 from tunelab.plan.shapes import method_facts
 from tunelab.plan.suggestions import Suggestion, alternatives_for, suggest
@@ -124,6 +123,7 @@ def workload(
     max_seq_len at tokenisation): batches are padded to their longest row, and over an epoch the
     longest row turns up in some batch."""
     from tunelab.models.load import quantisation_for
+    from tunelab.training.precision import precision_for
 
     cfg, method, train = recipe.train, recipe.method, data.splits["train"]
     seq_len = max((row_tokens(e) for e in train), default=cfg.max_seq_len)
@@ -136,7 +136,7 @@ def workload(
         seq_len=seq_len,
         # A quantised base computes in bfloat16 but its norms (hence the residual stream) run in float32.
         # Under autocast the saved activations are mostly the matmuls' bf16 outputs.
-        dtype_bytes=4 if quantised else _activation_bytes(recipe),
+        dtype_bytes=4 if quantised else precision_for(recipe).activation_dtype.itemsize,
         grad_layers=method.k if method.name == "freeze" else shape.num_layers,
         rows_per_example=2 if recipe.task in ("preference", "reward") else 1,
         checkpointing=quantised or cfg.gradient_checkpointing,

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tunelab.plan.measure import CUDA_CONTEXT_BYTES, current_rss, peak_rss, reset_peak_rss
-from tunelab.plan.precision import _precision
 
 if TYPE_CHECKING:  # the heavy imports (torch, transformers) happen inside the functions that need them
     from tunelab.config import Recipe
@@ -39,18 +38,21 @@ def probe(recipe: Recipe, steps: int, *, data: PreparedData | None = None, token
     from tunelab.data.pipeline import load_records, tokenize_records
     from tunelab.models.load import load_tokenizer
     from tunelab.training.loop import TrainState, accumulate_gradients
-    from tunelab.training.precision import make_accelerator
+    from tunelab.training.precision import make_accelerator, precision_for
 
     if steps < 1:
         raise ValueError(f"probe steps must be at least 1, got {steps}")
     set_seed(recipe.train.seed)
-    accelerator = make_accelerator(_precision(recipe).mixed_precision)
+    precision = precision_for(recipe)
+    accelerator = make_accelerator(precision.mixed_precision)
     if data is None:
         tokenizer = load_tokenizer(recipe.model)
         data = tokenize_records(recipe, load_records(recipe), tokenizer)
     cuda = accelerator.device.type == "cuda"
     baseline = _start_measuring(cuda)
-    model, optimizer, scheduler, objective, batches = _training_pieces(recipe, data, tokenizer, accelerator)
+    model, optimizer, scheduler, objective, batches = _training_pieces(
+        recipe, data, tokenizer, accelerator, precision
+    )
     longest = batches.collate(_longest_rows(data.splits["train"], recipe.train.batch_size))
     for _ in range(2):
         accumulate_gradients(model, objective, [longest], accelerator)
@@ -84,13 +86,14 @@ def _start_measuring(cuda: bool) -> int:
     return current_rss()
 
 
-def _training_pieces(recipe: Recipe, data: PreparedData, tokenizer: Any, accelerator: Any) -> tuple[Any, ...]:
+def _training_pieces(
+    recipe: Recipe, data: PreparedData, tokenizer: Any, accelerator: Any, precision: Any
+) -> tuple[Any, ...]:
     """Model, optimizer, scheduler, objective and batches, built by the same calls as `runner.train`."""
     from tunelab.data.packing import check_packing_supported
     from tunelab.runner import _train_batches, attach_method, build_objective, load_for_training
     from tunelab.training.schedule import build_optimizer, build_scheduler, total_steps
 
-    precision = _precision(recipe)
     loaded = load_for_training(recipe, data.label_map, tokenizer, precision)
     # train.compile is not applied: the probe's few steps would time the compilation, not the training.
     model = attach_method(recipe, loaded, precision, compile_model=False)

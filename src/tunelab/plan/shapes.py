@@ -7,7 +7,6 @@ import math
 from typing import TYPE_CHECKING, Any, Literal
 
 from tunelab.plan.memory import ModelShape, ParamFacts
-from tunelab.plan.precision import _weights_dtype
 
 if TYPE_CHECKING:  # the heavy imports (torch, transformers) happen inside the functions that need them
     from tunelab.config import Recipe
@@ -84,6 +83,7 @@ def meta_model(recipe: Recipe, label_map: dict[str, int] | None) -> tuple[Any, l
     import torch
 
     from tunelab.models import load
+    from tunelab.training.precision import precision_for
 
     source, local = load._resolve_source(recipe.model.name)
     options: dict[str, Any] = {
@@ -95,7 +95,9 @@ def meta_model(recipe: Recipe, label_map: dict[str, int] | None) -> tuple[Any, l
     try:
         # The device context also puts whatever a method adds later (adapters) on meta.
         with torch.device("meta"):
-            model, info = load._load_weights(source, recipe.task, label_map, _weights_dtype(recipe), options)
+            # The dtype `train` loads in: float32 masters for full/freeze, the compute dtype for a frozen base.
+            weights = precision_for(recipe).weights
+            model, info = load._load_weights(source, recipe.task, label_map, weights, options)
     except (OSError, ValueError) as exc:
         raise load._not_loadable(recipe.model.name, source, local, exc) from None
     return model, sorted({key.rsplit(".", 1)[0] for key in info.get("missing_keys", [])})

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import warnings
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -245,7 +246,7 @@ def causal_lm_loss(
     intercept = _HeadIntercept(head, labels.shape, is_target, targets, chunk_size)
     with intercept:
         out = model(**model_inputs(batch), use_cache=False)
-    if intercept.loss is None or not _untouched(out.logits, intercept.loss):
+    if intercept.loss is None or not _untouched(out.logits, intercept.loss, head):
         warnings.warn(
             f"{type(model).__name__}: the fused causal-LM loss did not apply (the head saw other shapes, or "
             "the logits are changed after it); using the plain loss, which runs the model a second time",
@@ -347,12 +348,22 @@ class _HeadIntercept:
         return self.loss
 
 
-def _untouched(returned: Any, loss: torch.Tensor) -> bool:
+# Heads whose model was seen to return the head's output unchanged. Comparing values reads them on the
+# host (a device sync), so it is done on a model's first step only: what a model does to its logits
+# after the head is fixed by its code and config, not by the batch.
+_VERIFIED_HEADS: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
+
+
+def _untouched(returned: Any, loss: torch.Tensor, head: torch.nn.Module) -> bool:
     """Did the model hand back the head's output as it was? A model that scales or caps its logits
     after the head (one LOGIT_TRANSFORMS does not know) would have changed the value."""
-    return (
-        isinstance(returned, torch.Tensor)
-        and returned.shape == loss.shape
-        and returned.dtype == loss.dtype
-        and torch.equal(returned.detach(), loss.detach())
-    )
+    if not (
+        isinstance(returned, torch.Tensor) and returned.shape == loss.shape and returned.dtype == loss.dtype
+    ):
+        return False
+    if head in _VERIFIED_HEADS:
+        return True
+    if not torch.equal(returned.detach(), loss.detach()):
+        return False
+    _VERIFIED_HEADS.add(head)
+    return True

@@ -37,6 +37,15 @@ class Precision:
     def compute_dtype(self) -> torch.dtype:
         return COMPUTE_DTYPES[self.compute]
 
+    @property
+    def activation_dtype(self) -> torch.dtype:
+        """What the saved activations mostly are: the matmuls' output dtype."""
+        return self.weights if self.compute == "fp32" else self.compute_dtype
+
+    @property
+    def weights_name(self) -> str:
+        return str(self.weights).removeprefix("torch.")
+
 
 def fast_bf16(device_type: str) -> bool:
     """Does this device multiply bf16 matrices natively (faster than float32)?
@@ -94,10 +103,9 @@ def upcast_trainable(model: Any, precision: Precision) -> int:
 
 
 def describe_precision(precision: Precision) -> str:
-    weights = str(precision.weights).removeprefix("torch.")
     if precision.compute == "fp32":
-        return f"no autocast, {weights} weights"
-    return f"{precision.compute} autocast, {weights} weights (trainable ones float32)"
+        return f"no autocast, {precision.weights_name} weights"
+    return f"{precision.compute} autocast, {precision.weights_name} weights (trainable ones float32)"
 
 
 def make_accelerator(mixed_precision: str = "no") -> Any:

@@ -21,9 +21,10 @@ def build_optimizer(model: Any, cfg: TrainConfig) -> torch.optim.Optimizer:
         {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
         {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(
-        [g for g in groups if g["params"]], lr=cfg.lr, fused=fused_adamw_supported(params)
-    )
+    # Sharded strategies change the weights after this (FSDP2 swaps in DTensor shards; DeepSpeed wraps
+    # the optimizer): the fused kernel is untested there (no GPU here), so they keep the foreach path.
+    fused = cfg.distributed == "ddp" and fused_adamw_supported(params)
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, fused=fused)
 
 
 # Devices with a fused AdamW kernel: one pass over each tensor instead of the foreach path's dozen
@@ -32,10 +33,8 @@ FUSED_ADAMW_DEVICES = ("cpu", "cuda")
 
 
 def fused_adamw_supported(params: list[torch.Tensor]) -> bool:
-    """True when every weight is a floating-point tensor on a device with the fused kernel.
-
-    Not for DTensor/meta weights (FSDP2 shards, a model not yet materialised), nor mixed devices.
-    """
+    """True when every weight is a plain floating-point tensor on one device with the fused kernel
+    (not meta, not a DTensor, not spread over devices)."""
     devices = {p.device.type for p in params}
     return (
         bool(params)
