@@ -19,7 +19,6 @@ from typing import Any
 import pytest
 import torch
 from accelerate import Accelerator
-from peft import PeftModel
 
 from tests.conftest import CHATS, LABELED, make_recipe
 from tunelab.config import (
@@ -43,6 +42,7 @@ from tunelab.models import load
 from tunelab.models.adapters import bottleneck_disabled, is_bottleneck, load_bottleneck, save_bottleneck
 from tunelab.models.load import LoadedModel, load_model
 from tunelab.models.methods import MERGEABLE, apply_method, count_parameters
+from tunelab.models.peft_compat import load_peft_adapter
 from tunelab.training.loop import _optimizer_step, accumulate_gradients
 from tunelab.training.objectives import OBJECTIVES
 from tunelab.training.schedule import build_optimizer, build_scheduler
@@ -240,7 +240,7 @@ def test_save_then_load_onto_a_fresh_base_gives_the_same_outputs(
         loaded = load_bottleneck(fresh, tmp_path)
     else:
         model.save_pretrained(str(tmp_path))
-        loaded = PeftModel.from_pretrained(fresh, str(tmp_path))
+        loaded = load_peft_adapter(fresh, tmp_path)
 
     torch.testing.assert_close(logits(loaded, batches[case.task]), expected, rtol=0, atol=1e-6)
     if is_bottleneck(loaded):

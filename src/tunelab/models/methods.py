@@ -11,7 +11,6 @@ bottleneck adapter, which peft lacks, is in `adapters.py`. Over a quantised base
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -43,6 +42,7 @@ from tunelab.config import (
 )
 from tunelab.errors import RecipeError
 from tunelab.models.adapters import add_bottleneck_adapters, hidden_size
+from tunelab.models.peft_compat import cache_argument, fix_prefix_classifier
 
 Builder = Callable[[Any, Any, str, list[str]], Any]
 
@@ -194,7 +194,7 @@ def _ia3_modules(model: Any, cfg: Ia3Method) -> tuple[list[str], list[str]]:
 
 def apply_prefix(model: Any, cfg: PrefixMethod, task: str, new_modules: list[str]) -> Any:
     """Prefix tuning: trained key/value prefixes, handed to every layer as a past key-value cache."""
-    _require_past_key_values(model)
+    _require_key_value_cache(model)
     config = PrefixTuningConfig(
         task_type=peft_task_type(task),
         num_virtual_tokens=cfg.num_virtual_tokens,
@@ -236,7 +236,7 @@ def apply_prompt(model: Any, cfg: PromptMethod, task: str, new_modules: list[str
 def _attach(model: Any, config: PeftConfig, where: str) -> Any:
     _prepare_if_quantised(model)
     try:
-        return get_peft_model(model, config)
+        return fix_prefix_classifier(get_peft_model(model, config))
     except (ValueError, OSError) as exc:  # OSError: prompt init_text's tokenizer could not be loaded
         raise RecipeError(f"{where}: {exc}") from None
 
@@ -310,14 +310,13 @@ def _refuse_quantised(model: Any, method: str) -> None:
         )
 
 
-def _require_past_key_values(model: Any) -> None:
+def _require_key_value_cache(model: Any) -> None:
     """peft hands prefixes to the model as a key-value cache; a model that takes none cannot use them."""
     backbone = getattr(model, "base_model", model)
-    takes_cache = any("past_key_values" in inspect.signature(m.forward).parameters for m in (model, backbone))
-    if not takes_cache:
+    if cache_argument(model) is None and cache_argument(backbone) is None:
         raise RecipeError(
-            f"method prefix: {type(model).__name__} takes no past_key_values, which prefix tuning feeds "
-            "its prefixes through",
+            f"method prefix: {type(model).__name__} takes no key-value cache (past_key_values / cache), "
+            "which prefix tuning feeds its prefixes through",
             fix="use method prompt or lora with this model",
         )
 

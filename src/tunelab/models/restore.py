@@ -175,9 +175,9 @@ def _attach_adapter(base: Any, final: Path, kind: str) -> Any:
 
         loaded = load_bottleneck(base, final)
         return base if loaded is None else loaded
-    from peft import PeftModel
+    from tunelab.models.peft_compat import load_peft_adapter
 
-    return PeftModel.from_pretrained(base, str(final))
+    return load_peft_adapter(base, final)
 
 
 def load_saved_tokenizer(final: Path) -> Any:

@@ -1,0 +1,66 @@
+"""The one place tunelab bridges peft and transformers where their locked versions disagree.
+
+transformers 5.24 renamed the key-value cache argument of every model's `forward` from `past_key_values`
+to `cache` (the old name is still accepted: `@deprecate_kwarg("past_key_values", new_name="cache")`
+renames it on the way in). peft 0.21.2, the newest release, still picks its prefix-tuning route for
+classifiers by looking for `past_key_values` in `inspect.signature(forward)`: it finds it in neither
+`BertForSequenceClassification` nor `BertModel` and raises "Model does not support past key values".
+The model does accept the prefix; only the look-up is stale. (peft's causal-LM route passes
+`past_key_values=` unconditionally, which the decorator renames, with a FutureWarning, until 5.40.)
+
+`tests/unit/test_peft_compat.py` asserts that stale look-up still fails with plain peft, so the test
+goes red, and this module can go, on the day peft fixes it.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from peft import PeftModel, PeftModelForSequenceClassification, PeftType
+
+
+def cache_argument(module: Any) -> str | None:
+    """The name `module.forward` takes a key-value cache under, or None when it takes none."""
+    parameters = inspect.signature(module.forward).parameters
+    for name in ("cache", "past_key_values"):  # transformers >= 5.24, then older releases
+        if name in parameters:
+            return name
+    return None
+
+
+class PrefixTunedClassifier(PeftModelForSequenceClassification):
+    """peft's classifier with prefix tuning, handing the prefixes to the model under the name it takes.
+
+    The classifier's own forward is called (as peft does when it finds the old name): its `**kwargs`
+    carry the cache on to its backbone, and it pools and applies its head and loss, so nothing else
+    changes.
+    """
+
+    def _prefix_tuning_forward(self, input_ids: Any = None, inputs_embeds: Any = None, **kwargs: Any) -> Any:
+        rows = input_ids if input_ids is not None else inputs_embeds
+        backbone = self.base_model.get_submodule(self.transformer_backbone_name)
+        kwargs[cache_argument(backbone) or "past_key_values"] = self.get_prompt(batch_size=rows.shape[0])
+        return self.base_model(input_ids=input_ids, inputs_embeds=inputs_embeds, **kwargs)
+
+
+def fix_prefix_classifier(model: Any) -> Any:
+    """Give a peft prefix-tuned classifier the route above when its model names the cache `cache`.
+
+    Applied where tunelab builds the peft model and where it loads one back, so training and restore
+    take the same path. Any other model is returned as it is.
+    """
+    if not isinstance(model, PeftModelForSequenceClassification) or isinstance(model, PrefixTunedClassifier):
+        return model
+    if model.active_peft_config.peft_type != PeftType.PREFIX_TUNING:
+        return model
+    backbone = model.base_model.get_submodule(model.transformer_backbone_name)
+    if cache_argument(model.base_model) == "cache" or cache_argument(backbone) == "cache":
+        # A subclass that adds no state, so the instance keeps every weight and hook it has.
+        model.__class__ = PrefixTunedClassifier
+    return model
+
+
+def load_peft_adapter(base: Any, folder: str | Any) -> Any:
+    """A saved peft adapter (with its modules_to_save) loaded onto `base` for inference."""
+    return fix_prefix_classifier(PeftModel.from_pretrained(base, str(folder)))
