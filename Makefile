@@ -16,12 +16,13 @@ install: $(STAMP)
 LOCK := requirements/lock.txt
 BENCH_LOCK := requirements/bench-lock.txt
 TORCH_VERSION := 2.13.0
-TORCH ?= torch==$(TORCH_VERSION)
+# GPU users replace it with their CUDA build, which brings its own CUDA runtime packages (README).
+TORCH_INSTALL ?= --no-deps torch==$(TORCH_VERSION)
 VERIFY := $(PY) requirements/verify.py --torch $(TORCH_VERSION)
 
 $(STAMP): $(LOCK) pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --no-deps $(TORCH)
+	$(PY) -m pip install --quiet $(TORCH_INSTALL)
 	$(PY) -m pip install --quiet --no-deps --require-hashes -r $(LOCK)
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	$(VERIFY) $(LOCK) --allow $(BENCH_LOCK)

@@ -16,8 +16,10 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-# Installed beside the lock on purpose: the project itself, pip (the venv's own), and torch (above).
-NOT_LOCKED = {"tunelab", "pip", "torch"}
+# Installed beside the lock on purpose: the project itself, pip (the venv's own), and torch (above)
+# with, for a CUDA build, the CUDA runtime packages it brings.
+NOT_LOCKED = {"tunelab", "pip", "torch", "triton"}
+TORCH_RUNTIME_PREFIXES = ("nvidia-", "cuda-")
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)\s*(?:;\s*([^\\]+?))?\s*\\?$")
 
 
@@ -52,7 +54,7 @@ def problems(lock: dict[str, str], allowed: dict[str, str], have: dict[str, str]
         elif have[name] != version:
             found.append(f"{name} is {have[name]}, the lock says {version}")
     for name, version in sorted(have.items()):
-        if name in lock or name in NOT_LOCKED:
+        if name in lock or name in NOT_LOCKED or name.startswith(TORCH_RUNTIME_PREFIXES):
             continue
         if name not in allowed:
             found.append(f"{name}=={version} is installed but not in the lock")

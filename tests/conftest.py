@@ -103,6 +103,48 @@ def save_tiny_bert(folder: Path, *, seed: int = 0, dropout: float = 0.1) -> Path
     return folder
 
 
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state() -> Any:
+    """accelerate keeps one mixed-precision state per process and silently keeps the first it saw: a
+    test must not train in the precision of the test before it."""
+    yield
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state()  # the process group (PartialState) is kept
+    GradientState._reset_state()
+
+
+CPU_BF16 = {"bf16-hidden": "0", "bf16-detected": "1"}
+
+
+@pytest.fixture(params=list(CPU_BF16))
+def cpu_bf16(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Runs a test twice: once as on a CPU without native bf16, once as on one with it (where
+    `train.precision: auto` picks bf16). Exactness tests use it to show their pinned precision holds on
+    every machine. Through the environment, so subprocesses (torchrun, the CLI) see it too."""
+    from tunelab.training.precision import CPU_BF16_ENV
+
+    monkeypatch.setenv(CPU_BF16_ENV, CPU_BF16[request.param])
+    return str(request.param)
+
+
+# bf16 tolerances (docs/DESIGN.md, "Same numbers on every machine"). bf16 keeps 8 significant bits, so
+# one rounding moves a value by at most BF16_U of itself. Two computations that are equal in exact
+# arithmetic but round in other places (other batch shapes, packing, split micro-batches, processes):
+# - scalar summaries (a loss or a gradient norm: a mean or norm over many rounded terms, accumulated in
+#   float32) may differ by BF16_U relative: at most one rounding's worth, though the errors of the
+#   terms mostly cancel;
+# - a gradient tensor by 2 * BF16_U in relative norm: each side's rounding error, added;
+# - weights after AdamW are not compared element by element: Adam divides each gradient component by
+#   its own size, so one whose sign is within rounding of zero moves by +-lr either way. The losses and
+#   gradient norms the weights lead to are compared instead.
+BF16_U = 2.0**-8
+
+
+# Tests that assert exact numbers use it: `pytestmark = exact` in a module, or `@exact` on a test.
+exact = pytest.mark.usefixtures("cpu_bf16")
+
+
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
@@ -237,6 +279,9 @@ def make_recipe(tmp_path: Path, model_dir: Path, task: str, **sections: dict[str
             "log_every": 1,
             "keep_last": 10,
             "seed": 7,
+            # Pinned, not auto: exact-number tests must not change with the CPU (auto is bf16 where the
+            # CPU has native bf16). The bf16 paths have their own tests, with bf16 tolerances.
+            "precision": "fp32",
         },
         "output": {"dir": str(tmp_path / "runs")},
     }

@@ -312,6 +312,7 @@ def eval_command(
         int, typer.Option(help="Tokens generated per answer (generative metrics).")
     ] = 128,
     out_file: Annotated[Path | None, typer.Option("--out", help="Where to write eval.json.")] = None,
+    precision: PrecisionOption = "trained",
     debug: DebugOption = False,
 ) -> None:
     """Score a model on a data file; writes eval.json (into the run folder when TARGET is a run)."""
@@ -326,7 +327,7 @@ def eval_command(
         raise TunelabError(
             f"--metrics: unknown {', '.join(unknown)}", fix=f"choose from {', '.join(GENERATIVE)}"
         )
-    loaded = load_target(target, task)
+    loaded = load_target(target, task, precision=precision)
     result = evaluate_file(
         loaded, str(data), metrics=wanted, columns=Columns(text=text_column, label=label_column),
         max_seq_len=max_seq_len, max_new_tokens=max_new_tokens,
@@ -363,6 +364,13 @@ SystemOption = Annotated[
     str | None, typer.Option("--system", help="A system message before the conversation.")
 ]
 TemperatureOption = Annotated[float, typer.Option(help="Sampling temperature; 0 is greedy (deterministic).")]
+PrecisionOption = Annotated[
+    str,
+    typer.Option(
+        "--precision",
+        help="trained (the precision the run trained in, from final/tunelab.json), fp32, bf16 or fp16.",
+    ),
+]
 
 
 @app.command("export")
@@ -397,13 +405,14 @@ def generate_command(
     max_new_tokens: MaxNewTokens = 128,
     system: SystemOption = None,
     temperature: TemperatureOption = 0.0,
+    precision: PrecisionOption = "trained",
     debug: DebugOption = False,
 ) -> None:
     """Answer one prompt with a trained model (rendered with the run's chat template)."""
     from tunelab.inference import generate_text, to_best_device
     from tunelab.models.restore import load_trained
 
-    trained = to_best_device(load_trained(run))
+    trained = to_best_device(load_trained(run, precision=precision))
     answer = generate_text(
         trained, prompt, system=system, max_new_tokens=max_new_tokens, temperature=temperature
     )
@@ -417,13 +426,14 @@ def chat_command(
     max_new_tokens: MaxNewTokens = 256,
     system: SystemOption = None,
     temperature: TemperatureOption = 0.0,
+    precision: PrecisionOption = "trained",
     debug: DebugOption = False,
 ) -> None:
     """Chat with a trained model; answers stream as they are generated. /reset clears, /exit quits."""
     from tunelab.inference import chat_loop, to_best_device
     from tunelab.models.restore import load_trained
 
-    trained = to_best_device(load_trained(run))
+    trained = to_best_device(load_trained(run, precision=precision))
     console.print(f"chatting with {trained.final_dir} - /reset clears the history, /exit (or Ctrl-D) quits")
     chat_loop(
         trained, input, _write_now, system=system, max_new_tokens=max_new_tokens, temperature=temperature
@@ -438,13 +448,14 @@ def predict_command(
     out_file: Annotated[Path, typer.Option("--out", help="Where to write the predictions (JSON lines).")],
     batch_size: Annotated[int, typer.Option(help="Rows per batch.")] = 16,
     max_new_tokens: MaxNewTokens = 128,
+    precision: PrecisionOption = "trained",
     debug: DebugOption = False,
 ) -> None:
     """Predict every row of a file: label and probabilities (classifiers) or the answer (generators)."""
     from tunelab.inference import predict_file, to_best_device
     from tunelab.models.restore import load_trained
 
-    trained = to_best_device(load_trained(run))
+    trained = to_best_device(load_trained(run, precision=precision))
     rows = predict_file(trained, data, out_file, batch_size=batch_size, max_new_tokens=max_new_tokens)
     out.print(f"{rows} prediction(s) written to {out_file}")
 

@@ -144,15 +144,16 @@ def _generate(
     sampling: dict[str, Any] = {"do_sample": False}
     if temperature > 0:
         sampling = {"do_sample": True, "temperature": temperature}
-    output = model.generate(
-        input_ids=input_ids,
-        attention_mask=torch.ones_like(input_ids),
-        max_new_tokens=max_new_tokens,
-        eos_token_id=stops,
-        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0],
-        streamer=streamer,
-        **sampling,
-    )
+    with trained.precision.autocast(device.type):
+        output = model.generate(
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            max_new_tokens=max_new_tokens,
+            eos_token_id=stops,
+            pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0],
+            streamer=streamer,
+            **sampling,
+        )
     new_tokens = output[0, input_ids.shape[1] :].tolist()
     stop_set = set(stops)
     end = next((k for k, token in enumerate(new_tokens) if token in stop_set), len(new_tokens))
@@ -381,14 +382,15 @@ def _predict_answers(
 ) -> list[dict[str, Any]]:
     prompts = [item["messages"] for item in inputs]
     render_prompt(trained, prompts[0])  # without a chat template: a clear error, before any work
-    answers = generate(
-        trained.model,
-        trained.tokenizer,
-        prompts,
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-        stop_token_ids=end_of_turn_ids(trained.tokenizer),
-    )
+    with trained.precision.autocast(next(trained.model.parameters()).device.type):
+        answers = generate(
+            trained.model,
+            trained.tokenizer,
+            prompts,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            stop_token_ids=end_of_turn_ids(trained.tokenizer),
+        )
     return [{"answer": answer} for answer in answers]
 
 
@@ -412,7 +414,8 @@ def _predict_scores(
             padding=True,
             return_tensors="pt",
         ).to(device)
-        logits = model(**encoded).logits.float()
+        with trained.precision.autocast(device.type):
+            logits = model(**encoded).logits.float()
         if trained.task == "reward":
             results.extend({"score": float(score)} for score in logits[:, 0].tolist())
             continue

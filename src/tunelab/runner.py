@@ -113,7 +113,7 @@ def train(recipe: Recipe, *, resume: Path | None = None, console: Console | None
 
     run_dir = resume if resume else _shared_run_dir(recipe, accelerator)
     summary = _initial_summary(recipe, run_dir, loaded.source, data, trainable, total, resume)
-    summary["precision"] = {"compute": precision.compute, "weights": precision.weights_name}
+    summary["precision"] = precision.as_dict()
     if baselines is not None:
         summary["baselines"] = baselines
     if accelerator.is_main_process:
@@ -265,7 +265,7 @@ def _train_in_run_dir(
     if scored and accelerator.is_main_process:
         write_text_atomic(run_dir / "eval.json", json.dumps(scored, indent=2) + "\n")
     if accelerator.is_main_process:
-        export_final(accelerator.unwrap_model(model), tokenizer, run_dir, recipe, data)
+        export_final(accelerator.unwrap_model(model), tokenizer, run_dir, recipe, data, summary["precision"])
     summary.update(
         status="completed",
         steps=state.step,
@@ -423,8 +423,12 @@ def _per_dataset(examples: list[Example]) -> list[tuple[str, list[Example]]]:
     return [(name, [e for e in examples if e.get("task") == name]) for name in dict.fromkeys(names)]
 
 
-def export_final(model: Any, tokenizer: Any, run_dir: Path, recipe: Recipe, data: PreparedData) -> Path:
-    """Write final/ (weights in safetensors, tokenizer, label map) to a temp folder, then rename."""
+def export_final(
+    model: Any, tokenizer: Any, run_dir: Path, recipe: Recipe, data: PreparedData, precision: dict[str, str]
+) -> Path:
+    """Write final/ (weights in safetensors, tokenizer, label map) to a temp folder, then rename.
+
+    tunelab.json records the precision the run trained in, so a restore computes as training did."""
     final, tmp = run_dir / "final", run_dir / ".final.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     if is_bottleneck(model):  # our own adapters: their weights and settings only, like a peft adapter
@@ -437,6 +441,7 @@ def export_final(model: Any, tokenizer: Any, run_dir: Path, recipe: Recipe, data
         "method": recipe.method.name,
         "base_model": recipe.model.name,
         "chat_template": data.chat_template,
+        "precision": precision,
     }
     (tmp / "tunelab.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     if data.label_map is not None:

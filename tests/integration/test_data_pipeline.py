@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from tests.conftest import REPO, make_recipe, write_jsonl
+from tests.conftest import REPO, exact, make_recipe, write_jsonl
 from tunelab.cli import app
 from tunelab.config import Recipe, load_recipe
 from tunelab.data.formats import load_split
@@ -148,6 +148,7 @@ def test_stratified_split_keeps_label_proportions_and_is_seeded(tmp_path: Path) 
     assert [r.source for r in first.splits["test"]] != [r.source for r in other.splits["test"]]
 
 
+@exact
 def test_packed_training_gives_the_same_loss_and_weights_as_unpacked(
     tmp_path: Path, tiny_llama: Path
 ) -> None:

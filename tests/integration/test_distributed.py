@@ -13,11 +13,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import make_recipe
+from tests.conftest import exact, make_recipe
 from tunelab.config import load_recipe
 from tunelab.runner import train
 
 
+@exact
 @pytest.mark.slow
 def test_two_processes_of_batch_four_equal_one_process_of_batch_eight(
     tmp_path: Path, tiny_llama: Path

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tests.conftest import make_recipe
+from tests.conftest import exact, make_recipe
 from tunelab.cli import app
 from tunelab.config import load_recipe
 from tunelab.runner import train
@@ -16,6 +16,7 @@ from tunelab.runner import train
 runner = CliRunner()
 
 
+@exact
 @pytest.mark.parametrize(
     "method", [{"name": "lora", "r": 4, "alpha": 8}, {"name": "full"}], ids=["lora", "full"]
 )
@@ -39,6 +40,7 @@ def test_eval_of_a_classify_run_reproduces_its_final_validation_scores(
     assert (run.run_dir / "eval.json").is_file()  # the run's own scores are not overwritten
 
 
+@exact
 def test_eval_of_an_sft_run_with_generative_metrics(tmp_path: Path, tiny_llama: Path) -> None:
     recipe = make_recipe(tmp_path, tiny_llama, "sft", train={"max_steps": 2, "eval_every": 2})
     run = train(load_recipe(recipe))

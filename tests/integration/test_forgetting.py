@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tests.conftest import SHARED_DATA, make_recipe, write_jsonl
+from tests.conftest import SHARED_DATA, exact, make_recipe, write_jsonl
 from tunelab.config import load_recipe
 from tunelab.errors import RecipeError
 from tunelab.evaluation.forgetting import load_reference, score
@@ -36,6 +36,7 @@ def run_with_reference(tmp_path: Path, model_dir: Path, reference: Path, method:
             "report": (result.run_dir / "report.html").read_text()}  # fmt: skip
 
 
+@exact
 @pytest.mark.parametrize(
     "method", [{"name": "lora", "r": 4, "alpha": 8}, {"name": "full"}], ids=["lora", "full"]
 )
@@ -54,6 +55,7 @@ def test_before_is_the_base_models_score_and_after_is_the_tuned_one(
     assert 'id="forgetting"' in run["report"] and f"{entry['before']:.3f}"[:4] in run["report"]
 
 
+@exact
 def test_a_text_reference_is_scored_by_perplexity(tmp_path: Path, tiny_llama: Path) -> None:
     reference = tmp_path / "general.txt"
     reference.write_text("The quick brown fox jumps over the lazy dog.\nHello there, good morning.\n")

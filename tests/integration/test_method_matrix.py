@@ -20,7 +20,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from tests.conftest import CHATS, LABELED, make_recipe
+from tests.conftest import CHATS, LABELED, exact, make_recipe
 from tunelab.config import (
     AdapterMethod,
     DoraMethod,
@@ -198,6 +198,7 @@ def logits(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 # the matrix
 
 
+@exact
 @pytest.mark.parametrize("case", training_cases())
 def test_exactly_the_method_weights_train_and_all_of_them_move(
     case: Case, bases: dict[str, LoadedModel], batches: dict[str, dict[str, torch.Tensor]]
@@ -217,6 +218,7 @@ def test_exactly_the_method_weights_train_and_all_of_them_move(
     assert changed == trainable
 
 
+@exact
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_save_then_load_onto_a_fresh_base_gives_the_same_outputs(
     case: Case,
@@ -247,6 +249,7 @@ def test_save_then_load_onto_a_fresh_base_gives_the_same_outputs(
         assert not any(p.requires_grad for p in loaded.parameters())  # loaded for inference, as peft does
 
 
+@exact
 @pytest.mark.parametrize("case", [c for c in CASES if c.name in MERGEABLE], ids=case_id)
 def test_merged_outputs_equal_unmerged_outputs(
     case: Case, bases: dict[str, LoadedModel], batches: dict[str, dict[str, torch.Tensor]]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import make_recipe
+from tests.conftest import exact, make_recipe
 from tunelab.config import load_recipe
 from tunelab.evaluation.target import evaluate_file, load_target
 from tunelab.runner import train
@@ -20,6 +20,7 @@ METHODS = {
 }
 
 
+@exact
 @pytest.mark.parametrize("task", ["sft", "classify"])
 @pytest.mark.parametrize("method", list(METHODS))
 def test_final_folder_reproduces_the_last_validation_loss(
@@ -47,13 +48,8 @@ def test_bf16_with_checkpointing_trains_float32_weights_over_the_resolved_base(
 ) -> None:
     from safetensors.torch import load_file
 
-    from tunelab.training.precision import make_accelerator
-
     train_cfg = {"max_steps": 2, "eval_every": 2, "precision": "bf16", "gradient_checkpointing": True}
-    try:
-        run = train(load_recipe(make_recipe(tmp_path, tiny_llama, "sft", method=method, train=train_cfg)))
-    finally:
-        make_accelerator("no")  # later tests in this process must not inherit bf16 autocast
+    run = train(load_recipe(make_recipe(tmp_path, tiny_llama, "sft", method=method, train=train_cfg)))
     assert run.summary["status"] == "completed"
     # LoRA keeps its frozen base in bf16; full fine-tuning keeps float32 master weights.
     assert run.summary["precision"] == {"compute": "bf16", "weights": weights}

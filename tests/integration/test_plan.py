@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from tests.conftest import make_recipe
+from tests.conftest import exact, make_recipe
 from tunelab.cli import app
 from tunelab.config import load_recipe
 from tunelab.data.pipeline import load_records, tokenize_records
@@ -86,6 +86,7 @@ METHODS: list[tuple[str, str, dict[str, Any]]] = [
 ]
 
 
+@exact
 @pytest.mark.parametrize(("task", "label", "method"), METHODS, ids=[f"{t}-{n}" for t, n, _ in METHODS])
 def test_meta_device_counts_equal_the_loaded_model(
     task: str, label: str, method: dict[str, Any], tiny_llama: Path, tiny_bert: Path, tmp_path: Path

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import make_recipe
+from tests.conftest import exact, make_recipe
 from tunelab.config import load_recipe
 from tunelab.runner import train
 from tunelab.training import checkpoint
@@ -80,6 +80,7 @@ class SimulatedCrash(Exception):
     pass
 
 
+@exact
 @pytest.mark.parametrize(
     ("task", "method", "weights_file"),
     [

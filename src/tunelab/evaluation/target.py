@@ -23,7 +23,7 @@ from tunelab.models.load import load_model
 from tunelab.models.restore import find_final, load_trained
 from tunelab.training.loop import eval_batches
 from tunelab.training.objectives import OBJECTIVES
-from tunelab.training.precision import make_accelerator
+from tunelab.training.precision import Precision, make_accelerator, weights_dtype
 
 GENERATIVE = ("bleu", "chrf", "rouge", "exact_match")
 
@@ -35,21 +35,32 @@ class Target:
     task: str
     label_map: dict[str, int] | None
     run_dir: Path | None  # where eval.json goes when the target is a run
+    precision: Precision  # a run's own (unless chosen otherwise): its numbers then reproduce
 
 
-def load_target(target: str, task: str | None = None) -> Target:
+def load_target(target: str, task: str | None = None, *, precision: str = "trained") -> Target:
     path = Path(target)
     if find_final(path) is not None or (path / "summary.json").is_file():
-        trained = load_trained(path)  # a run (a run without final/ is an error that says why) or final/
-        return Target(trained.model, trained.tokenizer, trained.task, trained.label_map, trained.run_dir)
+        # A run (a run without final/ is an error that says why) or final/.
+        trained = load_trained(path, precision=precision)
+        return Target(
+            trained.model,
+            trained.tokenizer,
+            trained.task,
+            trained.label_map,
+            trained.run_dir,
+            trained.precision,
+        )
     chosen = task or "sft"  # a base model: a Hub id or a plain model folder
     if chosen == "classify":
         raise TunelabError(
             f"{target} is a base model: a classifier needs a trained head",
             fix="evaluate a run or its final/ folder",
         )
-    loaded = load_model(ModelConfig(name=target), chosen)
-    return Target(loaded.model, loaded.tokenizer, chosen, None, None)
+    compute = "fp32" if precision == "trained" else precision  # a base model trained in nothing yet
+    weights = weights_dtype("lora", compute)  # nothing trains: the compute dtype, as a frozen base
+    loaded = load_model(ModelConfig(name=target), chosen, dtype=weights)
+    return Target(loaded.model, loaded.tokenizer, chosen, None, None, Precision(compute, weights))
 
 
 def evaluate_file(
@@ -62,8 +73,9 @@ def evaluate_file(
     batch_size: int = 16,
     max_new_tokens: int = 128,
 ) -> dict[str, Any]:
-    accelerator = make_accelerator()  # scoring only: no autocast, the weights' own dtype
-    model = target.model.to(accelerator.device)
+    # Wrapped as training wrapped it (autocast, outputs back to float32), so a run's scores reproduce.
+    accelerator = make_accelerator(target.precision.mixed_precision)
+    model = accelerator.prepare_model(target.model, evaluation_mode=True)
     kind = "labeled" if target.task == "classify" else "chat"
     records = load_split(data_file, columns=columns, kind=kind, on_error="fail").records
     policy = LengthPolicy(max_seq_len)
@@ -89,7 +101,9 @@ def evaluate_file(
         result["classification"] = m.classification_scores(y_true, y_pred, names)
         result["confusion_matrix"], result["labels"] = result["classification"]["confusion_matrix"], names
     elif any(name in GENERATIVE for name in metrics):
-        result["metrics"].update(_generative(model, target.tokenizer, records, metrics, max_new_tokens))
+        with target.precision.autocast(accelerator.device.type):
+            generated = _generative(model, target.tokenizer, records, metrics, max_new_tokens)
+        result["metrics"].update(generated)
     return result
 
 

@@ -190,15 +190,23 @@ def save_bottleneck(model: Any, folder: str | Path) -> None:
     (folder / CONFIG_FILE).write_text(json.dumps(asdict(settings), indent=2) + "\n", encoding="utf-8")
 
 
-def load_bottleneck(model: Any, folder: str | Path, *, is_trainable: bool = False) -> Any:
+def load_bottleneck(
+    model: Any, folder: str | Path, *, is_trainable: bool = False, trainable_dtype: torch.dtype | None = None
+) -> Any:
     """Insert the adapters described in `folder` into a freshly loaded base model and load their weights.
 
     Strict: a weight missing from the file, or a weight in the file the model has no place for, is an
-    error. As with peft's `from_pretrained`, the result is frozen unless `is_trainable`.
+    error. As with peft's `from_pretrained`, the result is frozen unless `is_trainable`. `trainable_dtype`
+    casts what trained (adapters, a new head) before the weights go in, as training kept them (float32
+    masters over a bf16 base), so they are not rounded to the base's dtype on the way.
     """
     folder = Path(folder)
     saved = _read_settings(folder)
     add_bottleneck_adapters(model, saved.reduction_factor, saved.non_linearity, saved.trainable_modules)
+    if trainable_dtype is not None:
+        for param in model.parameters():
+            if param.requires_grad:
+                param.data = param.data.to(trainable_dtype)
     settings = _settings(model)
     if settings.targets != saved.targets:
         raise ModelLoadError(

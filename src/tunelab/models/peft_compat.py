@@ -37,11 +37,30 @@ class PrefixTunedClassifier(PeftModelForSequenceClassification):
     changes.
     """
 
-    def _prefix_tuning_forward(self, input_ids: Any = None, inputs_embeds: Any = None, **kwargs: Any) -> Any:
+    def _prefix_tuning_forward(
+        self,
+        input_ids: Any = None,
+        attention_mask: Any = None,
+        inputs_embeds: Any = None,
+        labels: Any = None,
+        output_attentions: Any = None,
+        output_hidden_states: Any = None,
+        return_dict: Any = None,
+        **kwargs: Any,
+    ) -> Any:
         rows = input_ids if input_ids is not None else inputs_embeds
         backbone = self.base_model.get_submodule(self.transformer_backbone_name)
         kwargs[cache_argument(backbone) or "past_key_values"] = self.get_prompt(batch_size=rows.shape[0])
-        return self.base_model(input_ids=input_ids, inputs_embeds=inputs_embeds, **kwargs)
+        return self.base_model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,  # peft has already put the prefix's ones in front
+            inputs_embeds=inputs_embeds,
+            labels=labels,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=return_dict,
+            **kwargs,
+        )
 
 
 def fix_prefix_classifier(model: Any) -> Any:
@@ -61,6 +80,25 @@ def fix_prefix_classifier(model: Any) -> Any:
     return model
 
 
-def load_peft_adapter(base: Any, folder: str | Any) -> Any:
-    """A saved peft adapter (with its modules_to_save) loaded onto `base` for inference."""
-    return fix_prefix_classifier(PeftModel.from_pretrained(base, str(folder)))
+def load_peft_adapter(base: Any, folder: str | Any, *, trainable_dtype: Any = None) -> Any:
+    """A saved peft adapter (with its modules_to_save) loaded onto `base` for inference.
+
+    `trainable_dtype` (float32 for a run that kept float32 masters over a bf16 base) is the dtype the
+    adapter's own weights are held in. peft upcasts LoRA-style weights itself, but copies a new head
+    (modules_to_save) in the base's dtype, which would round the trained float32 head to bf16; those
+    are cast and the saved weights loaded again, through peft's own key mapping.
+    """
+    model = fix_prefix_classifier(PeftModel.from_pretrained(base, str(folder)))
+    if trainable_dtype is None:
+        return model
+    from peft.utils import load_peft_weights, set_peft_model_state_dict
+
+    # Every tensor peft creates for an adapter has the adapter's name in its path (lora_A.default.weight,
+    # classifier.modules_to_save.default.weight, prompt_encoder.default.embedding.weight).
+    marker = f".{model.active_adapter}."
+    cast = [p for name, p in model.named_parameters() if marker in name and p.dtype != trainable_dtype]
+    for param in cast:
+        param.data = param.data.to(trainable_dtype)
+    if cast:
+        set_peft_model_state_dict(model, load_peft_weights(str(folder)))
+    return model

@@ -18,12 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 import yaml
 from transformers import AutoTokenizer
 
 from tunelab.config import ModelConfig
 from tunelab.errors import TunelabError
-from tunelab.models.load import load_model
+from tunelab.models.load import load_model, resolve_dtype
+from tunelab.training.precision import COMPUTE_DTYPES, Precision, weights_dtype
 
 INFO = "tunelab.json"
 LABELS = "labels.json"
@@ -46,6 +48,7 @@ class Trained:
     info: dict[str, Any]  # tunelab.json
     final_dir: Path
     run_dir: Path | None  # the run folder when final_dir is a run's final/, else None
+    precision: Precision  # what forward passes run in: the run's own unless the caller chose another
 
     @property
     def generative(self) -> bool:
@@ -110,26 +113,34 @@ def run_dir_of(final: Path) -> Path | None:
     return final.parent if final.name == "final" else None
 
 
-def load_trained(path: str | Path, *, dtype: Dtype = "auto") -> Trained:
+def load_trained(path: str | Path, *, dtype: Dtype = "auto", precision: str = "trained") -> Trained:
     """The trained model (in eval mode) and its tokenizer, from a run folder or a final/ folder.
 
-    `dtype` is the dtype of the weights loaded (auto: bfloat16 on a CUDA device that supports it,
-    float32 otherwise). The base is never quantised here, even when training used a 4-bit base:
-    an adapter applies to the full-precision weights it was derived from.
+    `precision` "trained" rebuilds the model as the run trained it (tunelab.json's precision: the base's
+    weight dtype, float32 trainable weights, the autocast its forward passes ran under), so its numbers
+    reproduce; "fp32", "bf16" or "fp16" choose another. `dtype`, when not auto, overrides the weights'
+    dtype (export merges in float32). The base is never quantised here, even when training used a
+    4-bit base: an adapter applies to the full-precision weights it was derived from.
     """
     final = resolve_final(path)
     info = read_info(final)
+    chosen = restored_precision(info, precision)
+    if dtype != "auto":
+        chosen = Precision(compute=chosen.compute, weights=resolve_dtype(dtype))
     label_map = read_label_map(final)
     if info["task"] == "classify" and label_map is None:
         raise TunelabError(f"{final}: a classifier needs its label map ({LABELS}), which is missing")
     head = HEADS[info["task"]]
     kind = adapter_kind(final)
     run_dir = run_dir_of(final)
+    weights = chosen.weights
     if kind is None:  # full weights, in final/ itself
-        model = load_model(model_config(str(final), run_dir, dtype), head, label_map).model
+        model = load_model(model_config(str(final), run_dir), head, label_map, dtype=weights).model
     else:
-        base = load_model(model_config(info["base_model"], run_dir, dtype), head, label_map).model
-        model = _attach_adapter(base, final, kind)
+        base = load_model(model_config(info["base_model"], run_dir), head, label_map, dtype=weights).model
+        # Under autocast the trained weights were float32 masters over the base's dtype.
+        trainable_dtype = torch.float32 if chosen.compute != "fp32" else None
+        model = _attach_adapter(base, final, kind, trainable_dtype)
     model.eval()
     return Trained(
         model=model,
@@ -140,10 +151,27 @@ def load_trained(path: str | Path, *, dtype: Dtype = "auto") -> Trained:
         info=info,
         final_dir=final,
         run_dir=run_dir,
+        precision=chosen,
     )
 
 
-def model_config(name: str, run_dir: Path | None, dtype: Dtype) -> ModelConfig:
+def restored_precision(info: dict[str, Any], requested: str) -> Precision:
+    """The precision a restore computes in: the run's recorded one ("trained"), or the one asked for,
+    with the weight dtype training would have used for it."""
+    if requested == "trained":
+        recorded = info.get("precision")
+        if recorded is None:  # a run from before precision was recorded: no autocast, as then
+            return Precision(compute="fp32", weights=resolve_dtype("auto"))
+        return Precision.from_dict(recorded)
+    if requested not in COMPUTE_DTYPES:
+        raise TunelabError(
+            f"precision {requested!r}: choose trained, {', '.join(COMPUTE_DTYPES)}",
+            fix="trained (the default) computes as the run did",
+        )
+    return Precision(compute=requested, weights=weights_dtype(info["method"], requested))
+
+
+def model_config(name: str, run_dir: Path | None) -> ModelConfig:
     """Load `name` with the run's trust_remote_code (a model with custom code needs it for its
     fine-tuned weights too) and, for the base, its revision: both from recipe.yaml."""
     section = read_recipe(run_dir).get("model")
@@ -152,7 +180,6 @@ def model_config(name: str, run_dir: Path | None, dtype: Dtype) -> ModelConfig:
     # load_in_8bit is left out on purpose: a restored model is never quantised.
     return ModelConfig(
         name=name,
-        dtype=dtype,
         revision=recipe_model.get("revision") if is_base else None,
         trust_remote_code=bool(recipe_model.get("trust_remote_code", False)),
     )
@@ -168,16 +195,16 @@ def read_recipe(run_dir: Path | None) -> dict[str, Any]:
     return raw if isinstance(raw, dict) else {}
 
 
-def _attach_adapter(base: Any, final: Path, kind: str) -> Any:
+def _attach_adapter(base: Any, final: Path, kind: str, trainable_dtype: torch.dtype | None) -> Any:
     if kind == "bottleneck":
         # Written alongside this module by the adapter method; imported only when such a run is loaded.
         from tunelab.models.adapters import load_bottleneck  # type: ignore[import-not-found,unused-ignore]
 
-        loaded = load_bottleneck(base, final)
+        loaded = load_bottleneck(base, final, trainable_dtype=trainable_dtype)
         return base if loaded is None else loaded
     from tunelab.models.peft_compat import load_peft_adapter
 
-    return load_peft_adapter(base, final)
+    return load_peft_adapter(base, final, trainable_dtype=trainable_dtype)
 
 
 def load_saved_tokenizer(final: Path) -> Any:

@@ -10,6 +10,8 @@ AVX512-BF16 or AMX, bf16 matmuls are emulated and several times slower than floa
 
 from __future__ import annotations
 
+import os
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +48,24 @@ class Precision:
     def weights_name(self) -> str:
         return str(self.weights).removeprefix("torch.")
 
+    def as_dict(self) -> dict[str, str]:
+        """As summary.json and final/tunelab.json record it."""
+        return {"compute": self.compute, "weights": self.weights_name}
+
+    @classmethod
+    def from_dict(cls, recorded: dict[str, str]) -> Precision:
+        return cls(compute=recorded["compute"], weights=WEIGHT_DTYPES[recorded["weights"]])
+
+    def autocast(self, device_type: str) -> AbstractContextManager[Any]:
+        """The autocast training ran its forward passes under (nothing for fp32)."""
+        if self.compute == "fp32":
+            return nullcontext()
+        return torch.autocast(device_type, dtype=self.compute_dtype)
+
+
+# What a run that recorded no precision (before it was recorded) trained in on the CPUs of its day.
+FP32 = Precision(compute="fp32", weights=torch.float32)
+
 
 def fast_bf16(device_type: str) -> bool:
     """Does this device multiply bf16 matrices natively (faster than float32)?
@@ -61,9 +81,19 @@ def fast_bf16(device_type: str) -> bool:
     return False
 
 
+# Overrides the CPU probe: "1" declares native bf16, "0" hides it. For a CPU the probe misjudges (a VM
+# that masks its flags), and for the tests, which run their invariants both ways in one session
+# (subprocesses inherit it, which a patched function would not reach).
+CPU_BF16_ENV = "TUNELAB_CPU_BF16"
+
+
 def _cpu_capabilities() -> dict[str, Any]:
     get = getattr(torch.cpu, "get_capabilities", None)  # torch >= 2.8; older: no detection, so float32
-    return dict(get()) if get is not None else {}
+    capabilities = dict(get()) if get is not None else {}
+    override = os.environ.get(CPU_BF16_ENV, "").strip()
+    if override in ("0", "1"):
+        capabilities.update(avx512_bf16=override == "1", amx_bf16=False)
+    return capabilities
 
 
 def resolve_precision(recipe: Recipe, device_type: str) -> Precision:
@@ -73,11 +103,14 @@ def resolve_precision(recipe: Recipe, device_type: str) -> Precision:
         compute = "bf16" if fast_bf16(device_type) else "fp32"
     if recipe.model.dtype != "auto":
         weights = WEIGHT_DTYPES[recipe.model.dtype]
-    elif recipe.method.name in TRAINS_BASE_WEIGHTS:
-        weights = torch.float32
     else:
-        weights = COMPUTE_DTYPES[compute]
+        weights = weights_dtype(recipe.method.name, compute)
     return Precision(compute=compute, weights=weights)
+
+
+def weights_dtype(method: str, compute: str) -> torch.dtype:
+    """`model.dtype: auto`: float32 where the base trains (its master copy), else the compute dtype."""
+    return torch.float32 if method in TRAINS_BASE_WEIGHTS else COMPUTE_DTYPES[compute]
 
 
 def precision_for(recipe: Recipe) -> Precision:
