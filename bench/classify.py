@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -122,7 +123,9 @@ def label_map(data_dir: Path) -> dict[str, int]:
     return {str(k): int(v) for k, v in labels.items()}
 
 
-def run_trainer(work: Path, out: Path) -> None:
+def run_trainer(work: Path, bf16: bool, max_steps: int, out: Path) -> None:
+    """transformers.Trainer at fp32 or bf16=True (autocast over float32 weights, as tunelab's bf16);
+    `max_steps` > 0 caps it (a throughput probe where bf16 is emulated in software)."""
     import torch
     from datasets import Dataset
     from transformers import (
@@ -145,7 +148,7 @@ def run_trainer(work: Path, out: Path) -> None:
         num_labels=len(labels),
         label2id=labels,
         id2label={i: name for name, i in labels.items()},
-        dtype=dtype_for_device(),
+        dtype=torch.float32,  # master weights, as tunelab keeps them
     )
     args = TrainingArguments(
         output_dir=str(work / "trainer-classify"),
@@ -157,7 +160,8 @@ def run_trainer(work: Path, out: Path) -> None:
         lr_scheduler_type="cosine",
         warmup_steps=0,
         max_grad_norm=1.0,
-        bf16=dtype_for_device() == torch.bfloat16,
+        bf16=bf16,
+        max_steps=max_steps if max_steps > 0 else -1,
         use_cpu=not torch.cuda.is_available(),
         seed=SEED,
         logging_steps=LOG_EVERY,
@@ -177,18 +181,22 @@ def run_trainer(work: Path, out: Path) -> None:
     )
     trainer.train()
     dev = encode_rows(tokenizer, labeled_rows(data_dir / "validation.jsonl"), labels)
-    tokens = sum(len(e["input_ids"]) for e in train)
+    # A capped run (probe) trains on its first steps only: counted as that share of the epoch.
+    share = min(1.0, timer.steps / math.ceil(len(train) / BATCH))
+    tokens = sum(len(e["input_ids"]) for e in train) * share
     write_json(
         out,
         {
             "framework": "transformers.Trainer",
+            "compute": "bf16" if bf16 else "fp32",
+            "probe": max_steps > 0,
             "optimizer": args.optim,
             "train_rows": len(train),
             "steps": timer.steps,
             "loop_s": timer.seconds,
-            "examples": len(train),
-            "examples_per_s": len(train) / timer.seconds,
-            "tokens": tokens,
+            "examples": round(len(train) * share),
+            "examples_per_s": len(train) * share / timer.seconds,
+            "tokens": round(tokens),
             "tokens_per_s": tokens / timer.seconds,
             "train_loss": final_train_loss(trainer_step_losses(trainer.state.log_history)),
             "matmul_params": matmul_params(model),
@@ -215,9 +223,11 @@ def main() -> None:
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--model", type=Path)
+    parser.add_argument("--bf16", choices=["on", "off"], default="off")
+    parser.add_argument("--max-steps", type=int, default=0, help="cap the run (a throughput probe)")
     args = parser.parse_args()
     if args.command == "trainer":
-        run_trainer(args.work, args.out)
+        run_trainer(args.work, args.bf16 == "on", args.max_steps, args.out)
     else:
         run_eval(args.work, args.model, args.out)
 

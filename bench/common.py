@@ -118,6 +118,9 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
+SPEED_FLAGS = {"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8"}
+
+
 def machine_name() -> str:
     import torch
 
@@ -136,6 +139,8 @@ def describe_machine() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        # The flags that decide the matmul kernels and what `precision: auto` picks (bench/README).
+        "cpu_flags": sorted(cpu_flags() & SPEED_FLAGS),
     }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)

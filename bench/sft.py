@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -176,14 +177,15 @@ def neutral_eval(model: Any, model_dir: str, validation: Path) -> dict[str, floa
 # TRL
 
 
-def trl_config(out_dir: Path, packing: bool) -> Any:
-    """SFTConfig with tunelab's settings. Two TRL defaults are switched off because tunelab does
-    neither: gradient checkpointing (TRL's default is on; it recomputes activations, slower) and
-    bf16 autocast on a CPU (TRL's default bf16=True; tunelab autocasts to bf16 only where bf16 is fast: not on this CPU)."""
+def trl_config(out_dir: Path, packing: bool, bf16: bool, max_steps: int) -> Any:
+    """SFTConfig with tunelab's settings. Gradient checkpointing (TRL's default is on; it recomputes
+    activations, slower) is off, as in tunelab. bf16 is run both ways (`bench.py` runs each peer at
+    fp32 and at bf16=True: autocast over float32 weights, as tunelab's bf16), so the comparison is fair
+    whichever tunelab's `precision: auto` picks on the machine. `max_steps` > 0 caps the run (a
+    throughput probe, where bf16 is emulated in software and a whole epoch would take hours)."""
     import torch
     from trl import SFTConfig
 
-    on_gpu_bf16 = dtype_for_device() == torch.bfloat16
     return SFTConfig(
         output_dir=str(out_dir),
         num_train_epochs=1,
@@ -199,7 +201,8 @@ def trl_config(out_dir: Path, packing: bool) -> Any:
         completion_only_loss=True,
         assistant_only_loss=False,
         gradient_checkpointing=False,
-        bf16=on_gpu_bf16,
+        bf16=bf16,
+        max_steps=max_steps if max_steps > 0 else -1,
         use_cpu=not torch.cuda.is_available(),
         seed=SEED,
         logging_steps=LOG_EVERY,
@@ -215,7 +218,8 @@ def prompt_completion(messages: list[dict[str, str]]) -> dict[str, Any]:
     return {"prompt": messages[:-1], "completion": messages[-1:]}
 
 
-def run_trl(work: Path, packing: bool, out: Path) -> None:
+def run_trl(work: Path, packing: bool, bf16: bool, max_steps: int, out: Path) -> None:
+    import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
     from trl import SFTTrainer
@@ -224,9 +228,9 @@ def run_trl(work: Path, packing: bool, out: Path) -> None:
     data_dir = Path(inputs["sft_data_dir"])  # tunelab's run folder data/: the rows it trained on
     tokenizer = chat_tokenizer(inputs["model"])
     train_chats = chat_rows(data_dir / "train.jsonl")
-    model = AutoModelForCausalLM.from_pretrained(inputs["model"], dtype=dtype_for_device())
+    model = AutoModelForCausalLM.from_pretrained(inputs["model"], dtype=torch.float32)  # masters, as tunelab
     timer = loop_timer()
-    args = trl_config(work / f"trl-pack-{'on' if packing else 'off'}", packing)
+    args = trl_config(work / f"trl-pack-{'on' if packing else 'off'}", packing, bf16, max_steps)
     trainer = SFTTrainer(
         model=model,
         args=args,
@@ -237,8 +241,11 @@ def run_trl(work: Path, packing: bool, out: Path) -> None:
     tokens = sum(len(row["input_ids"]) for row in trainer.train_dataset)  # no padding is ever counted
     identical = None if packing else same_loss_tokens(trainer.train_dataset, tokenizer, train_chats)
     trainer.train()
+    epoch_steps = math.ceil(len(trainer.train_dataset) / BATCH)
     result = {
         "framework": "trl",
+        "compute": "bf16" if bf16 else "fp32",
+        "probe": max_steps > 0,
         "packing": packing,
         "loss_tokens_identical": identical,
         "train_rows": len(train_chats),
@@ -247,8 +254,9 @@ def run_trl(work: Path, packing: bool, out: Path) -> None:
         "gradient_checkpointing": bool(getattr(model, "is_gradient_checkpointing", False)),
         "steps": timer.steps,
         "loop_s": timer.seconds,
-        "tokens": tokens,
-        "tokens_per_s": tokens / timer.seconds,
+        # A capped run (probe) trains on its first steps only: the epoch's mean tokens per step.
+        "tokens": round(tokens * timer.steps / epoch_steps),
+        "tokens_per_s": tokens * timer.steps / epoch_steps / timer.seconds,
         "train_loss": final_train_loss(trainer_step_losses(trainer.state.log_history)),
         "matmul_params": matmul_params(model),
         "peak_cuda_mb": peak_cuda_mb(),
@@ -305,9 +313,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--packing", choices=["on", "off"], default="off")
     parser.add_argument("--model", type=Path)
+    parser.add_argument("--bf16", choices=["on", "off"], default="off")
+    parser.add_argument("--max-steps", type=int, default=0, help="cap the run (a throughput probe)")
     args = parser.parse_args()
     if args.command == "trl":
-        run_trl(args.work, args.packing == "on", args.out)
+        run_trl(args.work, args.packing == "on", args.bf16 == "on", args.max_steps, args.out)
     else:
         run_eval(args.work, args.model, args.out)
 
