@@ -173,7 +173,11 @@ class DataConfig(Section):
     on_error: Literal["fail", "skip"] = Field(
         "fail", description="Bad rows: fail lists them and stops; skip leaves them out and counts them."
     )
-    normalize: bool = Field(True, description="Unicode NFC, control characters removed, whitespace tidied.")
+    normalize: bool = Field(
+        True,
+        description="Lossless only: line breaks as \\n, control characters removed, Unicode NFC. Whitespace "
+        "(indentation, tabs, runs of spaces, blank lines) is kept as written.",
+    )
     dedup: bool = Field(
         True, description="Remove exact duplicates (after normalisation, ignoring case) from train."
     )

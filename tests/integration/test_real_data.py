@@ -77,3 +77,36 @@ def test_sst2_train_and_dev_share_no_sentence() -> None:
     kept, step = leakage(train, {"validation": dev}, near=None, policy="drop")
     assert step["overlap"]["validation"]["exact"] == 0
     assert len(kept) == len(train) == 67349
+
+
+CODEALPACA = SHARED_DATA / "codealpaca" / "code_alpaca_2k.jsonl"
+
+
+@pytest.mark.skipif(not CODEALPACA.is_file(), reason="../shared/data/codealpaca is not here (see SOURCES.md)")
+def test_codealpaca_answers_reach_training_byte_identical() -> None:
+    """Normalisation (on by default) must not change what the model learns to produce: indented code
+    comes through exactly, apart from the documented lossless steps (line breaks, controls, NFC)."""
+    import unicodedata
+
+    from tunelab.config import Recipe
+    from tunelab.data.pipeline import load_records
+
+    recipe = Recipe.model_validate({
+        "name": "codealpaca", "task": "sft", "model": {"name": "unused/model"}, "method": {"name": "lora"},
+        "data": {"train": str(CODEALPACA), "on_error": "skip"},  # two rows have an empty output
+    })  # fmt: skip
+    records = load_records(recipe)
+    raw = [json.loads(line) for line in CODEALPACA.read_text(encoding="utf-8").splitlines()]
+
+    def lossless(text: str) -> str:
+        return unicodedata.normalize("NFC", text.replace("\r\n", "\n").replace("\r", "\n"))
+
+    kept = [r for split in records.splits.values() for r in split]
+    assert len(kept) + records.report["splits"]["train"]["bad_rows"] == len(raw)  # nothing lost uncounted
+    indented = 0
+    for record in kept:
+        line = int(record.source.rsplit(":", 1)[1])
+        answer = record.messages[-1].content
+        assert answer == lossless(raw[line - 1]["output"]), record.source
+        indented += "\n  " in answer
+    assert indented > 100  # the rows that squeezing used to damage are among them

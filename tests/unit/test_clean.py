@@ -26,18 +26,19 @@ from tunelab.data.clean import (
 @pytest.mark.parametrize(
     ("raw", "expected"),
     [
-        ("  hello   world  ", "hello world"),
-        ("a\tb \t c", "a b c"),
-        ("line one   \r\nline two\rline three", "line one\nline two\nline three"),
-        ("para one\n\n\n\n\npara two", "para one\n\npara two"),
-        ("a \n \n \nb", "a\n\nb"),  # blank-looking lines with spaces still count as blank
+        # Whitespace is content (code, Markdown, poetry): kept exactly, only line breaks unified.
+        ("  hello   world  ", "  hello   world  "),
+        ("a\tb \t c", "a\tb \t c"),
+        ("line one   \r\nline two\rline three", "line one   \nline two\nline three"),
+        ("para one\n\n\n\n\npara two", "para one\n\n\n\n\npara two"),
+        ("for i in x:\n  if i:\n    print(i)", "for i in x:\n  if i:\n    print(i)"),
         ("\ufeffzero\u200bwidth\x00 and\x1b escape", "zerowidth and escape"),
         ("\x1b[31mred\x1b[0m text", "red text"),  # a whole ANSI colour code goes, not just \x1b
-        ("non\xa0breaking\u3000spaces", "non breaking spaces"),
+        ("non\xa0breaking\u3000spaces", "non\xa0breaking\u3000spaces"),
         ("cafe\u0301", "caf\xe9"),  # NFC composes e + combining acute
         ("e\u200b\u0301", "\xe9"),  # ...also once a removed character stops separating them
         ("\u200d\u200c kept joiners", "\u200d\u200c kept joiners"),  # meaningful in Persian, emoji
-        ("\n\n  indented\n", "indented"),
+        ("\n\n  indented\n", "\n\n  indented\n"),
         ("", ""),
     ],
 )

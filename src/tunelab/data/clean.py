@@ -27,9 +27,6 @@ PII_KINDS = ("EMAIL", "PHONE", "CREDIT_CARD", "IPV4", "IPV6", "IBAN")
 _LINE_BREAKS = re.compile(r"\r\n|[\r\x0b\x0c\x85\u2028\u2029]")
 # Whole ANSI escape sequences (colours in pasted terminal logs): removing only \x1b would leave "[31m".
 _ANSI_ESCAPE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
-_INLINE_SPACE = re.compile(r"[^\S\n]+")  # any whitespace but \n: tabs, NBSP, thin/ideographic spaces
-_TRAILING_SPACE = re.compile(r" +(?=\n|$)")
-_BLANK_LINES = re.compile(r"\n{3,}")
 # Zero-width (non-)joiners are format characters that carry meaning (Persian/Indic spelling, emoji
 # sequences), so they stay; every other control (Cc), format (Cf) or lone surrogate (Cs) goes.
 _KEEP = frozenset("\n\t\u200c\u200d")
@@ -38,16 +35,20 @@ _ASCII_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # the same rule, for t
 
 
 def normalize_text(text: str) -> str:
-    """Canonical form of a text: NFC, no control characters, tidy whitespace. Idempotent."""
+    """The lossless canonical form of a text: line breaks as \n, control characters (and whole ANSI
+    escape sequences) removed, Unicode NFC. Idempotent.
+
+    Whitespace is content and is kept exactly: indentation, tabs, runs of spaces inside a line, blank
+    lines and leading or trailing space. Code, Markdown, YAML, tables and poetry depend on it, and a
+    model learns to produce what it is trained on. Comparisons that should ignore whitespace (dedup)
+    use `dedup_key`, which squeezes it without rewriting the text.
+    """
     text = _LINE_BREAKS.sub("\n", text)
     text = _ANSI_ESCAPE.sub("", text)
     if text.isascii():
         text = _ASCII_CONTROL.sub("", text)
     else:
         text = "".join(c for c in text if c in _KEEP or unicodedata.category(c) not in _DROPPED_CATEGORIES)
-    text = _INLINE_SPACE.sub(" ", text)
-    text = _TRAILING_SPACE.sub("", text)
-    text = _BLANK_LINES.sub("\n\n", text).strip()
     # NFC last: dropping a control character can bring a base letter and a combining mark together
     # ("e\u200b\u0301"), and composing before that would leave the result non-NFC (not idempotent).
     return unicodedata.normalize("NFC", text)
