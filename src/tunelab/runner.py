@@ -344,6 +344,7 @@ def _train_batches(
         collate_fn=collate_fn,
         order_fn=mixed,
         group_by_length=cfg.group_by_length and not data.packed,
+        grad_accum=cfg.grad_accum,
     )
     return batches, mixed
 

@@ -164,3 +164,31 @@ def test_length_grouping_cuts_padding_and_keeps_the_epoch_a_seeded_permutation()
     single = MicroBatches(data, 8, 3, 0, FakeAccelerator(), group_by_length=True).epoch_order(0)
     rank0, rank1 = order(True, world=2, rank=0), order(True, world=2, rank=1)
     assert [sorted(a + b) for a, b in zip(rank0, rank1, strict=True)] == [sorted(s) for s in single]
+
+
+def test_length_grouping_forms_the_same_optimizer_batches_however_they_are_split() -> None:
+    # Raising grad_accum to fit memory (or adding processes) must not change which examples meet in
+    # an optimizer step: grouping works on whole optimizer batches, then cuts them.
+    lengths = [int(x) for x in torch.randint(1, 200, (203,), generator=torch.Generator().manual_seed(1))]
+    data = [{"input_ids": [i] * n, "labels": [i] * n} for i, n in enumerate(lengths)]  # ids name the example
+
+    def steps(batch: int, accum: int, world: int) -> list[list[int]]:
+        streams = [
+            MicroBatches(data, batch, 9, 0, FakeAccelerator(rank, world), group_by_length=True, grad_accum=accum)
+            for rank in range(world)
+        ]
+        states = [TrainState() for _ in streams]
+        out = []
+        while states[0].epoch == 0:  # one epoch, step by step, as the loop draws it
+            drawn = [s.next_step(state, accum) for s, state in zip(streams, states, strict=True)]
+            out.append(sorted(int(i) for rank in drawn for b in rank for i in b["input_ids"][:, 0]))
+        return out
+
+    one_big = steps(8, 1, 1)
+    assert len(one_big) == 26 and len(one_big[-1]) == 203 - 25 * 8  # the last step: the epoch's rest
+    assert steps(2, 4, 1) == one_big
+    assert steps(4, 2, 1) == one_big
+    # Several processes: the same full steps (the last, partial one is padded by wrapping to the start
+    # of the epoch, so every process gets as many batches).
+    assert steps(2, 2, 2)[:25] == one_big[:25]
+    assert steps(4, 1, 2)[:25] == one_big[:25]

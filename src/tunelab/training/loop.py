@@ -61,15 +61,18 @@ class MicroBatches:
         collate_fn: Callable[[list[Example], int], Batch] = collate,
         order_fn: Callable[[int], list[int]] | None = None,
         group_by_length: bool = False,
+        grad_accum: int = 1,
     ):
         """`order_fn(epoch)` replaces the seeded permutation (multi-dataset mixtures draw their own).
-        `group_by_length` batches examples of similar length together (see `_grouped_by_length`)."""
+        `group_by_length` batches examples of similar length together (see `_grouped_by_length`), in
+        groups of whole optimizer batches (batch_size x grad_accum x processes)."""
         self.examples = examples
         self.order_fn = order_fn
         self.group_by_length = group_by_length
         self.drawn: Counter[str] = Counter()  # examples per dataset since the last log line
         self.collate_fn = collate_fn
         self.batch_size = batch_size
+        self.grad_accum = grad_accum
         self.seed = seed
         self.pad_token_id = pad_token_id
         self.accelerator = accelerator
@@ -89,7 +92,10 @@ class MicroBatches:
                 generator = torch.Generator().manual_seed(self.seed + epoch)
                 perm = torch.randperm(len(self.examples), generator=generator).tolist()
                 if self.group_by_length:
-                    step_size = self.batch_size * self.accelerator.num_processes
+                    # Grouped by optimizer batch, then split: how a step's examples are cut into
+                    # micro-batches and processes must not change which examples meet in it, or raising
+                    # grad_accum to fit memory would train another model.
+                    step_size = self.batch_size * self.grad_accum * self.accelerator.num_processes
                     perm = _grouped_by_length(perm, self.examples, step_size, generator)
             world, rank = self.accelerator.num_processes, self.accelerator.process_index
             perm += perm[: (-len(perm)) % world]  # wrap so every process gets as many batches
@@ -109,6 +115,16 @@ class MicroBatches:
         chosen = [self.examples[i] for i in indices]
         self.drawn.update(str(e["task"]) for e in chosen if "task" in e)
         return self.collate(chosen)
+
+    def next_step(self, state: TrainState, grad_accum: int) -> list[Batch]:
+        """One optimizer step's micro-batches: `grad_accum` of them, fewer at the end of an epoch. A
+        step never straddles two epochs, so an epoch's last step holds that epoch's last examples, as
+        one batch of batch_size x grad_accum would."""
+        epoch = state.epoch
+        micro = [self.next(state)]
+        while len(micro) < grad_accum and state.epoch == epoch:
+            micro.append(self.next(state))
+        return micro
 
     def take_mix(self) -> dict[str, float]:
         """Each dataset's share of the examples drawn (this process) since the last call: `mix/<task>`."""
@@ -132,8 +148,9 @@ def _grouped_by_length(
     GROUP_SPAN global batches, sort each group by length, cut it into global batches, and shuffle the
     order of all batches (the longest batch first, so a run that does not fit fails at once).
 
-    It works on *global* batches (batch_size x processes) before sharding, so N processes of batch b
-    still see exactly the examples one process of batch N*b sees in each step.
+    It works on whole optimizer batches (batch_size x grad_accum x processes) before they are sharded
+    and cut into micro-batches, so every split of the same optimizer batch (N processes, k micro-batches
+    each) sees exactly the examples one process of one big batch sees in each step.
     """
     span = step_size * GROUP_SPAN
     batches: list[list[int]] = []
@@ -251,7 +268,7 @@ def fit(
     last_saved, last_loss = state.step, float("nan")
     grad_norm: torch.Tensor | None = None
     while state.step < total_steps and not state.stopped_early:
-        micro = [batches.next(state) for _ in range(cfg.grad_accum)]
+        micro = batches.next_step(state, cfg.grad_accum)
         result = accumulate_gradients(model, objective, micro, accelerator)
         grad_norm = _optimizer_step(model, optimizer, scheduler, cfg, accelerator)
         state.step += 1

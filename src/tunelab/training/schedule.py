@@ -54,4 +54,6 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_st
 def total_steps(cfg: TrainConfig, micro_batches_per_epoch: int) -> int:
     if cfg.max_steps is not None:
         return cfg.max_steps
-    return max(1, math.ceil(cfg.epochs * micro_batches_per_epoch / cfg.grad_accum))
+    # An epoch's last step may hold fewer micro-batches: steps do not straddle epochs (loop.next_step).
+    steps_per_epoch = math.ceil(micro_batches_per_epoch / cfg.grad_accum)
+    return max(1, math.ceil(cfg.epochs * steps_per_epoch))

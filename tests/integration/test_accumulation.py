@@ -1,0 +1,66 @@
+"""Gradient accumulation at run level: the same optimizer batches however a step is split into
+micro-batches and processes, with length grouping on (the default), so the same model comes out."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import CHATS, exact, make_recipe, write_jsonl
+from tunelab.config import load_recipe
+from tunelab.runner import train
+
+
+def more_chats() -> list[dict]:
+    """16 conversations of varied length (the 8 shared ones and a longer variant of each), so an epoch
+    holds two optimizer batches of 8 and length grouping has something to sort."""
+    longer = []
+    for i, chat in enumerate(CHATS):
+        messages = [dict(m) for m in chat["messages"]]
+        messages[-1]["content"] = f"{messages[-1]['content']} " + " ".join(["and then some more"] * (i + 1))
+        longer.append({"messages": messages})
+    return CHATS + longer
+
+
+def run_folder(root: Path) -> Path:
+    (run_dir,) = [p for p in (root / "runs").iterdir() if p.is_dir() and not p.name.startswith(".")]
+    return run_dir
+
+
+@exact
+@pytest.mark.slow
+def test_micro_batches_and_processes_train_the_model_one_big_batch_trains(tmp_path: Path, tiny_llama: Path) -> None:
+    settings = {"epochs": 3, "group_by_length": True, "eval_every": 3, "save_every": 100}
+    shapes = {"1x8": (8, 1), "4x2": (2, 4), "2procs-2x2": (2, 2)}
+    recipes = {}
+    for name, (batch, accum) in shapes.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        recipe = make_recipe(folder, tiny_llama, "sft", train={**settings, "batch_size": batch, "grad_accum": accum})
+        write_jsonl(folder / "train.jsonl", more_chats())
+        recipes[name] = recipe
+    train(load_recipe(recipes["1x8"]))
+    train(load_recipe(recipes["4x2"]))
+    proc = subprocess.run(
+        [sys.executable, "-m", "tunelab", "train", str(recipes["2procs-2x2"]), "--nproc", "2"],
+        capture_output=True, text=True, env=dict(os.environ), timeout=240,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    summaries = {n: json.loads((run_folder(tmp_path / n) / "summary.json").read_text()) for n in shapes}
+    assert {s["steps"] for s in summaries.values()} == {6}  # 16 examples / 8 per step x 3 epochs
+    expected = load_file(run_folder(tmp_path / "1x8") / "final" / "adapter_model.safetensors")
+    for name in ("4x2", "2procs-2x2"):
+        got = load_file(run_folder(tmp_path / name) / "final" / "adapter_model.safetensors")
+        for key, tensor in expected.items():
+            torch.testing.assert_close(got[key], tensor, atol=1e-5, rtol=0, msg=f"{name}: {key}")
+        assert summaries[name]["metrics"]["val_loss"] == pytest.approx(
+            summaries["1x8"]["metrics"]["val_loss"], abs=1e-5
+        )
