@@ -70,8 +70,10 @@ def validate(
 ) -> None:
     """Check a recipe and report every problem at once."""
     from tunelab.config import load_recipe
+    from tunelab.models.load import check_sequence_length, virtual_tokens
 
     loaded = load_recipe(recipe, set_ or [])
+    check_sequence_length(loaded.model, loaded.train.max_seq_len, virtual_tokens(loaded))
     out.print(f"{recipe}: ok ({loaded.task}, {loaded.method.name}, model {loaded.model.name})")
 
 

@@ -110,3 +110,27 @@ def test_train_prints_before_and_after_and_the_run_folder(tmp_path: Path, tiny_b
     assert "run folder: " in result.output
     assert "parameters: 35,267 trainable / 35,267 total (100.00%)" in result.output
     assert f"run folder: {tmp_path / 'runs'}" in result.output
+
+
+@pytest.mark.parametrize("command", ["validate", "plan", "train"])
+def test_max_seq_len_beyond_the_models_positions_is_refused_before_any_work(
+    command: str, tmp_path: Path, tiny_bert: Path
+) -> None:
+    # The tiny BERT has 128 positions; past them its forward pass fails with a raw tensor-size error.
+    recipe = make_recipe(tmp_path, tiny_bert, "classify", train={"max_seq_len": 1024})
+    result = invoke(command, str(recipe))
+    assert result.exit_code == 1, result.output
+    assert f"train.max_seq_len: 1024 is more than {tiny_bert} has positions for (128)" in result.output
+    assert "fix: set train.max_seq_len to 128 or less (--set train.max_seq_len=128)" in result.output
+    assert "bug in tunelab" not in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_virtual_tokens_count_against_the_models_positions(tmp_path: Path, tiny_bert: Path) -> None:
+    recipe = make_recipe(
+        tmp_path, tiny_bert, "classify", method={"name": "prefix", "num_virtual_tokens": 4}, train={"max_seq_len": 126}
+    )
+    result = invoke("validate", str(recipe))
+    assert result.exit_code == 1
+    assert "train.max_seq_len: 126 plus 4 virtual tokens is more than" in result.output
+    assert "set train.max_seq_len to 124 or less" in result.output

@@ -134,6 +134,52 @@ def load_tokenizer(cfg: ModelConfig) -> Any:
     return tokenizer
 
 
+# Where configs keep the longest sequence the model has positions for (GPT-2: n_positions).
+POSITION_LIMIT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+
+
+def position_limit(cfg: ModelConfig) -> int | None:
+    """The most token positions the model has (None when its config does not say, or cannot be read
+    here). RoBERTa-style models spend two of theirs on the padding offset."""
+    from transformers import AutoConfig
+
+    try:
+        source, local = _resolve_source(cfg.name)
+        config = AutoConfig.from_pretrained(
+            source,
+            trust_remote_code=cfg.trust_remote_code,
+            revision=cfg.revision,
+            local_files_only=local or _offline(),
+        )
+    except (OSError, ValueError, ModelLoadError):
+        return None  # loading the model reports why, with its own message
+    config = getattr(config, "text_config", None) or config
+    limit = next((getattr(config, key) for key in POSITION_LIMIT_KEYS if isinstance(getattr(config, key, None), int)), None)
+    if limit is not None and "roberta" in str(getattr(config, "model_type", "")):
+        limit -= 2
+    return limit
+
+
+def virtual_tokens(recipe: Any) -> int:
+    """Positions a method puts in front of every example (prefix and prompt tuning)."""
+    return int(getattr(recipe.method, "num_virtual_tokens", 0) or 0)
+
+
+def check_sequence_length(cfg: ModelConfig, max_seq_len: int, virtual_tokens: int = 0) -> None:
+    """Refuse, before any work, a train.max_seq_len the model has no positions for: past its limit a
+    BERT fails deep inside the forward pass with a tensor-size error, and a rotary model runs on
+    positions it never saw. `virtual_tokens` (prefix and prompt tuning) take positions too."""
+    limit = position_limit(cfg)
+    needed = max_seq_len + virtual_tokens
+    if limit is None or needed <= limit:
+        return
+    extra = f" plus {virtual_tokens} virtual tokens" if virtual_tokens else ""
+    raise ModelLoadError(
+        f"train.max_seq_len: {max_seq_len}{extra} is more than {cfg.name} has positions for ({limit})",
+        fix=f"set train.max_seq_len to {limit - virtual_tokens} or less (--set train.max_seq_len={limit - virtual_tokens})",
+    )
+
+
 def _load_weights(
     source: str, task: str, label_map: dict[str, int] | None, dtype: torch.dtype, common: dict[str, Any]
 ) -> tuple[Any, dict[str, Any]]:
