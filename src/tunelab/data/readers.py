@@ -70,16 +70,20 @@ def read_file(path: str | Path, *, text_unit: str = "line") -> ReadResult:
     result = ReadResult(path=path, container=container, rows=[])
     if container == ".parquet":
         result.rows = list(_parquet_rows(path))
-        return result
-    with _open_text(path) as handle:
-        if container == ".jsonl":
-            _jsonl_rows(handle, result)
-        elif container == ".json":
-            result.rows = list(_json_array_rows(path, handle))
-        elif container in (".csv", ".tsv"):
-            result.rows = list(_delimited_rows(handle, "\t" if container == ".tsv" else ","))
-        else:
-            result.rows = list(_text_rows(handle, text_unit))
+        return _refuse_empty(result)
+    try:
+        with _open_text(path) as handle:
+            if container == ".jsonl":
+                _jsonl_rows(handle, result)
+            elif container == ".json":
+                result.rows = list(_json_array_rows(path, handle))
+            elif container in (".csv", ".tsv"):
+                result.rows = list(_delimited_rows(handle, "\t" if container == ".tsv" else ","))
+            else:
+                result.rows = list(_text_rows(handle, text_unit))
+    except UnicodeDecodeError as exc:
+        raise _not_utf8(path, exc) from None
+    _refuse_empty(result)
     if container == ".jsonl" and result.rows and not result.parsed:
         raise DataError(
             f"{path}: no line of this file is a JSON object; is it really JSONL?",
@@ -89,11 +93,60 @@ def read_file(path: str | Path, *, text_unit: str = "line") -> ReadResult:
     return result
 
 
+# Byte-order marks, longest first (UTF-32 LE starts with UTF-16 LE's). Files saved by Windows tools
+# ("Unicode" in Notepad, Excel's "Unicode text") are UTF-16 with a BOM; Python's codecs named here
+# read the BOM and drop it, so it never becomes part of the first field.
+_BOMS = (
+    (b"\xff\xfe\x00\x00", "utf-32"),
+    (b"\x00\x00\xfe\xff", "utf-32"),
+    (b"\xef\xbb\xbf", "utf-8-sig"),
+    (b"\xff\xfe", "utf-16"),
+    (b"\xfe\xff", "utf-16"),
+)
+
+
+def _raw(path: Path) -> IO[bytes]:
+    return gzip.open(path, "rb") if path.suffix.lower() == ".gz" else path.open("rb")
+
+
+def encoding_of(path: Path) -> str:
+    """UTF-8 (with or without a BOM), UTF-16 or UTF-32 by their BOM. Any other encoding fails to
+    decode as UTF-8, and `_not_utf8` says so."""
+    with _raw(path) as handle:
+        start = handle.read(4)
+    return next((name for bom, name in _BOMS if start.startswith(bom)), "utf-8")
+
+
 def _open_text(path: Path) -> IO[str]:
-    if path.suffix.lower() == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", newline="")
-    # utf-8-sig: a byte-order mark (common in files saved by Windows tools) is not part of the first field.
-    return path.open(encoding="utf-8-sig", newline="")
+    return io.TextIOWrapper(_raw(path), encoding=encoding_of(path), newline="")
+
+
+def _not_utf8(path: Path, exc: UnicodeDecodeError) -> DataError:
+    """Where the file stops being UTF-8, as a line number, and how to convert it."""
+    with _raw(path) as handle:
+        raw = handle.read()
+    try:
+        raw.decode(encoding_of(path))
+        offset = len(raw)
+    except UnicodeDecodeError as whole:
+        offset = whole.start
+    line = raw.count(b"\n", 0, offset) + 1
+    byte = raw[offset : offset + 1].hex() or "?"
+    guess = "UTF-16 without a byte-order mark" if b"\x00" in raw[:200] else "Latin-1 or Windows-1252, say"
+    return DataError(
+        f"{path}:{line}: not UTF-8 (byte 0x{byte}); the file is in another encoding ({guess}: {exc.reason})",
+        fix=f"save it as UTF-8, e.g. `iconv -f WINDOWS-1252 -t UTF-8 {path.name} > {path.stem}.utf8{path.suffix}`"
+        " (UTF-8, UTF-8 with a BOM, UTF-16 and UTF-32 with a BOM are read as they are)",
+    )
+
+
+def _refuse_empty(result: ReadResult) -> ReadResult:
+    if result.rows:
+        return result
+    what = "has a header line but no rows" if result.container in (".csv", ".tsv") else "is empty (no rows)"
+    if result.container in (".csv", ".tsv") and result.path.stat().st_size == 0:
+        what = "is empty (no rows)"
+    raise DataError(f"{result.path}: the file {what}", fix="point the recipe at a file that holds the data")
 
 
 def _jsonl_rows(handle: IO[str], result: ReadResult) -> None:
