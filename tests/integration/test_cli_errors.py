@@ -134,3 +134,15 @@ def test_virtual_tokens_count_against_the_models_positions(tmp_path: Path, tiny_
     assert result.exit_code == 1
     assert "train.max_seq_len: 126 plus 4 virtual tokens is more than" in result.output
     assert "set train.max_seq_len to 124 or less" in result.output
+
+
+@pytest.mark.parametrize("task", ["classify", "sft"])
+def test_a_leakage_check_that_empties_train_says_so(task: str, tmp_path: Path, tiny_bert: Path, tiny_llama: Path) -> None:
+    # The validation file is the training file: every train row duplicates a held-out one.
+    recipe = make_recipe(tmp_path, tiny_bert if task == "classify" else tiny_llama, task)
+    result = invoke("train", str(recipe), "--set", f"data.validation={tmp_path / 'train.jsonl'}")
+    assert result.exit_code == 1, result.output
+    assert "train: no rows left: the leakage check removed all 8 remaining row(s)" in result.output
+    assert "exact-duplicates" in result.output and "data.near_dedup.threshold" in result.output
+    assert "bug in tunelab" not in result.output and "StopIteration" not in result.output
+    assert not (tmp_path / "runs").exists()

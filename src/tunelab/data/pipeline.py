@@ -103,9 +103,9 @@ def load_records(recipe: Recipe) -> Records:
         )
         splits.update(held)
     splits["train"], report["leakage"] = _check_leakage(recipe, splits, near_config(data))
+    _check_not_empty(splits, report)  # before labels are counted: an empty train has none
     label_map = _labels(recipe, splits, report) if recipe.task == "classify" else None
     report["records"] = {split: len(records) for split, records in splits.items()}
-    _check_not_empty(splits)
     return Records(splits=splits, label_map=label_map, report=report)
 
 
@@ -175,7 +175,7 @@ def _load_mixture(recipe: Recipe) -> Records:
     report["records_per_dataset"] = {
         split: {name: names.count(name) for name in dict.fromkeys(names)} for split, names in tasks.items()
     }
-    _check_not_empty(splits)
+    _check_not_empty(splits, report)
     for name in parts:
         if name and name not in tasks["train"]:
             raise DataError(f"dataset {name}: no training rows left after cleaning", fix="see report.json")
@@ -219,10 +219,22 @@ def _clean(
         )
 
 
-def _check_not_empty(splits: dict[str, list[Record]]) -> None:
+def _check_not_empty(splits: dict[str, list[Record]], report: dict[str, Any]) -> None:
     for split, records in splits.items():
-        if not records:
-            raise DataError(f"{split}: no rows left after cleaning", fix="see the counts in report.json")
+        if records:
+            continue
+        removed = report.get("leakage", {}).get("removed_from_train", 0) if split == "train" else 0
+        if removed:
+            examples = report["leakage"].get("examples", [])[:3]
+            raise DataError(
+                f"train: no rows left: the leakage check removed all {removed} remaining row(s), each an "
+                "exact or near duplicate of a validation, test or data.contamination row",
+                problems=[f"{e['train']} {e['kind']}-duplicates {e['overlaps']}" for e in examples],
+                fix="hold out rows that are not copies of the training rows (or leave data.validation "
+                "unset and let data.split hold some out); if the near matches are too loose, raise "
+                "data.near_dedup.threshold",
+            )
+        raise DataError(f"{split}: no rows left after cleaning", fix="see the counts in report.json")
 
 
 def _load(
