@@ -76,6 +76,22 @@ def test_test_split_is_scored_before_and_after_training(tmp_path: Path, tiny_ber
     assert summary["metrics"]["test_loss"] != summary["baseline"]["test_loss"]
 
 
+def test_without_a_test_split_validation_is_scored_before_and_after(tmp_path: Path, tiny_bert: Path) -> None:
+    from typer.testing import CliRunner
+
+    from tunelab.cli import app
+
+    recipe = make_recipe(tmp_path, tiny_bert, "classify", method={"name": "full"}, train={"epochs": 4})
+    result = CliRunner().invoke(app, ["train", str(recipe)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(next((tmp_path / "runs").glob("*/summary.json")).read_text())
+    assert summary["baseline_split"] == "validation"
+    assert set(summary["baseline"]) == {"val_loss", "val_accuracy"}
+    before, after = summary["baseline"]["val_loss"], summary["metrics"]["val_loss"]
+    assert before != after
+    assert f"val_loss: {before:.4f} before training -> {after:.4f} after" in result.output
+
+
 class SimulatedCrash(Exception):
     pass
 
