@@ -286,3 +286,21 @@ def test_leakage_names_with_colons_are_kept_whole() -> None:
     assert [r.source for r in kept] == ["t.jsonl:2"]
     assert step["overlap"] == {"contamination hf:org/bench": {"exact": 1, "near": 0}}
     assert step["examples"] == [{"train": "t.jsonl:1", "overlaps": "b:7", "kind": "exact"}]
+
+
+def test_the_few_shot_baseline_is_the_same_on_a_cache_hit(tmp_path: Path, tiny_llama: Path) -> None:
+    from tests.conftest import CHATS, VAL_CHATS
+
+    # One training conversation loses every answer token to max_seq_len and is dropped at tokenisation:
+    # the cache keeps only the rows that survive, so a fresh run must draw its shots from those too.
+    long_prompt = " ".join(["please tell me all about my card and my balance"] * 12)
+    too_long = {"messages": [{"role": "user", "content": long_prompt}, {"role": "assistant", "content": "ok"}]}
+    recipe_path = make_recipe(tmp_path, tiny_llama, "sft", train={"max_steps": 1})
+    write_jsonl(tmp_path / "train.jsonl", [too_long, *CHATS])
+    test = write_jsonl(tmp_path / "test.jsonl", VAL_CHATS)
+    overrides = [f"data.test={test}", "eval.few_shot_k=3"]
+    first = train(load_recipe(recipe_path, overrides))
+    second = train(load_recipe(recipe_path, overrides))  # from the data cache
+    report = json.loads((first.run_dir / "data" / "report.json").read_text())
+    assert json.dumps(report).count("no_targets") >= 1  # the long row was dropped at tokenisation
+    assert second.summary["baselines"] == first.summary["baselines"]

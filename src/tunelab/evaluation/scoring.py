@@ -29,11 +29,20 @@ def format_metrics(metrics: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
 
 
-def chat_records(records: Records | None, cached_files: Path | None, split: str) -> list[Chat]:
+def chat_records(
+    records: Records | None, cached_files: Path | None, split: str, data: PreparedData
+) -> list[Chat]:
     """One split's cleaned conversations: computed now, or read back from the cache's canonical JSONL.
-    Plain-text rows (replay data mixed into instruction tuning) are not conversations and are skipped."""
+    Plain-text rows (replay data mixed into instruction tuning) are not conversations and are skipped.
+
+    Both ways hold the same rows: the cache keeps only the rows that survived tokenisation, so rows it
+    dropped (too long, no answer token left) are left out here too. Otherwise a few-shot baseline
+    would draw its shots from another pool on a cache hit and change with the cache.
+    """
     if records is not None:
-        rows = list(records.splits[split])
+        stats = data.stats.get(split)
+        left_out = {s for sources in stats.dropped.values() for s in sources} if stats is not None else set()
+        rows = [row for row in records.splits[split] if row.source not in left_out]
     else:
         assert cached_files is not None
         rows = list(load_split(cached_files / f"{split}.jsonl").records)
@@ -66,8 +75,8 @@ def score_baselines(
     else:
         policy = LengthPolicy(recipe.train.max_seq_len, "truncate", recipe.data.min_tokens)
         scores = chat_baselines(
-            loaded.model, loaded.tokenizer, chat_records(records, cached_files, "train"),
-            chat_records(records, cached_files, split), policy, accelerator,
+            loaded.model, loaded.tokenizer, chat_records(records, cached_files, "train", data),
+            chat_records(records, cached_files, split, data), policy, accelerator,
             prefix=split_prefix(split), k=k, seed=seed,
         )  # fmt: skip
     chosen: dict[str, Any] = {name: scores[name] for name in recipe.eval.baselines}
