@@ -307,9 +307,24 @@ def eval_command(
         ),
     ] = "",
     task: Annotated[str | None, typer.Option(help="Task of a base model (sft).")] = None,
-    text_column: Annotated[str, typer.Option(help="Column holding the text (classify).")] = "text",
-    label_column: Annotated[str, typer.Option(help="Column holding the label (classify).")] = "label",
-    max_seq_len: Annotated[int, typer.Option(help="Tokens per example.")] = 512,
+    data_format: Annotated[
+        str | None, typer.Option("--format", help="The file's format; default: the run's data.format.")
+    ] = None,
+    column: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--column", help="Rename a source column: FIELD=COLUMN (repeatable); default: the run's."
+        ),
+    ] = None,
+    text_column: Annotated[
+        str | None, typer.Option(help="Column holding the text (classify); default: the run's.")
+    ] = None,
+    label_column: Annotated[
+        str | None, typer.Option(help="Column holding the label (classify); default: the run's.")
+    ] = None,
+    max_seq_len: Annotated[
+        int | None, typer.Option(help="Tokens per example; default: the run's train.max_seq_len (else 512).")
+    ] = None,
     max_new_tokens: Annotated[
         int, typer.Option(help="Tokens generated per answer (generative metrics).")
     ] = 128,
@@ -319,9 +334,9 @@ def eval_command(
 ) -> None:
     """Score a model on a data file; writes eval.json (into the run folder when TARGET is a run)."""
     import json
+    from dataclasses import replace
 
-    from tunelab.data.formats import Columns
-    from tunelab.evaluation.target import GENERATIVE, evaluate_file, load_target
+    from tunelab.evaluation.target import GENERATIVE, DataSettings, evaluate_file, load_target
 
     wanted = tuple(name.strip() for name in metrics.split(",") if name.strip())
     unknown = [name for name in wanted if name not in GENERATIVE]
@@ -330,10 +345,20 @@ def eval_command(
             f"--metrics: unknown {', '.join(unknown)}", fix=f"choose from {', '.join(GENERATIVE)}"
         )
     loaded = load_target(target, task, precision=precision)
+    # The run's own data settings, each overridable: scoring a run reads its files as training did.
+    run = DataSettings.of_run(loaded.run_dir)
+    columns = replace(
+        run.columns,
+        text=text_column or run.columns.text,
+        label=label_column or run.columns.label,
+        rename={**run.columns.rename, **dict(_key_value(item) for item in column or [])},
+    )
+    settings = DataSettings(
+        format=data_format or run.format, columns=columns, max_seq_len=max_seq_len or run.max_seq_len
+    )
     result = evaluate_file(
-        loaded, str(data), metrics=wanted, columns=Columns(text=text_column, label=label_column),
-        max_seq_len=max_seq_len, max_new_tokens=max_new_tokens,
-    )  # fmt: skip
+        loaded, str(data), metrics=wanted, settings=settings, max_new_tokens=max_new_tokens
+    )
     for key, value in result["metrics"].items():
         out.print(f"{key}: {value:.4f}")
     if "classification" in result:

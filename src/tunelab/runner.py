@@ -237,12 +237,12 @@ def _train_in_run_dir(
     if resume_from is not None:
         checkpoint.load_checkpoint(accelerator, resume_from)
         console.print(f"resumed from {resume_from} (step {state.step} of {steps})")
-    elif scored := next((split for split in ("test", "validation") if split in data.splits), None):
+    elif before_split := next((split for split in ("test", "validation") if split in data.splits), None):
         # The same model before any training, on the split the headline after-score comes from: the
         # test split, else validation (whose last pass, on the final weights, is the after-score).
-        summary["baseline"] = run_eval(scored)
-        summary["baseline_split"] = scored
-        console.print(f"before training ({scored}): {format_metrics(summary['baseline'])}")
+        summary["baseline"] = run_eval(before_split)
+        summary["baseline_split"] = before_split
+        console.print(f"before training ({before_split}): {format_metrics(summary['baseline'])}")
 
     log = MetricsLog(
         run_dir, enabled=accelerator.is_main_process, resume_step=state.step if resume_from else None

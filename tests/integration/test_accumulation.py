@@ -36,14 +36,18 @@ def run_folder(root: Path) -> Path:
 
 @exact
 @pytest.mark.slow
-def test_micro_batches_and_processes_train_the_model_one_big_batch_trains(tmp_path: Path, tiny_llama: Path) -> None:
+def test_micro_batches_and_processes_train_the_model_one_big_batch_trains(
+    tmp_path: Path, tiny_llama: Path
+) -> None:
     settings = {"epochs": 3, "group_by_length": True, "eval_every": 3, "save_every": 100}
     shapes = {"1x8": (8, 1), "4x2": (2, 4), "2procs-2x2": (2, 2)}
     recipes = {}
     for name, (batch, accum) in shapes.items():
         folder = tmp_path / name
         folder.mkdir()
-        recipe = make_recipe(folder, tiny_llama, "sft", train={**settings, "batch_size": batch, "grad_accum": accum})
+        recipe = make_recipe(
+            folder, tiny_llama, "sft", train={**settings, "batch_size": batch, "grad_accum": accum}
+        )
         write_jsonl(folder / "train.jsonl", more_chats())
         recipes[name] = recipe
     train(load_recipe(recipes["1x8"]))

@@ -183,7 +183,7 @@ def test_bf16_final_folder_reproduces_the_last_validation_loss(
     info = json.loads((run.run_dir / "final" / "tunelab.json").read_text())
     weights = "float32" if method == "full" else "bfloat16"
     assert info["precision"] == {"compute": "bf16", "weights": weights}
-    scored = evaluate_file(load_target(str(run.run_dir)), str(tmp_path / "val.jsonl"), max_seq_len=64)
+    scored = evaluate_file(load_target(str(run.run_dir)), str(tmp_path / "val.jsonl"))  # the run's settings
     assert close(scored["metrics"]["eval_loss"], run.summary["metrics"]["val_loss"])
 
 

@@ -128,7 +128,11 @@ def test_max_seq_len_beyond_the_models_positions_is_refused_before_any_work(
 
 def test_virtual_tokens_count_against_the_models_positions(tmp_path: Path, tiny_bert: Path) -> None:
     recipe = make_recipe(
-        tmp_path, tiny_bert, "classify", method={"name": "prefix", "num_virtual_tokens": 4}, train={"max_seq_len": 126}
+        tmp_path,
+        tiny_bert,
+        "classify",
+        method={"name": "prefix", "num_virtual_tokens": 4},
+        train={"max_seq_len": 126},
     )
     result = invoke("validate", str(recipe))
     assert result.exit_code == 1
@@ -137,7 +141,9 @@ def test_virtual_tokens_count_against_the_models_positions(tmp_path: Path, tiny_
 
 
 @pytest.mark.parametrize("task", ["classify", "sft"])
-def test_a_leakage_check_that_empties_train_says_so(task: str, tmp_path: Path, tiny_bert: Path, tiny_llama: Path) -> None:
+def test_a_leakage_check_that_empties_train_says_so(
+    task: str, tmp_path: Path, tiny_bert: Path, tiny_llama: Path
+) -> None:
     # The validation file is the training file: every train row duplicates a held-out one.
     recipe = make_recipe(tmp_path, tiny_bert if task == "classify" else tiny_llama, task)
     result = invoke("train", str(recipe), "--set", f"data.validation={tmp_path / 'train.jsonl'}")

@@ -294,7 +294,9 @@ def test_the_few_shot_baseline_is_the_same_on_a_cache_hit(tmp_path: Path, tiny_l
     # One training conversation loses every answer token to max_seq_len and is dropped at tokenisation:
     # the cache keeps only the rows that survive, so a fresh run must draw its shots from those too.
     long_prompt = " ".join(["please tell me all about my card and my balance"] * 12)
-    too_long = {"messages": [{"role": "user", "content": long_prompt}, {"role": "assistant", "content": "ok"}]}
+    too_long = {
+        "messages": [{"role": "user", "content": long_prompt}, {"role": "assistant", "content": "ok"}]
+    }
     recipe_path = make_recipe(tmp_path, tiny_llama, "sft", train={"max_steps": 1})
     write_jsonl(tmp_path / "train.jsonl", [too_long, *CHATS])
     test = write_jsonl(tmp_path / "test.jsonl", VAL_CHATS)

@@ -64,3 +64,35 @@ def test_eval_rejects_unknown_metrics_and_base_classifiers(tmp_path: Path, tiny_
     assert bad.exit_code == 1 and "--metrics: unknown bleurt" in bad.output
     base = runner.invoke(app, ["eval", str(tiny_bert), "--data", str(data), "--task", "classify"])
     assert base.exit_code == 1 and "needs a trained head" in base.output
+
+
+@exact
+def test_eval_reads_and_cuts_a_file_as_the_run_did(tmp_path: Path, tiny_llama: Path) -> None:
+    # Renamed columns and a short max_seq_len: scoring the run's own validation file with no flags
+    # uses both, and gives back the run's last validation loss.
+    from tests.conftest import CHATS, VAL_CHATS, write_jsonl
+
+    def as_columns(chats: list[dict]) -> list[dict]:
+        return [
+            {"question": c["messages"][-2]["content"], "answer": c["messages"][-1]["content"]} for c in chats
+        ]
+
+    write_jsonl(tmp_path / "qa_train.jsonl", as_columns(CHATS))
+    val = write_jsonl(tmp_path / "qa_val.jsonl", as_columns(VAL_CHATS))
+    recipe = make_recipe(
+        tmp_path, tiny_llama, "sft", train={"max_steps": 2, "eval_every": 2, "max_seq_len": 24}
+    )
+    overrides = [f"data.train={tmp_path / 'qa_train.jsonl'}", f"data.validation={val}", "data.format=prompt_completion",
+                 "data.columns={prompt: question, completion: answer}"]  # fmt: skip
+    run = train(load_recipe(recipe, overrides))
+    out = tmp_path / "scores.json"
+    result = runner.invoke(app, ["eval", str(run.run_dir), "--data", str(val), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    scored = json.loads(out.read_text())
+    assert scored["max_seq_len"] == 24
+    assert scored["metrics"]["eval_loss"] == pytest.approx(run.summary["metrics"]["val_loss"], abs=1e-6)
+    # Told otherwise, it does otherwise: a longer cut scores the answers that 24 tokens truncated.
+    runner.invoke(
+        app, ["eval", str(run.run_dir), "--data", str(val), "--max-seq-len", "64", "--out", str(out)]
+    )
+    assert json.loads(out.read_text())["max_seq_len"] == 64

@@ -8,7 +8,7 @@ import pytest
 
 from tests.conftest import exact, make_recipe
 from tunelab.config import load_recipe
-from tunelab.evaluation.target import evaluate_file, load_target
+from tunelab.evaluation.target import DataSettings, evaluate_file, load_target
 from tunelab.runner import train
 
 METHODS = {
@@ -33,10 +33,12 @@ def test_final_folder_reproduces_the_last_validation_loss(
     run = train(load_recipe(recipe))
     assert run.summary["status"] == "completed"
     # The last validation pass ran on the final weights; rebuilding them from final/ gives the same loss.
-    scored = evaluate_file(load_target(str(run.run_dir)), str(tmp_path / "val.jsonl"), max_seq_len=64)
+    scored = evaluate_file(load_target(str(run.run_dir)), str(tmp_path / "val.jsonl"))  # the run's settings
     assert scored["metrics"]["eval_loss"] == pytest.approx(run.summary["metrics"]["val_loss"], abs=1e-5)
     if task == "sft":  # ...and it is not the base model: the adapter was put back, and had learned
-        base = evaluate_file(load_target(str(model)), str(tmp_path / "val.jsonl"), max_seq_len=64)
+        base = evaluate_file(
+            load_target(str(model)), str(tmp_path / "val.jsonl"), settings=DataSettings(max_seq_len=64)
+        )
         assert abs(base["metrics"]["eval_loss"] - scored["metrics"]["eval_loss"]) > 1e-4
 
 

@@ -174,7 +174,9 @@ def test_length_grouping_forms_the_same_optimizer_batches_however_they_are_split
 
     def steps(batch: int, accum: int, world: int) -> list[list[int]]:
         streams = [
-            MicroBatches(data, batch, 9, 0, FakeAccelerator(rank, world), group_by_length=True, grad_accum=accum)
+            MicroBatches(
+                data, batch, 9, 0, FakeAccelerator(rank, world), group_by_length=True, grad_accum=accum
+            )
             for rank in range(world)
         ]
         states = [TrainState() for _ in streams]

@@ -106,7 +106,9 @@ _BOMS = (
 
 
 def _raw(path: Path) -> IO[bytes]:
-    return gzip.open(path, "rb") if path.suffix.lower() == ".gz" else path.open("rb")
+    if path.suffix.lower() == ".gz":
+        return gzip.open(path, "rb")  # type: ignore[return-value]  # a GzipFile is a binary IO
+    return path.open("rb")
 
 
 def encoding_of(path: Path) -> str:

@@ -6,7 +6,7 @@ A run's final/ folder says how to rebuild the model (tunelab.json: task, method,
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +20,38 @@ from tunelab.evaluation import metrics as m
 from tunelab.evaluation.generate import generate
 from tunelab.inference import end_of_turn_ids
 from tunelab.models.load import load_model
-from tunelab.models.restore import find_final, load_trained
+from tunelab.models.restore import find_final, load_trained, read_recipe
 from tunelab.training.loop import eval_batches
 from tunelab.training.objectives import OBJECTIVES
 from tunelab.training.precision import Precision, make_accelerator, weights_dtype
 
 GENERATIVE = ("bleu", "chrf", "rouge", "exact_match")
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """How `tunelab eval` reads and cuts a data file: a run's own settings unless told otherwise, so
+    scoring a run's own file gives the run's numbers."""
+
+    format: str = "auto"
+    columns: Columns = field(default_factory=Columns)
+    max_seq_len: int = 512
+
+    @classmethod
+    def of_run(cls, run_dir: Path | None) -> DataSettings:
+        """The run's recipe.yaml data and length settings (the defaults for a base model)."""
+        recipe = read_recipe(run_dir)
+        data = recipe.get("data") if isinstance(recipe.get("data"), dict) else {}
+        train = recipe.get("train") if isinstance(recipe.get("train"), dict) else {}
+        assert isinstance(data, dict) and isinstance(train, dict)
+        columns = Columns(
+            text=str(data.get("text_column", "text")),
+            label=str(data.get("label_column", "label")),
+            text_pair=data.get("text_pair_column"),
+            rename=dict(data.get("columns") or {}),
+        )
+        fmt = data.get("format", "auto") if isinstance(data.get("format"), str) else "auto"
+        return cls(format=fmt, columns=columns, max_seq_len=int(train.get("max_seq_len", 512)))
 
 
 @dataclass
@@ -68,17 +94,20 @@ def evaluate_file(
     data_file: str,
     *,
     metrics: tuple[str, ...] = (),
-    columns: Columns | None = None,
-    max_seq_len: int = 512,
+    settings: DataSettings | None = None,
     batch_size: int = 16,
     max_new_tokens: int = 128,
 ) -> dict[str, Any]:
+    """Score `data_file`; `settings` default to the run's own (DataSettings.of_run)."""
+    settings = settings or DataSettings.of_run(target.run_dir)
     # Wrapped as training wrapped it (autocast, outputs back to float32), so a run's scores reproduce.
     accelerator = make_accelerator(target.precision.mixed_precision)
     model = accelerator.prepare_model(target.model, evaluation_mode=True)
     kind = "labeled" if target.task == "classify" else "chat"
-    records = load_split(data_file, columns=columns, kind=kind, on_error="fail").records
-    policy = LengthPolicy(max_seq_len)
+    records = load_split(
+        data_file, fmt=settings.format, columns=settings.columns, kind=kind, on_error="fail"
+    ).records
+    policy = LengthPolicy(settings.max_seq_len)
     if target.task == "classify":
         assert target.label_map is not None
         examples, _ = tokenize_labeled(target.tokenizer, records, target.label_map, policy)
@@ -90,7 +119,12 @@ def evaluate_file(
     def batches() -> Any:
         return eval_batches(examples, batch_size, pad_id, accelerator)
 
-    result: dict[str, Any] = {"data": str(data_file), "task": target.task, "examples": len(examples)}
+    result: dict[str, Any] = {
+        "data": str(data_file),
+        "task": target.task,
+        "examples": len(examples),
+        "max_seq_len": settings.max_seq_len,
+    }
     result["metrics"] = m.evaluate(
         model, batches(), OBJECTIVES[target.task], target.task, accelerator, prefix="eval"
     )

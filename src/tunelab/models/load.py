@@ -154,7 +154,10 @@ def position_limit(cfg: ModelConfig) -> int | None:
     except (OSError, ValueError, ModelLoadError):
         return None  # loading the model reports why, with its own message
     config = getattr(config, "text_config", None) or config
-    limit = next((getattr(config, key) for key in POSITION_LIMIT_KEYS if isinstance(getattr(config, key, None), int)), None)
+    limit = next(
+        (getattr(config, key) for key in POSITION_LIMIT_KEYS if isinstance(getattr(config, key, None), int)),
+        None,
+    )
     if limit is not None and "roberta" in str(getattr(config, "model_type", "")):
         limit -= 2
     return limit
