@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from tunelab.errors import RecipeError
 
@@ -428,6 +436,12 @@ class EvalConfig(Section):
         description="Warn when the reference score gets worse by more than this share (0.05 = 5%).",
     )
 
+    @field_validator("label_descriptions", mode="before")
+    @classmethod
+    def _label_names_as_text(cls, value: Any) -> Any:
+        # Labels are read as text ("0", "1"), and YAML makes `0: negative` an integer key.
+        return {str(k): v for k, v in value.items()} if isinstance(value, dict) else value
+
 
 class OutputConfig(Section):
     dir: str = Field("runs", description="Parent folder of run folders (runs/<name>-<timestamp>/).")
@@ -628,6 +642,8 @@ TYPE_MISMATCH = {"string_type", "list_type", "dict_type", "model_type", "model_a
 
 def _is_branch(part: Any) -> bool:
     """pydantic names the union member it tried inside the loc: 'function-after[...]', 'list[TrainSource]'."""
+    if part == "[key]":  # a dict key that failed, not a union member
+        return False
     return isinstance(part, str) and ("[" in part or part in {"str", "int", "float", "bool"})
 
 
@@ -685,6 +701,8 @@ def _format_error(err: Any) -> str:
     loc = tuple(err["loc"])
     path = _yaml_path(loc)
     kind, ctx, got = err["type"], err.get("ctx") or {}, err.get("input")
+    if loc and loc[-1] == "[key]":
+        return f"{_yaml_path(loc[:-1])}: the key {got!r} must be text: {err['msg'].lower()}"
     if kind == "extra_forbidden":
         allowed = _allowed_keys(loc)
         close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)

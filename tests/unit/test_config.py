@@ -139,3 +139,18 @@ def test_every_field_has_a_description() -> None:
         return missing
 
     assert walk(Recipe) == []
+
+
+def test_integer_label_names_in_label_descriptions_are_read_as_the_labels_they_name(good: dict) -> None:
+    # YAML makes `0: very negative` an integer key; labels 0/1 are read from the data as "0"/"1".
+    good["eval"] = {"label_descriptions": {0: "a negative review", 1: "a positive review"}}
+    assert Recipe.model_validate(good).eval.label_descriptions == {"0": "a negative review", "1": "a positive review"}
+
+
+def test_a_bad_dict_key_is_named_as_a_key_not_as_a_file_path(tmp_path: Path, good: dict) -> None:
+    good["data"]["columns"] = {1: "question"}
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(write_recipe(tmp_path, good))
+    message = str(caught.value)
+    assert "data.columns: the key 1 must be text: input should be a valid string" in message
+    assert "file path" not in message
