@@ -152,3 +152,20 @@ def test_a_leakage_check_that_empties_train_says_so(
     assert "exact-duplicates" in result.output and "data.near_dedup.threshold" in result.output
     assert "bug in tunelab" not in result.output and "StopIteration" not in result.output
     assert not (tmp_path / "runs").exists()
+
+
+def test_an_encoder_decoder_for_sft_is_named_as_such(tmp_path: Path, tiny_llama: Path) -> None:
+    # A T5 folder is complete; the old message told the user to check it for config.json.
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    t5 = tmp_path / "t5"
+    T5ForConditionalGeneration(T5Config(num_layers=1, d_model=8, d_ff=8, num_heads=1, d_kv=8, vocab_size=400)).save_pretrained(t5)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (tiny_llama / name).is_file():
+            (t5 / name).write_bytes((tiny_llama / name).read_bytes())
+    recipe = make_recipe(tmp_path, t5, "sft")
+    result = invoke("train", str(recipe))
+    assert result.exit_code == 1, result.output
+    assert f"model {t5}: a T5 model cannot be loaded as a causal language model" in result.output
+    assert "encoder-decoder models such as T5" in result.output
+    assert "needs config.json" not in result.output

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -65,7 +66,7 @@ def load_model(
             source, task, label_map, dtype or resolve_dtype(cfg.dtype), weights_options
         )
     except (OSError, ValueError) as exc:
-        raise _not_loadable(cfg.name, source, local, exc) from None
+        raise _not_loadable(cfg.name, source, local, exc, task) from None
     _ensure_pad_token(tokenizer, model)
     new_modules = sorted({key.rsplit(".", 1)[0] for key in info.get("missing_keys", [])})
     return LoadedModel(model=model, tokenizer=tokenizer, source=source, new_modules=new_modules)
@@ -225,8 +226,23 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
 
 
-def _not_loadable(name: str, source: str, local: bool, exc: Exception) -> ModelLoadError:
+# transformers' words when a config has no model class for the Auto class asked (a T5 for a causal LM).
+_NO_HEAD = "Unrecognized configuration class"
+HEAD_NAMES = {"sft": "a causal language model", "classify": "a sequence classifier", "reward": "a reward model"}
+
+
+def _not_loadable(name: str, source: str, local: bool, exc: Exception, task: str | None = None) -> ModelLoadError:
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if _NO_HEAD in reason:
+        # The folder is fine; the architecture cannot be the model this task needs.
+        found = re.search(r"\.(\w+)Config'", reason)
+        architecture = f"a {found.group(1)} model" if found else "this architecture"
+        return ModelLoadError(
+            f"model {name}: {architecture} cannot be loaded as "
+            f"{HEAD_NAMES.get(task or '', 'the model this task needs')} by transformers",
+            fix="task sft, pretrain and preference need a decoder-only model (Llama, Qwen, SmolLM, GPT-2, ...); "
+            "encoder-decoder models such as T5 and BART are not supported for them",
+        )
     if local:
         return ModelLoadError(
             f"model folder {source} could not be loaded: {reason}",
