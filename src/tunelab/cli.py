@@ -145,7 +145,13 @@ def plan(
     from tunelab.plan import plan as make_plan
 
     budget = parse_memory(memory) if memory is not None else None  # a bad size fails before any loading
-    render(make_plan(load_recipe(recipe, set_ or []), budget, probe_steps), out)
+    result = make_plan(load_recipe(recipe, set_ or []), budget, probe_steps)
+    render(result, out)
+    if not result.fits:  # scripts (and `tunelab tune`) read the verdict from the exit status
+        raise typer.Exit(PLAN_DOES_NOT_FIT)
+
+
+PLAN_DOES_NOT_FIT = 3  # 1 is a bad input; 3 says the recipe was planned and does not fit
 
 
 data_app = typer.Typer(no_args_is_help=True, help="Look at data and prepare it, before training.")

@@ -35,9 +35,10 @@ def test_plan_command_on_an_sft_recipe_says_whether_it_fits(tiny_llama: Path, tm
     assert roomy.exit_code == 0, roomy.output
     assert "fits in" in roomy.output and "(RAM)" in roomy.output
     assert "measured peak" in roomy.output and "s per step" in roomy.output
-    # Less than the Python process alone: it cannot fit, and that is an answer, not an error.
+    # Less than the Python process alone: it cannot fit. That is an answer, not an input error, and
+    # scripts read it from the exit status: 3 (1 is a bad input).
     tight = runner.invoke(app, ["plan", str(recipe), "--probe-steps", "0", "--memory", "100MB"])
-    assert tight.exit_code == 0, tight.output
+    assert tight.exit_code == 3, tight.output
     assert "does not fit in 100.0 MiB (--memory)" in tight.output
     assert "measured peak" not in tight.output and "--probe-steps N to measure" in tight.output
 

@@ -69,3 +69,10 @@ def test_an_empty_file_is_named_as_empty(tmp_path: Path, name: str, content: str
         read_file(path)
     result = CliRunner().invoke(app, ["data", "inspect", str(path)])  # the inspector says it too
     assert result.exit_code == 1 and said in result.output and "bug in tunelab" not in result.output
+
+
+def test_a_json_error_ending_in_at_says_it_once(tmp_path: Path) -> None:
+    path = tmp_path / "ctrl.jsonl"
+    path.write_text('{"text": "ok", "label": "a"}\n{"text": "tab\there", "label": "b"}\n', encoding="utf-8")
+    rows = read_file(path).rows
+    assert rows[1].error == "not valid JSON (Invalid control character at column 15)"

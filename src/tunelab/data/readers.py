@@ -158,7 +158,7 @@ def _jsonl_rows(handle: IO[str], result: ReadResult) -> None:
         try:
             value = json.loads(line)
         except json.JSONDecodeError as exc:
-            result.rows.append(Row(str(line_no), {}, f"not valid JSON ({exc.msg} at column {exc.colno})"))
+            result.rows.append(Row(str(line_no), {}, f"not valid JSON ({_json_reason(exc)} at column {exc.colno})"))
             continue
         if not isinstance(value, dict):
             result.rows.append(Row(str(line_no), {}, f"expected a JSON object, got {type(value).__name__}"))
@@ -166,12 +166,18 @@ def _jsonl_rows(handle: IO[str], result: ReadResult) -> None:
         result.rows.append(Row(str(line_no), value))
 
 
+def _json_reason(exc: json.JSONDecodeError) -> str:
+    # Some of json's messages end in "at" themselves ("Invalid control character at"): said once.
+    return exc.msg.removesuffix(" at")
+
+
 def _json_array_rows(path: Path, handle: IO[str]) -> Iterator[Row]:
     try:
         value = json.load(handle)
     except json.JSONDecodeError as exc:
         raise DataError(
-            f"{path}:{exc.lineno}: not valid JSON ({exc.msg})", fix="a .json file holds one array"
+            f"{path}:{exc.lineno}: not valid JSON ({_json_reason(exc)} at column {exc.colno})",
+            fix="a .json file holds one array",
         ) from None
     if isinstance(value, dict) and len(value) == 1 and isinstance(next(iter(value.values())), list):
         value = next(iter(value.values()))  # {"data": [...]}, a common wrapper
