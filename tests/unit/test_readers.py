@@ -75,4 +75,4 @@ def test_a_json_error_ending_in_at_says_it_once(tmp_path: Path) -> None:
     path = tmp_path / "ctrl.jsonl"
     path.write_text('{"text": "ok", "label": "a"}\n{"text": "tab\there", "label": "b"}\n', encoding="utf-8")
     rows = read_file(path).rows
-    assert rows[1].error == "not valid JSON (Invalid control character at column 15)"
+    assert rows[1].error == "not valid JSON (Invalid control character at column 14)"  # the tab
