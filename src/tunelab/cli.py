@@ -68,13 +68,26 @@ def validate(
     set_: SetOption = None,
     debug: DebugOption = False,
 ) -> None:
-    """Check a recipe and report every problem at once."""
+    """Check a recipe, its data and its model's whereabouts; report every recipe problem at once."""
     from tunelab.config import load_recipe
-    from tunelab.models.load import check_sequence_length, virtual_tokens
+    from tunelab.data.pipeline import load_records
+    from tunelab.models.load import check_sequence_length, model_source, virtual_tokens
 
     loaded = load_recipe(recipe, set_ or [])
+    _, local = model_source(loaded.model.name)  # a missing folder fails here, as train would
     check_sequence_length(loaded.model, loaded.train.max_seq_len, virtual_tokens(loaded))
+    # The data stage up to tokenisation: every file read, bad rows named, cleaned, split, leak-checked.
+    counts = load_records(loaded).report["records"]
     out.print(f"{recipe}: ok ({loaded.task}, {loaded.method.name}, model {loaded.model.name})")
+    shown = ", ".join(f"{split} {n:,}" for split, n in counts.items())
+    out.print(
+        f"  checked: the recipe; the data ({shown} rows after cleaning, split and the leakage check); "
+        f"the model {'folder' if local else 'id'} and its positions"
+    )
+    out.print(
+        "  not checked here: tokenisation and the chat template, loading the weights, memory "
+        "(`tunelab plan` runs those)"
+    )
 
 
 @app.command()

@@ -169,3 +169,18 @@ def test_an_encoder_decoder_for_sft_is_named_as_such(tmp_path: Path, tiny_llama:
     assert f"model {t5}: a T5 model cannot be loaded as a causal language model" in result.output
     assert "encoder-decoder models such as T5" in result.output
     assert "needs config.json" not in result.output
+
+
+def test_validate_runs_the_data_checks_and_says_what_it_did_not_run(tmp_path: Path, tiny_bert: Path) -> None:
+    recipe = make_recipe(tmp_path, tiny_bert, "classify")
+    ok = invoke("validate", str(recipe))
+    assert ok.exit_code == 0, ok.output
+    assert "checked: the recipe; the data (train 8, validation 4 rows" in ok.output
+    assert "not checked here: tokenisation and the chat template, loading the weights, memory" in ok.output
+    # What train would refuse, validate refuses too: a bad row, a model folder that is not there.
+    with (tmp_path / "train.jsonl").open("a") as handle:
+        handle.write('{"text": "no label here"}\n')
+    bad_row = invoke("validate", str(recipe))
+    assert bad_row.exit_code == 1 and "train.jsonl:9:" in bad_row.output
+    missing = invoke("validate", str(recipe), "--set", f"model.name={tmp_path / 'nope'}")
+    assert missing.exit_code == 1 and "model folder not found" in missing.output

@@ -207,6 +207,12 @@ def _load_weights(
     )
 
 
+def model_source(name: str) -> tuple[str, bool]:
+    """What from_pretrained gets for `name`, and whether it is a local folder; a path that names no
+    folder is an error (a Hub id is checked only when loading)."""
+    return _resolve_source(name)
+
+
 def _resolve_source(name: str) -> tuple[str, bool]:
     """(what to pass to from_pretrained, whether it is a local folder)."""
     path = Path(name).expanduser()
