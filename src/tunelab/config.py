@@ -170,6 +170,18 @@ class DataConfig(Section):
     text_unit: Literal["line", "file"] = Field(
         "line", description=".txt files: one document per line or per file."
     )
+    label_names: dict[str, str] = Field(
+        default_factory=dict,
+        description="classify: a name for each label as written in the data, e.g. {0: negative, 1: positive}. "
+        "The run, its report and the zero-shot baseline then use the names.",
+    )
+
+    @field_validator("label_names", mode="before")
+    @classmethod
+    def _labels_as_text(cls, value: Any) -> Any:
+        # Labels are read as text ("0", "1"), and YAML makes `0: negative` an integer key.
+        return {str(k): v for k, v in value.items()} if isinstance(value, dict) else value
+
     text_column: str = Field("text", description="labeled/text formats: the column holding the text.")
     text_pair_column: str | None = Field(None, description="labeled: optional second text column (pairs).")
     label_column: str = Field("label", description="labeled: the column holding the label.")

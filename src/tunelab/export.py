@@ -247,7 +247,11 @@ def _description(info: dict[str, Any], weights: str) -> str:
 
 def _usage(info: dict[str, Any], weights: str, label_map: dict[str, int] | None) -> list[str]:
     generative = info["task"] in GENERATIVE_TASKS
-    tunelab = "tunelab chat FOLDER" if generative else "tunelab predict FOLDER --data rows.jsonl --out predictions.jsonl"
+    tunelab = (
+        "tunelab chat FOLDER"
+        if generative
+        else "tunelab predict FOLDER --data rows.jsonl --out predictions.jsonl"
+    )
     tunelab_line = f"With tunelab: `{tunelab}` (FOLDER is this folder)."
     if weights == "adapter" and info["export"].get("adapter") == "bottleneck":
         return ["This bottleneck adapter is inserted into its base by tunelab. " + tunelab_line]

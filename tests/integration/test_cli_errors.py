@@ -159,7 +159,9 @@ def test_an_encoder_decoder_for_sft_is_named_as_such(tmp_path: Path, tiny_llama:
     from transformers import T5Config, T5ForConditionalGeneration
 
     t5 = tmp_path / "t5"
-    T5ForConditionalGeneration(T5Config(num_layers=1, d_model=8, d_ff=8, num_heads=1, d_kv=8, vocab_size=400)).save_pretrained(t5)
+    T5ForConditionalGeneration(
+        T5Config(num_layers=1, d_model=8, d_ff=8, num_heads=1, d_kv=8, vocab_size=400)
+    ).save_pretrained(t5)
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         if (tiny_llama / name).is_file():
             (t5 / name).write_bytes((tiny_llama / name).read_bytes())

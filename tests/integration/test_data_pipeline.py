@@ -306,3 +306,26 @@ def test_the_few_shot_baseline_is_the_same_on_a_cache_hit(tmp_path: Path, tiny_l
     report = json.loads((first.run_dir / "data" / "report.json").read_text())
     assert json.dumps(report).count("no_targets") >= 1  # the long row was dropped at tokenisation
     assert second.summary["baselines"] == first.summary["baselines"]
+
+
+def test_integer_labels_get_their_names_from_data_label_names(tmp_path: Path, tiny_bert: Path) -> None:
+    from tests.conftest import LABELED, VAL_LABELED
+
+    ids = {"balance": 0, "card": 1, "transfer": 2}
+    write_jsonl(tmp_path / "train_ids.jsonl", [{**r, "label": ids[r["label"]]} for r in LABELED])
+    write_jsonl(tmp_path / "val_ids.jsonl", [{**r, "label": ids[r["label"]]} for r in VAL_LABELED])
+    recipe = make_recipe(tmp_path, tiny_bert, "classify", train={"max_steps": 1})
+    files = [f"data.train={tmp_path / 'train_ids.jsonl'}", f"data.validation={tmp_path / 'val_ids.jsonl'}"]
+
+    bare = train(load_recipe(recipe, files))
+    assert json.loads((bare.run_dir / "final" / "labels.json").read_text()) == {"0": 0, "1": 1, "2": 2}
+    assert "bare ids" in bare.summary["baselines"]["zero_shot"]["note"]  # said plainly, not hidden
+
+    named = train(load_recipe(recipe, [*files, "data.label_names={0: balance, 1: card, 2: transfer}"]))
+    assert json.loads((named.run_dir / "final" / "labels.json").read_text()) == ids
+    assert "note" not in named.summary["baselines"]["zero_shot"]
+    trained_on = [json.loads(line)["label"] for line in (named.run_dir / "data" / "train.jsonl").open()]
+    assert set(trained_on) == set(ids)
+
+    with pytest.raises(DataError, match=r"label\(s\) '2' have no name in data.label_names"):
+        load_records(load_recipe(recipe, [*files, "data.label_names={0: balance, 1: card}"]))

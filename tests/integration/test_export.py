@@ -98,7 +98,10 @@ def test_merged_classifier_keeps_label_names_and_logits(
     assert json.loads((out / "labels.json").read_text()) == {"balance": 0, "card": 1, "transfer": 2}
     assert not (out / "generation_config.json").exists()  # a classifier does not generate
     # The card's command runs as written: predict requires --out.
-    assert "`tunelab predict FOLDER --data rows.jsonl --out predictions.jsonl`" in (out / "README.md").read_text()
+    assert (
+        "`tunelab predict FOLDER --data rows.jsonl --out predictions.jsonl`"
+        in (out / "README.md").read_text()
+    )
     diff = _max_diff(
         _class_logits(merged, trained.tokenizer), _class_logits(trained.model, trained.tokenizer)
     )

@@ -144,7 +144,10 @@ def test_every_field_has_a_description() -> None:
 def test_integer_label_names_in_label_descriptions_are_read_as_the_labels_they_name(good: dict) -> None:
     # YAML makes `0: very negative` an integer key; labels 0/1 are read from the data as "0"/"1".
     good["eval"] = {"label_descriptions": {0: "a negative review", 1: "a positive review"}}
-    assert Recipe.model_validate(good).eval.label_descriptions == {"0": "a negative review", "1": "a positive review"}
+    assert Recipe.model_validate(good).eval.label_descriptions == {
+        "0": "a negative review",
+        "1": "a positive review",
+    }
 
 
 def test_a_bad_dict_key_is_named_as_a_key_not_as_a_file_path(tmp_path: Path, good: dict) -> None:

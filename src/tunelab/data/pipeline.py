@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +94,8 @@ def load_records(recipe: Recipe) -> Records:
         for split in SPLITS
         if getattr(data, split)
     }
+    if data.label_names:
+        splits = {split: name_labels(records, data.label_names, split) for split, records in splits.items()}
     splits["train"] = _sample(recipe, splits["train"], report)
     _clean(recipe, splits, report)
     ratios = {s: getattr(data.split, s) for s in ("validation", "test") if s not in splits}
@@ -217,6 +219,19 @@ def _clean(
             f"dedup removed {removed} of {before} training rows ({100 * removed / before:.0f}%): "
             "check report.json's examples; a dataset of sub-phrases (like SST-2) wants data.near_dedup off"
         )
+
+
+def name_labels(records: list[Any], names: dict[str, str], split: str) -> list[Any]:
+    """Each label as written in the data, replaced by its name from data.label_names. A label the
+    mapping does not name is an error, not passed through: it would become a class of its own."""
+    unnamed = sorted({r.label for r in records if r.label not in names})
+    if unnamed:
+        raise DataError(
+            f"{split}: label(s) {', '.join(map(repr, unnamed[:5]))} have no name in data.label_names "
+            f"(it names {', '.join(map(repr, names))})",
+            fix="add them to data.label_names, or check data.label_column",
+        )
+    return [replace(r, label=names[r.label]) for r in records]
 
 
 def _check_not_empty(splits: dict[str, list[Record]], report: dict[str, Any]) -> None:

@@ -158,7 +158,9 @@ def _jsonl_rows(handle: IO[str], result: ReadResult) -> None:
         try:
             value = json.loads(line)
         except json.JSONDecodeError as exc:
-            result.rows.append(Row(str(line_no), {}, f"not valid JSON ({_json_reason(exc)} at column {exc.colno})"))
+            result.rows.append(
+                Row(str(line_no), {}, f"not valid JSON ({_json_reason(exc)} at column {exc.colno})")
+            )
             continue
         if not isinstance(value, dict):
             result.rows.append(Row(str(line_no), {}, f"expected a JSON object, got {type(value).__name__}"))

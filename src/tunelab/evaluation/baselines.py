@@ -67,8 +67,17 @@ def encoder_baselines(
     zero_shot = (texts @ label_vectors.T).argmax(-1).cpu()
     centroids = embed_centroids(encoder, train, len(names), pad_id, k, seed)
     few_shot = (texts @ centroids.T).argmax(-1).cpu()
+    zero: dict[str, Any] = {f"{prefix}_accuracy": float((zero_shot == truth).float().mean())}
+    bare = [t for t in label_texts if t.strip().lstrip("-").isdigit()]
+    if bare:
+        # An embedding of "0" or "1" says nothing about a class: the score is kept, and said to be
+        # meaningless, rather than reported as if the model knew the classes.
+        zero["note"] = (
+            f"labels {', '.join(bare[:4])} are bare ids: zero-shot compares texts with the strings "
+            "themselves, so its score means little; set data.label_names (or eval.label_descriptions)"
+        )
     return {
-        "zero_shot": {f"{prefix}_accuracy": float((zero_shot == truth).float().mean())},
+        "zero_shot": zero,
         "few_shot": {f"{prefix}_accuracy": float((few_shot == truth).float().mean()), "k": k},
     }
 

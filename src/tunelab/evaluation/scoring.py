@@ -81,10 +81,13 @@ def score_baselines(
         )  # fmt: skip
     chosen: dict[str, Any] = {name: scores[name] for name in recipe.eval.baselines}
     shown = ", ".join(
-        f"{name} {format_metrics({key: v for key, v in s.items() if key not in ('k', 'scored', 'shots_mean')})}"
+        f"{name} {format_metrics({key: v for key, v in s.items() if isinstance(v, float) and key != 'shots_mean'})}"
         for name, s in chosen.items()
     )
     console.print(f"baselines (base model, k={recipe.eval.few_shot_k} for few-shot): {shown}")
+    for name, s in chosen.items():
+        if s.get("note"):
+            console.print(f"[yellow]note:[/] {name.replace('_', '-')}: {s['note']}")
     return chosen
 
 

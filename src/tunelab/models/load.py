@@ -234,10 +234,16 @@ def _offline() -> bool:
 
 # transformers' words when a config has no model class for the Auto class asked (a T5 for a causal LM).
 _NO_HEAD = "Unrecognized configuration class"
-HEAD_NAMES = {"sft": "a causal language model", "classify": "a sequence classifier", "reward": "a reward model"}
+HEAD_NAMES = {
+    "sft": "a causal language model",
+    "classify": "a sequence classifier",
+    "reward": "a reward model",
+}
 
 
-def _not_loadable(name: str, source: str, local: bool, exc: Exception, task: str | None = None) -> ModelLoadError:
+def _not_loadable(
+    name: str, source: str, local: bool, exc: Exception, task: str | None = None
+) -> ModelLoadError:
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if _NO_HEAD in reason:
         # The folder is fine; the architecture cannot be the model this task needs.
