@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import resource
 import shutil
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, set_seed
 from rich.console import Console
@@ -142,8 +145,10 @@ def train(recipe: Recipe, *, resume: Path | None = None, console: Console | None
             started,
         )
     except BaseException as exc:
+        # Ctrl-C is not a failure: the run can be resumed from its last checkpoint. `steps` is the
+        # live count the loop kept in the summary (see _train_in_run_dir's hooks).
         summary.update(
-            status="failed",
+            status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
             error=_describe(exc),
             wall_s=_wall(summary, started),
             peak_mem_mb=peak_memory_mb(),
@@ -243,6 +248,8 @@ def _train_in_run_dir(
         summary["baseline"] = run_eval(before_split)
         summary["baseline_split"] = before_split
         console.print(f"before training ({before_split}): {format_metrics(summary['baseline'])}")
+        if accelerator.is_main_process:
+            write_summary(run_dir, summary)  # kept when the process dies: a resumed run cannot redo it
 
     log = MetricsLog(
         run_dir, enabled=accelerator.is_main_process, resume_step=state.step if resume_from else None
@@ -251,10 +258,10 @@ def _train_in_run_dir(
     task = progress.add_task("train", total=steps, completed=state.step, loss=float("nan"), tps=0.0)
     hooks = Hooks(
         evaluate=(lambda: run_eval("validation")) if "validation" in data.splits else None,
-        save_checkpoint=lambda step: checkpoint.save_checkpoint(
-            accelerator, run_dir / "checkpoints", step, cfg.keep_last
+        save_checkpoint=lambda step: _checkpoint_and_record(
+            accelerator, run_dir, step, cfg.keep_last, summary, state, started
         ),
-        log=log.log,
+        log=lambda step, values: _log_and_count(log, summary, state, step, values),
         progress=lambda step, loss, tps: progress.update(task, completed=step, loss=loss, tps=tps),
     )
     with progress:
@@ -487,12 +494,47 @@ def _checkpoint_to_resume(run_dir: Path, recipe: Recipe, console: Console) -> Pa
         raise TunelabError(
             f"{run_dir} has no complete checkpoint to resume from", fix="start a new run without --resume"
         )
-    saved = (run_dir / "recipe.yaml").read_text(encoding="utf-8")
-    if saved != recipe_to_yaml(recipe):
-        console.print(
-            f"[yellow]note:[/] the recipe differs from the one saved in {run_dir}; using the new one"
+    changed = recipe_changes(yaml.safe_load((run_dir / "recipe.yaml").read_text(encoding="utf-8")), recipe)
+    refused = {path: change for path, change in changed.items() if path not in SAFE_ON_RESUME}
+    if refused:
+        raise TunelabError(
+            f"--resume continues {run_dir} as it was set up; the recipe now differs in {', '.join(refused)}",
+            problems=[f"{path}: {old!r} in the run, {new!r} now" for path, (old, new) in refused.items()],
+            fix="resume with the run's own recipe (its recipe.yaml), or start a new run with the change; "
+            f"these may change on resume: {', '.join(sorted(SAFE_ON_RESUME))}",
         )
+    if changed:  # applied and recorded: recipe.yaml says what the rest of the run uses
+        console.print(
+            f"[yellow]note:[/] resuming with {', '.join(f'{p}={n!r}' for p, (_, n) in changed.items())}"
+        )
+        write_text_atomic(run_dir / "recipe.yaml", recipe_to_yaml(recipe))
     return latest[-1]
+
+
+# What may change when a run resumes: how often it logs, evaluates and saves, and how many checkpoints
+# it keeps. Everything else (lr, batch size, data, schedule, method) would make the rest of the run a
+# different run from the one its checkpoint, metrics and recipe.yaml describe.
+SAFE_ON_RESUME = frozenset({"train.log_every", "train.eval_every", "train.save_every", "train.keep_last"})
+
+
+def recipe_changes(saved: dict[str, Any], recipe: Recipe) -> dict[str, tuple[Any, Any]]:
+    """Dotted recipe paths whose value differs between a run's saved recipe and `recipe`."""
+    now = yaml.safe_load(recipe_to_yaml(recipe))
+
+    def flat(value: Any, prefix: str = "") -> dict[str, Any]:
+        if not isinstance(value, dict):
+            return {prefix: value}
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out.update(flat(item, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+
+    before, after = flat(saved or {}), flat(now)
+    return {
+        p: (before.get(p), after.get(p))
+        for p in sorted(before.keys() | after.keys())
+        if before.get(p) != after.get(p)
+    }
 
 
 def _initial_summary(
@@ -516,12 +558,18 @@ def _initial_summary(
         "steps": previous.get("steps", 0),
         "tokens": previous.get("tokens", 0),
         "wall_s": previous.get("wall_s", 0.0),
+        # Time of the segments before this one (0 for a fresh run): wall_s adds this segment's to it.
+        "earlier_segments_s": previous.get("wall_s", 0.0),
+        "segments": previous.get("segments", 0) + 1,
+        "pid": os.getpid(),  # `runs list` tells a live run from one whose process is gone
+        "host": socket.gethostname(),
         "peak_mem_mb": previous.get("peak_mem_mb", 0.0),
         "trainable_params": trainable,
         "total_params": total,
         "examples": {split: len(examples) for split, examples in data.splits.items()},
         "notes": data.notes,
         "baseline": previous.get("baseline", {}),
+        **({"baseline_split": previous["baseline_split"]} if "baseline_split" in previous else {}),
         "baselines": previous.get("baselines", {}),
         **({"forgetting_before": previous["forgetting_before"]} if "forgetting_before" in previous else {}),
         "metrics": {},
@@ -554,8 +602,36 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+def _log_and_count(
+    log: MetricsLog, summary: dict[str, Any], state: TrainState, step: int, values: dict[str, float]
+) -> None:
+    """A logged step also moves the summary's live counts (written at the next checkpoint or stop)."""
+    summary.update(steps=step, tokens=state.tokens)
+    log.log(step, values)
+
+
+def _checkpoint_and_record(
+    accelerator: Accelerator,
+    run_dir: Path,
+    step: int,
+    keep_last: int,
+    summary: dict[str, Any],
+    state: TrainState,
+    started: float,
+) -> Path:
+    """Save a checkpoint, then record in summary.json what it holds: a run killed after it (kill -9,
+    a lost machine) still shows its steps, tokens and time so far, and where it can resume from."""
+    path = checkpoint.save_checkpoint(accelerator, run_dir / "checkpoints", step, keep_last)
+    summary.update(steps=state.step, tokens=state.tokens, wall_s=_wall(summary, started))
+    summary["last_checkpoint"] = path.name
+    if accelerator.is_main_process:
+        write_summary(run_dir, summary)
+    return path
+
+
 def _wall(summary: dict[str, Any], started: float) -> float:
-    return round(float(summary.get("wall_s", 0.0)) + time.time() - started, 2)
+    """The whole run's wall time: every earlier segment (resumed runs) plus this one so far."""
+    return round(float(summary.get("earlier_segments_s", 0.0)) + time.time() - started, 2)
 
 
 def _describe(exc: BaseException) -> str:

@@ -15,6 +15,8 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import os
+import socket
 import sqlite3
 import subprocess
 import time
@@ -213,7 +215,40 @@ def list_runs(output_dir: str | Path, *, limit: int | None = None) -> list[dict[
         query += " LIMIT ?"
         params = (max(limit, 0),)
     with _connect(path) as conn:
-        return [_decode(row) for row in conn.execute(query, params)]
+        return [_with_live_status(_decode(row)) for row in conn.execute(query, params)]
+
+
+def _with_live_status(run: dict[str, Any]) -> dict[str, Any]:
+    """A run recorded as running whose process is gone (kill -9, a crash of the machine) is shown as
+    interrupted, with the steps and checkpoint its summary.json last recorded."""
+    if run.get("status") != "running" or not run.get("run_dir"):
+        return run
+    summary_path = Path(run["run_dir"]) / "summary.json"
+    try:
+        summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return run
+    pid, host = summary.get("pid"), summary.get("host")
+    if not isinstance(pid, int) or host != socket.gethostname() or _alive(pid):
+        return run  # alive, or on another machine: this one cannot tell
+    checkpoint = summary.get("last_checkpoint")
+    return {
+        **run,
+        "status": "interrupted",
+        "steps": summary.get("steps", run.get("steps")),
+        "wall_s": summary.get("wall_s", run.get("wall_s")),
+        "error": f"process {pid} is gone; resume from {checkpoint}" if checkpoint else f"process {pid} is gone",
+    }
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process has the pid
+    return True
 
 
 def get_run(output_dir: str | Path, run_id: str) -> dict[str, Any]:

@@ -1,0 +1,107 @@
+"""A run's records stay true through interruptions: kill -9, Ctrl-C, and resuming with changes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from tests.conftest import make_recipe
+from tunelab.cli import app
+from tunelab.config import load_recipe
+from tunelab.errors import TunelabError
+from tunelab.runner import train
+from tunelab.runs.registry import list_runs
+from tunelab.training import checkpoint
+
+runner = CliRunner()
+
+
+def only_run(root: Path) -> Path:
+    (run_dir,) = [p for p in (root / "runs").iterdir() if p.is_dir() and not p.name.startswith(".")]
+    return run_dir
+
+
+def crash_with(monkeypatch: pytest.MonkeyPatch, exc: BaseException, at_step: int) -> None:
+    real_save = checkpoint.save_checkpoint
+
+    def save(accelerator: Any, root: Path, step: int, keep_last: int) -> Path:
+        path = real_save(accelerator, root, step, keep_last)
+        if step == at_step:
+            raise exc
+        return path
+
+    monkeypatch.setattr(checkpoint, "save_checkpoint", save)
+
+
+def test_ctrl_c_records_an_interrupted_run_with_its_real_step_count(
+    tmp_path: Path, tiny_bert: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recipe = make_recipe(tmp_path, tiny_bert, "classify", train={"epochs": 3, "save_every": 3})
+    crash_with(monkeypatch, KeyboardInterrupt(), at_step=3)
+    with pytest.raises(KeyboardInterrupt):
+        train(load_recipe(recipe))
+    summary = json.loads((only_run(tmp_path) / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["steps"] == 3
+    assert summary["last_checkpoint"] == "step-00000003"
+    assert summary["baseline"]  # the before-training score was written before the first step
+
+
+def test_resume_refuses_changes_that_would_make_another_run_and_records_the_safe_ones(
+    tmp_path: Path, tiny_bert: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recipe = make_recipe(tmp_path, tiny_bert, "classify", train={"epochs": 3, "save_every": 3})
+    crash_with(monkeypatch, RuntimeError("power cut"), at_step=3)
+    with pytest.raises(RuntimeError):
+        train(load_recipe(recipe))
+    monkeypatch.undo()
+    run_dir = only_run(tmp_path)
+
+    with pytest.raises(TunelabError) as refused:
+        train(load_recipe(recipe, ["train.lr=5e-3", "train.batch_size=4"]), resume=run_dir)
+    message = str(refused.value)
+    assert "the recipe now differs in train.batch_size, train.lr" in message
+    assert "train.lr: 0.01 in the run, 0.005 now" in message
+    assert yaml.safe_load((run_dir / "recipe.yaml").read_text())["train"]["lr"] == 0.01  # untouched
+
+    resumed = train(load_recipe(recipe, ["train.eval_every=3"]), resume=run_dir)
+    assert resumed.summary["status"] == "completed"
+    assert yaml.safe_load((run_dir / "recipe.yaml").read_text())["train"]["eval_every"] == 3  # recorded
+
+
+@pytest.mark.slow
+def test_after_kill_9_the_run_keeps_its_before_score_time_and_steps(tmp_path: Path, tiny_llama: Path) -> None:
+    recipe = make_recipe(
+        tmp_path, tiny_llama, "sft", train={"epochs": 400, "save_every": 2, "eval_every": 1000}
+    )
+    proc = subprocess.Popen([sys.executable, "-m", "tunelab", "train", str(recipe)], env=dict(os.environ),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 120
+    while not list((tmp_path / "runs").glob("*/checkpoints/step-00000004")) and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    run_dir = only_run(tmp_path)
+    killed = json.loads((run_dir / "summary.json").read_text())
+    assert killed["status"] == "running"  # the process had no chance to say otherwise ...
+    assert killed["steps"] >= 4 and killed["wall_s"] > 0 and killed["baseline"]
+    (row,) = list_runs(tmp_path / "runs")
+    assert row["status"] == "interrupted" and row["steps"] == killed["steps"]  # ... `runs list` does
+    assert f"resume from {killed['last_checkpoint']}" in row["error"]
+    listed = runner.invoke(app, ["runs", "list", str(tmp_path / "runs")])
+    assert listed.exit_code == 0 and "interrupted" in listed.output
+
+    resumed = train(load_recipe(recipe, ["train.epochs=400"]), resume=run_dir)
+    assert resumed.summary["status"] == "completed" and resumed.summary["segments"] == 2
+    assert resumed.summary["baseline"] == killed["baseline"]
+    assert resumed.summary["wall_s"] > killed["wall_s"]  # both segments' time, not the last one's
