@@ -98,7 +98,7 @@ def test_after_kill_9_the_run_keeps_its_before_score_time_and_steps(tmp_path: Pa
     (row,) = list_runs(tmp_path / "runs")
     assert row["status"] == "interrupted" and row["steps"] == killed["steps"]  # ... `runs list` does
     assert f"resume from {killed['last_checkpoint']}" in row["error"]
-    listed = runner.invoke(app, ["runs", "list", str(tmp_path / "runs")])
+    listed = runner.invoke(app, ["runs", "list", "--dir", str(tmp_path / "runs")])
     assert listed.exit_code == 0 and "interrupted" in listed.output
 
     resumed = train(load_recipe(recipe, ["train.epochs=400"]), resume=run_dir)
