@@ -531,6 +531,8 @@ def _print_result(summary: dict[str, Any]) -> None:
                 out.print(
                     f"  vs {name.replace('_', '-')} baseline (base model): {scores[key]:.4f} ({change:+.4f})"
                 )
+                if scores.get("note"):
+                    out.print(f"    note: {scores['note']}")
     stopped = " (stopped early)" if summary.get("stopped_early") else ""
     out.print(
         f"steps: {summary['steps']}{stopped}, tokens: {summary['tokens']:,}, time: {summary['wall_s']:.1f}s"

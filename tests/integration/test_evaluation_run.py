@@ -120,3 +120,23 @@ def test_sft_baselines_are_base_model_losses_with_and_without_shots(tmp_path: Pa
 
     again = train(load_recipe(recipe, [f"data.test={tmp_path / 'val.jsonl'}"])).summary  # data from the cache
     assert again["baselines"] == first["baselines"]
+
+
+@pytest.mark.parametrize(("max_seq_len", "fits"), [(22, "none"), (256, "all")])
+def test_the_few_shot_baseline_says_how_many_shots_it_used(
+    tmp_path: Path, tiny_llama: Path, max_seq_len: int, fits: str
+) -> None:
+    from tests.conftest import VAL_CHATS, write_jsonl
+    from tunelab.config import load_recipe
+    from tunelab.runner import train
+
+    test = write_jsonl(tmp_path / "test.jsonl", VAL_CHATS)
+    recipe = make_recipe(tmp_path, tiny_llama, "sft", train={"max_steps": 1, "max_seq_len": max_seq_len})
+    few = train(load_recipe(recipe, [f"data.test={test}"])).summary["baselines"]["few_shot"]
+    zero = train(load_recipe(recipe, [f"data.test={test}"])).summary["baselines"]["zero_shot"]
+    if fits == "none":  # the shots never fit: reported as what it is, the zero-shot score
+        assert few["shots_mean"] == 0 and few["shots_min"] == 0
+        assert few["test_loss"] == pytest.approx(zero["test_loss"])
+        assert "no training conversation fits beside a scored one in max_seq_len 22" in few["note"]
+    else:
+        assert few["shots_mean"] == few["k"] == 3 and few["shots_min"] == 3 and "note" not in few

@@ -126,8 +126,21 @@ def chat_baselines(
         batches = eval_batches(examples, batch_size, tokenizer.pad_token_id, accelerator)
         scores = evaluate(model, batches, OBJECTIVES["sft"], "sft", accelerator, prefix=prefix)
         out[name] = {**scores, "scored": len(examples)}
+    used = [n for _, n in with_shots]
     out["few_shot"]["k"] = len(shots)
-    out["few_shot"]["shots_mean"] = sum(n for _, n in with_shots) / max(len(with_shots), 1)
+    out["few_shot"]["shots_mean"] = sum(used) / max(len(used), 1)
+    out["few_shot"]["shots_min"] = min(used, default=0)
+    if not any(used):
+        # Not a few-shot score at all: said, rather than reported under the few-shot name.
+        out["few_shot"]["note"] = (
+            f"no training conversation fits beside a scored one in max_seq_len {policy.max_seq_len}: "
+            "this is the zero-shot score again; raise train.max_seq_len to see a few-shot baseline"
+        )
+    elif min(used) < len(shots):
+        out["few_shot"]["note"] = (
+            f"{sum(n < len(shots) for n in used)} of {len(used)} scored conversations had room for fewer "
+            f"than {len(shots)} shots (mean {out['few_shot']['shots_mean']:.2f}, fewest {min(used)})"
+        )
     return out
 
 

@@ -81,7 +81,7 @@ def score_baselines(
         )  # fmt: skip
     chosen: dict[str, Any] = {name: scores[name] for name in recipe.eval.baselines}
     shown = ", ".join(
-        f"{name} {format_metrics({key: v for key, v in s.items() if isinstance(v, float) and key != 'shots_mean'})}"
+        f"{name} {format_metrics({key: v for key, v in s.items() if isinstance(v, float) and not key.startswith('shots_')})}"
         for name, s in chosen.items()
     )
     console.print(f"baselines (base model, k={recipe.eval.few_shot_k} for few-shot): {shown}")
