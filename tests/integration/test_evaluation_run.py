@@ -132,8 +132,8 @@ def test_the_few_shot_baseline_says_how_many_shots_it_used(
 
     test = write_jsonl(tmp_path / "test.jsonl", VAL_CHATS)
     recipe = make_recipe(tmp_path, tiny_llama, "sft", train={"max_steps": 1, "max_seq_len": max_seq_len})
-    few = train(load_recipe(recipe, [f"data.test={test}"])).summary["baselines"]["few_shot"]
-    zero = train(load_recipe(recipe, [f"data.test={test}"])).summary["baselines"]["zero_shot"]
+    baselines = train(load_recipe(recipe, [f"data.test={test}"])).summary["baselines"]
+    few, zero = baselines["few_shot"], baselines["zero_shot"]
     if fits == "none":  # the shots never fit: reported as what it is, the zero-shot score
         assert few["shots_mean"] == 0 and few["shots_min"] == 0
         assert few["test_loss"] == pytest.approx(zero["test_loss"])
