@@ -231,11 +231,13 @@ def data_prepare(
     records = load_records(loaded)
     prepared = tokenize_records(loaded, records, load_tokenizer(loaded.model))
     target = out_dir or Path(loaded.output.dir) / f"{loaded.name}-data"
-    write_prepared(target, records, prepared)
+    written = write_prepared(target, records, prepared)
     for note in prepared.notes:
         console.print(f"note: {note}")
-    counts = ", ".join(f"{split} {len(items):,}" for split, items in records.splits.items())
-    out.print(f"records: {counts}")
+    # The counts of what was written (after tokenisation dropped what it had to), not of what went in.
+    counts = ", ".join(f"{split} {n:,}" for split, n in written.items())
+    left_out = sum(len(records.splits[split]) - n for split, n in written.items())
+    out.print(f"records: {counts}" + (f" ({left_out:,} left out at tokenisation, see the notes)" if left_out else ""))
     out.print(f"written to {target} (train.jsonl, ..., report.json)")
 
 

@@ -198,6 +198,21 @@ def test_data_prepare_writes_cleaned_splits(tmp_path: Path, tiny_bert: Path) -> 
     assert "records: train 8, validation 4" in result.output
 
 
+def test_data_prepare_prints_the_counts_it_writes(tmp_path: Path, tiny_llama: Path) -> None:
+    from tests.conftest import CHATS
+
+    long_prompt = " ".join(["please tell me all about my card and my balance"] * 12)
+    too_long = {"messages": [{"role": "user", "content": long_prompt}, {"role": "assistant", "content": "ok"}]}
+    recipe = make_recipe(tmp_path, tiny_llama, "sft")
+    write_jsonl(tmp_path / "train.jsonl", [too_long, *CHATS])  # 9 rows in, 8 survive tokenisation
+    out = tmp_path / "prepared"
+    result = runner.invoke(app, ["data", "prepare", str(recipe), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    written = len((out / "train.jsonl").read_text().splitlines())
+    assert written == 8
+    assert "records: train 8, validation 3 (1 left out at tokenisation, see the notes)" in result.output
+
+
 def test_skip_counts_bad_rows_in_the_report(tmp_path: Path, tiny_llama: Path) -> None:
     recipe = make_recipe(tmp_path, tiny_llama, "sft", data={"on_error": "skip"}, train={"max_steps": 1})
     with (tmp_path / "train.jsonl").open("a") as handle:

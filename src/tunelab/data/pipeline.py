@@ -451,9 +451,11 @@ def _message(message: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in message.items() if v is not None}
 
 
-def write_prepared(out_dir: Path, records: Records, prepared: PreparedData | None) -> None:
-    """The cleaned splits as canonical JSONL (only rows that survive tokenisation) and report.json."""
+def write_prepared(out_dir: Path, records: Records, prepared: PreparedData | None) -> dict[str, int]:
+    """The cleaned splits as canonical JSONL (only rows that survive tokenisation) and report.json.
+    Returns the rows written per split: what training sees, and what to tell the user."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    written: dict[str, int] = {}
     for split, items in records.splits.items():
         left_out: set[str] = set()
         if prepared is not None:
@@ -467,7 +469,11 @@ def write_prepared(out_dir: Path, records: Records, prepared: PreparedData | Non
         tmp = out_dir / f".{split}.jsonl.tmp"
         tmp.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
         tmp.replace(out_dir / f"{split}.jsonl")
+        written[split] = len(rows)
     report = prepared.report if prepared is not None else records.report
     (out_dir / "report.json").write_text(
         json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
     )
+    return written
+
+
