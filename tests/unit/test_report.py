@@ -183,8 +183,11 @@ def test_confusion_matrix_names_the_labels(full: tuple[Path, str, Page]) -> None
 
 def test_data_and_cost_sections(full: tuple[Path, str, Page]) -> None:
     data = full[2].text["data"]
-    for expected in ("data/train.jsonl labeled 82 2 80", "EMAIL 3, PHONE 1", "exact duplicates removed 5"):
+    for expected in ("data/train.jsonl labeled 82 2 80 80", "EMAIL 3, PHONE 1", "exact duplicates removed 5"):
         assert expected in data
+    # Two train counts, each under its own name: kept by cleaning, and examples after tokenisation.
+    assert "kept after cleaning examples after tokenisation" in data
+    assert "test (held out from train) - - - 20 20" in data
     assert "policy: drop; removed from train: 3" in data
     assert "test 2 1" in data  # leakage overlap: exact, near
     assert "dedup removed 5 of 82 training rows" in data

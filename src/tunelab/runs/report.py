@@ -41,7 +41,7 @@ def write_report(run_dir: str | Path) -> Path:
         "baselines": _baselines_section(summary, evaluation),
         "confusion": _confusion_section(evaluation),
         "forgetting": _forgetting_section(evaluation),
-        "data": _data_section(data) if data else None,
+        "data": _data_section(data, summary.get("examples")) if data else None,
         "cost": _cost_section(summary, metrics),
     }
     html = _TEMPLATE.render(title=str(summary.get("name") or run_dir.name), sections=SECTIONS, **page)
@@ -132,7 +132,7 @@ def _summary_section(summary: dict[str, Any]) -> dict[str, Any]:
         ("stopped early", _fmt(summary.get("stopped_early"))),
         ("started", _fmt(summary.get("started_at"))),
         ("finished", _fmt(summary.get("finished_at"))),
-        ("examples", _fmt(summary.get("examples") or None)),
+        ("examples after tokenisation", _fmt(summary.get("examples") or None)),
     ]
     status = str(summary.get("status", "unknown"))
     return {"rows": rows, "status": status, "error": summary.get("error"), "notes": summary.get("notes", [])}
@@ -185,16 +185,23 @@ def _forgetting_section(evaluation: dict[str, Any]) -> dict[str, Any] | None:
     return {"rows": rows, "warning": bool(check.get("warning")), "metric": metric}
 
 
-def _data_section(report: dict[str, Any]) -> dict[str, Any]:
-    kept = report.get("records", {})
-    splits = {split: {**row, "kept": kept.get(split)} for split, row in report.get("splits", {}).items()}
+def _data_section(report: dict[str, Any], trained: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`trained`: summary.json's examples per split, after tokenisation (and packing: rows), which can
+    be fewer than the rows kept by cleaning. Both are shown, each under its own name."""
+    kept, trained = report.get("records", {}), trained or {}
+    files = report.get("splits", {})
+    held_out = {s: {"file": "(held out from train)"} for s in kept if s not in files}
+    splits = {
+        split: {**row, "kept": kept.get(split), "trained": trained.get(split)}
+        for split, row in {**files, **held_out}.items()
+    }
     dedup, leakage, labels = (report.get(key) or {} for key in ("dedup", "leakage", "labels"))
     removed = [
         (f"{kind} duplicates removed", _fmt(dedup.get(f"{kind}_removed"))) for kind in ("exact", "near")
     ]
     policy = {"policy": _fmt(leakage.get("policy")), "removed": _fmt(leakage.get("removed_from_train"))}
     return {
-        "splits": _by_split(splits, ("file", "format", "rows", "bad_rows", "kept")),
+        "splits": _by_split(splits, ("file", "format", "rows", "bad_rows", "kept", "trained")),
         "pii": _by_split(report.get("pii", {}), ("policy", "hits", "rows_with_pii", "rows_dropped")),
         "dedup": removed if dedup else None,
         "leakage": policy if leakage else None,
@@ -365,7 +372,7 @@ reference set changed by more than the tolerance: the model may have lost some o
 
 <section id="data"><h2>Data</h2>
 {% if data %}{% for w in data.warnings %}<div class="warning">{{ w }}</div>{% endfor %}
-{% if data.splits %}<h3>files</h3>{{ grid(["split", "file", "format", "rows read", "bad rows", "kept"], data.splits) }}{% endif %}
+{% if data.splits %}<h3>files</h3>{{ grid(["split", "file", "format", "rows read", "bad rows", "kept after cleaning", "examples after tokenisation"], data.splits) }}{% endif %}
 {% if data.dedup %}<h3>duplicates</h3>{{ kv(data.dedup) }}{% endif %}
 {% if data.pii %}<h3>personal data</h3>{{ grid(["split", "policy", "hits by kind", "rows with PII", "rows dropped"], data.pii) }}{% endif %}
 {% if data.leakage %}<h3>leakage into held-out splits</h3>
