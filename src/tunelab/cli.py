@@ -237,7 +237,10 @@ def data_prepare(
     # The counts of what was written (after tokenisation dropped what it had to), not of what went in.
     counts = ", ".join(f"{split} {n:,}" for split, n in written.items())
     left_out = sum(len(records.splits[split]) - n for split, n in written.items())
-    out.print(f"records: {counts}" + (f" ({left_out:,} left out at tokenisation, see the notes)" if left_out else ""))
+    out.print(
+        f"records: {counts}"
+        + (f" ({left_out:,} left out at tokenisation, see the notes)" if left_out else "")
+    )
     out.print(f"written to {target} (train.jsonl, ..., report.json)")
 
 

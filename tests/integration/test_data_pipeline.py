@@ -202,7 +202,9 @@ def test_data_prepare_prints_the_counts_it_writes(tmp_path: Path, tiny_llama: Pa
     from tests.conftest import CHATS
 
     long_prompt = " ".join(["please tell me all about my card and my balance"] * 12)
-    too_long = {"messages": [{"role": "user", "content": long_prompt}, {"role": "assistant", "content": "ok"}]}
+    too_long = {
+        "messages": [{"role": "user", "content": long_prompt}, {"role": "assistant", "content": "ok"}]
+    }
     recipe = make_recipe(tmp_path, tiny_llama, "sft")
     write_jsonl(tmp_path / "train.jsonl", [too_long, *CHATS])  # 9 rows in, 8 survive tokenisation
     out = tmp_path / "prepared"

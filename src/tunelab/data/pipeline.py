@@ -475,5 +475,3 @@ def write_prepared(out_dir: Path, records: Records, prepared: PreparedData | Non
         json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
     )
     return written
-
-

@@ -11,6 +11,7 @@ import csv
 import gzip
 import io
 import json
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,7 +79,7 @@ def read_file(path: str | Path, *, text_unit: str = "line") -> ReadResult:
             elif container == ".json":
                 result.rows = list(_json_array_rows(path, handle))
             elif container in (".csv", ".tsv"):
-                result.rows = list(_delimited_rows(handle, "\t" if container == ".tsv" else ","))
+                result.rows = list(_delimited_rows(path, handle, "\t" if container == ".tsv" else ","))
             else:
                 result.rows = list(_text_rows(handle, text_unit))
     except UnicodeDecodeError as exc:
@@ -168,6 +169,21 @@ def _jsonl_rows(handle: IO[str], result: ReadResult) -> None:
         result.rows.append(Row(str(line_no), value))
 
 
+class DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json keeps the last of two equal keys and drops the first without a word; a row whose field is
+    given twice is ambiguous, so it is a bad row instead."""
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise DuplicateKey(f"the key {key!r} appears twice in one object")
+        seen[key] = value
+    return seen
+
+
 def _json_reason(exc: json.JSONDecodeError) -> str:
     # Some of json's messages end in "at" themselves ("Invalid control character at"): said once.
     return exc.msg.removesuffix(" at")
@@ -175,12 +191,15 @@ def _json_reason(exc: json.JSONDecodeError) -> str:
 
 def _json_array_rows(path: Path, handle: IO[str]) -> Iterator[Row]:
     try:
-        value = json.load(handle)
+        value = json.load(handle, object_pairs_hook=_no_duplicate_keys)
     except json.JSONDecodeError as exc:
         raise DataError(
             f"{path}:{exc.lineno}: not valid JSON ({_json_reason(exc)} at column {exc.colno})",
             fix="a .json file holds one array",
         ) from None
+    except (DuplicateKey, RecursionError) as exc:
+        reason = str(exc) if isinstance(exc, DuplicateKey) else "JSON nested too deeply to read"
+        raise DataError(f"{path}: {reason}", fix="a .json file holds one array of flat objects") from None
     if isinstance(value, dict) and len(value) == 1 and isinstance(next(iter(value.values())), list):
         value = next(iter(value.values()))  # {"data": [...]}, a common wrapper
     if not isinstance(value, list):
@@ -191,13 +210,32 @@ def _json_array_rows(path: Path, handle: IO[str]) -> Iterator[Row]:
         yield Row(f"item {i}", item)
 
 
-def _delimited_rows(handle: IO[str], delimiter: str) -> Iterator[Row]:
+# csv refuses fields over 128 KiB by default; a long document in one cell is data, not an attack.
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+
+
+def _delimited_rows(path: Path, handle: IO[str], delimiter: str) -> Iterator[Row]:
     # QUOTE_MINIMAL with csv's defaults: quoted fields may span lines; reader.line_num is where a row ends.
     reader = csv.DictReader(handle, delimiter=delimiter)
     start = 2  # line 1 is the header
-    for row in reader:
-        yield Row(str(start), {k: v for k, v in row.items() if k is not None})
-        start = reader.line_num + 1
+    try:
+        for row in reader:
+            extra: Any = row.pop(None, None)  # cells past the header: key None
+            error = _extra_cells(extra)
+            yield Row(str(start), {} if error else dict(row), error)
+            start = reader.line_num + 1
+    except csv.Error as exc:  # an unterminated quote, a NUL byte: the rest of the file cannot be split
+        raise DataError(
+            f"{path}:{reader.line_num}: not valid CSV ({exc})",
+            fix="check the quoting around that line (a quote opened and never closed swallows the rest)",
+        ) from None
+
+
+def _extra_cells(extra: list[str] | None) -> str | None:
+    # More cells than the header has: a cell was split (a delimiter inside unquoted text), not data to drop.
+    if not extra:
+        return None
+    return f"{len(extra)} more cell(s) than the header has columns (an unquoted delimiter in a cell?)"
 
 
 def _text_rows(handle: IO[str], unit: str) -> Iterator[Row]:

@@ -55,7 +55,7 @@ def encoder_baselines(
     k: int = 3,
     seed: int = 42,
     descriptions: dict[str, str] | None = None,
-) -> dict[str, dict[str, float]]:
+) -> dict[str, dict[str, Any]]:
     """{"zero_shot": {f"{prefix}_accuracy": ...}, "few_shot": {...}} on the `scored` examples."""
     encoder = model.base_model  # the backbone under the (new) classification head
     pad_id = tokenizer.pad_token_id
@@ -113,14 +113,14 @@ def chat_baselines(
     k: int = 3,
     seed: int = 42,
     batch_size: int = 8,
-) -> dict[str, dict[str, float]]:
+) -> dict[str, dict[str, Any]]:
     """Loss of the base causal LM on the scored answers: zero-shot (the conversation alone, through the
     chat template) and few-shot (k seeded training conversations first, as prior turns carrying no loss).
     Loss, not generated text, because it is the metric sft runs report; lower is better."""
     rng = random.Random(seed)
     shots = rng.sample(list(train), min(k, len(train)))
     with_shots = [_with_shots(tokenizer, chat, shots, policy.max_seq_len) for chat in scored]
-    out = {}
+    out: dict[str, dict[str, Any]] = {}
     for name, chats in (("zero_shot", list(scored)), ("few_shot", [c for c, _ in with_shots])):
         examples, _ = tokenize_chats(tokenizer, chats, policy)
         batches = eval_batches(examples, batch_size, tokenizer.pad_token_id, accelerator)

@@ -237,7 +237,9 @@ def _with_live_status(run: dict[str, Any]) -> dict[str, Any]:
         "status": "interrupted",
         "steps": summary.get("steps", run.get("steps")),
         "wall_s": summary.get("wall_s", run.get("wall_s")),
-        "error": f"process {pid} is gone; resume from {checkpoint}" if checkpoint else f"process {pid} is gone",
+        "error": f"process {pid} is gone; resume from {checkpoint}"
+        if checkpoint
+        else f"process {pid} is gone",
     }
 
 
