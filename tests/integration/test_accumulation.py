@@ -64,7 +64,9 @@ def test_micro_batches_and_processes_train_the_model_one_big_batch_trains(
     for name in ("4x2", "2procs-2x2"):
         got = load_file(run_folder(tmp_path / name) / "final" / "adapter_model.safetensors")
         for key, tensor in expected.items():
-            torch.testing.assert_close(got[key], tensor, atol=1e-5, rtol=0, msg=f"{name}: {key}")
+            # fp32 sums in another order, through 6 AdamW steps at lr 1e-2: 1.1e-5 measured, with and
+            # without grouping; grouping by micro-batch (the defect) put them 1.06e-2 apart.
+            torch.testing.assert_close(got[key], tensor, atol=5e-5, rtol=0)
         assert summaries[name]["metrics"]["val_loss"] == pytest.approx(
             summaries["1x8"]["metrics"]["val_loss"], abs=1e-5
         )

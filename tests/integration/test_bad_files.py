@@ -85,6 +85,8 @@ def test_a_bad_file_is_read_or_refused_cleanly_and_every_row_is_counted(name: st
     assert all(entry.startswith(f"{path}:") for entry in loaded.bad_rows)
     if path.suffix == ".jsonl" and (lines := data_lines(CORPUS[name])) is not None:
         assert loaded.total_rows == lines  # no line of the file went unaccounted for
+    if name == "duplicate_keys.jsonl":  # json would keep "two" and drop "one" without a word
+        assert any("the key 'text' appears twice in one object" in entry for entry in loaded.bad_rows)
 
 
 @pytest.mark.parametrize("name", list(CORPUS))

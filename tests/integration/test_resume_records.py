@@ -46,13 +46,15 @@ def crash_with(monkeypatch: pytest.MonkeyPatch, exc: BaseException, at_step: int
 def test_ctrl_c_records_an_interrupted_run_with_its_real_step_count(
     tmp_path: Path, tiny_bert: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # 6 steps, a checkpoint every 3; Ctrl-C while the step-6 checkpoint is written.
     recipe = make_recipe(tmp_path, tiny_bert, "classify", train={"epochs": 3, "save_every": 3})
-    crash_with(monkeypatch, KeyboardInterrupt(), at_step=3)
+    crash_with(monkeypatch, KeyboardInterrupt(), at_step=6)
     with pytest.raises(KeyboardInterrupt):
         train(load_recipe(recipe))
     summary = json.loads((only_run(tmp_path) / "summary.json").read_text())
-    assert summary["status"] == "interrupted" and summary["steps"] == 3
-    assert summary["last_checkpoint"] == "step-00000003"
+    assert summary["status"] == "interrupted" and summary["error"] == "interrupted"
+    assert summary["steps"] == 6  # the real count, not the 0 it started with
+    assert summary["last_checkpoint"] == "step-00000003"  # the last one recorded complete
     assert summary["baseline"]  # the before-training score was written before the first step
 
 

@@ -155,5 +155,5 @@ def test_a_bad_dict_key_is_named_as_a_key_not_as_a_file_path(tmp_path: Path, goo
     with pytest.raises(RecipeError) as caught:
         load_recipe(write_recipe(tmp_path, good))
     message = str(caught.value)
-    assert "data.columns: the key 1 must be text: input should be a valid string" in message
+    assert "data.columns[1]: the key 1 must be text: input should be a valid string" in message
     assert "file path" not in message

@@ -187,7 +187,7 @@ def test_data_and_cost_sections(full: tuple[Path, str, Page]) -> None:
         assert expected in data
     # Two train counts, each under its own name: kept by cleaning, and examples after tokenisation.
     assert "kept after cleaning examples after tokenisation" in data
-    assert "test (held out from train) - - - 20 20" in data
+    assert "test (held out from train) — — — 20 20" in data
     assert "policy: drop; removed from train: 3" in data
     assert "test 2 1" in data  # leakage overlap: exact, near
     assert "dedup removed 5 of 82 training rows" in data

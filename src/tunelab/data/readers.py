@@ -157,11 +157,17 @@ def _jsonl_rows(handle: IO[str], result: ReadResult) -> None:
         if not line.strip():
             continue  # blank lines (e.g. a trailing newline) are not rows
         try:
-            value = json.loads(line)
+            value = json.loads(line, object_pairs_hook=_no_duplicate_keys)
         except json.JSONDecodeError as exc:
             result.rows.append(
                 Row(str(line_no), {}, f"not valid JSON ({_json_reason(exc)} at column {exc.colno})")
             )
+            continue
+        except DuplicateKey as exc:
+            result.rows.append(Row(str(line_no), {}, str(exc)))
+            continue
+        except RecursionError:
+            result.rows.append(Row(str(line_no), {}, "JSON nested too deeply to read"))
             continue
         if not isinstance(value, dict):
             result.rows.append(Row(str(line_no), {}, f"expected a JSON object, got {type(value).__name__}"))
