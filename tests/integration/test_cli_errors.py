@@ -186,3 +186,40 @@ def test_validate_runs_the_data_checks_and_says_what_it_did_not_run(tmp_path: Pa
     assert bad_row.exit_code == 1 and "train.jsonl:9:" in bad_row.output
     missing = invoke("validate", str(recipe), "--set", f"model.name={tmp_path / 'nope'}")
     assert missing.exit_code == 1 and "model folder not found" in missing.output
+
+
+def test_chatml_markers_that_are_not_tokens_are_refused_when_chosen_silently(
+    tmp_path: Path, tiny_llama: Path
+) -> None:
+    # A tokenizer with no chat template and no <|im_start|>/<|im_end|> tokens: falling back to ChatML
+    # would train the markers as word pieces, and generation would never stop at a turn's end.
+    import shutil
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from tests.conftest import CORPUS
+
+    model_dir = tmp_path / "plain"
+    shutil.copytree(tiny_llama, model_dir)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
+        (model_dir / name).unlink(missing_ok=True)
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<pad>", "<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)  # fmt: skip
+    bpe.train_from_iterator(CORPUS * 4, trainer=trainer)
+    PreTrainedTokenizerFast(
+        tokenizer_object=bpe, unk_token="<unk>", pad_token="<pad>", bos_token="<s>", eos_token="</s>"
+    ).save_pretrained(model_dir)
+    recipe = make_recipe(tmp_path, model_dir, "sft")
+    result = invoke("train", str(recipe))
+    assert result.exit_code == 1, result.output
+    assert "the model's tokenizer has no chat template, and the tokenizer has no token for" in result.output
+    assert "fix: set data.template: alpaca" in result.output
+    assert not (tmp_path / "runs").exists()
+    # Asked for by name, it trains, and says what that costs.
+    named = invoke("train", str(recipe), "--set", "data.template=chatml", "--set", "train.max_steps=1")
+    assert named.exit_code == 0, named.output
+    assert "data.template chatml: the tokenizer has no token for" in named.output

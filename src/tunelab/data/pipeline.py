@@ -20,7 +20,7 @@ from tunelab.data.formats import RECORD_KIND, Columns, build_label_map, check_la
 from tunelab.data.mixture import REPLAY
 from tunelab.data.packing import pack_examples
 from tunelab.data.records import Chat, Labeled, Preference, Record, Text
-from tunelab.data.templates import ensure_chat_template
+from tunelab.data.templates import ensure_chat_template, split_markers
 from tunelab.data.tokenize import (
     Example,
     LengthPolicy,
@@ -320,6 +320,28 @@ def _labels(recipe: Recipe, splits: dict[str, list[Any]], report: dict[str, Any]
     return label_map
 
 
+def _check_markers(tokenizer: Any, prepared: PreparedData, asked: str) -> None:
+    """A built-in template's turn markers must be tokens of the tokenizer. Cut into word pieces
+    ("< | im _ end | >") they are learned as text: generation never stops at a turn's end, and the
+    marker leaks into answers. Falling back to ChatML silently onto such a tokenizer is refused; a
+    template the recipe asks for by name is trained as asked, with the consequence said."""
+    split = split_markers(tokenizer, prepared.chat_template or "tokenizer")
+    if not split:
+        return
+    why = (
+        f"the tokenizer has no token for {', '.join(split)}: the {prepared.chat_template} markers would be "
+        "trained as word pieces, generation would not stop at the end of a turn, and the marker text "
+        "would leak into answers"
+    )
+    if asked == "auto":
+        raise DataError(
+            f"the model's tokenizer has no chat template, and {why}",
+            fix="set data.template: alpaca (plain-text headers; answers end with the tokenizer's EOS "
+            "token), or use a model whose tokenizer has a chat template (an instruct model)",
+        )
+    prepared.notes.append(f"data.template {asked}: {why}; data.template: alpaca avoids it")
+
+
 def tokenize_records(recipe: Recipe, records: Records, tokenizer: Any) -> PreparedData:
     data, max_len = recipe.data, recipe.train.max_seq_len
     policy = LengthPolicy(max_len, data.truncation, data.min_tokens, data.max_tokens)
@@ -327,6 +349,7 @@ def tokenize_records(recipe: Recipe, records: Records, tokenizer: Any) -> Prepar
     prepared.notes.extend(records.report.get("warnings", []))
     if recipe.task in CHAT_TASKS:
         prepared.chat_template = ensure_chat_template(tokenizer, data.template)
+        _check_markers(tokenizer, prepared, data.template)
     for split, items in records.splits.items():
         examples, stats = [], TokenizeStats()
         for name, group in _groups(items, records.tasks.get(split)):

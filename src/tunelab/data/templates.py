@@ -41,6 +41,22 @@ ALPACA = (
 )
 
 BUILTIN_TEMPLATES = {"chatml": CHATML, "llama3": LLAMA3, "alpaca": ALPACA}
+# The markers each built-in template writes around turns; generation stops on the end-of-turn one, so
+# each must be one token of the tokenizer (alpaca's turns end with the tokenizer's own EOS token).
+TEMPLATE_MARKERS = {
+    "chatml": ("<|im_start|>", "<|im_end|>"),
+    "llama3": ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
+    "alpaca": (),
+}
+
+
+def split_markers(tokenizer: Any, template: str) -> list[str]:
+    """The template's markers that the tokenizer cuts into several pieces (it has no token for them)."""
+    return [
+        marker
+        for marker in TEMPLATE_MARKERS.get(template, ())
+        if len(tokenizer(marker, add_special_tokens=False)["input_ids"]) != 1
+    ]
 
 
 @dataclass(frozen=True)
