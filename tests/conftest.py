@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -293,6 +295,38 @@ def make_recipe(tmp_path: Path, model_dir: Path, task: str, **sections: dict[str
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe, sort_keys=False), encoding="utf-8")
     return path
+
+
+def only_run_dir(root: Path) -> Path:
+    """The one run folder under root/runs (the hidden temporary folders of atomic writes aside)."""
+    (run_dir,) = [p for p in (root / "runs").iterdir() if p.is_dir() and not p.name.startswith(".")]
+    return run_dir
+
+
+def crash_at_checkpoint(monkeypatch: pytest.MonkeyPatch, exc: BaseException, at_step: int) -> None:
+    """`checkpoint.save_checkpoint` raises `exc` right after writing the step-`at_step` checkpoint, as
+    a power cut (or Ctrl-C) would leave a run; `monkeypatch.undo()` restores it."""
+    from tunelab.training import checkpoint
+
+    real_save = checkpoint.save_checkpoint
+
+    def save(accelerator: Any, root: Path, step: int, keep_last: int) -> Path:
+        path = real_save(accelerator, root, step, keep_last)
+        if step == at_step:
+            raise exc
+        return path
+
+    monkeypatch.setattr(checkpoint, "save_checkpoint", save)
+
+
+def train_in_processes(recipe: Path, nproc: int) -> subprocess.CompletedProcess[str]:
+    """`tunelab train RECIPE --nproc N`, as a user runs it (torchrun, gloo on CPU); it must succeed."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "tunelab", "train", str(recipe), "--nproc", str(nproc)],
+        capture_output=True, text=True, env=dict(os.environ), timeout=240,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
 
 
 def random_labelled_examples(n: int = 8, seed: int = 0) -> list[dict]:

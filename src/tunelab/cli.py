@@ -71,11 +71,11 @@ def validate(
     """Check a recipe, its data and its model's whereabouts; report every recipe problem at once."""
     from tunelab.config import load_recipe
     from tunelab.data.pipeline import load_records
-    from tunelab.models.load import check_sequence_length, model_source, virtual_tokens
+    from tunelab.models.load import check_sequence_length, model_source
 
     loaded = load_recipe(recipe, set_ or [])
     _, local = model_source(loaded.model.name)  # a missing folder fails here, as train would
-    check_sequence_length(loaded.model, loaded.train.max_seq_len, virtual_tokens(loaded))
+    check_sequence_length(loaded)
     # The data stage up to tokenisation: every file read, bad rows named, cleaned, split, leak-checked.
     counts = load_records(loaded).report["records"]
     out.print(f"{recipe}: ok ({loaded.task}, {loaded.method.name}, model {loaded.model.name})")

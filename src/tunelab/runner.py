@@ -61,7 +61,6 @@ from tunelab.models.load import (
     load_model,
     load_tokenizer,
     quantisation_for,
-    virtual_tokens,
 )
 from tunelab.models.methods import apply_method, count_parameters
 from tunelab.runs.registry import record_run
@@ -98,7 +97,7 @@ def train(recipe: Recipe, *, resume: Path | None = None, console: Console | None
     console = console or Console(stderr=True, soft_wrap=True)
     resume_from = _checkpoint_to_resume(resume, recipe, console) if resume else None
 
-    check_sequence_length(recipe.model, recipe.train.max_seq_len, virtual_tokens(recipe))
+    check_sequence_length(recipe)
     tokenizer = load_tokenizer(recipe.model)
     cache_key = data_cache.cache_key(recipe, tokenizer)  # before the data stage gives it a chat template
     data, records, cached_files = _prepare_data(recipe, tokenizer, cache_key, console)

@@ -4,16 +4,13 @@ micro-batches and processes, with length grouping on (the default), so the same 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import CHATS, exact, make_recipe, write_jsonl
+from tests.conftest import CHATS, exact, make_recipe, only_run_dir, train_in_processes, write_jsonl
 from tunelab.config import load_recipe
 from tunelab.runner import train
 
@@ -27,11 +24,6 @@ def more_chats() -> list[dict]:
         messages[-1]["content"] = f"{messages[-1]['content']} " + " ".join(["and then some more"] * (i + 1))
         longer.append({"messages": messages})
     return CHATS + longer
-
-
-def run_folder(root: Path) -> Path:
-    (run_dir,) = [p for p in (root / "runs").iterdir() if p.is_dir() and not p.name.startswith(".")]
-    return run_dir
 
 
 @exact
@@ -52,17 +44,13 @@ def test_micro_batches_and_processes_train_the_model_one_big_batch_trains(
         recipes[name] = recipe
     train(load_recipe(recipes["1x8"]))
     train(load_recipe(recipes["4x2"]))
-    proc = subprocess.run(
-        [sys.executable, "-m", "tunelab", "train", str(recipes["2procs-2x2"]), "--nproc", "2"],
-        capture_output=True, text=True, env=dict(os.environ), timeout=240,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    train_in_processes(recipes["2procs-2x2"], 2)
 
-    summaries = {n: json.loads((run_folder(tmp_path / n) / "summary.json").read_text()) for n in shapes}
+    summaries = {n: json.loads((only_run_dir(tmp_path / n) / "summary.json").read_text()) for n in shapes}
     assert {s["steps"] for s in summaries.values()} == {6}  # 16 examples / 8 per step x 3 epochs
-    expected = load_file(run_folder(tmp_path / "1x8") / "final" / "adapter_model.safetensors")
+    expected = load_file(only_run_dir(tmp_path / "1x8") / "final" / "adapter_model.safetensors")
     for name in ("4x2", "2procs-2x2"):
-        got = load_file(run_folder(tmp_path / name) / "final" / "adapter_model.safetensors")
+        got = load_file(only_run_dir(tmp_path / name) / "final" / "adapter_model.safetensors")
         for key, tensor in expected.items():
             # fp32 sums in another order, through 6 AdamW steps at lr 1e-2: 1.1e-5 measured, with and
             # without grouping; grouping by micro-batch (the defect) put them 1.06e-2 apart.

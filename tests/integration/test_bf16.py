@@ -6,9 +6,6 @@ tested here rather than skipped."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +15,15 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
-from tests.conftest import BF16_U, CHATS, make_recipe, write_jsonl
+from tests.conftest import (
+    BF16_U,
+    CHATS,
+    crash_at_checkpoint,
+    make_recipe,
+    only_run_dir,
+    train_in_processes,
+    write_jsonl,
+)
 from tests.integration.test_method_runs import METHODS
 from tunelab.cli import app
 from tunelab.config import load_recipe
@@ -112,26 +117,16 @@ def test_bf16_resume_after_a_crash_equals_an_uninterrupted_run(
 ) -> None:
     # Resume replays the very same roundings (the bf16 base is reloaded, the float32 masters and the
     # RNG come from the checkpoint), so here bf16 is held to float32's tolerance.
-    from tunelab.training import checkpoint
-
     settings = {**BF16, "epochs": 3, "save_every": 3, "eval_every": 2}
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     straight = train(load_recipe(make_recipe(tmp_path / "a", tiny_llama, "sft", train=settings)))
     recipe = load_recipe(make_recipe(tmp_path / "b", tiny_llama, "sft", train=settings))
-    real_save = checkpoint.save_checkpoint
-
-    def crash_after_step_3(accelerator: Any, root: Path, step: int, keep_last: int) -> Path:
-        path = real_save(accelerator, root, step, keep_last)
-        if step == 3:
-            raise SimulatedCrash("power cut")
-        return path
-
-    monkeypatch.setattr(checkpoint, "save_checkpoint", crash_after_step_3)
+    crash_at_checkpoint(monkeypatch, SimulatedCrash("power cut"), at_step=3)
     with pytest.raises(SimulatedCrash):
         train(recipe)
-    (run_dir,) = [p for p in (tmp_path / "b" / "runs").iterdir() if p.is_dir() and not p.name.startswith(".")]
-    monkeypatch.setattr(checkpoint, "save_checkpoint", real_save)
+    run_dir = only_run_dir(tmp_path / "b")
+    monkeypatch.undo()
     resumed = train(recipe, resume=run_dir)
     expected = load_file(straight.run_dir / "final" / "adapter_model.safetensors")
     got = load_file(run_dir / "final" / "adapter_model.safetensors")
@@ -152,15 +147,10 @@ def test_bf16_two_processes_of_batch_four_train_like_one_of_batch_eight(
     single = train(
         load_recipe(make_recipe(tmp_path / "one", tiny_llama, "sft", train={**settings, "batch_size": 8}))
     )
-    recipe = make_recipe(tmp_path / "two", tiny_llama, "sft", train={**settings, "batch_size": 4})
-    proc = subprocess.run(
-        [sys.executable, "-m", "tunelab", "train", str(recipe), "--nproc", "2"],
-        capture_output=True, text=True, env=dict(os.environ), timeout=240,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (run_dir,) = [
-        p for p in (tmp_path / "two" / "runs").iterdir() if p.is_dir() and not p.name.startswith(".")
-    ]
+    train_in_processes(
+        make_recipe(tmp_path / "two", tiny_llama, "sft", train={**settings, "batch_size": 4}), 2
+    )
+    run_dir = only_run_dir(tmp_path / "two")
     summary = json.loads((run_dir / "summary.json").read_text())
     assert_trains_alike(TrainResult(run_dir=run_dir, summary=summary), single)
 

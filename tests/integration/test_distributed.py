@@ -4,16 +4,13 @@ is normalised across processes."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import exact, make_recipe
+from tests.conftest import exact, make_recipe, only_run_dir, train_in_processes
 from tunelab.config import load_recipe
 from tunelab.runner import train
 
@@ -32,19 +29,9 @@ def test_two_processes_of_batch_four_equal_one_process_of_batch_eight(
         load_recipe(make_recipe(tmp_path / "one", tiny_llama, "sft", train={**settings, "batch_size": 8}))
     )
     recipe = make_recipe(tmp_path / "two", tiny_llama, "sft", train={**settings, "batch_size": 4})
-    proc = subprocess.run(
-        [sys.executable, "-m", "tunelab", "train", str(recipe), "--nproc", "2"],
-        capture_output=True,
-        text=True,
-        env=dict(os.environ),
-        timeout=240,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = train_in_processes(recipe, 2)
     assert "launching 2 processes (ddp)" in proc.stdout + proc.stderr
-
-    (run_dir,) = [
-        p for p in (tmp_path / "two" / "runs").iterdir() if p.is_dir() and not p.name.startswith(".")
-    ]  # one, not one per process
+    run_dir = only_run_dir(tmp_path / "two")  # one, not one per process
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed"
     assert summary["steps"] == single.summary["steps"] and summary["tokens"] == single.summary["tokens"]

@@ -9,38 +9,19 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 from typer.testing import CliRunner
 
-from tests.conftest import make_recipe
+from tests.conftest import crash_at_checkpoint, make_recipe, only_run_dir
 from tunelab.cli import app
 from tunelab.config import load_recipe
 from tunelab.errors import TunelabError
 from tunelab.runner import train
 from tunelab.runs.registry import list_runs
-from tunelab.training import checkpoint
 
 runner = CliRunner()
-
-
-def only_run(root: Path) -> Path:
-    (run_dir,) = [p for p in (root / "runs").iterdir() if p.is_dir() and not p.name.startswith(".")]
-    return run_dir
-
-
-def crash_with(monkeypatch: pytest.MonkeyPatch, exc: BaseException, at_step: int) -> None:
-    real_save = checkpoint.save_checkpoint
-
-    def save(accelerator: Any, root: Path, step: int, keep_last: int) -> Path:
-        path = real_save(accelerator, root, step, keep_last)
-        if step == at_step:
-            raise exc
-        return path
-
-    monkeypatch.setattr(checkpoint, "save_checkpoint", save)
 
 
 def test_ctrl_c_records_an_interrupted_run_with_its_real_step_count(
@@ -48,10 +29,10 @@ def test_ctrl_c_records_an_interrupted_run_with_its_real_step_count(
 ) -> None:
     # 6 steps, a checkpoint every 3; Ctrl-C while the step-6 checkpoint is written.
     recipe = make_recipe(tmp_path, tiny_bert, "classify", train={"epochs": 3, "save_every": 3})
-    crash_with(monkeypatch, KeyboardInterrupt(), at_step=6)
+    crash_at_checkpoint(monkeypatch, KeyboardInterrupt(), at_step=6)
     with pytest.raises(KeyboardInterrupt):
         train(load_recipe(recipe))
-    summary = json.loads((only_run(tmp_path) / "summary.json").read_text())
+    summary = json.loads((only_run_dir(tmp_path) / "summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["error"] == "interrupted"
     assert summary["steps"] == 6  # the real count, not the 0 it started with
     assert summary["last_checkpoint"] == "step-00000003"  # the last one recorded complete
@@ -62,11 +43,11 @@ def test_resume_refuses_changes_that_would_make_another_run_and_records_the_safe
     tmp_path: Path, tiny_bert: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     recipe = make_recipe(tmp_path, tiny_bert, "classify", train={"epochs": 3, "save_every": 3})
-    crash_with(monkeypatch, RuntimeError("power cut"), at_step=3)
+    crash_at_checkpoint(monkeypatch, RuntimeError("power cut"), at_step=3)
     with pytest.raises(RuntimeError):
         train(load_recipe(recipe))
     monkeypatch.undo()
-    run_dir = only_run(tmp_path)
+    run_dir = only_run_dir(tmp_path)
 
     with pytest.raises(TunelabError) as refused:
         train(load_recipe(recipe, ["train.lr=5e-3", "train.batch_size=4"]), resume=run_dir)
@@ -93,7 +74,7 @@ def test_after_kill_9_the_run_keeps_its_before_score_time_and_steps(tmp_path: Pa
     time.sleep(0.5)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    run_dir = only_run(tmp_path)
+    run_dir = only_run_dir(tmp_path)
     killed = json.loads((run_dir / "summary.json").read_text())
     assert killed["status"] == "running"  # the process had no chance to say otherwise ...
     assert killed["steps"] >= 4 and killed["wall_s"] > 0 and killed["baseline"]

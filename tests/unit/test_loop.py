@@ -182,7 +182,7 @@ def test_length_grouping_forms_the_same_optimizer_batches_however_they_are_split
         states = [TrainState() for _ in streams]
         out = []
         while states[0].epoch == 0:  # one epoch, step by step, as the loop draws it
-            drawn = [s.next_step(state, accum) for s, state in zip(streams, states, strict=True)]
+            drawn = [s.next_step(state) for s, state in zip(streams, states, strict=True)]
             out.append(sorted(int(i) for rank in drawn for b in rank for i in b["input_ids"][:, 0]))
         return out
 

@@ -482,7 +482,7 @@ def write_prepared(out_dir: Path, records: Records, prepared: PreparedData | Non
     for split, items in records.splits.items():
         left_out: set[str] = set()
         if prepared is not None:
-            left_out = {s for sources in prepared.stats[split].dropped.values() for s in sources}
+            left_out = prepared.stats[split].left_out
         tags = records.tasks.get(split) or [""] * len(items)
         rows = [
             {**record_to_json(r), **({"_task": tag} if tag else {})}

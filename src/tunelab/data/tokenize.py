@@ -42,6 +42,11 @@ class TokenizeStats:
         self.dropped.setdefault(reason, []).append(source)
 
     @property
+    def left_out(self) -> set[str]:
+        """Sources of every example left out, whatever the reason."""
+        return {source for sources in self.dropped.values() for source in sources}
+
+    @property
     def without_targets(self) -> list[str]:
         return self.dropped.get("no_targets", [])
 

@@ -41,7 +41,7 @@ def chat_records(
     """
     if records is not None:
         stats = data.stats.get(split)
-        left_out = {s for sources in stats.dropped.values() for s in sources} if stats is not None else set()
+        left_out = stats.left_out if stats is not None else set()
         rows = [row for row in records.splits[split] if row.source not in left_out]
     else:
         assert cached_files is not None

@@ -23,7 +23,7 @@ from tunelab.models.load import load_model
 from tunelab.models.restore import find_final, load_trained, read_recipe
 from tunelab.training.loop import eval_batches
 from tunelab.training.objectives import OBJECTIVES
-from tunelab.training.precision import Precision, make_accelerator, weights_dtype
+from tunelab.training.precision import COMPUTE_DTYPES, Precision, make_accelerator
 
 GENERATIVE = ("bleu", "chrf", "rouge", "exact_match")
 
@@ -84,7 +84,7 @@ def load_target(target: str, task: str | None = None, *, precision: str = "train
             fix="evaluate a run or its final/ folder",
         )
     compute = "fp32" if precision == "trained" else precision  # a base model trained in nothing yet
-    weights = weights_dtype("lora", compute)  # nothing trains: the compute dtype, as a frozen base
+    weights = COMPUTE_DTYPES[compute]  # nothing trains: weights in the compute dtype, as a frozen base
     loaded = load_model(ModelConfig(name=target), chosen, dtype=weights)
     return Target(loaded.model, loaded.tokenizer, chosen, None, None, Precision(compute, weights))
 

@@ -12,7 +12,7 @@ from typing import Any, Literal
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from tunelab.config import ModelConfig
+from tunelab.config import ModelConfig, Recipe
 from tunelab.errors import ModelLoadError
 
 Quantisation = Literal["4bit", "8bit"]
@@ -52,7 +52,7 @@ def load_model(
     follows `cfg.load_in_8bit`. See `quantisation_for`. `dtype` overrides `cfg.dtype` (training
     resolves it with the method and precision: training/precision.py).
     """
-    source, local = _resolve_source(cfg.name)
+    source, local = model_source(cfg.name)
     common: dict[str, Any] = {
         "trust_remote_code": cfg.trust_remote_code,
         "revision": cfg.revision,
@@ -120,7 +120,7 @@ def _compute_dtype() -> torch.dtype:
 
 def load_tokenizer(cfg: ModelConfig) -> Any:
     """The tokenizer alone (for data inspection and preparation: no weights are read)."""
-    source, local = _resolve_source(cfg.name)
+    source, local = model_source(cfg.name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(
             source,
@@ -145,7 +145,7 @@ def position_limit(cfg: ModelConfig) -> int | None:
     from transformers import AutoConfig
 
     try:
-        source, local = _resolve_source(cfg.name)
+        source, local = model_source(cfg.name)
         config = AutoConfig.from_pretrained(
             source,
             trust_remote_code=cfg.trust_remote_code,
@@ -164,15 +164,12 @@ def position_limit(cfg: ModelConfig) -> int | None:
     return limit
 
 
-def virtual_tokens(recipe: Any) -> int:
-    """Positions a method puts in front of every example (prefix and prompt tuning)."""
-    return int(getattr(recipe.method, "num_virtual_tokens", 0) or 0)
-
-
-def check_sequence_length(cfg: ModelConfig, max_seq_len: int, virtual_tokens: int = 0) -> None:
+def check_sequence_length(recipe: Recipe) -> None:
     """Refuse, before any work, a train.max_seq_len the model has no positions for: past its limit a
     BERT fails deep inside the forward pass with a tensor-size error, and a rotary model runs on
-    positions it never saw. `virtual_tokens` (prefix and prompt tuning) take positions too."""
+    positions it never saw. The virtual tokens of prefix and prompt tuning take positions too."""
+    cfg, max_seq_len = recipe.model, recipe.train.max_seq_len
+    virtual_tokens = int(getattr(recipe.method, "num_virtual_tokens", 0) or 0)
     limit = position_limit(cfg)
     needed = max_seq_len + virtual_tokens
     if limit is None or needed <= limit:
@@ -208,13 +205,8 @@ def _load_weights(
 
 
 def model_source(name: str) -> tuple[str, bool]:
-    """What from_pretrained gets for `name`, and whether it is a local folder; a path that names no
-    folder is an error (a Hub id is checked only when loading)."""
-    return _resolve_source(name)
-
-
-def _resolve_source(name: str) -> tuple[str, bool]:
-    """(what to pass to from_pretrained, whether it is a local folder)."""
+    """(what to pass to from_pretrained, whether it is a local folder). A path that names no folder
+    is an error here; a Hub id is checked only when loading."""
     path = Path(name).expanduser()
     if path.is_dir():
         return str(path), True
@@ -249,11 +241,16 @@ def _not_loadable(
         # The folder is fine; the architecture cannot be the model this task needs.
         found = re.search(r"\.(\w+)Config'", reason)
         architecture = f"a {found.group(1)} model" if found else "this architecture"
+        fix = (
+            "task sft, pretrain and preference need a decoder-only model (Llama, Qwen, SmolLM, GPT-2, ...); "
+            "encoder-decoder models such as T5 and BART are not supported for them"
+            if task == "sft"
+            else "use a model whose architecture transformers has this head for (BERT-, RoBERTa-, Llama-like)"
+        )
         return ModelLoadError(
             f"model {name}: {architecture} cannot be loaded as "
             f"{HEAD_NAMES.get(task or '', 'the model this task needs')} by transformers",
-            fix="task sft, pretrain and preference need a decoder-only model (Llama, Qwen, SmolLM, GPT-2, ...); "
-            "encoder-decoder models such as T5 and BART are not supported for them",
+            fix=fix,
         )
     if local:
         return ModelLoadError(

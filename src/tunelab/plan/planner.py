@@ -48,10 +48,10 @@ def plan(recipe: Recipe, memory_budget: int | None = None, probe_steps: int = 3)
     import torch
 
     from tunelab.data.pipeline import load_records, tokenize_records
-    from tunelab.models.load import check_sequence_length, load_tokenizer, quantisation_for, virtual_tokens
+    from tunelab.models.load import check_sequence_length, load_tokenizer, quantisation_for
 
     cuda = torch.cuda.is_available()
-    check_sequence_length(recipe.model, recipe.train.max_seq_len, virtual_tokens(recipe))
+    check_sequence_length(recipe)
     tokenizer = load_tokenizer(recipe.model)
     data = tokenize_records(recipe, load_records(recipe), tokenizer)
     quantisation = quantisation_for(recipe.method.name, recipe.model.load_in_8bit)

@@ -63,7 +63,7 @@ def probe(recipe: Recipe, steps: int, *, data: PreparedData | None = None, token
         # sample the whole of it: length-grouped batching puts the longest batch first on purpose.
         position = (2 * i + 1) * batches.per_epoch // (2 * steps)
         state.epoch, state.batch_in_epoch = 0, min(position, batches.per_epoch - 1)
-        micro = [batches.next(state) for _ in range(recipe.train.grad_accum)]
+        micro = batches.next_step(state)
         started = time.perf_counter()
         result = accumulate_gradients(model, objective, micro, accelerator)
         _step(model, optimizer, scheduler, recipe, accelerator)

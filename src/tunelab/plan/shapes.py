@@ -85,7 +85,7 @@ def meta_model(recipe: Recipe, label_map: dict[str, int] | None) -> tuple[Any, l
     from tunelab.models import load
     from tunelab.training.precision import precision_for
 
-    source, local = load._resolve_source(recipe.model.name)
+    source, local = load.model_source(recipe.model.name)
     options: dict[str, Any] = {
         "trust_remote_code": recipe.model.trust_remote_code,
         "revision": recipe.model.revision,

@@ -116,13 +116,13 @@ class MicroBatches:
         self.drawn.update(str(e["task"]) for e in chosen if "task" in e)
         return self.collate(chosen)
 
-    def next_step(self, state: TrainState, grad_accum: int) -> list[Batch]:
+    def next_step(self, state: TrainState) -> list[Batch]:
         """One optimizer step's micro-batches: `grad_accum` of them, fewer at the end of an epoch. A
         step never straddles two epochs, so an epoch's last step holds that epoch's last examples, as
         one batch of batch_size x grad_accum would."""
         epoch = state.epoch
         micro = [self.next(state)]
-        while len(micro) < grad_accum and state.epoch == epoch:
+        while len(micro) < self.grad_accum and state.epoch == epoch:
             micro.append(self.next(state))
         return micro
 
@@ -268,7 +268,7 @@ def fit(
     last_saved, last_loss = state.step, float("nan")
     grad_norm: torch.Tensor | None = None
     while state.step < total_steps and not state.stopped_early:
-        micro = batches.next_step(state, cfg.grad_accum)
+        micro = batches.next_step(state)
         result = accumulate_gradients(model, objective, micro, accelerator)
         grad_norm = _optimizer_step(model, optimizer, scheduler, cfg, accelerator)
         state.step += 1

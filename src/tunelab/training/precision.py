@@ -63,10 +63,6 @@ class Precision:
         return torch.autocast(device_type, dtype=self.compute_dtype)
 
 
-# What a run that recorded no precision (before it was recorded) trained in on the CPUs of its day.
-FP32 = Precision(compute="fp32", weights=torch.float32)
-
-
 def fast_bf16(device_type: str) -> bool:
     """Does this device multiply bf16 matrices natively (faster than float32)?
 
