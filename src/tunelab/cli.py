@@ -352,6 +352,13 @@ def eval_command(
     max_new_tokens: Annotated[
         int, typer.Option(help="Tokens generated per answer (generative metrics).")
     ] = 128,
+    references: Annotated[
+        str,
+        typer.Option(
+            help="Columns of reference answers, comma-separated (multi-reference ROUGE, BLEU, ...); "
+            "default: the row's own answer."
+        ),
+    ] = "",
     out_file: Annotated[Path | None, typer.Option("--out", help="Where to write eval.json.")] = None,
     precision: PrecisionOption = "trained",
     debug: DebugOption = False,
@@ -378,7 +385,10 @@ def eval_command(
         rename={**run.columns.rename, **dict(_key_value(item) for item in column or [])},
     )
     settings = DataSettings(
-        format=data_format or run.format, columns=columns, max_seq_len=max_seq_len or run.max_seq_len
+        format=data_format or run.format,
+        columns=columns,
+        max_seq_len=max_seq_len or run.max_seq_len,
+        references=tuple(name.strip() for name in references.split(",") if name.strip()),
     )
     result = evaluate_file(
         loaded, str(data), metrics=wanted, settings=settings, max_new_tokens=max_new_tokens
@@ -499,15 +509,36 @@ def predict_command(
     out_file: Annotated[Path, typer.Option("--out", help="Where to write the predictions (JSON lines).")],
     batch_size: Annotated[int, typer.Option(help="Rows per batch.")] = 16,
     max_new_tokens: MaxNewTokens = 128,
+    column: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--column", help="Rename a source column: FIELD=COLUMN (repeatable); default: the run's."
+        ),
+    ] = None,
+    text_column: Annotated[
+        str | None, typer.Option(help="Column holding the text (classifiers); default: the run's.")
+    ] = None,
     precision: PrecisionOption = "trained",
     debug: DebugOption = False,
 ) -> None:
-    """Predict every row of a file: label and probabilities (classifiers) or the answer (generators)."""
+    """Predict every row of a file: label and probabilities (classifiers) or the answer (generators).
+    Rows are read with the run's column mapping unless told otherwise."""
+    from dataclasses import replace
+
+    from tunelab.evaluation.settings import DataSettings
     from tunelab.inference import predict_file, to_best_device
     from tunelab.models.restore import load_trained
 
     trained = to_best_device(load_trained(run, precision=precision))
-    rows = predict_file(trained, data, out_file, batch_size=batch_size, max_new_tokens=max_new_tokens)
+    columns = DataSettings.of_run(trained.run_dir).columns
+    columns = replace(
+        columns,
+        text=text_column or columns.text,
+        rename={**columns.rename, **dict(_key_value(item) for item in column or [])},
+    )
+    rows = predict_file(
+        trained, data, out_file, batch_size=batch_size, max_new_tokens=max_new_tokens, columns=columns
+    )
     out.print(f"{rows} prediction(s) written to {out_file}")
 
 

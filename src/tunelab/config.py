@@ -354,6 +354,9 @@ METHOD_CLASSES: dict[str, type[Section]] = {
 }
 METHOD_NAMES = tuple(METHOD_CLASSES)
 ADAPTER_METHODS = ("lora", "dora", "qlora", "ia3", "prefix", "prompt", "adapter")  # the base stays frozen
+# Methods that can train embedding rows for tokens added to the vocabulary (a chat template's markers):
+# full trains every row; the LoRA family trains just those rows (peft's trainable_token_indices).
+NEW_TOKEN_METHODS = ("full", "lora", "dora", "qlora")
 
 
 class EarlyStopping(Section):

@@ -265,16 +265,12 @@ def _usage(info: dict[str, Any], weights: str, label_map: dict[str, int] | None)
             id2label = {i: name for name, i in label_map.items()}
             head = f", num_labels={len(label_map)}, id2label={id2label!r}"
         code[0:0] = ["from peft import PeftModel"]
-        code += [
-            f'base = {auto}.from_pretrained("{info["base_model"]}"{head})',
-            'model = PeftModel.from_pretrained(base, "FOLDER")',
-        ]
+        code += [_tokenizer_line(chat), f'base = {auto}.from_pretrained("{info["base_model"]}"{head})']
+        if info.get("added_tokens"):  # the chat markers training added: the base needs their rows
+            code += ["base.resize_token_embeddings(len(tokenizer))  # rows for the tokens training added"]
+        code += ['model = PeftModel.from_pretrained(base, "FOLDER")']
     else:
-        code += [f'model = {auto}.from_pretrained("FOLDER")']
-    code += [
-        'tokenizer = AutoTokenizer.from_pretrained("FOLDER")'
-        + ("  # with the training chat template" if chat else "")
-    ]
+        code += [f'model = {auto}.from_pretrained("FOLDER")', _tokenizer_line(chat)]
     if chat:
         # An adapter's own folder is not where transformers looks for generation settings: pass them.
         settings = (
@@ -290,6 +286,12 @@ def _usage(info: dict[str, Any], weights: str, label_map: dict[str, int] | None)
             'print(tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True))',
         ]
     return ["```python", *code, "```", "", tunelab_line]
+
+
+def _tokenizer_line(chat: bool) -> str:
+    return 'tokenizer = AutoTokenizer.from_pretrained("FOLDER")' + (
+        "  # with the training chat template" if chat else ""
+    )
 
 
 def _results_table(summary: dict[str, Any]) -> list[str]:

@@ -21,11 +21,13 @@ from typing import Any
 import torch
 from transformers import TextStreamer
 
+from tunelab.data.formats import Columns
 from tunelab.data.readers import Row, read_file
 from tunelab.data.records import ROLES
 from tunelab.errors import DataError, TunelabError
 from tunelab.evaluation.generate import generate
-from tunelab.models.restore import Trained, read_recipe
+from tunelab.evaluation.settings import DataSettings
+from tunelab.models.restore import Trained
 from tunelab.runs.rundir import write_text_atomic
 
 MAX_LISTED = 20
@@ -243,8 +245,12 @@ def predict_file(
     batch_size: int = 16,
     max_new_tokens: int = 128,
     max_seq_len: int | None = None,
+    columns: Columns | None = None,
 ) -> int:
     """One JSON line per input row, in input order; returns the number of rows.
+
+    Rows are read through `columns` (default: the run's data.columns and text columns), so the run's
+    own training file predicts as is.
 
     classify: {label, probabilities (by label name)}; reward: {score}; generative runs: {answer} to
     each row's prompt (a conversation without its last assistant turn, a prompt, or an instruction).
@@ -254,13 +260,14 @@ def predict_file(
     """
     if batch_size < 1:
         raise TunelabError(f"batch_size must be >= 1, got {batch_size}")
-    inputs = _parse_rows(data_file, _parse_prompt_row if trained.generative else _parse_text_row)
+    run = DataSettings.of_run(trained.run_dir)  # a classifier sees at most what it was trained on
+    columns = columns or run.columns
+    parse = _parse_prompt_row if trained.generative else _parse_text_row
+    inputs = _parse_rows(data_file, parse, columns)
     if trained.generative:
         predictions = _predict_answers(trained, inputs, batch_size, max_new_tokens)
     else:
-        predictions = _predict_scores(
-            trained, inputs, batch_size, max_seq_len or _trained_max_seq_len(trained)
-        )
+        predictions = _predict_scores(trained, inputs, batch_size, max_seq_len or run.max_seq_len)
     lines = [
         json.dumps({**({"id": item["id"]} if "id" in item else {}), **prediction}, ensure_ascii=False)
         for item, prediction in zip(inputs, predictions, strict=True)
@@ -271,13 +278,15 @@ def predict_file(
     return len(lines)
 
 
-def _parse_rows(data_file: str | Path, parse: Callable[[Row], dict[str, Any]]) -> list[dict[str, Any]]:
+def _parse_rows(
+    data_file: str | Path, parse: Callable[[Row], dict[str, Any]], columns: Columns
+) -> list[dict[str, Any]]:
     """Every row parsed, or a DataError naming each bad one as file:line: reason."""
     read = read_file(data_file)
     inputs, bad = [], []
     for row in read.rows:
         try:
-            inputs.append(parse(row))
+            inputs.append(parse(Row(row.where, _named(row.fields, columns), row.error)))
         except ValueError as exc:
             bad.append(f"{read.path}:{row.where}: {exc}")
     if bad:
@@ -292,12 +301,13 @@ def _parse_rows(data_file: str | Path, parse: Callable[[Row], dict[str, Any]]) -
     return inputs
 
 
-def _trained_max_seq_len(trained: Trained) -> int:
-    """The run's train.max_seq_len: a classifier sees at most what it was trained on (else 512)."""
-    recipe = read_recipe(trained.run_dir)
-    train = recipe.get("train") if isinstance(recipe.get("train"), dict) else None
-    value = train.get("max_seq_len") if train else None
-    return value if isinstance(value, int) and value > 0 else 512
+def _named(fields: dict[str, Any], columns: Columns) -> dict[str, Any]:
+    """A row's fields under the names predict reads (text, text_pair, prompt, ...), as training named them."""
+    named = dict(columns.apply(fields))
+    for name, source in (("text", columns.text), ("text_pair", columns.text_pair)):
+        if source and source != name and source in fields:
+            named[name] = fields[source]
+    return named
 
 
 _ROW_HELP = {

@@ -36,10 +36,10 @@ from tunelab.data.pipeline import (
     Records,
     describe,
     load_records,
+    prepare_chat_tokenizer,
     tokenize_records,
     write_prepared,
 )
-from tunelab.data.templates import ensure_chat_template
 from tunelab.data.tokenize import Example, collate
 from tunelab.errors import TunelabError
 from tunelab.evaluation.forgetting import load_reference
@@ -110,7 +110,7 @@ def train(recipe: Recipe, *, resume: Path | None = None, console: Console | None
         baselines = score_baselines(recipe, loaded, data, records, cached_files, accelerator, console)
     if loaded.new_modules:
         console.print(f"new (randomly initialised, trained in full): {', '.join(loaded.new_modules)}")
-    model = attach_method(recipe, loaded, precision)
+    model = attach_method(recipe, loaded, precision, data)
     trainable, total = count_parameters(model)
     console.print(
         f"parameters: {trainable:,} trainable / {total:,} total ({100 * trainable / total:.2f}%) "
@@ -179,13 +179,20 @@ def load_for_training(
 
 
 def attach_method(
-    recipe: Recipe, loaded: LoadedModel, precision: Precision, *, compile_model: bool = True
+    recipe: Recipe,
+    loaded: LoadedModel,
+    precision: Precision,
+    data: PreparedData,
+    *,
+    compile_model: bool = True,
 ) -> Any:
-    """The loaded base made ready to train: checkpointing (before peft wraps it), the method, float32
-    master weights under autocast, and regional compilation (`compile_model=False` skips it)."""
+    """The loaded base made ready to train: checkpointing (before peft wraps it), the method (training
+    the rows of tokens the data stage added too), float32 master weights under autocast, and regional
+    compilation (`compile_model=False` skips it)."""
     if recipe.train.gradient_checkpointing:
         enable_gradient_checkpointing(loaded.model)
-    model = apply_method(loaded.model, recipe.method, recipe.task, loaded.new_modules)
+    new_tokens = loaded.tokenizer.convert_tokens_to_ids(data.added_tokens) if data.added_tokens else []
+    model = apply_method(loaded.model, recipe.method, recipe.task, loaded.new_modules, new_tokens)
     upcast_trainable(model, precision)
     if recipe.train.compile and compile_model:
         compile_blocks(model)
@@ -320,8 +327,8 @@ def _prepare_data(
     hit = data_cache.load(data_cache.cache_dir(recipe), cache_key)
     if hit is not None:
         prepared, files = hit
-        if recipe.task in CHAT_TASKS:
-            ensure_chat_template(tokenizer, recipe.data.template)  # the cached tokens were rendered with it
+        if recipe.task in CHAT_TASKS:  # the cached tokens were rendered with its template and markers
+            prepared.chat_template, prepared.added_tokens = prepare_chat_tokenizer(recipe, tokenizer)
         console.print(f"data: prepared before, read from the cache ({files.parent})")
         return prepared, None, files
     records = load_records(recipe)
@@ -451,14 +458,19 @@ def export_final(
     shutil.rmtree(tmp, ignore_errors=True)
     if is_bottleneck(model):  # our own adapters: their weights and settings only, like a peft adapter
         save_bottleneck(model, tmp)
+    elif is_adapter(model):
+        # Only the adapter: tokens the data stage added are in it as trained rows (trainable tokens), so
+        # peft's copy of the whole resized embedding matrices is not needed (restore grows the base).
+        model.save_pretrained(str(tmp), save_embedding_layers=False)
     else:
-        model.save_pretrained(str(tmp))  # safetensors; a peft model writes only its adapter
+        model.save_pretrained(str(tmp))  # safetensors
     tokenizer.save_pretrained(str(tmp))  # carries the chat template used, so inference renders alike
     info = {
         "task": recipe.task,
         "method": recipe.method.name,
         "base_model": recipe.model.name,
         "chat_template": data.chat_template,
+        "added_tokens": data.added_tokens,  # the base needs rows for them (resize_token_embeddings)
         "precision": precision,
     }
     (tmp / "tunelab.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")

@@ -96,3 +96,32 @@ def test_eval_reads_and_cuts_a_file_as_the_run_did(tmp_path: Path, tiny_llama: P
         app, ["eval", str(run.run_dir), "--data", str(val), "--max-seq-len", "64", "--out", str(out)]
     )
     assert json.loads(out.read_text())["max_seq_len"] == 64
+    # predict reads the run's own file through the run's column mapping (question -> prompt).
+    predictions = tmp_path / "answers.jsonl"
+    predicted = runner.invoke(
+        app,
+        ["predict", str(run.run_dir), "--data", str(val), "--out", str(predictions), "--max-new-tokens", "6"],
+    )
+    assert predicted.exit_code == 0, predicted.output
+    answers = [json.loads(line)["answer"] for line in predictions.read_text().splitlines()]
+    assert len(answers) == len(VAL_CHATS)
+
+    # Several references per row: each example scores its best one. With the model's own answer among
+    # them every example scores ROUGE 1; against the others alone, less.
+    rows = [
+        {"question": c["messages"][-2]["content"], "ref_a": "zebra quantum", "ref_b": answer}
+        for c, answer in zip(VAL_CHATS, answers, strict=True)
+    ]
+    multi = write_jsonl(tmp_path / "multi.jsonl", rows)
+    base = ["eval", str(run.run_dir), "--data", str(multi), "--metrics", "rouge", "--max-new-tokens", "6"]
+    both = runner.invoke(app, [*base, "--references", "ref_a,ref_b", "--out", str(out)])
+    assert both.exit_code == 0, both.output
+    scored = json.loads(out.read_text())
+    assert scored["references"] == ["ref_a", "ref_b"]
+    assert scored["metrics"]["eval_rouge1"] == pytest.approx(1.0) == scored["metrics"]["eval_rougeL"]
+    one = runner.invoke(app, [*base, "--references", "ref_a", "--out", str(out)])
+    assert one.exit_code == 0, one.output
+    assert json.loads(out.read_text())["metrics"]["eval_rouge1"] < 0.5
+    missing = runner.invoke(app, [*base, "--references", "ref_a,ref_c"])
+    assert missing.exit_code == 1
+    assert "multi.jsonl:1: --references column 'ref_c': no reference text" in " ".join(missing.output.split())

@@ -12,6 +12,7 @@ from tests.conftest import SHARED_DATA
 from tunelab.cli import app
 from tunelab.data.formats import Columns, load_split
 from tunelab.data.quality import leakage
+from tunelab.errors import DataError
 
 pytestmark = pytest.mark.skipif(
     not SHARED_DATA.is_dir(),
@@ -110,3 +111,18 @@ def test_codealpaca_answers_reach_training_byte_identical() -> None:
         assert answer == lossless(raw[line - 1]["output"]), record.source
         indented += "\n  " in answer
     assert indented > 100  # the rows that squeezing used to damage are among them
+
+
+def test_a_conll_file_is_named_as_such_not_suggested_as_plain_text(tmp_path: Path) -> None:
+    path = SHARED_DATA / "conll2003" / "dev.txt"
+    out = tmp_path / "summary.json"
+    result = runner.invoke(app, ["data", "inspect", str(path), "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert (
+        json.loads(out.read_text())["format"] == "CoNLL-like (one token and its tag per line), not plain text"
+    )
+    with pytest.raises(DataError) as refused:
+        load_split(path)
+    assert "looks like CoNLL token-tag data (one token and its tag per line" in refused.value.message
+    assert refused.value.fix == "set data.format: text to read each line as plain text anyway"
+    assert load_split(path, fmt="text").format == "text"  # asked for by name, it is read as asked

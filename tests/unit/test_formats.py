@@ -253,3 +253,21 @@ def test_a_malformed_hub_id_is_a_recipe_error(tmp_path: Path) -> None:
     )
     with pytest.raises(RecipeError, match=r"data\.train: 'hf:no-slash' is not a Hub dataset id"):
         load_recipe(recipe)
+
+
+def test_token_tag_lines_are_not_taken_for_plain_text(tmp_path: Path) -> None:
+    path = tmp_path / "ner.txt"
+    path.write_text(
+        "-DOCSTART- O\n\nEU B-ORG\nrejects O\nGerman B-MISC\ncall O\nto O\n\nPeter B-PER\nBlackburn I-PER\n"
+    )
+    with pytest.raises(DataError) as refused:
+        load_split(path)
+    assert refused.value.message == (
+        f"{path}: this looks like CoNLL token-tag data (one token and its tag per line, e.g. 'EU B-ORG'), "
+        "not plain text; no tunelab task reads token tags yet"
+    )
+    prose = tmp_path / "prose.txt"
+    prose.write_text(
+        "It was the best of times.\nIt was the worst of times.\nO\nAn age of wisdom.\nOf foolishness O\n"
+    )
+    assert load_split(prose).format == "text"

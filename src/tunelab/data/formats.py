@@ -257,6 +257,18 @@ def detect_format(rows: list[Row], columns: Columns, kind: str | None = None) ->
     return next((name for name, needed in rules if needed <= keys), None)
 
 
+_TAG = re.compile(r"^(O|[BIESLU]-\S+)$")  # IOB / BIOES entity tags
+
+
+def looks_like_conll(rows: list[Row], sample: int = 200) -> bool:
+    """Plain-text lines that are mostly `token ... TAG` pairs: a CoNLL file, which read as text would
+    train on tag-suffixed words."""
+    lines = [str(row.fields.get("text", "")).split() for row in rows[:sample]]
+    lines = [parts for parts in lines if parts and not parts[0].startswith("-DOCSTART-")]
+    tagged = sum(len(parts) >= 2 and bool(_TAG.match(parts[-1])) for parts in lines)
+    return len(lines) >= 5 and tagged >= 0.9 * len(lines)
+
+
 # ---------------------------------------------------------------------------------------------
 # Loading a split
 
@@ -298,6 +310,12 @@ def load_split(
     if columns.rename:
         read.rows = [Row(row.where, columns.apply(row.fields), row.error) for row in read.rows]
     name = fmt if fmt != "auto" else detect_format(read.parsed, columns, kind)
+    if fmt == "auto" and name == "text" and looks_like_conll(read.parsed):
+        raise DataError(
+            f"{read.path}: this looks like CoNLL token-tag data (one token and its tag per line, "
+            "e.g. 'EU B-ORG'), not plain text; no tunelab task reads token tags yet",
+            fix="set data.format: text to read each line as plain text anyway",
+        )
     if name is None and kind == "labeled":
         name = "labeled"  # so the missing column is named below
     if name is None:

@@ -32,11 +32,16 @@ def inspect_file(
         split = load_split(path, fmt=fmt, columns=columns, on_error="skip", text_unit=text_unit)
         fmt_name, records, bad, total = split.format, split.records, split.bad_rows, split.total_rows
     except DataError as exc:
-        if "cannot tell the data format" not in exc.message:
+        conll = "looks like CoNLL" in exc.message
+        if "cannot tell the data format" not in exc.message and not conll:
             raise
         # Unknown layout: still useful to see sizes, duplicates and PII over all of its text fields.
         read = read_file(path, text_unit=text_unit)
-        fmt_name = f"unknown ({exc.message.split('(', 1)[1].rstrip(')')})"
+        fmt_name = (
+            "CoNLL-like (one token and its tag per line), not plain text"
+            if conll
+            else f"unknown ({exc.message.split('(', 1)[1].rstrip(')')})"
+        )
         records = [Text(_all_text(row.fields), source=f"{read.path}:{row.where}") for row in read.parsed]
         bad, total = read.unreadable, read.total
     texts = [record_text(r) for r in records]

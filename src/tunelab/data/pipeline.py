@@ -13,14 +13,14 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from tunelab.config import DataConfig, Recipe, source_name
+from tunelab.config import NEW_TOKEN_METHODS, DataConfig, Recipe, source_name
 from tunelab.data import quality
 from tunelab.data.clean import NearDupConfig
 from tunelab.data.formats import RECORD_KIND, Columns, build_label_map, check_labels_known, load_split
 from tunelab.data.mixture import REPLAY
 from tunelab.data.packing import pack_examples
 from tunelab.data.records import Chat, Labeled, Preference, Record, Text
-from tunelab.data.templates import ensure_chat_template, split_markers
+from tunelab.data.templates import add_marker_tokens, ensure_chat_template, split_markers
 from tunelab.data.tokenize import (
     Example,
     LengthPolicy,
@@ -66,6 +66,7 @@ class PreparedData:
     notes: list[str] = field(default_factory=list)  # what was dropped or truncated, for the user
     report: dict[str, Any] = field(default_factory=dict)
     packed: bool = False  # train holds packed rows (several examples each), to be collated by collate_packed
+    added_tokens: list[str] = field(default_factory=list)  # template markers added to the tokenizer
 
 
 def columns_of(data: DataConfig) -> Columns:
@@ -320,26 +321,35 @@ def _labels(recipe: Recipe, splits: dict[str, list[Any]], report: dict[str, Any]
     return label_map
 
 
-def _check_markers(tokenizer: Any, prepared: PreparedData, asked: str) -> None:
-    """A built-in template's turn markers must be tokens of the tokenizer. Cut into word pieces
-    ("< | im _ end | >") they are learned as text: generation never stops at a turn's end, and the
-    marker leaks into answers. Falling back to ChatML silently onto such a tokenizer is refused; a
-    template the recipe asks for by name is trained as asked, with the consequence said."""
-    split = split_markers(tokenizer, prepared.chat_template or "tokenizer")
-    if not split:
-        return
-    why = (
-        f"the tokenizer has no token for {', '.join(split)}: the {prepared.chat_template} markers would be "
-        "trained as word pieces, generation would not stop at the end of a turn, and the marker text "
-        "would leak into answers"
-    )
-    if asked == "auto":
+def prepare_chat_tokenizer(recipe: Recipe, tokenizer: Any) -> tuple[str, list[str]]:
+    """Give the tokenizer the chat template it renders with, and the template's turn markers as special
+    tokens where it has none: (template name, markers added).
+
+    Cut into word pieces ("< | im _ end | >") the markers would be learned as text: generation would
+    never stop at a turn's end and the marker would leak into answers. Added as tokens, they need
+    trainable embedding rows, which only some methods have (config.NEW_TOKEN_METHODS); with the others
+    the recipe is refused. Runs on a data-cache hit too, so the cached ids stay valid.
+    """
+    template = ensure_chat_template(tokenizer, recipe.data.template)
+    split = split_markers(tokenizer, template)
+    if split and recipe.method.name not in NEW_TOKEN_METHODS:
         raise DataError(
-            f"the model's tokenizer has no chat template, and {why}",
-            fix="set data.template: alpaca (plain-text headers; answers end with the tokenizer's EOS "
-            "token), or use a model whose tokenizer has a chat template (an instruct model)",
+            f"the tokenizer has no token for {', '.join(split)}, which the {template} chat template "
+            f"writes around turns; they would have to be added as new tokens, and method "
+            f"{recipe.method.name} cannot train new tokens' embeddings",
+            fix=f"set data.template: alpaca (plain-text headers; answers end with the tokenizer's EOS "
+            f"token), use method {' or '.join(NEW_TOKEN_METHODS)}, or a model whose tokenizer has a chat "
+            "template (an instruct model)",
         )
-    prepared.notes.append(f"data.template {asked}: {why}; data.template: alpaca avoids it")
+    return template, add_marker_tokens(tokenizer, template)
+
+
+def _added_tokens_note(template: str, added: list[str], tokenizer: Any) -> str:
+    return (
+        f"chat template {template}: the tokenizer had no token for {', '.join(added)}; added as special "
+        f"tokens (vocabulary now {len(tokenizer)}), the model's embeddings are resized to match, and the "
+        "new rows are trained"
+    )
 
 
 def tokenize_records(recipe: Recipe, records: Records, tokenizer: Any) -> PreparedData:
@@ -348,8 +358,11 @@ def tokenize_records(recipe: Recipe, records: Records, tokenizer: Any) -> Prepar
     prepared = PreparedData(splits={}, stats={}, label_map=records.label_map, report=records.report)
     prepared.notes.extend(records.report.get("warnings", []))
     if recipe.task in CHAT_TASKS:
-        prepared.chat_template = ensure_chat_template(tokenizer, data.template)
-        _check_markers(tokenizer, prepared, data.template)
+        prepared.chat_template, prepared.added_tokens = prepare_chat_tokenizer(recipe, tokenizer)
+        if prepared.added_tokens:
+            prepared.notes.append(
+                _added_tokens_note(prepared.chat_template, prepared.added_tokens, tokenizer)
+            )
     for split, items in records.splits.items():
         examples, stats = [], TokenizeStats()
         for name, group in _groups(items, records.tasks.get(split)):

@@ -59,6 +59,18 @@ def split_markers(tokenizer: Any, template: str) -> list[str]:
     ]
 
 
+def add_marker_tokens(tokenizer: Any, template: str) -> list[str]:
+    """Add the template's markers that the tokenizer lacks as special tokens; return those added.
+
+    Deterministic (same tokenizer and template, same ids), so a data-cache hit re-adds exactly the ids
+    the cached tokens were encoded with. The model's embeddings must then grow to match (load.py).
+    """
+    missing = split_markers(tokenizer, template)
+    if missing:
+        tokenizer.add_special_tokens({"extra_special_tokens": missing}, replace_extra_special_tokens=False)
+    return missing
+
+
 @dataclass(frozen=True)
 class Span:
     start: int  # character offsets into the rendered text, end exclusive

@@ -6,52 +6,28 @@ A run's final/ folder says how to rebuild the model (tunelab.json: task, method,
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from tunelab.config import ModelConfig
-from tunelab.data.formats import Columns, load_split
+from tunelab.data.formats import load_split
+from tunelab.data.readers import read_file
 from tunelab.data.records import Chat, Message
 from tunelab.data.templates import ensure_chat_template
 from tunelab.data.tokenize import LengthPolicy, tokenize_chats, tokenize_labeled
-from tunelab.errors import TunelabError
+from tunelab.errors import DataError, TunelabError
 from tunelab.evaluation import metrics as m
 from tunelab.evaluation.generate import generate
+from tunelab.evaluation.settings import DataSettings
 from tunelab.inference import end_of_turn_ids
 from tunelab.models.load import load_model
-from tunelab.models.restore import find_final, load_trained, read_recipe
+from tunelab.models.restore import find_final, load_trained
 from tunelab.training.loop import eval_batches
 from tunelab.training.objectives import OBJECTIVES
 from tunelab.training.precision import COMPUTE_DTYPES, Precision, make_accelerator
 
 GENERATIVE = ("bleu", "chrf", "rouge", "exact_match")
-
-
-@dataclass(frozen=True)
-class DataSettings:
-    """How `tunelab eval` reads and cuts a data file: a run's own settings unless told otherwise, so
-    scoring a run's own file gives the run's numbers."""
-
-    format: str = "auto"
-    columns: Columns = field(default_factory=Columns)
-    max_seq_len: int = 512
-
-    @classmethod
-    def of_run(cls, run_dir: Path | None) -> DataSettings:
-        """The run's recipe.yaml data and length settings (the defaults for a base model)."""
-        recipe = read_recipe(run_dir)
-        data = recipe.get("data") if isinstance(recipe.get("data"), dict) else {}
-        train = recipe.get("train") if isinstance(recipe.get("train"), dict) else {}
-        assert isinstance(data, dict) and isinstance(train, dict)
-        columns = Columns(
-            text=str(data.get("text_column", "text")),
-            label=str(data.get("label_column", "label")),
-            text_pair=data.get("text_pair_column"),
-            rename=dict(data.get("columns") or {}),
-        )
-        fmt = data.get("format", "auto") if isinstance(data.get("format"), str) else "auto"
-        return cls(format=fmt, columns=columns, max_seq_len=int(train.get("max_seq_len", 512)))
 
 
 @dataclass
@@ -104,6 +80,16 @@ def evaluate_file(
     accelerator = make_accelerator(target.precision.mixed_precision)
     model = accelerator.prepare_model(target.model, evaluation_mode=True)
     kind = "labeled" if target.task == "classify" else "chat"
+    if settings.references and (target.task == "classify" or not any(n in GENERATIVE for n in metrics)):
+        raise TunelabError(
+            "--references: reference answers are scored by generative metrics",
+            fix="add --metrics rouge (or bleu, chrf, exact_match); classifiers score their labels",
+        )
+    references = read_references(data_file, settings.references) if settings.references else None
+    if references is not None and not _has_own_answers(references.fields, settings):
+        # The loss needs an answer to score: the first reference, as the rows have none of their own.
+        rename = {**settings.columns.rename, "completion": settings.references[0]}
+        settings = replace(settings, columns=replace(settings.columns, rename=rename))
     records = load_split(
         data_file, fmt=settings.format, columns=settings.columns, kind=kind, on_error="fail"
     ).records
@@ -124,6 +110,7 @@ def evaluate_file(
         "task": target.task,
         "examples": len(examples),
         "max_seq_len": settings.max_seq_len,
+        **({"references": list(settings.references)} if settings.references else {}),
     }
     result["metrics"] = m.evaluate(
         model, batches(), OBJECTIVES[target.task], target.task, accelerator, prefix="eval"
@@ -136,20 +123,30 @@ def evaluate_file(
         result["confusion_matrix"], result["labels"] = result["classification"]["confusion_matrix"], names
     elif any(name in GENERATIVE for name in metrics):
         with target.precision.autocast(accelerator.device.type):
-            generated = _generative(model, target.tokenizer, records, metrics, max_new_tokens)
+            given = references.per_row if references is not None else None
+            generated = _generative(model, target.tokenizer, records, metrics, max_new_tokens, given)
         result["metrics"].update(generated)
     return result
 
 
 def _generative(
-    model: Any, tokenizer: Any, chats: list[Chat], metrics: tuple[str, ...], max_new_tokens: int
+    model: Any,
+    tokenizer: Any,
+    chats: list[Chat],
+    metrics: tuple[str, ...],
+    max_new_tokens: int,
+    given: list[list[str]] | None = None,
 ) -> dict:
-    """Generate each conversation's last assistant turn from what precedes it; score against it."""
-    prompts, references = [], []
+    """Generate each conversation's last assistant turn from what precedes it; score against it, or
+    against `given` (several references per row: each example scores its best)."""
+    prompts: list[list[dict[str, str]]] = []
+    references: list[str] | list[list[str]] = []
     for chat in chats:
         last = max(i for i, message in enumerate(chat.messages) if message.role == "assistant")
         prompts.append([_as_dict(message) for message in chat.messages[:last]])
-        references.append(chat.messages[last].content)
+        references.append(chat.messages[last].content)  # type: ignore[arg-type]
+    if given is not None:
+        references = given
     stops = end_of_turn_ids(tokenizer)
     answers = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, stop_token_ids=stops)
     scores: dict[str, float] = {}
@@ -162,6 +159,42 @@ def _generative(
     if "exact_match" in metrics:
         scores["eval_exact_match"] = m.exact_match(answers, references)
     return scores
+
+
+@dataclass(frozen=True)
+class References:
+    per_row: list[list[str]]  # in file order, as load_split (on_error="fail") keeps the rows
+    fields: set[str]  # every field name the rows have
+
+
+def read_references(data_file: str, names: tuple[str, ...]) -> References:
+    """The reference answers in columns `names` (a text, or a list of texts, each), row by row; a row
+    missing one is named as file:line, not scored against fewer references in silence."""
+    read = read_file(data_file)
+    per_row, bad = [], []
+    for row in read.rows:
+        texts: list[str] = []
+        for name in names:
+            value = row.fields.get(name) if row.error is None else None
+            values = value if isinstance(value, list) else [value]
+            if not values or not all(isinstance(v, str) and v.strip() for v in values):
+                bad.append(f"{read.path}:{row.where}: --references column {name!r}: no reference text")
+            texts += [v for v in values if isinstance(v, str)]
+        per_row.append(texts)
+    if bad:
+        raise DataError(
+            f"{read.path}: {len(bad)} missing reference(s); nothing was scored",
+            problems=bad[:20],
+            fix="name columns every row fills: --references summary1,summary2",
+        )
+    return References(per_row, fields={name for row in read.rows for name in row.fields})
+
+
+def _has_own_answers(fields: set[str], settings: DataSettings) -> bool:
+    """Whether rows carry an answer besides the references: a conversation, an alpaca output, or the
+    completion column (under the run's or the command's renaming)."""
+    completion = settings.columns.rename.get("completion", "completion")
+    return bool(fields & {"messages", "conversations", "output", completion})
 
 
 def _as_dict(message: Message) -> dict[str, str]:

@@ -68,6 +68,7 @@ def load_model(
     except (OSError, ValueError) as exc:
         raise _not_loadable(cfg.name, source, local, exc, task) from None
     _ensure_pad_token(tokenizer, model)
+    _fit_embeddings_to(tokenizer, model)
     new_modules = sorted({key.rsplit(".", 1)[0] for key in info.get("missing_keys", [])})
     return LoadedModel(model=model, tokenizer=tokenizer, source=source, new_modules=new_modules)
 
@@ -264,6 +265,16 @@ def _not_loadable(
         fix="check the Hub id, log in for gated models (huggingface-cli login), or point model.name "
         "at a local folder",
     )
+
+
+def _fit_embeddings_to(tokenizer: Any, model: Any) -> None:
+    """Grow the embeddings when the tokenizer has tokens the model has no row for: a chat template's
+    markers added by the data stage, and so also a trained adapter's tokenizer over its original base.
+    New rows start at the mean of the old ones (transformers' mean_resizing); vocabularies padded past
+    the tokenizer's size are left as they are."""
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if embeddings is not None and len(tokenizer) > embeddings.num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
 
 
 def _ensure_pad_token(tokenizer: Any, model: Any) -> None:

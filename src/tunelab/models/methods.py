@@ -11,7 +11,7 @@ bottleneck adapter, which peft lacks, is in `adapters.py`. Over a quantised base
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -32,6 +32,7 @@ from peft.utils import (
 )
 
 from tunelab.config import (
+    NEW_TOKEN_METHODS,
     AdapterMethod,
     FreezeMethod,
     FullMethod,
@@ -67,7 +68,9 @@ def peft_task_type(task: str) -> TaskType:
 # Full-weight methods
 
 
-def apply_full(model: Any, cfg: FullMethod, task: str, new_modules: list[str]) -> Any:
+def apply_full(
+    model: Any, cfg: FullMethod, task: str, new_modules: list[str], new_tokens: Sequence[int] = ()
+) -> Any:
     _refuse_quantised(model, cfg.name)
     for param in model.parameters():
         param.requires_grad_(True)
@@ -115,27 +118,41 @@ def find_blocks(model: Any, method: str = "freeze") -> torch.nn.ModuleList:
 # peft methods
 
 
-def apply_lora(model: Any, cfg: LoraMethod, task: str, new_modules: list[str]) -> Any:
+def apply_lora(
+    model: Any, cfg: LoraMethod, task: str, new_modules: list[str], new_tokens: Sequence[int] = ()
+) -> Any:
     """LoRA; also over an 8-bit base (`model.load_in_8bit`), which is prepared for k-bit training first."""
-    return _lora(model, cfg, task, new_modules, use_dora=False)
+    return _lora(model, cfg, task, new_modules, use_dora=False, new_tokens=new_tokens)
 
 
-def apply_dora(model: Any, cfg: LoraMethod, task: str, new_modules: list[str]) -> Any:
+def apply_dora(
+    model: Any, cfg: LoraMethod, task: str, new_modules: list[str], new_tokens: Sequence[int] = ()
+) -> Any:
     """DoRA: LoRA on the weight's direction plus a trained magnitude per output feature."""
-    return _lora(model, cfg, task, new_modules, use_dora=True)
+    return _lora(model, cfg, task, new_modules, use_dora=True, new_tokens=new_tokens)
 
 
-def apply_qlora(model: Any, cfg: LoraMethod, task: str, new_modules: list[str]) -> Any:
+def apply_qlora(
+    model: Any, cfg: LoraMethod, task: str, new_modules: list[str], new_tokens: Sequence[int] = ()
+) -> Any:
     """LoRA over a base loaded in 4-bit NF4 (load_model(..., quantisation="4bit"))."""
     if not getattr(model, "is_loaded_in_4bit", False):
         raise RecipeError(
             "method qlora: the base model was not loaded in 4-bit",
             fix="load it with load_model(..., quantisation='4bit'), or use method lora for a full-precision base",
         )
-    return _lora(model, cfg, task, new_modules, use_dora=False)
+    return _lora(model, cfg, task, new_modules, use_dora=False, new_tokens=new_tokens)
 
 
-def _lora(model: Any, cfg: LoraMethod, task: str, new_modules: list[str], *, use_dora: bool) -> Any:
+def _lora(
+    model: Any,
+    cfg: LoraMethod,
+    task: str,
+    new_modules: list[str],
+    *,
+    use_dora: bool,
+    new_tokens: Sequence[int] = (),
+) -> Any:
     config = LoraConfig(
         r=cfg.r,
         lora_alpha=cfg.alpha,
@@ -147,8 +164,20 @@ def _lora(model: Any, cfg: LoraMethod, task: str, new_modules: list[str], *, use
         # Newly initialised modules (the classification head) have no pre-trained weights to adapt:
         # they are trained in full and saved with the adapter.
         modules_to_save=list(new_modules) or None,  # a copy: peft appends to it
+        trainable_token_indices=_token_rows(model, new_tokens) if new_tokens else None,
     )
     return _attach(model, config, "method.target_modules")
+
+
+def _token_rows(model: Any, token_ids: Sequence[int]) -> dict[str, list[int]]:
+    """peft's trainable_token_indices for new tokens: their input-embedding rows and, when the output head
+    is not tied to the embeddings, their output rows too (else the model could never predict them)."""
+    names = {id(module): name for name, module in model.named_modules()}
+    rows = {names[id(model.get_input_embeddings())]: list(token_ids)}
+    output = model.get_output_embeddings()
+    if output is not None and output.weight is not model.get_input_embeddings().weight:
+        rows[names[id(output)]] = list(token_ids)
+    return rows
 
 
 def apply_ia3(model: Any, cfg: Ia3Method, task: str, new_modules: list[str]) -> Any:
@@ -266,8 +295,20 @@ METHODS: dict[str, Builder] = {
 MERGEABLE = ("lora", "dora", "qlora", "ia3")
 
 
-def apply_method(model: Any, cfg: Any, task: str, new_modules: list[str]) -> Any:
-    return METHODS[cfg.name](model, cfg, task, new_modules)
+def apply_method(
+    model: Any, cfg: Any, task: str, new_modules: list[str], new_tokens: Sequence[int] = ()
+) -> Any:
+    """The method attached. `new_tokens` are token ids added to the vocabulary (a chat template's
+    markers): their embedding rows start untrained, so the method must train them."""
+    builder = METHODS[cfg.name]
+    if not new_tokens:
+        return builder(model, cfg, task, new_modules)
+    if cfg.name not in NEW_TOKEN_METHODS:
+        raise RecipeError(
+            f"method {cfg.name} cannot train the embeddings of tokens added to the vocabulary",
+            fix=f"use method {' or '.join(NEW_TOKEN_METHODS)}",
+        )
+    return builder(model, cfg, task, new_modules, new_tokens=new_tokens)  # type: ignore[call-arg]
 
 
 def count_parameters(model: Any) -> tuple[int, int]:

@@ -134,17 +134,23 @@ def load_trained(path: str | Path, *, dtype: Dtype = "auto", precision: str = "t
     kind = adapter_kind(final)
     run_dir = run_dir_of(final)
     weights = chosen.weights
+    tokenizer = load_saved_tokenizer(final)
     if kind is None:  # full weights, in final/ itself
-        model = load_model(model_config(str(final), run_dir), head, label_map, dtype=weights).model
+        model = load_model(model_config(str(final), run_dir), head, label_map, tokenizer, dtype=weights).model
     else:
-        base = load_model(model_config(info["base_model"], run_dir), head, label_map, dtype=weights).model
+        # With the run's tokenizer, the base grows rows for any tokens training added (a template's
+        # markers); the adapter holds what those rows learned.
+        base = load_model(
+            model_config(info["base_model"], run_dir), head, label_map, tokenizer, dtype=weights
+        )
+        base = base.model
         # Under autocast the trained weights were float32 masters over the base's dtype.
         trainable_dtype = torch.float32 if chosen.compute != "fp32" else None
         model = _attach_adapter(base, final, kind, trainable_dtype)
     model.eval()
     return Trained(
         model=model,
-        tokenizer=load_saved_tokenizer(final),
+        tokenizer=tokenizer,
         task=info["task"],
         method=info["method"],
         label_map=label_map,

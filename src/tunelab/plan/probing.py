@@ -96,7 +96,7 @@ def _training_pieces(
 
     loaded = load_for_training(recipe, data.label_map, tokenizer, precision)
     # train.compile is not applied: the probe's few steps would time the compilation, not the training.
-    model = attach_method(recipe, loaded, precision, compile_model=False)
+    model = attach_method(recipe, loaded, precision, data, compile_model=False)
     if data.packed:
         check_packing_supported(model)
     objective = build_objective(recipe, model, accelerator)
