@@ -177,7 +177,7 @@ def sft_bench(work: Path, sizes: dict[str, Any], peaks: dict[str, Any]) -> dict[
             runs[label] = with_mfu(run_peer(work, "sft.py", args, label), peaks)
     kept = runs["tunelab_pack_off"]["train_rows"]
     settings = {
-        "model": "tiny Llama: hidden 256, intermediate 688, 4 layers, 4 heads, MiniLM tokenizer (30,522)",
+        "model": "tiny Llama: hidden 256, intermediate 688, 4 layers, 4 heads, MiniLM tokenizer + the two chatml markers (30,524)",
         "data": f"CodeAlpaca rows 1-{sizes['sft_train']} train ({kept} kept), next {sizes['sft_eval']} eval",
         "max_len": sft.MAX_LEN,
         "batch": sft.BATCH,

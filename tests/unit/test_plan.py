@@ -295,3 +295,25 @@ def test_lora_method_counts_match_peft_for_the_recipe_default_rank() -> None:
     with torch.device("meta"):
         model = apply_method(meta_llama("full"), LoraMethod(name="lora"), "sft", [])
     assert param_facts(model).trainable == L * LORA_PER_BLOCK * 8 // LORA_R
+
+
+def test_the_run_peak_is_the_largest_phase_not_always_training() -> None:
+    from tunelab.plan import Scoring, estimate_run, scoring_bytes
+
+    params = ParamFacts(TOTAL, TOTAL, 4 * TOTAL, 4 * TOTAL)
+    short = work(batch_size=1, seq_len=16, overhead=100 * MiB)
+    training = estimate_memory(params, short)
+    # Few-shot contexts fill max_seq_len: 8 conversations x 2048 tokens, against one 16-token row trained.
+    few_shot = Scoring(rows=8, seq_len=2048, what="baselines")
+    tokens = 8 * 2048
+    assert scoring_bytes(short, few_shot) == tokens * (6 * H + 3 * MLP) * 4 + tokens * V * (4 + 2 * 4)
+    run = estimate_run(training, Scoring(1, 16, "evaluation"), few_shot)
+    assert run.phases["training"] == training.total
+    # Evaluation holds the weights and the optimizer state (gradients are freed); baselines the weights.
+    evaluation = (
+        training.weights + training.optimizer + training.overhead + scoring_bytes(short, Scoring(1, 16, ""))
+    )
+    assert run.phases["evaluation"] == evaluation < training.total
+    assert run.phases["baselines"] == 4 * TOTAL + 100 * MiB + scoring_bytes(short, few_shot)
+    assert run.peak_phase == "baselines" and run.peak == run.phases["baselines"] > training.total
+    assert estimate_run(training, None, None).phases == {"training": training.total}

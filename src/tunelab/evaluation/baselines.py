@@ -24,9 +24,13 @@ from tunelab.evaluation.metrics import evaluate
 from tunelab.training.loop import eval_batches
 from tunelab.training.objectives import OBJECTIVES
 
+EMBED_BATCH = 32  # texts embedded at a time by the classify baselines
+
 
 @torch.no_grad()
-def embed(encoder: Any, examples: Sequence[Example], pad_token_id: int, batch_size: int = 32) -> torch.Tensor:
+def embed(
+    encoder: Any, examples: Sequence[Example], pad_token_id: int, batch_size: int = EMBED_BATCH
+) -> torch.Tensor:
     """(n, hidden) unit-length embeddings, in the order of `examples`."""
     was_training = encoder.training
     encoder.eval()
@@ -101,6 +105,9 @@ def embed_centroids(
     return torch.nan_to_num(torch.stack(centroids), nan=-2.0).to(next(encoder.parameters()).device)
 
 
+BASELINE_BATCH = 8  # conversations scored at a time (plan sizes the baselines' pass by it)
+
+
 def chat_baselines(
     model: Any,
     tokenizer: Any,
@@ -112,7 +119,7 @@ def chat_baselines(
     prefix: str,
     k: int = 3,
     seed: int = 42,
-    batch_size: int = 8,
+    batch_size: int = BASELINE_BATCH,
 ) -> dict[str, dict[str, Any]]:
     """Loss of the base causal LM on the scored answers: zero-shot (the conversation alone, through the
     chat template) and few-shot (k seeded training conversations first, as prior turns carrying no loss).

@@ -32,11 +32,15 @@ from tunelab.plan.memory import (
     MemoryEstimate,
     ModelShape,
     ParamFacts,
+    RunEstimate,
+    Scoring,
     Workload,
     activation_bytes,
     estimate_memory,
+    estimate_run,
+    scoring_bytes,
 )
-from tunelab.plan.planner import PlanResult, plan, workload
+from tunelab.plan.planner import PlanResult, plan, scoring_passes, workload
 from tunelab.plan.probing import Probe, probe, row_tokens
 from tunelab.plan.report import render
 from tunelab.plan.shapes import NF4_BYTES_PER_WEIGHT, method_facts, param_facts
@@ -62,11 +66,14 @@ __all__ = [
     "ParamFacts",
     "PlanResult",
     "Probe",
+    "RunEstimate",
+    "Scoring",
     "Suggestion",
     "Workload",
     "activation_bytes",
     "alternatives_for",
     "estimate_memory",
+    "estimate_run",
     "method_facts",
     "param_facts",
     "parse_memory",
@@ -74,6 +81,8 @@ __all__ = [
     "probe",
     "render",
     "row_tokens",
+    "scoring_bytes",
+    "scoring_passes",
     "suggest",
     "workload",
 ]

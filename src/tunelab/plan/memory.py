@@ -161,3 +161,71 @@ def logits_bytes(params: ParamFacts, work: Workload) -> int:
         chunk = min(tokens, LOSS_CHUNK_TOKENS) * shape.vocab_size * 4
         return chunk + tokens * shape.hidden_size * work.dtype_bytes + params.head_grad_bytes
     return tokens * shape.vocab_size * (work.dtype_bytes + PLAIN_LOSS_FLOAT32_BUFFERS * 4)
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole `tunelab train` process: training is one phase of several. The baselines score the base
+# model before training, and every evaluation scores the model while its optimizer state is held; with a
+# long validation set or few-shot contexts filling max_seq_len, one of those can be the process's peak.
+
+# A no-grad forward keeps one block's intermediates at a time: its input, q/k/v and attention output,
+# and the MLP's projections (a gated MLP holds gate, up and their product).
+SCORING_HIDDEN_ELEMENTS_PER_TOKEN = 6
+SCORING_MLP_ELEMENTS_PER_TOKEN = 3
+# Scoring's loss holds the logits in their dtype, their float32 copy and log-softmax's output.
+SCORING_LOSS_FLOAT32_BUFFERS = 2
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """A no-grad pass: `rows` x `seq_len` tokens through the model (evaluation or a baseline)."""
+
+    rows: int
+    seq_len: int
+    what: str  # for the plan's table: "evaluation: 8 validation rows x 120 tokens"
+
+
+@dataclass(frozen=True)
+class RunEstimate:
+    """The process's peak over the phases of `tunelab train`, by phase (bytes)."""
+
+    phases: dict[str, int]  # "training", and "evaluation" / "baselines" where the run has them
+    scoring: dict[str, Scoring]  # the no-grad pass each scoring phase was sized for
+
+    @property
+    def peak(self) -> int:
+        return max(self.phases.values())
+
+    @property
+    def peak_phase(self) -> str:
+        return max(self.phases, key=self.phases.__getitem__)
+
+
+def scoring_bytes(work: Workload, scoring: Scoring) -> int:
+    """The transient memory of one no-grad pass: one block's intermediates and the loss's buffers."""
+    shape, tokens = work.shape, scoring.rows * scoring.seq_len
+    mlp = SCORING_MLP_ELEMENTS_PER_TOKEN * shape.intermediate_size
+    block = tokens * (SCORING_HIDDEN_ELEMENTS_PER_TOKEN * shape.hidden_size + mlp) * work.dtype_bytes
+    if not work.causal_lm:
+        return int(block)
+    if work.chunked_loss:
+        return int(block + min(tokens, LOSS_CHUNK_TOKENS) * shape.vocab_size * 4)
+    return int(block + tokens * shape.vocab_size * (work.dtype_bytes + SCORING_LOSS_FLOAT32_BUFFERS * 4))
+
+
+def estimate_run(
+    training: MemoryEstimate, evaluation: Scoring | None, baselines: Scoring | None
+) -> RunEstimate:
+    """Training's peak beside the scoring phases': evaluation holds the weights and the optimizer state
+    (gradients are freed after each step), the baselines only the base model's weights."""
+    phases = {"training": training.total}
+    scoring: dict[str, Scoring] = {}
+    if evaluation is not None:
+        held = training.weights + training.optimizer + training.overhead
+        phases["evaluation"] = held + scoring_bytes(training.work, evaluation)
+        scoring["evaluation"] = evaluation
+    if baselines is not None:
+        held = training.params.weight_bytes + training.overhead
+        phases["baselines"] = held + scoring_bytes(training.work, baselines)
+        scoring["baselines"] = baselines
+    return RunEstimate(phases=phases, scoring=scoring)

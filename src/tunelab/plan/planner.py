@@ -8,7 +8,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tunelab.plan.measure import CUDA_CONTEXT_BYTES, current_rss, machine_memory
-from tunelab.plan.memory import MemoryEstimate, ModelShape, Workload, estimate_memory
+from tunelab.plan.memory import (
+    MemoryEstimate,
+    ModelShape,
+    RunEstimate,
+    Scoring,
+    Workload,
+    estimate_memory,
+    estimate_run,
+)
 from tunelab.plan.probing import Probe, probe, row_tokens
 from tunelab.plan.shapes import method_facts
 from tunelab.plan.suggestions import Suggestion, alternatives_for, suggest
@@ -24,7 +32,8 @@ class PlanResult:
     device: str
     budget: int
     budget_source: str  # "--memory", "RAM" or "GPU memory"
-    estimate: MemoryEstimate
+    estimate: MemoryEstimate  # the training peak, by component
+    run: RunEstimate  # the whole `tunelab train` process: training, evaluation and baselines phases
     probe: Probe | None
     suggestions: list[Suggestion]
     steps_per_epoch: int
@@ -34,8 +43,8 @@ class PlanResult:
 
     @property
     def needed(self) -> int:
-        """The larger of the estimate and the probe's measured peak."""
-        return max(self.estimate.total, self.probe.peak_bytes if self.probe else 0)
+        """The whole run's peak: the larger of the estimate and the probe's measurement."""
+        return max(self.run.peak, self.probe.run_peak_bytes if self.probe else 0)
 
     @property
     def fits(self) -> bool:
@@ -61,12 +70,15 @@ def plan(recipe: Recipe, memory_budget: int | None = None, probe_steps: int = 3)
     # small model's footprint.
     overhead = CUDA_CONTEXT_BYTES if cuda else _process_baseline()
     estimate = estimate_memory(params, workload(recipe, shape, data, overhead, chunked, cuda))
-    measured, note = _guarded_probe(recipe, probe_steps, data, tokenizer, estimate)
+    run = estimate_run(estimate, *scoring_passes(recipe, data))
+    measured, note = _guarded_probe(recipe, probe_steps, data, tokenizer, run)
     budget = memory_budget or machine_memory(cuda)
     suggestions: list[Suggestion] = []
-    if max(estimate.total, measured.peak_bytes if measured else 0) > budget:
-        # Where the probe measured more than the estimate, suggestions must fit with that margin too.
-        margin = max(0, measured.peak_bytes - estimate.total) if measured else 0
+    needed = max(run.peak, measured.run_peak_bytes if measured else 0)
+    if needed > budget:
+        # Suggestions change the training peak; where another phase or the probe needs more, they must
+        # fit with that margin too.
+        margin = max(0, needed - estimate.total)
         lengths = None if data.packed else [row_tokens(e) for e in data.splits["train"]]
         alternatives = alternatives_for(recipe, data.label_map, cuda)
         suggestions = suggest(recipe, estimate, budget - margin, alternatives=alternatives, lengths=lengths)
@@ -77,6 +89,7 @@ def plan(recipe: Recipe, memory_budget: int | None = None, probe_steps: int = 3)
         budget=budget,
         budget_source="--memory" if memory_budget else ("GPU memory" if cuda else "RAM"),
         estimate=estimate,
+        run=run,
         probe=measured,
         suggestions=suggestions,
         steps_per_epoch=math.ceil(per_epoch / recipe.train.grad_accum),
@@ -90,7 +103,7 @@ OUT_OF_MEMORY = "the probe ran out of GPU memory: it does not fit on this GPU"
 
 
 def _guarded_probe(
-    recipe: Recipe, steps: int, data: PreparedData, tokenizer: Any, estimate: MemoryEstimate
+    recipe: Recipe, steps: int, data: PreparedData, tokenizer: Any, run: RunEstimate
 ) -> tuple[Probe | None, str | None]:
     """(the probe, a note) -- not tried where the estimate says this machine cannot hold it: on CPU the
     kernel would kill the process rather than raise."""
@@ -98,12 +111,40 @@ def _guarded_probe(
 
     if steps < 1:
         return None, None
-    if estimate.total > machine_memory(torch.cuda.is_available()):
+    if run.peak > machine_memory(torch.cuda.is_available()):
         return None, "probe skipped: the estimate is more than this machine's memory"
     try:
-        return probe(recipe, steps, data=data, tokenizer=tokenizer), None
+        return probe(recipe, steps, data=data, tokenizer=tokenizer, scoring=run.scoring), None
     except torch.cuda.OutOfMemoryError:
         return None, OUT_OF_MEMORY
+
+
+def scoring_passes(recipe: Recipe, data: PreparedData) -> tuple[Scoring | None, Scoring | None]:
+    """The largest no-grad passes `tunelab train` makes besides training: (evaluation, baselines).
+
+    Evaluation scores the validation and test splits in batches of train.batch_size, padded to their
+    longest row. The sft baselines score conversations BASELINE_BATCH at a time, and the few-shot one
+    fills them with shots up to max_seq_len; the classify baselines embed the scored texts 32 at a time.
+    """
+    from tunelab.evaluation.baselines import BASELINE_BATCH, EMBED_BATCH
+
+    held_out = [e for split in ("validation", "test") for e in data.splits.get(split, [])]
+    if not held_out:
+        return None, None
+    longest = max(row_tokens(e) for e in held_out)
+    rows = min(recipe.train.batch_size, len(held_out))
+    evaluation = Scoring(rows, longest, f"{rows} held-out rows x {longest} tokens (the longest)")
+    baselines = None
+    if recipe.eval.baselines and recipe.task == "sft":
+        length = recipe.train.max_seq_len if "few_shot" in recipe.eval.baselines else longest
+        count = min(BASELINE_BATCH, len(held_out))
+        baselines = Scoring(
+            count, length, f"{count} conversations x {length} tokens (few-shot fills max_seq_len)"
+        )
+    elif recipe.eval.baselines and recipe.task == "classify":
+        count = min(EMBED_BATCH, len(held_out))
+        baselines = Scoring(count, longest, f"{count} texts x {longest} tokens, embedded")
+    return evaluation, baselines
 
 
 def _process_baseline() -> int:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tunelab.plan.measure import CUDA_CONTEXT_BYTES, current_rss, peak_rss, reset_peak_rss
+from tunelab.plan.memory import Scoring
 
 if TYPE_CHECKING:  # the heavy imports (torch, transformers) happen inside the functions that need them
     from tunelab.config import Recipe
@@ -19,18 +20,30 @@ class Probe:
     steps: int  # timed optimizer steps
     step_s: float  # mean wall time of one optimizer step (grad_accum micro-batches)
     tokens_per_s: float  # non-padding input tokens trained on per second
-    peak_bytes: int  # CPU: resident-set high-water mark; CUDA: allocator peak + CUDA_CONTEXT_BYTES
+    peak_bytes: (
+        int  # training's: CPU: resident-set high-water mark; CUDA: allocator peak + CUDA_CONTEXT_BYTES
+    )
     baseline_bytes: int  # CPU: resident set when the model was about to load; CUDA: CUDA_CONTEXT_BYTES
     device: str
+    run_peak_bytes: int = 0  # the same, over training and then the run's scoring passes (plan's phases)
 
 
-def probe(recipe: Recipe, steps: int, *, data: PreparedData | None = None, tokenizer: Any = None) -> Probe:
+def probe(
+    recipe: Recipe,
+    steps: int,
+    *,
+    data: PreparedData | None = None,
+    tokenizer: Any = None,
+    scoring: dict[str, Scoring] | None = None,
+) -> Probe:
     """Load the model as `train` does and run 2 + `steps` optimizer steps of the recipe's training.
 
     The first two steps take the longest training examples: the first allocates the gradients and
     AdamW's state, the second then reaches the peak a whole epoch would (its longest batch). Neither is
     timed. The timed steps take the recipe's own batches from evenly spread places in the epoch, so
     their mean stands for the epoch's. One process: under `train --nproc N` each of N holds about this.
+    Then each of `scoring`'s no-grad passes (evaluation, baselines) runs once, with the optimizer state
+    still held as it is during a run's evaluations, for the whole run's peak.
     """
     import torch
     from accelerate.utils import set_seed
@@ -71,8 +84,50 @@ def probe(recipe: Recipe, steps: int, *, data: PreparedData | None = None, token
             torch.cuda.synchronize()
         elapsed += time.perf_counter() - started
         tokens += result.tokens
-    peak = baseline + int(torch.cuda.max_memory_allocated()) if cuda else peak_rss()
-    return Probe(steps, elapsed / steps, tokens / max(elapsed, 1e-9), peak, baseline, accelerator.device.type)
+    peak = _peak(cuda, baseline)
+    for shape in (scoring or {}).values():
+        _score_once(recipe, model, objective, data, shape, tokenizer.pad_token_id or 0, accelerator)
+    return Probe(
+        steps, elapsed / steps, tokens / max(elapsed, 1e-9), peak, baseline, accelerator.device.type,
+        run_peak_bytes=max(peak, _peak(cuda, baseline)),
+    )  # fmt: skip
+
+
+def _peak(cuda: bool, baseline: int) -> int:
+    import torch
+
+    return baseline + int(torch.cuda.max_memory_allocated()) if cuda else peak_rss()
+
+
+def _score_once(
+    recipe: Recipe,
+    model: Any,
+    objective: Any,
+    data: PreparedData,
+    shape: Scoring,
+    pad_id: int,
+    accelerator: Any,
+) -> None:
+    """One no-grad pass of `shape.rows` held-out rows of `shape.seq_len` tokens, through the objective
+    as the run's evaluation computes it."""
+    from tunelab.evaluation.metrics import evaluate
+    from tunelab.runner import collate_for
+    from tunelab.training.loop import eval_batches
+
+    held_out = [e for split in ("validation", "test") for e in data.splits.get(split, [])]
+    longest = _longest_rows(held_out, shape.rows)
+    rows = [_sized(longest[i % len(longest)], shape.seq_len) for i in range(shape.rows)]
+    batches = eval_batches(rows, shape.rows, pad_id, accelerator, collate_for(recipe.task))
+    evaluate(model, batches, objective, recipe.task, accelerator, prefix="probe")
+
+
+def _sized(example: dict[str, Any], seq_len: int) -> dict[str, Any]:
+    """The example's token lists repeated (or cut) to `seq_len`: the length is what memory depends on."""
+
+    def fit(values: list[Any]) -> list[Any]:
+        return (values * (seq_len // max(len(values), 1) + 1))[:seq_len]
+
+    return {key: fit(value) if isinstance(value, list) else value for key, value in example.items()}
 
 
 def _start_measuring(cuda: bool) -> int:

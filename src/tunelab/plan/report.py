@@ -44,12 +44,41 @@ def render(result: PlanResult, console: Console) -> None:
             "measured peak", size_text(probe.peak_bytes), f"probe, {how} ({change:+.0%} vs estimate)"
         )
     console.print(table)
+    console.print(_run_table(result))
     console.print(_verdict(result))
     for note in result.notes:
         console.print(f"[yellow]note:[/] {note}")
     if result.suggestions:
         console.print(_suggestion_table(result.suggestions))
     console.print(_timing(result))
+
+
+PHASES = {
+    "training": "training (the table above)",
+    "evaluation": "evaluation: weights + optimizer state + scoring",
+    "baselines": "baselines: the base model's weights + scoring",
+}
+
+
+def _run_table(result: PlanResult) -> Any:
+    """The whole `tunelab train` process: its peak is the largest phase's, which need not be training's."""
+    from rich.table import Table
+
+    run = result.run
+    table = Table(title="the whole `tunelab train` process, by phase")
+    for column, justify in (("phase", "left"), ("estimate", "right"), ("the pass it is sized for", "left")):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for name, value in run.phases.items():
+        table.add_row(PHASES[name], size_text(value), run.scoring[name].what if name in run.scoring else "")
+    table.add_row("run peak", size_text(run.peak), f"the {run.peak_phase} phase", style="bold")
+    if result.probe is not None and result.probe.run_peak_bytes:
+        change = result.probe.run_peak_bytes / max(run.peak, 1) - 1
+        table.add_row(
+            "measured run peak",
+            size_text(result.probe.run_peak_bytes),
+            f"probe: its steps, then each scoring pass once ({change:+.0%} vs estimate)",
+        )
+    return table
 
 
 def size_text(n: int) -> str:
