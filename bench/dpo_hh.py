@@ -86,7 +86,8 @@ def main() -> None:
             "template": "chatml",
             "leakage": "drop",
         },
-        "method": {"name": args.method, "objective": args.objective, "beta": args.beta},
+        "method": {"name": args.method},
+        "preference": {"objective": args.objective, "beta": args.beta},
         "train": {
             "epochs": args.epochs,
             "batch_size": 8,

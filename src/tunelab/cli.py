@@ -66,14 +66,19 @@ def friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 def validate(
     recipe: Annotated[Path, typer.Argument(help="The recipe YAML file.")],
     set_: SetOption = None,
+    host: Annotated[
+        bool, typer.Option("--host", help="Also check this machine: a CUDA GPU, bitsandbytes, as needed.")
+    ] = False,
     debug: DebugOption = False,
 ) -> None:
     """Check a recipe, its data and its model's whereabouts; report every recipe problem at once."""
-    from tunelab.config import load_recipe
+    from tunelab.config import check_host, load_recipe
     from tunelab.data.pipeline import load_records
     from tunelab.models.load import check_sequence_length, model_source
 
     loaded = load_recipe(recipe, set_ or [])
+    if host:
+        check_host(loaded)
     _, local = model_source(loaded.model.name)  # a missing folder fails here, as train would
     check_sequence_length(loaded)
     # The data stage up to tokenisation: every file read, bad rows named, cleaned, split, leak-checked.
@@ -82,11 +87,11 @@ def validate(
     shown = ", ".join(f"{split} {n:,}" for split, n in counts.items())
     out.print(
         f"  checked: the recipe; the data ({shown} rows after cleaning, split and the leakage check); "
-        f"the model {'folder' if local else 'id'} and its positions"
+        f"the model {'folder' if local else 'id'} and its positions" + ("; this machine" if host else "")
     )
     out.print(
         "  not checked here: tokenisation and the chat template, loading the weights, memory "
-        "(`tunelab plan` runs those)"
+        "(`tunelab plan` runs those)" + ("" if host else "; this machine's GPU and libraries (--host)")
     )
 
 

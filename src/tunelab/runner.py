@@ -26,7 +26,7 @@ from accelerate.utils import broadcast_object_list, set_seed
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from tunelab.config import Recipe, load_recipe, recipe_to_yaml, source_name
+from tunelab.config import Recipe, check_host, load_recipe, migrate, recipe_to_yaml, source_name
 from tunelab.data import cache as data_cache
 from tunelab.data import mixture
 from tunelab.data.packing import check_packing_supported, collate_packed
@@ -97,6 +97,7 @@ def train(recipe: Recipe, *, resume: Path | None = None, console: Console | None
     console = console or Console(stderr=True, soft_wrap=True)
     resume_from = _checkpoint_to_resume(resume, recipe, console) if resume else None
 
+    check_host(recipe)
     check_sequence_length(recipe)
     tokenizer = load_tokenizer(recipe.model)
     cache_key = data_cache.cache_key(recipe, tokenizer)  # before the data stage gives it a chat template
@@ -396,11 +397,11 @@ def build_objective(recipe: Recipe, model: Any, accelerator: Accelerator) -> Obj
         preference_objective,
     )
 
-    method = recipe.method
+    loss = recipe.preference
     reference = None
-    if method.objective != "orpo":
+    if loss.objective != "orpo":
         reference = adapter_disabled_reference() if is_adapter(model) else frozen_copy_reference(model)
-    return preference_objective(method.objective, method.beta, reference)
+    return preference_objective(loss.objective, loss.beta, reference)
 
 
 class MixedOrder:
@@ -505,7 +506,9 @@ def _checkpoint_to_resume(run_dir: Path, recipe: Recipe, console: Console) -> Pa
         raise TunelabError(
             f"{run_dir} has no complete checkpoint to resume from", fix="start a new run without --resume"
         )
-    changed = recipe_changes(yaml.safe_load((run_dir / "recipe.yaml").read_text(encoding="utf-8")), recipe)
+    saved = yaml.safe_load((run_dir / "recipe.yaml").read_text(encoding="utf-8"))
+    migrate(saved)  # an older run's recipe.yaml, in today's layout: moved settings are not changes
+    changed = recipe_changes(saved, recipe)
     refused = {path: change for path, change in changed.items() if path not in SAFE_ON_RESUME}
     if refused:
         raise TunelabError(

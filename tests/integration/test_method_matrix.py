@@ -26,7 +26,7 @@ from tunelab.config import (
     DoraMethod,
     Ia3Method,
     LoraMethod,
-    MethodBase,
+    MethodConfig,
     ModelConfig,
     PrefixMethod,
     PromptMethod,
@@ -38,10 +38,11 @@ from tunelab.data.records import Chat, Labeled, Message
 from tunelab.data.templates import ensure_chat_template
 from tunelab.data.tokenize import LengthPolicy, collate, tokenize_chats, tokenize_labeled
 from tunelab.errors import ModelLoadError, RecipeError
+from tunelab.methods import methods_where
 from tunelab.models import load
 from tunelab.models.adapters import bottleneck_disabled, is_bottleneck, load_bottleneck, save_bottleneck
 from tunelab.models.load import LoadedModel, load_model
-from tunelab.models.methods import MERGEABLE, apply_method, count_parameters
+from tunelab.models.methods import apply_method, count_parameters
 from tunelab.models.peft_compat import load_peft_adapter
 from tunelab.training.loop import _optimizer_step, accumulate_gradients
 from tunelab.training.objectives import OBJECTIVES
@@ -50,7 +51,7 @@ from tunelab.training.schedule import build_optimizer, build_scheduler
 LABEL_MAP = {"balance": 0, "transfer": 1, "card": 2}
 MAX_SHARE = 0.2  # trainable share bound for adapter methods (tiny models make every adapter look big)
 
-METHODS: dict[str, MethodBase] = {
+METHODS: dict[str, MethodConfig] = {
     "lora": LoraMethod(name="lora", r=2, alpha=4),
     "dora": DoraMethod(name="dora", r=2, alpha=4),
     "ia3": Ia3Method(name="ia3"),
@@ -250,7 +251,7 @@ def test_save_then_load_onto_a_fresh_base_gives_the_same_outputs(
 
 
 @exact
-@pytest.mark.parametrize("case", [c for c in CASES if c.name in MERGEABLE], ids=case_id)
+@pytest.mark.parametrize("case", [c for c in CASES if c.name in methods_where("mergeable")], ids=case_id)
 def test_merged_outputs_equal_unmerged_outputs(
     case: Case, bases: dict[str, LoadedModel], batches: dict[str, dict[str, torch.Tensor]]
 ) -> None:
@@ -355,13 +356,21 @@ def test_qlora_refuses_a_base_that_is_not_4bit(bases: dict[str, LoadedModel]) ->
     [{"method": {"name": "qlora"}}, {"model": {"load_in_8bit": True}}],
     ids=["qlora", "load_in_8bit"],
 )
-def test_quantised_bases_are_refused_at_validation_without_cuda(
+def test_quantised_bases_are_refused_before_any_work_without_cuda(
     sections: dict[str, Any], tmp_path: Path, tiny_llama: Path
 ) -> None:
+    from typer.testing import CliRunner
+
+    from tunelab.cli import app
+
+    # The recipe is valid (it would run on a GPU machine); this machine's pre-flight refuses it.
     path = make_recipe(tmp_path, tiny_llama, "sft", **sections)
-    with pytest.raises(RecipeError) as info:
-        load_recipe(path)
-    assert any("needs a CUDA GPU" in problem for problem in info.value.problems), info.value.problems
+    load_recipe(path)
+    for command in (["validate", str(path), "--host"], ["train", str(path)]):
+        result = CliRunner().invoke(app, command)
+        assert result.exit_code == 1, result.output
+        assert "1 problem on this machine" in result.output and "needs a CUDA GPU" in result.output
+    assert not (tmp_path / "runs").exists()
 
 
 @pytest.mark.parametrize(

@@ -23,7 +23,9 @@ PAIRS = [
 REWARD_KEYS = {"reward_accuracy", "reward_chosen", "reward_rejected", "reward_margin"}
 
 
-def preference_recipe(tmp_path: Path, tiny_llama: Path, task: str, method: dict, **train: object) -> Path:
+def preference_recipe(
+    tmp_path: Path, tiny_llama: Path, task: str, method: dict, loss: dict | None = None, **train: object
+) -> Path:
     data = write_jsonl(tmp_path / "pairs.jsonl", PAIRS[:8])
     val = write_jsonl(tmp_path / "val_pairs.jsonl", PAIRS[8:])
     settings = {"max_steps": 4, "batch_size": 2, "grad_accum": 1, "eval_every": 4, "log_every": 2, **train}
@@ -34,6 +36,7 @@ def preference_recipe(tmp_path: Path, tiny_llama: Path, task: str, method: dict,
         data={"train": str(data), "validation": str(val)},
         method=method,
         train=settings,
+        **({"preference": loss} if loss else {}),
     )
 
 
@@ -41,8 +44,8 @@ def preference_recipe(tmp_path: Path, tiny_llama: Path, task: str, method: dict,
 def test_preference_runs_log_rewards_and_learn_the_preferred_answer(
     objective: str, tmp_path: Path, tiny_llama: Path
 ) -> None:
-    method = {"name": "lora", "r": 4, "alpha": 8, "objective": objective, "beta": 0.1}
-    result = train(load_recipe(preference_recipe(tmp_path, tiny_llama, "preference", method)))
+    method, loss = {"name": "lora", "r": 4, "alpha": 8}, {"objective": objective, "beta": 0.1}
+    result = train(load_recipe(preference_recipe(tmp_path, tiny_llama, "preference", method, loss)))
     metrics = result.summary["metrics"]
     assert {f"val_{key}" for key in REWARD_KEYS} <= set(metrics)
     lines = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -55,8 +58,8 @@ def test_preference_runs_log_rewards_and_learn_the_preferred_answer(
 
 
 def test_dpo_with_full_fine_tuning_uses_a_frozen_copy(tmp_path: Path, tiny_llama: Path) -> None:
-    method = {"name": "full", "objective": "dpo", "beta": 0.1}
-    recipe = preference_recipe(tmp_path, tiny_llama, "preference", method, lr=1e-3)
+    loss = {"objective": "dpo", "beta": 0.1}
+    recipe = preference_recipe(tmp_path, tiny_llama, "preference", {"name": "full"}, loss, lr=1e-3)
     result = train(load_recipe(recipe))
     # Were the reference the live model, policy and reference would always agree: every reward 0, every
     # loss log 2 and no pair ranked. A frozen copy lets the rewards separate.
@@ -75,6 +78,14 @@ def test_reward_model_learns_pairwise_ranking(tmp_path: Path, tiny_llama: Path) 
 
 
 def test_preference_settings_are_refused_for_other_tasks(tmp_path: Path, tiny_llama: Path) -> None:
-    recipe = make_recipe(tmp_path, tiny_llama, "sft", method={"name": "lora", "objective": "ipo"})
-    with pytest.raises(RecipeError, match=r"method\.objective applies to task: preference only"):
+    # Written, even at its default value: `beta: 0.1` in an sft recipe is a mistake, not a no-op.
+    recipe = make_recipe(tmp_path, tiny_llama, "sft", preference={"beta": 0.1})
+    with pytest.raises(RecipeError, match=r"preference\.beta: applies to task: preference only"):
         load_recipe(recipe)
+    # An older recipe.yaml with method.objective: the setting moves to its section, and is refused there.
+    old = make_recipe(tmp_path, tiny_llama, "sft", method={"name": "lora", "objective": "ipo"})
+    with pytest.raises(RecipeError, match=r"preference\.objective: applies to task: preference only"):
+        load_recipe(old)
+    # The defaults an older run saved for every task are dropped, and the recipe loads.
+    saved = make_recipe(tmp_path, tiny_llama, "sft", method={"name": "lora", "objective": "dpo", "beta": 0.1})
+    assert load_recipe(saved).preference.model_fields_set == set()

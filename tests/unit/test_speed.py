@@ -165,5 +165,9 @@ def test_a_bf16_head_is_upcast_under_autocast_and_left_alone_without() -> None:
 def test_fp16_is_refused_without_cuda() -> None:
     if torch.cuda.is_available():
         pytest.skip("a CUDA GPU is visible: fp16 is allowed")
-    with pytest.raises(ValueError, match="fp16 needs a CUDA GPU"):
-        recipe(precision="fp16")
+    from tunelab.config import host_problems
+
+    problems = host_problems(recipe(precision="fp16"))
+    assert [str(p) for p in problems] == [
+        "train.precision: fp16 needs a CUDA GPU (loss scaling); on CPU use fp32 or bf16"
+    ]

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from tunelab.config import NEW_TOKEN_METHODS, DataConfig, Recipe, source_name
+from tunelab.config import DataConfig, Recipe, source_name
 from tunelab.data import quality
 from tunelab.data.clean import NearDupConfig
 from tunelab.data.formats import RECORD_KIND, Columns, build_label_map, check_labels_known, load_split
@@ -30,6 +30,7 @@ from tunelab.data.tokenize import (
     tokenize_texts,
 )
 from tunelab.errors import DataError
+from tunelab.methods import method_spec, methods_where
 
 SPLITS = ("train", "validation", "test")
 RECORD_KIND_FOR_TASK = {
@@ -327,18 +328,18 @@ def prepare_chat_tokenizer(recipe: Recipe, tokenizer: Any) -> tuple[str, list[st
 
     Cut into word pieces ("< | im _ end | >") the markers would be learned as text: generation would
     never stop at a turn's end and the marker would leak into answers. Added as tokens, they need
-    trainable embedding rows, which only some methods have (config.NEW_TOKEN_METHODS); with the others
+    trainable embedding rows, which only some methods have (the registry's trains_new_tokens); with the others
     the recipe is refused. Runs on a data-cache hit too, so the cached ids stay valid.
     """
     template = ensure_chat_template(tokenizer, recipe.data.template)
     split = split_markers(tokenizer, template)
-    if split and recipe.method.name not in NEW_TOKEN_METHODS:
+    if split and not method_spec(recipe.method.name).trains_new_tokens:
         raise DataError(
             f"the tokenizer has no token for {', '.join(split)}, which the {template} chat template "
             f"writes around turns; they would have to be added as new tokens, and method "
             f"{recipe.method.name} cannot train new tokens' embeddings",
             fix=f"set data.template: alpaca (plain-text headers; answers end with the tokenizer's EOS "
-            f"token), use method {' or '.join(NEW_TOKEN_METHODS)}, or a model whose tokenizer has a chat "
+            f"token), use method {' or '.join(methods_where('trains_new_tokens'))}, or a model whose tokenizer has a chat "
             "template (an instruct model)",
         )
     return template, add_marker_tokens(tokenizer, template)

@@ -75,8 +75,10 @@ def load_model(
 
 def quantisation_for(method_name: str, load_in_8bit: bool) -> Quantisation | None:
     """How a recipe's base is loaded: 4-bit NF4 under qlora, 8-bit when model.load_in_8bit, else unquantised."""
-    if method_name == "qlora":
-        return "4bit"
+    from tunelab.methods import method_spec
+
+    if method_spec(method_name).quantised_base is not None:
+        return method_spec(method_name).quantised_base
     return "8bit" if load_in_8bit else None
 
 

@@ -1,6 +1,7 @@
-"""Methods decide which weights move. A small registry maps the recipe's `method.name` to a builder.
+"""The built-in methods' builders: which weights move. `tunelab.methods` registers each with its recipe
+schema and traits; `apply_method` looks the recipe's `method.name` up there.
 
-Every builder has the signature `(model, cfg, task, new_modules) -> model`. `new_modules` are the modules
+Every builder has the signature `(model, cfg, task, new_modules[, new_tokens]) -> model`. `new_modules` are the modules
 the checkpoint did not hold (a new classification head): whatever the method, they train in full, and
 adapter methods save them with the adapter (peft's `modules_to_save`).
 
@@ -11,7 +12,7 @@ bottleneck adapter, which peft lacks, is in `adapters.py`. Over a quantised base
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -31,8 +32,8 @@ from peft.utils import (
     TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING,
 )
 
-from tunelab.config import (
-    NEW_TOKEN_METHODS,
+from tunelab.errors import RecipeError
+from tunelab.methods import (
     AdapterMethod,
     FreezeMethod,
     FullMethod,
@@ -40,12 +41,11 @@ from tunelab.config import (
     LoraMethod,
     PrefixMethod,
     PromptMethod,
+    method_spec,
+    methods_where,
 )
-from tunelab.errors import RecipeError
 from tunelab.models.adapters import add_bottleneck_adapters, hidden_size
 from tunelab.models.peft_compat import cache_argument, fix_prefix_classifier
-
-Builder = Callable[[Any, Any, str, list[str]], Any]
 
 # The head each task loads (see load.py) decides peft's task type: it picks the PeftModel subclass, which
 # knows where the head is and how virtual tokens meet it.
@@ -280,35 +280,18 @@ def apply_adapter(model: Any, cfg: AdapterMethod, task: str, new_modules: list[s
     return add_bottleneck_adapters(model, cfg.reduction_factor, cfg.non_linearity, new_modules)
 
 
-METHODS: dict[str, Builder] = {
-    "full": apply_full,
-    "freeze": apply_freeze,
-    "lora": apply_lora,
-    "dora": apply_dora,
-    "qlora": apply_qlora,
-    "ia3": apply_ia3,
-    "prefix": apply_prefix,
-    "prompt": apply_prompt,
-    "adapter": apply_adapter,
-}
-# Methods whose trained weights fold into the base (peft's merge_and_unload); the others stay separate.
-MERGEABLE = ("lora", "dora", "qlora", "ia3")
-
-
 def apply_method(
     model: Any, cfg: Any, task: str, new_modules: list[str], new_tokens: Sequence[int] = ()
 ) -> Any:
-    """The method attached. `new_tokens` are token ids added to the vocabulary (a chat template's
-    markers): their embedding rows start untrained, so the method must train them."""
-    builder = METHODS[cfg.name]
-    if not new_tokens:
-        return builder(model, cfg, task, new_modules)
-    if cfg.name not in NEW_TOKEN_METHODS:
+    """The registered method `cfg.name` attached. `new_tokens` are token ids added to the vocabulary (a
+    chat template's markers): their embedding rows start untrained, so the method must train them."""
+    spec = method_spec(cfg.name)
+    if new_tokens and not spec.trains_new_tokens:
         raise RecipeError(
             f"method {cfg.name} cannot train the embeddings of tokens added to the vocabulary",
-            fix=f"use method {' or '.join(NEW_TOKEN_METHODS)}",
+            fix=f"use method {' or '.join(methods_where('trains_new_tokens'))}",
         )
-    return builder(model, cfg, task, new_modules, new_tokens=new_tokens)  # type: ignore[call-arg]
+    return spec.build(model, cfg, task, new_modules, new_tokens)
 
 
 def count_parameters(model: Any) -> tuple[int, int]:

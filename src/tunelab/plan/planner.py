@@ -56,10 +56,12 @@ def plan(recipe: Recipe, memory_budget: int | None = None, probe_steps: int = 3)
     the machine's RAM, or the GPU's memory on CUDA), suggest changes that would make it fit."""
     import torch
 
+    from tunelab.config import check_host
     from tunelab.data.pipeline import load_records, tokenize_records
     from tunelab.models.load import check_sequence_length, load_tokenizer, quantisation_for
 
     cuda = torch.cuda.is_available()
+    check_host(recipe)
     check_sequence_length(recipe)
     tokenizer = load_tokenizer(recipe.model)
     data = tokenize_records(recipe, load_records(recipe), tokenizer)
@@ -164,12 +166,14 @@ def workload(
     """The recipe's batch as the estimator sees it. The row length is the longest training row (capped by
     max_seq_len at tokenisation): batches are padded to their longest row, and over an epoch the
     longest row turns up in some batch."""
+    from tunelab.methods import FreezeMethod, PromptMethod, method_spec
     from tunelab.models.load import quantisation_for
     from tunelab.training.precision import precision_for
 
     cfg, method, train = recipe.train, recipe.method, data.splits["train"]
     seq_len = max((row_tokens(e) for e in train), default=cfg.max_seq_len)
-    if method.name == "prompt":  # the soft prompt's virtual tokens run through every block too
+    if isinstance(method, PromptMethod):  # its virtual tokens run through every block too (prefix
+        # tuning's join the keys and values only)
         seq_len += method.num_virtual_tokens
     quantised = quantisation_for(method.name, recipe.model.load_in_8bit) is not None
     return Workload(
@@ -179,7 +183,7 @@ def workload(
         # A quantised base computes in bfloat16 but its norms (hence the residual stream) run in float32.
         # Under autocast the saved activations are mostly the matmuls' bf16 outputs.
         dtype_bytes=4 if quantised else precision_for(recipe).activation_dtype.itemsize,
-        grad_layers=method.k if method.name == "freeze" else shape.num_layers,
+        grad_layers=method.k if isinstance(method, FreezeMethod) else shape.num_layers,
         rows_per_example=2 if recipe.task in ("preference", "reward") else 1,
         checkpointing=quantised or cfg.gradient_checkpointing,
         # CUDA's sdpa kernels apply attention dropout without materialising the probabilities.
@@ -187,8 +191,8 @@ def workload(
         causal_lm=recipe.task in ("sft", "pretrain", "preference"),
         chunked_loss=chunked_loss,
         reference_copy=recipe.task == "preference"
-        and method.objective != "orpo"
-        and method.name in ("full", "freeze"),
+        and recipe.preference.objective != "orpo"
+        and method_spec(method.name).trains_base_weights,
         overhead=overhead,
     )
 

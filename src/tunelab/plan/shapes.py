@@ -167,14 +167,15 @@ def method_facts(
     """Build the model on the meta device, attach `method`, and count: (parameters, whether the fused
     loss applies, the model's shape). A quantised base is counted unquantised and then sized as
     bitsandbytes stores it (bitsandbytes cannot quantise meta tensors)."""
-    from tunelab.config import LoraMethod
+    from tunelab.methods import LoraMethod, method_spec
     from tunelab.models.methods import apply_method
 
     model, new_modules = meta_model(recipe, label_map)
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     width = int(_config_value(config, "intermediate_size", "n_inner", "ffn_dim", default=-1))
     shape = model_shape(model.config, has_gated_mlp(model, width))
-    if method.name == "qlora":  # apply_qlora wants a 4-bit model; the adapters are LoRA's all the same
+    if method_spec(method.name).quantised_base is not None and isinstance(method, LoraMethod):
+        # apply_qlora wants a 4-bit model; on the meta device the adapters are LoRA's all the same.
         method = LoraMethod(**{**method.model_dump(), "name": "lora"})
     model = apply_method(model, method, recipe.task, new_modules)
     return param_facts(model, quantisation), fused_loss_applies(model, recipe.task), shape

@@ -198,22 +198,23 @@ def _combination(
 def alternatives_for(recipe: Recipe, label_map: dict[str, int] | None, cuda: bool) -> list[Alternative]:
     """Leaner methods to suggest: LoRA instead of full/freeze; on CUDA also LoRA over an 8-bit base and
     QLoRA (bitsandbytes needs CUDA, and recipes using it are refused elsewhere)."""
-    from tunelab.config import LoraMethod, QloraMethod
+    from tunelab.methods import LoraMethod, QloraMethod, method_spec
 
-    name = recipe.method.name
-    keep = {"objective": recipe.method.objective, "beta": recipe.method.beta}
-    lora_fields = (
-        recipe.method.model_dump() if name in ("lora", "dora", "qlora") else {**keep, "name": "lora"}
-    )
+    name, spec = recipe.method.name, method_spec(recipe.method.name)
+    # A LoRA-family recipe keeps its rank and targets; any other starts from LoRA's defaults.
+    lora_fields = recipe.method.model_dump() if isinstance(recipe.method, LoraMethod) else {}
     lora = LoraMethod(**{**lora_fields, "name": "lora"})
     wanted: list[tuple[str, Any, Quantisation | None, int, tuple[str, ...]]] = []
-    if name in ("full", "freeze"):
-        wanted.append(("lora", lora, None, FEWER_WEIGHTS, (_method_override(lora, recipe.task),)))
-    if cuda and name in ("full", "freeze", "lora", "dora") and not recipe.model.load_in_8bit:
-        over = (_method_override(lora, recipe.task), "model.load_in_8bit=true")
+    if spec.trains_base_weights:
+        wanted.append(("lora", lora, None, FEWER_WEIGHTS, (_method_override(lora),)))
+    leaner = spec.trains_base_weights or (
+        isinstance(recipe.method, LoraMethod) and spec.quantised_base is None
+    )
+    if cuda and leaner and name != "qlora" and not recipe.model.load_in_8bit:
+        over = (_method_override(lora), "model.load_in_8bit=true")
         wanted.append(("lora over an 8-bit base", lora, "8bit", QUANTISED, over))
         qlora = QloraMethod(**{**lora.model_dump(), "name": "qlora"})
-        wanted.append(("qlora", qlora, "4bit", QUANTISED, (_method_override(qlora, recipe.task),)))
+        wanted.append(("qlora", qlora, "4bit", QUANTISED, (_method_override(qlora),)))
     found = []
     for label, method, quantisation, rank, overrides in wanted:
         params, chunked, _ = method_facts(recipe, method, label_map, quantisation)
@@ -221,7 +222,7 @@ def alternatives_for(recipe: Recipe, label_map: dict[str, int] | None, cuda: boo
     return found
 
 
-def _method_override(method: Any, task: str) -> str:
+def _method_override(method: Any) -> str:
     """`method={name: lora, r: 8, alpha: 16}`: the whole section, so a freeze recipe's `k` goes too."""
-    keys = ["name", "r", "alpha"] + (["objective", "beta"] if task == "preference" else [])
+    keys = ["name", "r", "alpha"]
     return "method={" + ", ".join(f"{key}: {getattr(method, key)}" for key in keys) + "}"

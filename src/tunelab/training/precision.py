@@ -20,7 +20,6 @@ import torch
 from tunelab.config import Recipe
 
 # Methods whose base weights train: these keep float32 weights (master copies) under autocast.
-TRAINS_BASE_WEIGHTS = ("full", "freeze")
 WEIGHT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 COMPUTE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -106,7 +105,9 @@ def resolve_precision(recipe: Recipe, device_type: str) -> Precision:
 
 def weights_dtype(method: str, compute: str) -> torch.dtype:
     """`model.dtype: auto`: float32 where the base trains (its master copy), else the compute dtype."""
-    return torch.float32 if method in TRAINS_BASE_WEIGHTS else COMPUTE_DTYPES[compute]
+    from tunelab.methods import method_spec
+
+    return torch.float32 if method_spec(method).trains_base_weights else COMPUTE_DTYPES[compute]
 
 
 def precision_for(recipe: Recipe) -> Precision:

@@ -1,0 +1,66 @@
+"""The recipe: schema (sections.py, recipe.py; methods' own sections in tunelab.methods), checks across
+fields (checks.py, all reported in one pass), checks of the machine (preflight.py), loading with
+overrides and migration (loading.py) and error wording (render.py)."""
+
+from tunelab.config.checks import CHECKS, Problem
+from tunelab.config.loading import load_recipe, migrate, recipe_to_yaml
+from tunelab.config.preflight import check_host, host_problems
+from tunelab.config.recipe import CAUSAL_TASKS, TASKS, Recipe, source_name
+from tunelab.config.sections import (
+    BASELINES,
+    DataConfig,
+    EarlyStopping,
+    EvalConfig,
+    ModelConfig,
+    OutputConfig,
+    PreferenceConfig,
+    Section,
+    TrainConfig,
+    TrainSource,
+)
+from tunelab.methods import (
+    AdapterMethod,
+    DoraMethod,
+    FreezeMethod,
+    FullMethod,
+    Ia3Method,
+    LoraMethod,
+    MethodConfig,
+    PrefixMethod,
+    PromptMethod,
+    QloraMethod,
+)
+
+__all__ = [
+    "BASELINES",
+    "CAUSAL_TASKS",
+    "CHECKS",
+    "TASKS",
+    "AdapterMethod",
+    "DataConfig",
+    "DoraMethod",
+    "EarlyStopping",
+    "EvalConfig",
+    "FreezeMethod",
+    "FullMethod",
+    "Ia3Method",
+    "LoraMethod",
+    "MethodConfig",
+    "ModelConfig",
+    "OutputConfig",
+    "PreferenceConfig",
+    "PrefixMethod",
+    "Problem",
+    "PromptMethod",
+    "QloraMethod",
+    "Recipe",
+    "Section",
+    "TrainConfig",
+    "TrainSource",
+    "check_host",
+    "host_problems",
+    "load_recipe",
+    "migrate",
+    "recipe_to_yaml",
+    "source_name",
+]

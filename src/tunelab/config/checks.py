@@ -1,0 +1,142 @@
+"""Checks across a recipe's sections. Each is a function of the recipe returning its problems as
+(YAML path, message); all of them run, so one `validate` names every mistake (as torchtune's
+`validate` does), not the first one. Checks of the machine (a GPU, bitsandbytes) are in preflight.py:
+a recipe's validity does not depend on where it is read."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from tunelab.methods import method_spec, methods_where
+
+if TYPE_CHECKING:
+    from tunelab.config.recipe import Recipe
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str  # where in the YAML: "train.early_stopping.metric"
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+class RecipeProblems(ValueError):
+    """Raised from the recipe's validator; loading.py lists each problem under its path."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__("; ".join(str(p) for p in problems))
+        self.problems = problems
+
+
+Check = Callable[["Recipe"], list[Problem]]
+
+
+def check_early_stopping(recipe: Recipe) -> list[Problem]:
+    stopping = recipe.train.early_stopping
+    if stopping is None:
+        return []
+    problems = []
+    if recipe.data.validation is None:
+        problems.append(Problem("train.early_stopping", "needs data.validation to watch"))
+    if stopping.metric == "val_accuracy" and recipe.task != "classify":
+        problems.append(
+            Problem(
+                "train.early_stopping.metric",
+                f"task {recipe.task} never logs val_accuracy (classify only); use val_loss",
+            )
+        )
+    return problems
+
+
+def check_reference(recipe: Recipe) -> list[Problem]:
+    from tunelab.config.recipe import CAUSAL_TASKS
+
+    if recipe.eval.reference is not None and recipe.task not in CAUSAL_TASKS:
+        return [
+            Problem(
+                "eval.reference",
+                f"the forgetting check needs a causal language model: task {', '.join(CAUSAL_TASKS)}",
+            )
+        ]
+    return []
+
+
+def check_preference_section(recipe: Recipe) -> list[Problem]:
+    # Written, not merely defaulted: `preference: {beta: 0.1}` in an sft recipe is a mistake too.
+    written = sorted(recipe.preference.model_fields_set)
+    if written and recipe.task != "preference":
+        return [Problem(f"preference.{written[0]}", "applies to task: preference only")]
+    return []
+
+
+def check_method_fits_task(recipe: Recipe) -> list[Problem]:
+    spec, task = method_spec(recipe.method.name), recipe.task
+    problems = []
+    if task == "reward" and spec.virtual_tokens:
+        problems.append(
+            Problem("method.name", f"{spec.name} is not supported for task reward; use lora or full")
+        )
+    if recipe.train.packing and spec.virtual_tokens:
+        problems.append(
+            Problem(
+                "train.packing",
+                f"method {spec.name} prepends virtual tokens, which peft cannot combine with packed rows; "
+                "set train.packing: false",
+            )
+        )
+    if recipe.model.load_in_8bit and not (spec.frozen_base and spec.quantised_base is None):
+        usable = [n for n in methods_where("frozen_base") if method_spec(n).quantised_base is None]
+        problems.append(
+            Problem(
+                "model.load_in_8bit",
+                f"an 8-bit base cannot be trained itself; use it with {', '.join(usable)}",
+            )
+        )
+    return problems
+
+
+def check_data_sources(recipe: Recipe) -> list[Problem]:
+    from tunelab.config.recipe import source_name
+
+    data, problems = recipe.data, []
+    if isinstance(data.train, list):
+        if recipe.task not in ("sft", "pretrain"):
+            problems.append(
+                Problem("data.train", "a list of datasets (multi-task) is for task sft or pretrain")
+            )
+        if not data.train:
+            problems.append(Problem("data.train", "the list of datasets is empty"))
+        names = [source_name(s) for s in data.train]
+        if len(set(names)) != len(names):
+            problems.append(
+                Problem("data.train", f"two datasets share a task_name ({', '.join(names)}); name them")
+            )
+    if data.replay is not None and recipe.task not in ("sft", "pretrain"):
+        problems.append(Problem("data.replay", "is for task sft or pretrain"))
+    if data.replay is not None and (data.replay.ratio is None) == (data.progressive is None):
+        problems.append(
+            Problem("data.replay", "set either replay.ratio (a constant share) or data.progressive (a ramp)")
+        )
+    if data.progressive is not None and data.replay is None:
+        problems.append(
+            Problem("data.progressive", "ramps new tasks against replay data: set data.replay.path")
+        )
+    return problems
+
+
+CHECKS: list[Check] = [
+    check_early_stopping,
+    check_reference,
+    check_preference_section,
+    check_method_fits_task,
+    check_data_sources,
+]
+
+
+def problems_of(recipe: Recipe) -> list[Problem]:
+    """Every check's problems, in CHECKS order."""
+    return [problem for check in CHECKS for problem in check(recipe)]

@@ -1,0 +1,73 @@
+"""The recipe: one YAML file that drives a whole run. Its sections are in sections.py; every check
+across them runs in one pass (checks.py) and all their problems are reported together."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from tunelab.config.sections import (
+    DataConfig,
+    EvalConfig,
+    ModelConfig,
+    OutputConfig,
+    PreferenceConfig,
+    Section,
+    TrainConfig,
+    TrainSource,
+)
+from tunelab.methods import MethodConfig, MethodField, method_spec
+
+TASKS = ("sft", "classify", "pretrain", "preference", "reward")
+CAUSAL_TASKS = ("sft", "pretrain", "preference")
+
+
+class Recipe(Section):
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="Run name; letters, digits, '.', '_' and '-'. Used in the run folder's name.",
+    )
+    task: Literal["sft", "classify", "pretrain", "preference", "reward"] = Field(
+        description="sft: chat/instruction tuning, loss on assistant tokens. classify: sequence classification. "
+        "pretrain: continued pre-training on text, loss on every token. preference: DPO/IPO/ORPO on chosen "
+        "and rejected answers. reward: a scalar reward model trained on preference pairs."
+    )
+    model: ModelConfig = Field(description="The pre-trained model to start from.")
+    data: DataConfig = Field(description="Where the data is and which columns to read.")
+    method: Annotated[MethodConfig, MethodField] = Field(
+        description="Which weights move: full, freeze, lora, dora, qlora, ia3, prefix, prompt, adapter, or "
+        "a registered method (tunelab.methods.register_method)."
+    )
+    preference: PreferenceConfig = Field(
+        default_factory=PreferenceConfig, description="task preference: the loss (dpo, ipo, orpo) and beta."
+    )
+    train: TrainConfig = Field(default_factory=TrainConfig, description="The training loop's settings.")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="Baselines scored beside the result.")
+    output: OutputConfig = Field(default_factory=OutputConfig, description="Where run folders go.")
+
+    @model_validator(mode="after")
+    def _cross_field_checks(self) -> Recipe:
+        from tunelab.config.checks import RecipeProblems, problems_of
+
+        problems = problems_of(self)
+        if problems:
+            raise RecipeProblems(problems)
+        return self
+
+    @property
+    def packing(self) -> bool:
+        """Whether train rows are packed: train.packing, else on for pretrain (unless the method
+        prepends virtual tokens, whose 2-D mask peft cannot join to the packed 4-D one)."""
+        if self.train.packing is not None:
+            return self.train.packing and self.task in ("sft", "pretrain")
+        return self.task == "pretrain" and not method_spec(self.method.name).virtual_tokens
+
+
+def source_name(source: TrainSource) -> str:
+    """A dataset's name in metrics: its task_name, else the file's stem (`hf:` specs: the dataset name)."""
+    if source.task_name:
+        return source.task_name
+    stem = source.path.split(":", 1)[-1] if source.path.startswith("hf:") else Path(source.path).name
+    return stem.split("/")[-1].split("@")[0].split(".")[0] or "train"

@@ -1,0 +1,348 @@
+"""The recipe's sections, field by field: pydantic models with `extra="forbid"` and a description on
+every field, so a typo is an error rather than a silently ignored key. Checks across fields are in
+checks.py; the method section's schemas are the registered methods' (tunelab.methods)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+def _existing_file(value: str) -> str:
+    """Data paths must exist when the recipe is validated, so a typo fails before any model loads.
+    Hub datasets (hf:org/name[@revision][:split]) are checked for form here and fetched at load time."""
+    if value.startswith("hf:"):
+        from tunelab.data.hub import parse_spec
+        from tunelab.errors import DataError
+
+        try:
+            parse_spec(value)
+        except DataError as exc:
+            raise ValueError(f"{exc.message}; {exc.fix}") from None
+        return value
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise ValueError(
+            f"file not found: {path.resolve()} (relative paths are resolved from the current directory)"
+        )
+    return str(path)
+
+
+ExistingFile = Annotated[str, AfterValidator(_existing_file)]
+
+
+class ModelConfig(Section):
+    name: str = Field(description="Hugging Face Hub id (org/name) or a local folder holding the model.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="Weight dtype as loaded. auto: float32 when the base weights train (full, freeze: the "
+        "master copy under mixed precision); for adapter methods, the compute dtype of train.precision "
+        "(the frozen base in bf16 where bf16 is fast).",
+    )
+    trust_remote_code: bool = Field(
+        False, description="Run Python code shipped with the model. Off unless you trust its author."
+    )
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) to load.")
+    load_in_8bit: bool = Field(
+        False, description="Load the frozen base in 8-bit (bitsandbytes; needs CUDA) under an adapter method."
+    )
+
+
+DataFormat = Literal[
+    "auto",
+    "chat",
+    "sharegpt",
+    "alpaca",
+    "prompt_completion",
+    "text",
+    "labeled",
+    "multiple_choice",
+    "preference",
+]
+
+
+class NearDedup(Section):
+    # Off by default within train: datasets such as SST-2 hold sub-phrases of one sentence as separate,
+    # labelled examples, and near-dedup would remove a third of them. The leakage check between train and
+    # held-out data always matches near-duplicates with these settings.
+    enabled: bool = Field(
+        False, description="Also remove near-duplicates within train (MinHash LSH over character shingles)."
+    )
+    threshold: float = Field(
+        0.8,
+        gt=0,
+        le=1,
+        description="Estimated Jaccard similarity at or above which two texts are near-duplicates.",
+    )
+    shingle_size: int = Field(
+        5, ge=1, description="Characters per shingle (5 suits short texts and long ones)."
+    )
+    num_perm: int = Field(128, ge=16, description="MinHash permutations: more is more precise and slower.")
+
+
+class SplitRatios(Section):
+    validation: float = Field(
+        0.0, ge=0, lt=1, description="Share of train held out as validation when no file."
+    )
+    test: float = Field(0.0, ge=0, lt=1, description="Share of train held out as test when no file is given.")
+
+
+class TrainSource(Section):
+    path: ExistingFile = Field(description="A training file (any supported format) or hf: dataset.")
+    format: DataFormat | None = Field(None, description="This file's format; default: data.format.")
+    weight: float = Field(
+        1.0, gt=0, description="Sampling weight: the share of draws is proportional to weight x rows."
+    )
+    task_name: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$",
+        description="Name used in per-dataset metrics (val_<task_name>_loss); default: the file's stem.",
+    )
+    validation: ExistingFile | None = Field(
+        None, description="This dataset's own validation file (else data.split.validation of its rows)."
+    )
+    test: ExistingFile | None = Field(
+        None, description="This dataset's own test file (else data.split.test of its rows)."
+    )
+
+
+class Replay(Section):
+    path: ExistingFile = Field(
+        description="General text or instructions to keep rehearsing (against forgetting)."
+    )
+    format: DataFormat | None = Field(None, description="The replay file's format; default: auto.")
+    ratio: float | None = Field(
+        None, gt=0, lt=1, description="Share of training draws taken from the replay data."
+    )
+
+
+class Progressive(Section):
+    start: float = Field(gt=0, le=1, description="New tasks' share of draws at the first step.")
+    end: float = Field(gt=0, le=1, description="New tasks' share of draws at the last step.")
+
+
+class Mixing(Section):
+    strategy: Literal["proportional", "temperature"] = Field(
+        "proportional",
+        description="proportional: draws follow weight x rows; temperature: (weight x rows)^(1/T), "
+        "which lifts small datasets.",
+    )
+    temperature: float = Field(2.0, ge=1, description="T of the temperature strategy (1 = proportional).")
+
+
+class DataConfig(Section):
+    train: ExistingFile | list[TrainSource] = Field(
+        description="Training data: .jsonl, .json, .csv, .tsv, .parquet or .txt (.gz too); or a list of "
+        "datasets {path, format, weight, task_name} mixed for multi-task training."
+    )
+    validation: ExistingFile | None = Field(
+        None, description="Validation file, evaluated every train.eval_every."
+    )
+    test: ExistingFile | None = Field(None, description="Test file, evaluated before and after training.")
+    format: DataFormat = Field(
+        "auto", description="Input format; auto detects it from the fields of the first rows."
+    )
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="Rename source columns to the format's fields, e.g. {prompt: dialogue, completion: summary}.",
+    )
+    text_unit: Literal["line", "file"] = Field(
+        "line", description=".txt files: one document per line or per file."
+    )
+    label_names: dict[str, str] = Field(
+        default_factory=dict,
+        description="classify: a name for each label as written in the data, e.g. {0: negative, 1: positive}. "
+        "The run, its report and the zero-shot baseline then use the names.",
+    )
+
+    @field_validator("label_names", mode="before")
+    @classmethod
+    def _labels_as_text(cls, value: Any) -> Any:
+        # Labels are read as text ("0", "1"), and YAML makes `0: negative` an integer key.
+        return {str(k): v for k, v in value.items()} if isinstance(value, dict) else value
+
+    text_column: str = Field("text", description="labeled/text formats: the column holding the text.")
+    text_pair_column: str | None = Field(None, description="labeled: optional second text column (pairs).")
+    label_column: str = Field("label", description="labeled: the column holding the label.")
+    sample: int | None = Field(
+        None,
+        gt=0,
+        description="Train on a seeded random sample of this many training rows (recorded in report.json).",
+    )
+    on_error: Literal["fail", "skip"] = Field(
+        "fail", description="Bad rows: fail lists them and stops; skip leaves them out and counts them."
+    )
+    normalize: bool = Field(
+        True,
+        description="Lossless only: line breaks as \\n, control characters removed, Unicode NFC. Whitespace "
+        "(indentation, tabs, runs of spaces, blank lines) is kept as written.",
+    )
+    dedup: bool = Field(
+        True, description="Remove exact duplicates (after normalisation, ignoring case) from train."
+    )
+    near_dedup: NearDedup = Field(default_factory=NearDedup, description="Near-duplicate removal from train.")
+    pii: Literal["off", "mask", "drop", "report"] = Field(
+        "report",
+        description="Emails, phones, cards, IPs, IBANs: mask with <EMAIL>-style placeholders, drop the row, "
+        "or only count them (report).",
+    )
+    min_tokens: int = Field(1, ge=0, description="Drop examples shorter than this many tokens (counted).")
+    max_tokens: int | None = Field(
+        None, gt=0, description="Drop examples longer than this many tokens before truncation (counted)."
+    )
+    truncation: Literal["truncate", "drop"] = Field(
+        "truncate", description="Examples over train.max_seq_len: cut at the limit, or leave out (counted)."
+    )
+    template: Literal["auto", "chatml", "llama3", "alpaca"] = Field(
+        "auto", description="Chat template: auto uses the tokenizer's own, else chatml."
+    )
+    balance: Literal["none", "oversample", "undersample"] = Field(
+        "none", description="classify: even out label counts in train by repeating or leaving out examples."
+    )
+    split: SplitRatios = Field(
+        default_factory=SplitRatios, description="Hold-out shares when files are missing."
+    )
+    leakage: Literal["drop", "fail"] = Field(
+        "drop",
+        description="Train rows that (near-)duplicate validation/test/contamination rows: drop or fail.",
+    )
+    contamination: list[ExistingFile] = Field(
+        default_factory=list, description="Extra files (e.g. a benchmark) that train must not overlap."
+    )
+    mixing: Mixing = Field(default_factory=Mixing, description="How several training datasets are sampled.")
+    replay: Replay | None = Field(
+        None, description="General data mixed into training at replay.ratio, against forgetting."
+    )
+    progressive: Progressive | None = Field(
+        None,
+        description="Ramp the new tasks' share of draws from start to end over training; replay gets the rest.",
+    )
+
+    @property
+    def sources(self) -> list[TrainSource]:
+        """The training datasets as a list, one entry when data.train is a single file."""
+        if isinstance(self.train, str):
+            return [TrainSource(path=self.train)]
+        return list(self.train)
+
+    @property
+    def multi_source(self) -> bool:
+        return not isinstance(self.train, str) or self.replay is not None
+
+
+class EarlyStopping(Section):
+    metric: Literal["val_loss", "val_accuracy"] = Field(
+        "val_loss", description="Validation metric to watch (val_accuracy: classify only)."
+    )
+    patience: int = Field(3, ge=1, description="Evaluations without improvement before stopping.")
+    min_delta: float = Field(0.0, ge=0, description="Smallest change that counts as an improvement.")
+
+
+class TrainConfig(Section):
+    epochs: float = Field(3, gt=0, description="Passes over the training data (ignored if max_steps).")
+    max_steps: int | None = Field(None, gt=0, description="Optimizer steps to run; overrides epochs.")
+    batch_size: int = Field(16, gt=0, description="Examples per micro-batch (per device).")
+    grad_accum: int = Field(1, gt=0, description="Micro-batches accumulated into one optimizer step.")
+    lr: float = Field(2.0e-4, gt=0, description="Peak learning rate of AdamW.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay (not applied to biases/norms).")
+    scheduler: Literal["constant", "linear", "cosine"] = Field(
+        "cosine", description="Learning-rate schedule after warmup."
+    )
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Fraction of steps spent warming up linearly.")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Clip gradients to this norm; null: off.")
+    max_seq_len: int = Field(512, gt=0, description="Tokens per example; longer examples are truncated.")
+    eval_every: int = Field(100, gt=0, description="Evaluate on data.validation every this many steps.")
+    save_every: int = Field(100, gt=0, description="Write a checkpoint every this many steps.")
+    keep_last: int = Field(2, ge=1, description="Checkpoints to keep; older ones are deleted.")
+    log_every: int = Field(10, gt=0, description="Write a metrics.jsonl line every this many steps.")
+    packing: bool | None = Field(
+        None,
+        description="sft/pretrain: pack examples into max_seq_len rows; attention never crosses examples. "
+        "Default: on for pretrain, off otherwise.",
+    )
+    group_by_length: bool = Field(
+        True,
+        description="Unpacked batches: put examples of similar length together (less padding); the order "
+        "of batches stays random.",
+    )
+    early_stopping: EarlyStopping | None = Field(
+        None,
+        description="Stop when a validation metric stops improving, e.g. {metric: val_loss, patience: 3}.",
+    )
+    seed: int = Field(42, description="Seed for initialisation, data order and dropout.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto",
+        description="Matmul precision (autocast; trainable weights stay float32). auto: bf16 where the "
+        "hardware has fast bf16 (CUDA compute capability 8+, CPUs with AVX512-BF16/AMX), else fp32. "
+        "fp16 (with loss scaling) needs CUDA.",
+    )
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Recompute each block's activations in backward instead of keeping them: about a "
+        "third more compute for activation memory of one block per layer.",
+    )
+    compile: bool = Field(
+        False,
+        description="torch.compile each transformer block (inductor; one compile serves every layer). The "
+        "first steps pay the compile time; best for long runs with packing, whose shapes repeat.",
+    )
+    distributed: Literal["ddp", "fsdp", "deepspeed"] = Field(
+        "ddp",
+        description="With `tunelab train --nproc N`: ddp (replicas; gloo on CPU, NCCL on CUDA), fsdp or "
+        "deepspeed (sharded; CUDA), using the accelerate configs in recipes/accelerate/.",
+    )
+    deepspeed_stage: Literal[2, 3] = Field(
+        2, description="train.distributed deepspeed: ZeRO stage 2 (optimizer + gradients) or 3 (+ weights)."
+    )
+
+
+Baseline = Literal["zero_shot", "few_shot"]
+BASELINES: tuple[Baseline, ...] = ("zero_shot", "few_shot")
+
+
+class EvalConfig(Section):
+    baselines: list[Baseline] = Field(
+        default_factory=lambda: list(BASELINES),
+        description="Base-model baselines scored beside the fine-tuned model (classify: encoder "
+        "similarity to label names, nearest centroid of few_shot_k examples per class).",
+    )
+    few_shot_k: int = Field(3, ge=1, description="Labelled examples per class (or prior turns) for few-shot.")
+    label_descriptions: dict[str, str] = Field(
+        default_factory=dict,
+        description="classify zero-shot: a description per label name, instead of the name.",
+    )
+    reference: ExistingFile | None = Field(
+        None,
+        description="Forgetting check (sft): general text (perplexity) or multiple-choice JSONL (question, "
+        "choices, answer; accuracy), scored before and after training.",
+    )
+    forgetting_tolerance: float = Field(
+        0.05,
+        ge=0,
+        description="Warn when the reference score gets worse by more than this share (0.05 = 5%).",
+    )
+
+    @field_validator("label_descriptions", mode="before")
+    @classmethod
+    def _label_names_as_text(cls, value: Any) -> Any:
+        # Labels are read as text ("0", "1"), and YAML makes `0: negative` an integer key.
+        return {str(k): v for k, v in value.items()} if isinstance(value, dict) else value
+
+
+class OutputConfig(Section):
+    dir: str = Field("runs", description="Parent folder of run folders (runs/<name>-<timestamp>/).")
+
+
+class PreferenceConfig(Section):
+    """task preference's loss; a section of its own, so setting it for another task is an error."""
+
+    objective: Literal["dpo", "ipo", "orpo"] = Field(
+        "dpo", description="dpo (sigmoid), ipo (squared, length-averaged) or orpo (no reference model)."
+    )
+    beta: float = Field(0.1, gt=0, description="Strength of the pull towards the reference (orpo: lambda).")
