@@ -44,7 +44,7 @@ from tunelab.models.adapters import bottleneck_disabled, is_bottleneck, load_bot
 from tunelab.models.load import LoadedModel, load_model
 from tunelab.models.methods import apply_method, count_parameters
 from tunelab.models.peft_compat import load_peft_adapter
-from tunelab.training.loop import _optimizer_step, accumulate_gradients
+from tunelab.training.loop import accumulate_gradients, optimizer_step
 from tunelab.training.objectives import OBJECTIVES
 from tunelab.training.schedule import build_optimizer, build_scheduler
 
@@ -165,7 +165,7 @@ def train_two_steps(model: Any, task: str, batch: dict[str, torch.Tensor]) -> No
     # zero on the first step.
     for _ in range(2):
         accumulate_gradients(model, OBJECTIVES[task], [batch], accelerator)
-        _optimizer_step(model, optimizer, scheduler, cfg, accelerator)
+        optimizer_step(model, optimizer, scheduler, cfg, accelerator)
 
 
 def assert_trains_exactly_the_intended(model: Any, case: Case, new_modules: list[str]) -> None:

@@ -18,7 +18,7 @@ from tunelab.data.templates import ensure_chat_template
 from tunelab.data.tokenize import LengthPolicy, collate, tokenize_chats
 from tunelab.errors import RecipeError
 from tunelab.training import precision as precision_module
-from tunelab.training.loop import _optimizer_step, accumulate_gradients
+from tunelab.training.loop import accumulate_gradients, optimizer_step
 from tunelab.training.objectives import OBJECTIVES
 from tunelab.training.precision import Precision, make_accelerator, resolve_precision, upcast_trainable
 from tunelab.training.schedule import build_optimizer, build_scheduler, fused_adamw_supported
@@ -100,7 +100,7 @@ def test_fused_adamw_takes_the_same_step_as_the_reference(tiny_llama: Path, batc
         scheduler = build_scheduler(optimizer, cfg, total_steps=2)
         for _ in range(2):
             step_loss_and_grads(model, batch)
-            _optimizer_step(model, optimizer, scheduler, cfg, Accelerator(cpu=True))
+            optimizer_step(model, optimizer, scheduler, cfg, Accelerator(cpu=True))
         weights.append({n: p.detach().clone() for n, p in model.named_parameters()})
     for name, value in weights[0].items():
         torch.testing.assert_close(value, weights[1][name], atol=1e-6, rtol=1e-5, msg=name)

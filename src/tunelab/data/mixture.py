@@ -13,8 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from tunelab.config import DataConfig
 
 REPLAY = "replay"  # the task name of replay rows
 
@@ -124,3 +128,38 @@ def shares(order: Sequence[int], task_of: Sequence[str]) -> dict[str, float]:
     for index in order:
         counts[task_of[index]] = counts.get(task_of[index], 0) + 1
     return {name: count / len(order) for name, count in sorted(counts.items())} if order else {}
+
+
+class MixedOrder:
+    """The training order of a multi-dataset run, as MicroBatches' `order_fn(epoch)`: each example's
+    dataset is its `task` tag (REPLAY for replay data), weighted as `data` says."""
+
+    def __init__(self, data: DataConfig, train: Sequence[dict[str, Any]], seed: int, epochs: float) -> None:
+        from tunelab.config import source_name
+
+        names = [str(example.get("task", "")) for example in train]
+        weights = {source_name(s): s.weight for s in data.sources}
+        self.groups = [
+            Group(name, [i for i, n in enumerate(names) if n == name], weights.get(name, 1.0), name == REPLAY)
+            for name in dict.fromkeys(names)
+        ]
+        self.plan = plan(
+            self.groups,
+            strategy=data.mixing.strategy,
+            temperature=data.mixing.temperature,
+            replay_ratio=data.replay.ratio if data.replay else None,
+            progressive=(data.progressive.start, data.progressive.end) if data.progressive else None,
+        )
+        self.seed = seed
+        self.epochs = epochs  # a progressive schedule places each draw on the run's whole length
+
+    def __call__(self, epoch: int) -> list[int]:
+        return epoch_order(self.groups, self.plan, self.seed, epoch, self.epochs)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "draws_per_epoch": self.plan.draws_per_epoch,
+            "shares_of_new_data": self.plan.new_shares,
+            "replay_share_start": self.plan.replay_share(0.0),
+            "replay_share_end": self.plan.replay_share(1.0),
+        }

@@ -18,6 +18,7 @@ from tunelab.evaluation.baselines import chat_baselines, encoder_baselines
 from tunelab.evaluation.forgetting import forgetting_entry
 from tunelab.evaluation.forgetting import score as score_reference
 from tunelab.evaluation.metrics import classification_scores, predicted_labels
+from tunelab.models.methods import is_adapter
 from tunelab.training.loop import eval_batches
 
 
@@ -89,12 +90,6 @@ def score_baselines(
         if s.get("note"):
             console.print(f"[yellow]note:[/] {name.replace('_', '-')}: {s['note']}")
     return chosen
-
-
-def is_adapter(model: Any) -> bool:
-    from peft import PeftModel
-
-    return isinstance(model, PeftModel)
 
 
 def forgetting_check(

@@ -294,6 +294,13 @@ def apply_method(
     return spec.build(model, cfg, task, new_modules, new_tokens)
 
 
+def is_adapter(model: Any) -> bool:
+    """A peft model: the base stays as loaded and the adapter is what trained."""
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)
+
+
 def count_parameters(model: Any) -> tuple[int, int]:
     """(trainable, total), counting tied weights once."""
     seen: set[int] = set()

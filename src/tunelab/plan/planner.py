@@ -200,10 +200,10 @@ def workload(
 def _micro_batches_per_epoch(recipe: Recipe, data: PreparedData, tokenizer: Any) -> int:
     from types import SimpleNamespace
 
-    from tunelab.runner import _train_batches
+    from tunelab.training.setup import train_batches
 
     one_process = SimpleNamespace(num_processes=1, process_index=0, device="cpu")
-    batches, _ = _train_batches(recipe, data, tokenizer.pad_token_id or 0, one_process)
+    batches, _ = train_batches(recipe, data, tokenizer.pad_token_id or 0, one_process)
     return int(batches.per_epoch)
 
 

@@ -13,6 +13,7 @@ from tunelab.plan.memory import Scoring
 if TYPE_CHECKING:  # the heavy imports (torch, transformers) happen inside the functions that need them
     from tunelab.config import Recipe
     from tunelab.data.pipeline import PreparedData
+    from tunelab.training.setup import TrainingSetup
 
 
 @dataclass(frozen=True)
@@ -45,12 +46,10 @@ def probe(
     Then each of `scoring`'s no-grad passes (evaluation, baselines) runs once, with the optimizer state
     still held as it is during a run's evaluations, for the whole run's peak.
     """
-    import torch
     from accelerate.utils import set_seed
 
     from tunelab.data.pipeline import load_records, tokenize_records
     from tunelab.models.load import load_tokenizer
-    from tunelab.training.loop import TrainState, accumulate_gradients
     from tunelab.training.precision import make_accelerator, precision_for
 
     if steps < 1:
@@ -63,13 +62,30 @@ def probe(
         data = tokenize_records(recipe, load_records(recipe), tokenizer)
     cuda = accelerator.device.type == "cuda"
     baseline = _start_measuring(cuda)
-    model, optimizer, scheduler, objective, batches = _training_pieces(
-        recipe, data, tokenizer, accelerator, precision
-    )
+    setup = _training_setup(recipe, data, tokenizer, accelerator, precision)
+    elapsed, tokens = _timed_steps(recipe, setup, data, steps, accelerator, cuda)
+    peak = _peak(cuda, baseline)
+    for shape in (scoring or {}).values():
+        _score_once(recipe, setup, data, shape, tokenizer.pad_token_id or 0, accelerator)
+    return Probe(
+        steps, elapsed / steps, tokens / max(elapsed, 1e-9), peak, baseline, accelerator.device.type,
+        run_peak_bytes=max(peak, _peak(cuda, baseline)),
+    )  # fmt: skip
+
+
+def _timed_steps(
+    recipe: Recipe, setup: TrainingSetup, data: PreparedData, steps: int, accelerator: Any, cuda: bool
+) -> tuple[float, int]:
+    """Two untimed steps on the longest rows (the peak), then `steps` timed ones: (seconds, tokens)."""
+    import torch
+
+    from tunelab.training.loop import TrainState, accumulate_gradients, optimizer_step
+
+    model, batches = setup.model, setup.batches
     longest = batches.collate(_longest_rows(data.splits["train"], recipe.train.batch_size))
     for _ in range(2):
-        accumulate_gradients(model, objective, [longest], accelerator)
-        _step(model, optimizer, scheduler, recipe, accelerator)
+        accumulate_gradients(model, setup.objective, [longest], accelerator)
+        optimizer_step(model, setup.optimizer, setup.scheduler, recipe.train, accelerator)
     state, elapsed, tokens = TrainState(), 0.0, 0
     for i in range(steps):
         # Each timed step starts mid-way through its own equal share of the epoch, so a few steps
@@ -78,19 +94,13 @@ def probe(
         state.epoch, state.batch_in_epoch = 0, min(position, batches.per_epoch - 1)
         micro = batches.next_step(state)
         started = time.perf_counter()
-        result = accumulate_gradients(model, objective, micro, accelerator)
-        _step(model, optimizer, scheduler, recipe, accelerator)
+        result = accumulate_gradients(model, setup.objective, micro, accelerator)
+        optimizer_step(model, setup.optimizer, setup.scheduler, recipe.train, accelerator)
         if cuda:
             torch.cuda.synchronize()
         elapsed += time.perf_counter() - started
         tokens += result.tokens
-    peak = _peak(cuda, baseline)
-    for shape in (scoring or {}).values():
-        _score_once(recipe, model, objective, data, shape, tokenizer.pad_token_id or 0, accelerator)
-    return Probe(
-        steps, elapsed / steps, tokens / max(elapsed, 1e-9), peak, baseline, accelerator.device.type,
-        run_peak_bytes=max(peak, _peak(cuda, baseline)),
-    )  # fmt: skip
+    return elapsed, tokens
 
 
 def _peak(cuda: bool, baseline: int) -> int:
@@ -101,8 +111,7 @@ def _peak(cuda: bool, baseline: int) -> int:
 
 def _score_once(
     recipe: Recipe,
-    model: Any,
-    objective: Any,
+    setup: TrainingSetup,
     data: PreparedData,
     shape: Scoring,
     pad_id: int,
@@ -111,14 +120,14 @@ def _score_once(
     """One no-grad pass of `shape.rows` held-out rows of `shape.seq_len` tokens, through the objective
     as the run's evaluation computes it."""
     from tunelab.evaluation.metrics import evaluate
-    from tunelab.runner import collate_for
     from tunelab.training.loop import eval_batches
+    from tunelab.training.objectives import collate_for
 
     held_out = [e for split in ("validation", "test") for e in data.splits.get(split, [])]
     longest = _longest_rows(held_out, shape.rows)
     rows = [_sized(longest[i % len(longest)], shape.seq_len) for i in range(shape.rows)]
     batches = eval_batches(rows, shape.rows, pad_id, accelerator, collate_for(recipe.task))
-    evaluate(model, batches, objective, recipe.task, accelerator, prefix="probe")
+    evaluate(setup.model, batches, setup.objective, recipe.task, accelerator, prefix="probe")
 
 
 def _sized(example: dict[str, Any], seq_len: int) -> dict[str, Any]:
@@ -141,32 +150,18 @@ def _start_measuring(cuda: bool) -> int:
     return current_rss()
 
 
-def _training_pieces(
+def _training_setup(
     recipe: Recipe, data: PreparedData, tokenizer: Any, accelerator: Any, precision: Any
-) -> tuple[Any, ...]:
-    """Model, optimizer, scheduler, objective and batches, built by the same calls as `runner.train`."""
-    from tunelab.data.packing import check_packing_supported
-    from tunelab.runner import _train_batches, attach_method, build_objective, load_for_training
-    from tunelab.training.schedule import build_optimizer, build_scheduler, total_steps
+) -> TrainingSetup:
+    """The run's own setup (training/setup.py), without train.compile: the probe's few steps would time
+    the compilation, not the training."""
+    from tunelab.training.setup import attach_method, build_training, load_for_training
 
     loaded = load_for_training(recipe, data.label_map, tokenizer, precision)
-    # train.compile is not applied: the probe's few steps would time the compilation, not the training.
     model = attach_method(recipe, loaded, precision, data, compile_model=False)
-    if data.packed:
-        check_packing_supported(model)
-    objective = build_objective(recipe, model, accelerator)
-    batches, _ = _train_batches(recipe, data, loaded.tokenizer.pad_token_id, accelerator)
-    optimizer = build_optimizer(model, recipe.train)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    scheduler = build_scheduler(optimizer, recipe.train, total_steps(recipe.train, batches.per_epoch))
-    model.train()
-    return model, optimizer, scheduler, objective, batches
-
-
-def _step(model: Any, optimizer: Any, scheduler: Any, recipe: Recipe, accelerator: Any) -> None:
-    from tunelab.training.loop import _optimizer_step
-
-    _optimizer_step(model, optimizer, scheduler, recipe.train, accelerator)
+    setup = build_training(recipe, model, data, loaded.tokenizer.pad_token_id, accelerator)
+    setup.model.train()
+    return setup
 
 
 def row_tokens(example: dict[str, Any]) -> int:

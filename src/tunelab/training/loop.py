@@ -9,6 +9,7 @@ data order, so it is a pure function of seed, epoch and position); and loss mask
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 from collections import Counter
@@ -78,8 +79,9 @@ class MicroBatches:
         self.accelerator = accelerator
         self._order: tuple[int, list[list[int]]] | None = None
 
-    @property
+    @functools.cached_property
     def per_epoch(self) -> int:
+        """Micro-batches per epoch (per process). Fixed for a run: a mixture draws as many each epoch."""
         draws = len(self.order_fn(0)) if self.order_fn is not None else len(self.examples)
         per_process = math.ceil(draws / self.accelerator.num_processes)
         return math.ceil(per_process / self.batch_size)
@@ -270,7 +272,7 @@ def fit(
     while state.step < total_steps and not state.stopped_early:
         micro = batches.next_step(state)
         result = accumulate_gradients(model, objective, micro, accelerator)
-        grad_norm = _optimizer_step(model, optimizer, scheduler, cfg, accelerator)
+        grad_norm = optimizer_step(model, optimizer, scheduler, cfg, accelerator)
         state.step += 1
         state.tokens += result.tokens
         window.append(result)
@@ -296,7 +298,7 @@ def fit(
     return state
 
 
-def _optimizer_step(
+def optimizer_step(
     model: Any, optimizer: Any, scheduler: Any, cfg: TrainConfig, accelerator: Any
 ) -> torch.Tensor | None:
     """Clip, step, schedule. The gradient norm comes back as a device tensor, unread."""

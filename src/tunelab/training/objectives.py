@@ -8,13 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
 from tunelab.data.tokenize import IGNORE_INDEX
 from tunelab.training.losses import causal_lm_loss
+
+if TYPE_CHECKING:
+    from tunelab.config import PreferenceConfig
 
 Batch = dict[str, torch.Tensor]
 
@@ -97,3 +100,36 @@ OBJECTIVES: dict[str, Objective] = {
     "pretrain": Objective(loss=causal_lm, count_targets=causal_lm_targets),  # labels are every token
     "classify": Objective(loss=classification, count_targets=classification_targets),
 }
+
+
+def collate_for(task: str) -> Callable[[list[dict[str, Any]], int], Batch]:
+    """The collator of a task's examples: preference pairs stack chosen and rejected rows."""
+    if task in ("preference", "reward"):
+        from tunelab.data.pairs import collate_pairs
+
+        return collate_pairs
+    from tunelab.data.tokenize import collate
+
+    return collate
+
+
+def build_objective(task: str, preference: PreferenceConfig, model: Any) -> Objective:
+    """The task's loss. DPO and IPO compare against a reference: the same model with its adapter
+    switched off (no second copy), or for full/freeze a frozen copy of the weights before training."""
+    if task == "reward":
+        from tunelab.training.preference import reward_objective
+
+        return reward_objective()
+    if task != "preference":
+        return OBJECTIVES[task]
+    from tunelab.models.methods import is_adapter
+    from tunelab.training.preference import (
+        adapter_disabled_reference,
+        frozen_copy_reference,
+        preference_objective,
+    )
+
+    reference = None
+    if preference.objective != "orpo":
+        reference = adapter_disabled_reference() if is_adapter(model) else frozen_copy_reference(model)
+    return preference_objective(preference.objective, preference.beta, reference)

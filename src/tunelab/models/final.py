@@ -1,0 +1,48 @@
+"""final/: what a finished run leaves to restore, export and serve (models/restore.py reads it)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tunelab.models.adapters import is_bottleneck, save_bottleneck
+from tunelab.models.methods import is_adapter
+
+if TYPE_CHECKING:
+    from tunelab.config import Recipe
+    from tunelab.data.pipeline import PreparedData
+
+
+def save_final(
+    model: Any, tokenizer: Any, run_dir: Path, recipe: Recipe, data: PreparedData, precision: dict[str, str]
+) -> Path:
+    """Write final/ (weights in safetensors, tokenizer, label map) to a temp folder, then rename.
+
+    tunelab.json records the precision the run trained in, so a restore computes as training did."""
+    final, tmp = run_dir / "final", run_dir / ".final.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    if is_bottleneck(model):  # our own adapters: their weights and settings only, like a peft adapter
+        save_bottleneck(model, tmp)
+    elif is_adapter(model):
+        # Only the adapter: tokens the data stage added are in it as trained rows (trainable tokens), so
+        # peft's copy of the whole resized embedding matrices is not needed (restore grows the base).
+        model.save_pretrained(str(tmp), save_embedding_layers=False)
+    else:
+        model.save_pretrained(str(tmp))  # safetensors
+    tokenizer.save_pretrained(str(tmp))  # carries the chat template used, so inference renders alike
+    info = {
+        "task": recipe.task,
+        "method": recipe.method.name,
+        "base_model": recipe.model.name,
+        "chat_template": data.chat_template,
+        "added_tokens": data.added_tokens,  # the base needs rows for them (resize_token_embeddings)
+        "precision": precision,
+    }
+    (tmp / "tunelab.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    if data.label_map is not None:
+        (tmp / "labels.json").write_text(json.dumps(data.label_map, indent=2) + "\n", encoding="utf-8")
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    return final

@@ -1,0 +1,111 @@
+"""Training setup: the loaded model made trainable, its objective, batches, optimizer and schedule.
+
+`tunelab train` and `tunelab plan`'s probe both call `build_training`, so the probe measures the very
+setup a run uses, in the same order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from tunelab.data.mixture import MixedOrder
+from tunelab.data.packing import check_packing_supported, collate_packed
+from tunelab.models.load import LoadedModel, load_model, quantisation_for
+from tunelab.models.methods import apply_method
+from tunelab.training.loop import MicroBatches, TrainState
+from tunelab.training.objectives import Objective, build_objective, collate_for
+from tunelab.training.precision import Precision, upcast_trainable
+from tunelab.training.schedule import build_optimizer, build_scheduler, total_steps
+from tunelab.training.speed import compile_blocks, enable_gradient_checkpointing
+
+if TYPE_CHECKING:
+    from tunelab.config import Recipe
+    from tunelab.data.pipeline import PreparedData
+
+
+@dataclass
+class TrainingSetup:
+    model: Any  # prepared by accelerate (wrapped under DDP)
+    optimizer: Any
+    scheduler: Any
+    objective: Objective
+    batches: MicroBatches
+    steps: int  # optimizer steps in the run
+    state: TrainState
+    mixed: MixedOrder | None = None  # a multi-dataset run's order
+
+
+def load_for_training(
+    recipe: Recipe, label_map: dict[str, int] | None, tokenizer: Any, precision: Precision
+) -> LoadedModel:
+    """The base model as training loads it: quantised as the method asks, in the precision's weight dtype."""
+    return load_model(
+        recipe.model,
+        recipe.task,
+        label_map,
+        tokenizer=tokenizer,
+        quantisation=quantisation_for(recipe.method.name, recipe.model.load_in_8bit),
+        dtype=precision.weights,
+    )
+
+
+def attach_method(
+    recipe: Recipe,
+    loaded: LoadedModel,
+    precision: Precision,
+    data: PreparedData,
+    *,
+    compile_model: bool = True,
+) -> Any:
+    """The loaded base made ready to train: checkpointing (before peft wraps it), the method (training
+    the rows of tokens the data stage added too), float32 master weights under autocast, and regional
+    compilation (`compile_model=False` skips it)."""
+    if recipe.train.gradient_checkpointing:
+        enable_gradient_checkpointing(loaded.model)
+    new_tokens = loaded.tokenizer.convert_tokens_to_ids(data.added_tokens) if data.added_tokens else []
+    model = apply_method(loaded.model, recipe.method, recipe.task, loaded.new_modules, new_tokens)
+    upcast_trainable(model, precision)
+    if recipe.train.compile and compile_model:
+        compile_blocks(model)
+    if data.packed:
+        check_packing_supported(model)
+    return model
+
+
+def train_batches(
+    recipe: Recipe, data: PreparedData, pad_id: int, accelerator: Any
+) -> tuple[MicroBatches, MixedOrder | None]:
+    """The training stream: length-grouped (unless packed), in a mixture's order for several datasets."""
+    cfg = recipe.train
+    train = data.splits["train"]
+    mixed = MixedOrder(recipe.data, train, cfg.seed, cfg.epochs) if any("task" in e for e in train) else None
+    batches = MicroBatches(
+        train,
+        cfg.batch_size,
+        cfg.seed,
+        pad_id,
+        accelerator,
+        collate_fn=collate_packed if data.packed else collate_for(recipe.task),
+        order_fn=mixed,
+        group_by_length=cfg.group_by_length and not data.packed,
+        grad_accum=cfg.grad_accum,
+    )
+    return batches, mixed
+
+
+def build_training(
+    recipe: Recipe, model: Any, data: PreparedData, pad_id: int, accelerator: Any
+) -> TrainingSetup:
+    """Objective, batches, the run's length, AdamW and its schedule, with the model and optimizer
+    prepared by accelerate (the scheduler is not: accelerate's wrapper would step it once per process)."""
+    cfg = recipe.train
+    objective = build_objective(recipe.task, recipe.preference, model)
+    batches, mixed = train_batches(recipe, data, pad_id, accelerator)
+    steps = total_steps(cfg, batches.per_epoch)
+    if mixed is not None:  # a progressive schedule ramps over the steps the run really takes
+        mixed.epochs = steps * cfg.grad_accum / batches.per_epoch
+    optimizer = build_optimizer(model, cfg)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    scheduler = build_scheduler(optimizer, cfg, steps)
+    return TrainingSetup(model, optimizer, scheduler, objective, batches, steps, TrainState(), mixed)
