@@ -29,9 +29,9 @@ from tunelab.data.pipeline import (
     load_records,
     prepare_chat_tokenizer,
     tokenize_records,
-    write_prepared,
 )
 from tunelab.data.tokenize import Example
+from tunelab.data.written import write_prepared
 from tunelab.evaluation.forgetting import load_reference
 from tunelab.evaluation.forgetting import score as score_reference
 from tunelab.evaluation.metrics import evaluate

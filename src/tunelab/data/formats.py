@@ -289,22 +289,7 @@ def load_split(
     when an `hf:org/name` source names none.
     """
     if hub.is_hub_spec(str(path)):
-        spec = hub.parse_spec(str(path), default_split=hub_split)
-        files = hub.split_files(hub.download(spec), spec.split)
-        parts = [
-            load_split(f, fmt=fmt, columns=columns, on_error="skip", text_unit=text_unit, kind=kind)
-            for f in files
-        ]
-        merged = LoadedSplit(
-            path=Path(str(path)),
-            format=parts[0].format,
-            records=[r for part in parts for r in part.records],
-            bad_rows=[b for part in parts for b in part.bad_rows],
-            total_rows=sum(part.total_rows for part in parts),
-        )
-        if merged.bad_rows and on_error == "fail":
-            raise _bad_rows_error(merged)
-        return merged
+        return _load_hub_split(str(path), fmt, columns, on_error, text_unit, kind, hub_split)
     columns = columns or Columns()
     read = read_file(path, text_unit=text_unit)
     if columns.rename:
@@ -342,6 +327,34 @@ def load_split(
     if not split.records:
         raise DataError(f"{read.path}: no usable rows", problems=split.bad_rows[:MAX_LISTED])
     return split
+
+
+def _load_hub_split(
+    spec_text: str,
+    fmt: str,
+    columns: Columns | None,
+    on_error: str,
+    text_unit: str,
+    kind: str | None,
+    hub_split: str,
+) -> LoadedSplit:
+    """A Hub dataset's split: its files downloaded and each read by our readers, then joined."""
+    spec = hub.parse_spec(spec_text, default_split=hub_split)
+    files = hub.split_files(hub.download(spec), spec.split)
+    parts = [
+        load_split(f, fmt=fmt, columns=columns, on_error="skip", text_unit=text_unit, kind=kind)
+        for f in files
+    ]
+    merged = LoadedSplit(
+        path=Path(spec_text),
+        format=parts[0].format,
+        records=[r for part in parts for r in part.records],
+        bad_rows=[b for part in parts for b in part.bad_rows],
+        total_rows=sum(part.total_rows for part in parts),
+    )
+    if merged.bad_rows and on_error == "fail":
+        raise _bad_rows_error(merged)
+    return merged
 
 
 def _with_source(record: Record, source: str) -> Record:

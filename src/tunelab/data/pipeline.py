@@ -7,10 +7,8 @@ Both run before the model is trained, so every data problem surfaces before any 
 
 from __future__ import annotations
 
-import json
 import random
-from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tunelab.config import DataConfig, Recipe, source_name
@@ -90,27 +88,53 @@ def load_records(recipe: Recipe) -> Records:
         return _load_mixture(recipe)
     data = recipe.data
     report: dict[str, Any] = {"splits": {}}
-    kind = RECORD_KIND_FOR_TASK[recipe.task]
-    splits = {
-        split: _load(recipe, getattr(data, split), data.format, split, report["splits"], split, (kind,))
-        for split in SPLITS
-        if getattr(data, split)
-    }
-    if data.label_names:
-        splits = {split: name_labels(records, data.label_names, split) for split, records in splits.items()}
-    splits["train"] = _sample(recipe, splits["train"], report)
-    _clean(recipe, splits, report)
-    ratios = {s: getattr(data.split, s) for s in ("validation", "test") if s not in splits}
-    if any(r > 0 for r in ratios.values()):
-        held, report["split"] = quality.split_off(
-            splits.pop("train"), ratios, seed=recipe.train.seed, stratify=recipe.task == "classify"
-        )
-        splits.update(held)
+    files = {split: getattr(data, split) for split in SPLITS if getattr(data, split)}
+    shares = {s: getattr(data.split, s) for s in ("validation", "test")}
+    splits = _prepare_source(
+        recipe,
+        files,
+        data.format,
+        (RECORD_KIND_FOR_TASK[recipe.task],),
+        report,
+        shares,
+        recipe.task == "classify",
+    )
     splits["train"], report["leakage"] = _check_leakage(recipe, splits, near_config(data))
     _check_not_empty(splits, report)  # before labels are counted: an empty train has none
     label_map = _labels(recipe, splits, report) if recipe.task == "classify" else None
     report["records"] = {split: len(records) for split, records in splits.items()}
     return Records(splits=splits, label_map=label_map, report=report)
+
+
+def _prepare_source(
+    recipe: Recipe,
+    files: dict[str, str],
+    fmt: str,
+    kinds: tuple[str, ...],
+    report: dict[str, Any],
+    shares: dict[str, float],
+    stratify: bool = False,
+) -> dict[str, list[Record]]:
+    """One dataset's files, each split read, labels named, train sampled, all cleaned, and the
+    held-out `shares` it has no file for split off its train rows. Counts go into `report`."""
+    splits = {
+        split: _load(recipe, path, fmt, split, report["splits"], split, kinds)
+        for split, path in files.items()
+    }
+    if recipe.data.label_names:
+        splits = {
+            split: name_labels(records, recipe.data.label_names, split) for split, records in splits.items()
+        }
+    if "train" in splits:
+        splits["train"] = _sample(recipe, splits["train"], report)
+    _clean(recipe, splits, report)
+    ratios = {s: r for s, r in shares.items() if s not in splits and r > 0}
+    if ratios and "train" in splits:
+        held, report["split"] = quality.split_off(
+            splits.pop("train"), ratios, seed=recipe.train.seed, stratify=stratify
+        )
+        splits.update(held)
+    return splits
 
 
 def _load_mixture(recipe: Recipe) -> Records:
@@ -119,62 +143,32 @@ def _load_mixture(recipe: Recipe) -> Records:
     data = recipe.data
     report: dict[str, Any] = {"splits": {}, "sources": {}}
     parts: dict[str, dict[str, list[Record]]] = {}
-    kind = RECORD_KIND_FOR_TASK[recipe.task]
+    kind = (RECORD_KIND_FOR_TASK[recipe.task],)
+    # A dataset without its own held-out file gives data.split's share, unless a shared file covers it.
+    shares = {s: getattr(data.split, s) for s in ("validation", "test") if not getattr(data, s)}
+    sub: dict[str, Any]
     for source in data.sources:
-        name = source_name(source)
-        sub: dict[str, Any] = {"splits": {}}
-        own_splits = {
-            "train": _load(
-                recipe, source.path, source.format or data.format, "train", sub["splits"], "train", (kind,)
-            )
+        files = {
+            "train": source.path,
+            **{s: getattr(source, s) for s in ("validation", "test") if getattr(source, s)},
         }
-        for split in ("validation", "test"):
-            own = getattr(source, split)
-            if own:
-                own_splits[split] = _load(
-                    recipe, own, source.format or data.format, split, sub["splits"], split, (kind,)
-                )
-        own_splits["train"] = _sample(recipe, own_splits["train"], sub)
-        _clean(recipe, own_splits, sub)
-        # A dataset without its own held-out file gives data.split's share, unless a shared file covers it.
-        ratios = {
-            s: getattr(data.split, s)
-            for s in ("validation", "test")
-            if s not in own_splits and not getattr(data, s)
-        }
-        if any(r > 0 for r in ratios.values()):
-            held, sub["split"] = quality.split_off(
-                own_splits.pop("train"), ratios, seed=recipe.train.seed, stratify=False
-            )
-            own_splits.update(held)
-        parts[name], report["sources"][name] = own_splits, sub
+        name, sub = source_name(source), {"splits": {}}
+        parts[name] = _prepare_source(recipe, files, source.format or data.format, kind, sub, shares)
+        report["sources"][name] = sub
     if data.replay is not None:
         sub = {"splits": {}}
-        replay = _load(
-            recipe, data.replay.path, data.replay.format or "auto", "train", sub["splits"], "train",
-            REPLAY_KINDS[recipe.task],
-        )  # fmt: skip
-        replay_splits = {"train": replay}
-        _clean(recipe, replay_splits, sub)
-        parts[REPLAY], report["sources"][REPLAY] = replay_splits, sub
-    shared = {
-        split: _load(recipe, getattr(data, split), data.format, split, report["splits"], split, (kind,))
-        for split in ("validation", "test")
-        if getattr(data, split)
-    }
+        files = {"train": data.replay.path}
+        parts[REPLAY] = _prepare_source(
+            recipe, files, data.replay.format or "auto", REPLAY_KINDS[recipe.task], sub, {}
+        )
+        report["sources"][REPLAY] = sub
+    shared = {split: getattr(data, split) for split in ("validation", "test") if getattr(data, split)}
     if shared:
-        _clean(recipe, shared, report, dedup_train=False)
-        parts[""] = shared
-    splits: dict[str, list[Record]] = {}
-    tasks: dict[str, list[str]] = {}
-    tag: dict[int, str] = {}
-    for name, part in parts.items():
-        for split, records in part.items():
-            splits.setdefault(split, []).extend(records)
-            tasks.setdefault(split, []).extend([name] * len(records))
-            tag.update((id(record), name) for record in records)
+        parts[""] = _prepare_source(recipe, shared, data.format, kind, report, {})
+    splits, tasks = _concatenated(parts)
     splits["train"], report["leakage"] = _check_leakage(recipe, splits, near_config(data))
-    tasks["train"] = [tag[id(record)] for record in splits["train"]]
+    kept = {id(record) for record in splits["train"]}
+    tasks["train"] = [name for name, part in parts.items() for r in part.get("train", []) if id(r) in kept]
     report["records"] = {split: len(records) for split, records in splits.items()}
     report["records_per_dataset"] = {
         split: {name: names.count(name) for name in dict.fromkeys(names)} for split, names in tasks.items()
@@ -184,6 +178,19 @@ def _load_mixture(recipe: Recipe) -> Records:
         if name and name not in tasks["train"]:
             raise DataError(f"dataset {name}: no training rows left after cleaning", fix="see report.json")
     return Records(splits=splits, report=report, tasks=tasks)
+
+
+def _concatenated(
+    parts: dict[str, dict[str, list[Record]]],
+) -> tuple[dict[str, list[Record]], dict[str, list[str]]]:
+    """Every dataset's splits joined, with each row's dataset name beside it."""
+    splits: dict[str, list[Record]] = {}
+    tasks: dict[str, list[str]] = {}
+    for name, part in parts.items():
+        for split, records in part.items():
+            splits.setdefault(split, []).extend(records)
+            tasks.setdefault(split, []).extend([name] * len(records))
+    return splits, tasks
 
 
 def _sample(recipe: Recipe, train: list[Record], report: dict[str, Any]) -> list[Record]:
@@ -196,9 +203,7 @@ def _sample(recipe: Recipe, train: list[Record], report: dict[str, Any]) -> list
     return [train[i] for i in chosen]
 
 
-def _clean(
-    recipe: Recipe, splits: dict[str, list[Record]], report: dict[str, Any], *, dedup_train: bool = True
-) -> None:
+def _clean(recipe: Recipe, splits: dict[str, list[Record]], report: dict[str, Any]) -> None:
     """Normalise and PII-handle every split; remove duplicates from train. Counts go into `report`."""
     data = recipe.data
     if data.normalize:
@@ -209,7 +214,7 @@ def _clean(
         report["pii"] = {}
         for split in splits:
             splits[split], report["pii"][split] = quality.apply_pii(splits[split], data.pii)
-    if not dedup_train or not (data.dedup or data.near_dedup.enabled):
+    if "train" not in splits or not (data.dedup or data.near_dedup.enabled):
         return
     before = len(splits["train"])
     splits["train"], report["dedup"] = quality.dedup(
@@ -465,50 +470,3 @@ def describe(report: dict[str, Any]) -> str:
         parts.append(f"{hits} PII hits ({next(iter(report['pii'].values()))['policy']})")
     kept = ", ".join(f"{split} {n:,}" for split, n in report.get("records", {}).items())
     return f"data: {'; '.join(parts)} -> {kept}"
-
-
-# ---------------------------------------------------------------------------------------------
-# Writing what will be trained on
-
-
-def record_to_json(record: Record) -> dict[str, Any]:
-    """Canonical record -> a JSON row that tunelab reads back as the same record (plus its source)."""
-    row = asdict(record)
-    source = row.pop("source")
-    if "messages" in row:
-        row["messages"] = [_message(m) for m in row["messages"]]
-    if "prompt" in row:
-        row["prompt"] = [_message(m) for m in row["prompt"]]
-    if row.get("text_pair") is None:
-        row.pop("text_pair", None)
-    return {**row, "_source": source}
-
-
-def _message(message: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in message.items() if v is not None}
-
-
-def write_prepared(out_dir: Path, records: Records, prepared: PreparedData | None) -> dict[str, int]:
-    """The cleaned splits as canonical JSONL (only rows that survive tokenisation) and report.json.
-    Returns the rows written per split: what training sees, and what to tell the user."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written: dict[str, int] = {}
-    for split, items in records.splits.items():
-        left_out: set[str] = set()
-        if prepared is not None:
-            left_out = prepared.stats[split].left_out
-        tags = records.tasks.get(split) or [""] * len(items)
-        rows = [
-            {**record_to_json(r), **({"_task": tag} if tag else {})}
-            for r, tag in zip(items, tags, strict=True)
-            if r.source not in left_out
-        ]
-        tmp = out_dir / f".{split}.jsonl.tmp"
-        tmp.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
-        tmp.replace(out_dir / f"{split}.jsonl")
-        written[split] = len(rows)
-    report = prepared.report if prepared is not None else records.report
-    (out_dir / "report.json").write_text(
-        json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
-    )
-    return written

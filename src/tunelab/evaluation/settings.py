@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tunelab.data.formats import Columns
@@ -35,3 +35,27 @@ class DataSettings:
         )
         fmt = data.get("format", "auto") if isinstance(data.get("format"), str) else "auto"
         return cls(format=fmt, columns=columns, max_seq_len=int(train.get("max_seq_len", 512)))
+
+    def overridden(
+        self,
+        *,
+        format: str | None = None,
+        rename: dict[str, str] | None = None,
+        text: str | None = None,
+        label: str | None = None,
+        max_seq_len: int | None = None,
+        references: tuple[str, ...] = (),
+    ) -> DataSettings:
+        """These settings with the ones given (not None, not empty) in their place; renames add up."""
+        columns = replace(
+            self.columns,
+            text=text or self.columns.text,
+            label=label or self.columns.label,
+            rename={**self.columns.rename, **(rename or {})},
+        )
+        return DataSettings(
+            format=format or self.format,
+            columns=columns,
+            max_seq_len=max_seq_len or self.max_seq_len,
+            references=references or self.references,
+        )

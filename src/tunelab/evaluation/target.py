@@ -80,16 +80,7 @@ def evaluate_file(
     accelerator = make_accelerator(target.precision.mixed_precision)
     model = accelerator.prepare_model(target.model, evaluation_mode=True)
     kind = "labeled" if target.task == "classify" else "chat"
-    if settings.references and (target.task == "classify" or not any(n in GENERATIVE for n in metrics)):
-        raise TunelabError(
-            "--references: reference answers are scored by generative metrics",
-            fix="add --metrics rouge (or bleu, chrf, exact_match); classifiers score their labels",
-        )
-    references = read_references(data_file, settings.references) if settings.references else None
-    if references is not None and not _has_own_answers(references.fields, settings):
-        # The loss needs an answer to score: the first reference, as the rows have none of their own.
-        rename = {**settings.columns.rename, "completion": settings.references[0]}
-        settings = replace(settings, columns=replace(settings.columns, rename=rename))
+    references, settings = _references(target, data_file, settings, metrics)
     records = load_split(
         data_file, fmt=settings.format, columns=settings.columns, kind=kind, on_error="fail"
     ).records
@@ -127,6 +118,25 @@ def evaluate_file(
             generated = _generative(model, target.tokenizer, records, metrics, max_new_tokens, given)
         result["metrics"].update(generated)
     return result
+
+
+def _references(
+    target: Target, data_file: str, settings: DataSettings, metrics: tuple[str, ...]
+) -> tuple[References | None, DataSettings]:
+    """The file's reference answers (settings.references), and the settings to read it with: where
+    the rows have no answer of their own, the loss is computed against the first reference."""
+    if not settings.references:
+        return None, settings
+    if target.task == "classify" or not any(n in GENERATIVE for n in metrics):
+        raise TunelabError(
+            "--references: reference answers are scored by generative metrics",
+            fix="add --metrics rouge (or bleu, chrf, exact_match); classifiers score their labels",
+        )
+    references = read_references(data_file, settings.references)
+    if not _has_own_answers(references.fields, settings):
+        rename = {**settings.columns.rename, "completion": settings.references[0]}
+        settings = replace(settings, columns=replace(settings.columns, rename=rename))
+    return references, settings
 
 
 def _generative(

@@ -1,0 +1,153 @@
+"""validate, train (also on several processes) and plan."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from tunelab.cli.common import (
+    DebugOption,
+    SetOption,
+    app,
+    console,
+    friendly_errors,
+    out,
+)
+
+
+@app.command()
+@friendly_errors
+def validate(
+    recipe: Annotated[Path, typer.Argument(help="The recipe YAML file.")],
+    set_: SetOption = None,
+    host: Annotated[
+        bool, typer.Option("--host", help="Also check this machine: a CUDA GPU, bitsandbytes, as needed.")
+    ] = False,
+    debug: DebugOption = False,
+) -> None:
+    """Check a recipe, its data and its model's whereabouts; report every recipe problem at once."""
+    from tunelab.config import check_host, load_recipe
+    from tunelab.data.pipeline import load_records
+    from tunelab.models.load import check_sequence_length, model_source
+
+    loaded = load_recipe(recipe, set_ or [])
+    if host:
+        check_host(loaded)
+    _, local = model_source(loaded.model.name)  # a missing folder fails here, as train would
+    check_sequence_length(loaded)
+    # The data stage up to tokenisation: every file read, bad rows named, cleaned, split, leak-checked.
+    counts = load_records(loaded).report["records"]
+    out.print(f"{recipe}: ok ({loaded.task}, {loaded.method.name}, model {loaded.model.name})")
+    shown = ", ".join(f"{split} {n:,}" for split, n in counts.items())
+    out.print(
+        f"  checked: the recipe; the data ({shown} rows after cleaning, split and the leakage check); "
+        f"the model {'folder' if local else 'id'} and its positions" + ("; this machine" if host else "")
+    )
+    out.print(
+        "  not checked here: tokenisation and the chat template, loading the weights, memory "
+        "(`tunelab plan` runs those)" + ("" if host else "; this machine's GPU and libraries (--host)")
+    )
+
+
+@app.command()
+@friendly_errors
+def train(
+    recipe: Annotated[Path, typer.Argument(help="The recipe YAML file.")],
+    set_: SetOption = None,
+    resume: Annotated[
+        Path | None, typer.Option("--resume", help="Continue RUN_DIR from its newest complete checkpoint.")
+    ] = None,
+    nproc: Annotated[
+        int, typer.Option("--nproc", help="Train on N processes (DDP, or train.distributed: fsdp|deepspeed).")
+    ] = 1,
+    debug: DebugOption = False,
+) -> None:
+    """Fine-tune a model as the recipe says, leaving a complete run folder."""
+    if nproc > 1 and not _launched():
+        raise typer.Exit(_launch(recipe, set_ or [], resume, nproc, debug))
+    from tunelab.runner import load_and_train  # heavy imports (torch, transformers) only when needed
+
+    result = load_and_train(str(recipe), set_ or [], resume, console)
+    if result.is_main_process:
+        _print_result(result.summary)
+
+
+def _launched() -> bool:
+    from tunelab.launch import under_launcher
+
+    return under_launcher()
+
+
+def _launch(recipe: Path, overrides: list[str], resume: Path | None, nproc: int, debug: bool) -> int:
+    """Validate once here (errors before any process starts), then hand over to the launcher."""
+    from tunelab import launch
+    from tunelab.config import load_recipe
+
+    loaded = load_recipe(recipe, overrides)
+    launch.check_can_launch(nproc, loaded.train.distributed)
+    command = launch.launch_command(
+        recipe, nproc, loaded.train.distributed, loaded.train.deepspeed_stage, overrides, resume, debug
+    )
+    console.print(f"launching {nproc} processes ({loaded.train.distributed}): {' '.join(command[1:6])} ...")
+    return launch.run(command, nproc)
+
+
+@app.command()
+@friendly_errors
+def plan(
+    recipe: Annotated[Path, typer.Argument(help="The recipe YAML file.")],
+    memory: Annotated[
+        str | None,
+        typer.Option(
+            "--memory", help="Memory to fit in, e.g. 24GB (default: the GPU's memory, or the RAM on CPU)."
+        ),
+    ] = None,
+    probe_steps: Annotated[
+        int,
+        typer.Option(
+            "--probe-steps", min=0, help="Optimizer steps to run and time after two warm-up steps (0: none)."
+        ),
+    ] = 3,
+    set_: SetOption = None,
+    debug: DebugOption = False,
+) -> None:
+    """Estimate a recipe's peak memory and time per epoch before training; say whether it fits."""
+    from tunelab.config import load_recipe
+    from tunelab.plan import parse_memory, render
+    from tunelab.plan import plan as make_plan
+
+    budget = parse_memory(memory) if memory is not None else None  # a bad size fails before any loading
+    result = make_plan(load_recipe(recipe, set_ or []), budget, probe_steps)
+    render(result, out)
+    if not result.fits:  # scripts (and `tunelab tune`) read the verdict from the exit status
+        raise typer.Exit(PLAN_DOES_NOT_FIT)
+
+
+PLAN_DOES_NOT_FIT = 3  # 1 is a bad input; 3 says the recipe was planned and does not fit
+
+
+def _print_result(summary: dict[str, Any]) -> None:
+    baseline, metrics = summary.get("baseline", {}), summary.get("metrics", {})
+    others = summary.get("baselines", {})
+    for key, after in metrics.items():
+        if key in baseline:
+            out.print(f"{key}: {baseline[key]:.4f} before training -> {after:.4f} after")
+        elif isinstance(after, float):
+            out.print(f"{key}: {after:.4f}")
+        for name, scores in others.items():
+            if key in scores and isinstance(after, float):
+                change = after - scores[key]
+                out.print(
+                    f"  vs {name.replace('_', '-')} baseline (base model): {scores[key]:.4f} ({change:+.4f})"
+                )
+                if scores.get("note"):
+                    out.print(f"    note: {scores['note']}")
+    stopped = " (stopped early)" if summary.get("stopped_early") else ""
+    out.print(
+        f"steps: {summary['steps']}{stopped}, tokens: {summary['tokens']:,}, time: {summary['wall_s']:.1f}s"
+    )
+    out.print(f"run folder: {summary['run_dir']}")
+    if summary.get("report"):
+        out.print(f"report: {summary['report']}")

@@ -1,0 +1,120 @@
+"""Using a result: export, generate, chat and predict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tunelab.cli.common import (
+    ColumnOption,
+    DebugOption,
+    MaxNewTokens,
+    PrecisionOption,
+    RunArgument,
+    SystemOption,
+    TemperatureOption,
+    TextColumnOption,
+    app,
+    console,
+    friendly_errors,
+    key_value,
+    out,
+    write_now,
+)
+
+
+@app.command("export")
+@friendly_errors
+def export_command(
+    run: Annotated[Path, typer.Argument(help="A run folder or its final/ folder.")],
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="The folder to write (must not exist, or be empty).")
+    ],
+    merge: Annotated[
+        bool,
+        typer.Option(
+            "--merge", help="Fold a LoRA/DoRA/IA3 adapter into the base: plain transformers weights."
+        ),
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace a non-empty --out folder.")] = False,
+    debug: DebugOption = False,
+) -> None:
+    """Export a run: weights (merged or adapter), tokenizer with its chat template, model card."""
+    from tunelab.export import export_run, exported_weights
+
+    written = export_run(run, out_dir, merge=merge, force=force)
+    what = {"merged": "merged weights", "adapter": "adapter only", "full": "full weights"}
+    out.print(f"exported ({what[exported_weights(written)]}) to {written}")
+
+
+@app.command("generate")
+@friendly_errors
+def generate_command(
+    run: RunArgument,
+    prompt: Annotated[str, typer.Option("--prompt", help="The user message to answer.")],
+    max_new_tokens: MaxNewTokens = 128,
+    system: SystemOption = None,
+    temperature: TemperatureOption = 0.0,
+    precision: PrecisionOption = "trained",
+    debug: DebugOption = False,
+) -> None:
+    """Answer one prompt with a trained model (rendered with the run's chat template)."""
+    from tunelab.inference import generate_text, to_best_device
+    from tunelab.models.restore import load_trained
+
+    trained = to_best_device(load_trained(run, precision=precision))
+    answer = generate_text(
+        trained, prompt, system=system, max_new_tokens=max_new_tokens, temperature=temperature
+    )
+    typer.echo(answer)  # not rich: model text is printed as is, brackets and all
+
+
+@app.command("chat")
+@friendly_errors
+def chat_command(
+    run: RunArgument,
+    max_new_tokens: MaxNewTokens = 256,
+    system: SystemOption = None,
+    temperature: TemperatureOption = 0.0,
+    precision: PrecisionOption = "trained",
+    debug: DebugOption = False,
+) -> None:
+    """Chat with a trained model; answers stream as they are generated. /reset clears, /exit quits."""
+    from tunelab.inference import chat_loop, to_best_device
+    from tunelab.models.restore import load_trained
+
+    trained = to_best_device(load_trained(run, precision=precision))
+    console.print(f"chatting with {trained.final_dir} - /reset clears the history, /exit (or Ctrl-D) quits")
+    chat_loop(
+        trained, input, write_now, system=system, max_new_tokens=max_new_tokens, temperature=temperature
+    )
+
+
+@app.command("predict")
+@friendly_errors
+def predict_command(
+    run: RunArgument,
+    data: Annotated[Path, typer.Option("--data", help="Rows to predict (.jsonl, .json, .csv, ...).")],
+    out_file: Annotated[Path, typer.Option("--out", help="Where to write the predictions (JSON lines).")],
+    batch_size: Annotated[int, typer.Option(help="Rows per batch.")] = 16,
+    max_new_tokens: MaxNewTokens = 128,
+    column: ColumnOption = None,
+    text_column: TextColumnOption = None,
+    precision: PrecisionOption = "trained",
+    debug: DebugOption = False,
+) -> None:
+    """Predict every row of a file: label and probabilities (classifiers) or the answer (generators).
+    Rows are read with the run's column mapping unless told otherwise."""
+    from tunelab.evaluation.settings import DataSettings
+    from tunelab.inference import predict_file, to_best_device
+    from tunelab.models.restore import load_trained
+
+    trained = to_best_device(load_trained(run, precision=precision))
+    rename = dict(key_value(item) for item in column or [])
+    columns = DataSettings.of_run(trained.run_dir).overridden(rename=rename, text=text_column).columns
+    rows = predict_file(
+        trained, data, out_file, batch_size=batch_size, max_new_tokens=max_new_tokens, columns=columns
+    )
+    out.print(f"{rows} prediction(s) written to {out_file}")
