@@ -378,8 +378,8 @@ def test_quantised_bases_are_refused_before_any_work_without_cuda(
 )
 def test_quantised_loading_options(quantisation: Any, task: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """What load_model hands from_pretrained (bitsandbytes itself needs CUDA, so it is not run here)."""
-    monkeypatch.setattr(load, "_bitsandbytes_installed", lambda: True)
-    options = load._quantisation_options(quantisation, task)
+    monkeypatch.setattr(load, "bitsandbytes_installed", lambda: True)
+    options = load.quantisation_options(quantisation, task)
     config = options["quantization_config"]
     if quantisation == "4bit":
         assert config.load_in_4bit and config.bnb_4bit_use_double_quant

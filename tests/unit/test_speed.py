@@ -120,9 +120,9 @@ def recipe(method: str = "lora", **train: Any) -> Recipe:
 
 
 def test_auto_precision_is_bf16_only_where_bf16_is_fast(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(precision_module, "_cpu_capabilities", lambda: {"avx2": True, "avx512_bf16": False})
+    monkeypatch.setattr(precision_module, "cpu_capabilities", lambda: {"avx2": True, "avx512_bf16": False})
     assert resolve_precision(recipe(), "cpu") == Precision("fp32", torch.float32)
-    monkeypatch.setattr(precision_module, "_cpu_capabilities", lambda: {"amx_bf16": True})
+    monkeypatch.setattr(precision_module, "cpu_capabilities", lambda: {"amx_bf16": True})
     # An adapter method keeps its frozen base in bf16; full fine-tuning keeps float32 master weights.
     assert resolve_precision(recipe("lora"), "cpu") == Precision("bf16", torch.bfloat16)
     assert resolve_precision(recipe("full"), "cpu") == Precision("bf16", torch.float32)

@@ -14,10 +14,9 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from tunelab.config import ModelConfig, Recipe
 from tunelab.errors import ModelLoadError
+from tunelab.training.precision import resolve_weights
 
 Quantisation = Literal["4bit", "8bit"]
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -27,14 +26,6 @@ class LoadedModel:
     source: str
     # Modules whose weights were not in the checkpoint (a new classification head): they must train.
     new_modules: list[str] = field(default_factory=list)
-
-
-def resolve_dtype(name: str) -> torch.dtype:
-    if name != "auto":
-        return DTYPES[name]
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
 
 
 def load_model(
@@ -61,9 +52,9 @@ def load_model(
     quantisation = quantisation or ("8bit" if cfg.load_in_8bit else None)
     try:
         tokenizer = tokenizer or AutoTokenizer.from_pretrained(source, **common)
-        weights_options = {**common, **_quantisation_options(quantisation, task)}
+        weights_options = {**common, **quantisation_options(quantisation, task)}
         model, info = _load_weights(
-            source, task, label_map, dtype or resolve_dtype(cfg.dtype), weights_options
+            source, task, label_map, dtype or resolve_weights(cfg.dtype), weights_options
         )
     except (OSError, ValueError) as exc:
         raise _not_loadable(cfg.name, source, local, exc, task) from None
@@ -82,11 +73,11 @@ def quantisation_for(method_name: str, load_in_8bit: bool) -> Quantisation | Non
     return "8bit" if load_in_8bit else None
 
 
-def _quantisation_options(quantisation: Quantisation | None, task: str) -> dict[str, Any]:
+def quantisation_options(quantisation: Quantisation | None, task: str) -> dict[str, Any]:
     """from_pretrained keywords for a bitsandbytes base (the recipe validator has checked for CUDA)."""
     if quantisation is None:
         return {}
-    if not _bitsandbytes_installed():
+    if not bitsandbytes_installed():
         raise ModelLoadError(
             f"a {quantisation} base is loaded through bitsandbytes, which is not installed",
             fix="pip install bitsandbytes (needs a CUDA GPU), or use method lora over an unquantised base",
@@ -111,7 +102,7 @@ def _quantisation_options(quantisation: Quantisation | None, task: str) -> dict[
     return {"quantization_config": config, "device_map": {"": int(os.environ.get("LOCAL_RANK", "0"))}}
 
 
-def _bitsandbytes_installed() -> bool:
+def bitsandbytes_installed() -> bool:
     return importlib.util.find_spec("bitsandbytes") is not None
 
 

@@ -24,8 +24,8 @@ from transformers import AutoTokenizer
 
 from tunelab.config import ModelConfig
 from tunelab.errors import TunelabError
-from tunelab.models.load import load_model, resolve_dtype
-from tunelab.training.precision import COMPUTE_DTYPES, Precision, weights_dtype
+from tunelab.models.load import load_model
+from tunelab.training.precision import COMPUTE_DTYPES, Precision, resolve_weights, weights_dtype
 
 INFO = "tunelab.json"
 LABELS = "labels.json"
@@ -126,7 +126,7 @@ def load_trained(path: str | Path, *, dtype: Dtype = "auto", precision: str = "t
     info = read_info(final)
     chosen = restored_precision(info, precision)
     if dtype != "auto":
-        chosen = Precision(compute=chosen.compute, weights=resolve_dtype(dtype))
+        chosen = Precision(compute=chosen.compute, weights=resolve_weights(dtype))
     label_map = read_label_map(final)
     if info["task"] == "classify" and label_map is None:
         raise TunelabError(f"{final}: a classifier needs its label map ({LABELS}), which is missing")
@@ -167,7 +167,7 @@ def restored_precision(info: dict[str, Any], requested: str) -> Precision:
     if requested == "trained":
         recorded = info.get("precision")
         if recorded is None:  # a run from before precision was recorded: no autocast, as then
-            return Precision(compute="fp32", weights=resolve_dtype("auto"))
+            return Precision(compute="fp32", weights=resolve_weights("auto"))
         return Precision.from_dict(recorded)
     if requested not in COMPUTE_DTYPES:
         raise TunelabError(

@@ -71,7 +71,7 @@ def fast_bf16(device_type: str) -> bool:
     if device_type == "cuda":
         return torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 0)
     if device_type == "cpu":
-        capabilities = _cpu_capabilities()
+        capabilities = cpu_capabilities()
         return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
     return False
 
@@ -82,7 +82,7 @@ def fast_bf16(device_type: str) -> bool:
 CPU_BF16_ENV = "TUNELAB_CPU_BF16"
 
 
-def _cpu_capabilities() -> dict[str, Any]:
+def cpu_capabilities() -> dict[str, Any]:
     get = getattr(torch.cpu, "get_capabilities", None)  # torch >= 2.8; older: no detection, so float32
     capabilities = dict(get()) if get is not None else {}
     override = os.environ.get(CPU_BF16_ENV, "").strip()
@@ -96,15 +96,22 @@ def resolve_precision(recipe: Recipe, device_type: str) -> Precision:
     compute = recipe.train.precision
     if compute == "auto":
         compute = "bf16" if fast_bf16(device_type) else "fp32"
-    if recipe.model.dtype != "auto":
-        weights = WEIGHT_DTYPES[recipe.model.dtype]
-    else:
-        weights = weights_dtype(recipe.method.name, compute)
-    return Precision(compute=compute, weights=weights)
+    return Precision(
+        compute=compute, weights=resolve_weights(recipe.model.dtype, recipe.method.name, compute)
+    )
+
+
+def resolve_weights(model_dtype: str, method: str | None = None, compute: str = "fp32") -> torch.dtype:
+    """The one meaning of `model.dtype`: a named dtype is used as named; `auto` is float32 where the
+    base trains (its master copy: `method` trains base weights), else the compute dtype (a frozen
+    base, or nothing training at all when `method` is None)."""
+    if model_dtype != "auto":
+        return WEIGHT_DTYPES[model_dtype]
+    return weights_dtype(method, compute) if method is not None else COMPUTE_DTYPES[compute]
 
 
 def weights_dtype(method: str, compute: str) -> torch.dtype:
-    """`model.dtype: auto`: float32 where the base trains (its master copy), else the compute dtype."""
+    """`model.dtype: auto` under `method`: float32 where the base trains, else the compute dtype."""
     from tunelab.methods import method_spec
 
     return torch.float32 if method_spec(method).trains_base_weights else COMPUTE_DTYPES[compute]
