@@ -355,10 +355,10 @@ def _score_after_training(
 
 
 def _per_dataset(examples: list[Example]) -> list[tuple[str, list[Example]]]:
-    names = [str(e["task"]) for e in examples if e.get("task")]
+    names = [str(e["dataset"]) for e in examples if e.get("dataset")]
     if not names:
         return []
-    return [(name, [e for e in examples if e.get("task") == name]) for name in dict.fromkeys(names)]
+    return [(name, [e for e in examples if e.get("dataset") == name]) for name in dict.fromkeys(names)]
 
 
 def _last_train_loss(run_dir: Path) -> float | None:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import CHATS, CORPUS, VAL_CHATS, make_recipe, write_jsonl
 from tunelab.config import load_recipe
@@ -38,8 +39,8 @@ def test_two_datasets_report_metrics_per_dataset(tmp_path: Path, tiny_llama: Pat
         "sft",
         data={
             "train": [
-                {"path": str(bank), "task_name": "bank", "validation": str(bank_val)},
-                {"path": str(greet), "task_name": "greet", "validation": str(greet_val), "weight": 0.5},
+                {"path": str(bank), "name": "bank", "validation": str(bank_val)},
+                {"path": str(greet), "name": "greet", "validation": str(greet_val), "weight": 0.5},
             ],
             "validation": None,
         },
@@ -55,7 +56,7 @@ def test_two_datasets_report_metrics_per_dataset(tmp_path: Path, tiny_llama: Pat
     # bank: 8 rows x weight 1, greet: 10 rows x weight 0.5 -> 8/13 of the draws from bank
     assert result.summary["mix"]["shares_of_new_data"] == pytest.approx({"bank": 8 / 13, "greet": 5 / 13})
     rows = [json.loads(line) for line in (result.run_dir / "data" / "train.jsonl").read_text().splitlines()]
-    assert {row["_task"] for row in rows} == {"bank", "greet"}
+    assert {row["_dataset"] for row in rows} == {"bank", "greet"}
 
 
 def test_replay_is_mixed_in_at_its_ratio(tmp_path: Path, tiny_llama: Path) -> None:
@@ -119,7 +120,7 @@ def test_datasets_without_held_out_files_are_split_each_on_its_own(tmp_path: Pat
         tiny_llama,
         "sft",
         data={
-            "train": [{"path": str(bank), "task_name": "bank"}, {"path": str(greet), "task_name": "greet"}],
+            "train": [{"path": str(bank), "name": "bank"}, {"path": str(greet), "name": "greet"}],
             "validation": None,
             "split": {"validation": 0.25},
         },
@@ -128,3 +129,16 @@ def test_datasets_without_held_out_files_are_split_each_on_its_own(tmp_path: Pat
     per_dataset = records.report["records_per_dataset"]
     assert per_dataset["validation"] == {"bank": 2, "greet": 3}  # 25% of 8 and of 12
     assert per_dataset["train"] == {"bank": 6, "greet": 9}
+
+
+def test_an_older_recipe_naming_datasets_by_task_name_still_loads(tmp_path: Path) -> None:
+    # Datasets were named with `task_name` before the tag became `dataset` everywhere; a saved
+    # recipe.yaml of such a run still loads, with the names where they are now.
+    first, second = write_jsonl(tmp_path / "a.jsonl", CHATS), write_jsonl(tmp_path / "b.jsonl", CHATS)
+    old = {
+        "name": "old", "task": "sft", "model": {"name": "org/model"}, "method": {"name": "lora"},
+        "data": {"train": [{"path": str(first), "task_name": "bank"}, {"path": str(second), "task_name": "greet"}]},
+    }  # fmt: skip
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(old), encoding="utf-8")
+    assert [source.name for source in load_recipe(path).data.sources] == ["bank", "greet"]

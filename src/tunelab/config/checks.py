@@ -113,7 +113,7 @@ def check_data_sources(recipe: Recipe) -> list[Problem]:
         names = [source_name(s) for s in data.train]
         if len(set(names)) != len(names):
             problems.append(
-                Problem("data.train", f"two datasets share a task_name ({', '.join(names)}); name them")
+                Problem("data.train", f"two datasets share a name ({', '.join(names)}); name them")
             )
     if data.replay is not None and recipe.task not in ("sft", "pretrain"):
         problems.append(Problem("data.replay", "is for task sft or pretrain"))

@@ -19,9 +19,14 @@ _MOVED_TO_PREFERENCE = {"objective": "dpo", "beta": 0.1}
 
 
 def migrate(raw: dict[str, Any]) -> None:
-    """Rewrite an older recipe's layout in place: method.objective / method.beta -> preference.*.
-    Defaults saved by an older run of another task are dropped; anything else moves, so the checks
-    still refuse a preference setting on an sft recipe (at its new path)."""
+    """Rewrite an older recipe's layout in place: method.objective / method.beta -> preference.*, and
+    a dataset's task_name -> name. Preference defaults saved by an older run of another task are
+    dropped; anything else moves, so the checks still refuse a preference setting on an sft recipe."""
+    data = raw.get("data")
+    sources = data.get("train") if isinstance(data, dict) else None
+    for source in sources if isinstance(sources, list) else []:
+        if isinstance(source, dict) and "task_name" in source:
+            source.setdefault("name", source.pop("task_name"))
     method = raw.get("method")
     if not isinstance(method, dict):
         return

@@ -99,10 +99,11 @@ class TrainSource(Section):
     weight: float = Field(
         1.0, gt=0, description="Sampling weight: the share of draws is proportional to weight x rows."
     )
-    task_name: str | None = Field(
+    name: str | None = Field(
         None,
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$",
-        description="Name used in per-dataset metrics (val_<task_name>_loss); default: the file's stem.",
+        description="The dataset's name in per-dataset metrics (val_<name>_loss, mix/<name>); default: "
+        "the file's stem.",
     )
     validation: ExistingFile | None = Field(
         None, description="This dataset's own validation file (else data.split.validation of its rows)."
@@ -139,7 +140,7 @@ class Mixing(Section):
 class DataConfig(Section):
     train: ExistingFile | list[TrainSource] = Field(
         description="Training data: .jsonl, .json, .csv, .tsv, .parquet or .txt (.gz too); or a list of "
-        "datasets {path, format, weight, task_name} mixed for multi-task training."
+        "datasets {path, format, weight, name} mixed for multi-task training."
     )
     validation: ExistingFile | None = Field(
         None, description="Validation file, evaluated every train.eval_every."

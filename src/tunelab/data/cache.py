@@ -20,6 +20,8 @@ from tunelab import __version__
 from tunelab.config import Recipe
 from tunelab.data.pipeline import PreparedData
 
+# Bumped when what an entry holds changes shape: 2 tags each example's dataset as "dataset" (was "task").
+CACHE_FORMAT = 2
 SPLIT_FILES = ("train.jsonl", "validation.jsonl", "test.jsonl", "report.json")
 
 
@@ -38,6 +40,7 @@ def data_files(recipe: Recipe) -> list[str]:
 def cache_key(recipe: Recipe, tokenizer: Any) -> str:
     parts = {
         "version": __version__,
+        "format": CACHE_FORMAT,
         "task": recipe.task,
         "files": {f: _source_digest(f) for f in data_files(recipe)},
         "data": recipe.data.model_dump(mode="json"),

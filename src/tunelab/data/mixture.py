@@ -132,12 +132,12 @@ def shares(order: Sequence[int], task_of: Sequence[str]) -> dict[str, float]:
 
 class MixedOrder:
     """The training order of a multi-dataset run, as MicroBatches' `order_fn(epoch)`: each example's
-    dataset is its `task` tag (REPLAY for replay data), weighted as `data` says."""
+    dataset is its `dataset` tag (REPLAY for replay data), weighted as `data` says."""
 
     def __init__(self, data: DataConfig, train: Sequence[dict[str, Any]], seed: int, epochs: float) -> None:
         from tunelab.config import source_name
 
-        names = [str(example.get("task", "")) for example in train]
+        names = [str(example.get("dataset", "")) for example in train]
         weights = {source_name(s): s.weight for s in data.sources}
         self.groups = [
             Group(name, [i for i, n in enumerate(names) if n == name], weights.get(name, 1.0), name == REPLAY)

@@ -53,7 +53,7 @@ class Records:
     label_map: dict[str, int] | None = None
     report: dict[str, Any] = field(default_factory=dict)
     # Multi-dataset runs: split -> the dataset name of each record ("" for the shared validation/test files).
-    tasks: dict[str, list[str]] = field(default_factory=dict)
+    datasets: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -165,19 +165,19 @@ def _load_mixture(recipe: Recipe) -> Records:
     shared = {split: getattr(data, split) for split in ("validation", "test") if getattr(data, split)}
     if shared:
         parts[""] = _prepare_source(recipe, shared, data.format, kind, report, {})
-    splits, tasks = _concatenated(parts)
+    splits, datasets = _concatenated(parts)
     splits["train"], report["leakage"] = _check_leakage(recipe, splits, near_config(data))
     kept = {id(record) for record in splits["train"]}
-    tasks["train"] = [name for name, part in parts.items() for r in part.get("train", []) if id(r) in kept]
+    datasets["train"] = [name for name, part in parts.items() for r in part.get("train", []) if id(r) in kept]
     report["records"] = {split: len(records) for split, records in splits.items()}
     report["records_per_dataset"] = {
-        split: {name: names.count(name) for name in dict.fromkeys(names)} for split, names in tasks.items()
+        split: {name: names.count(name) for name in dict.fromkeys(names)} for split, names in datasets.items()
     }
     _check_not_empty(splits, report)
     for name in parts:
-        if name and name not in tasks["train"]:
+        if name and name not in datasets["train"]:
             raise DataError(f"dataset {name}: no training rows left after cleaning", fix="see report.json")
-    return Records(splits=splits, report=report, tasks=tasks)
+    return Records(splits=splits, report=report, datasets=datasets)
 
 
 def _concatenated(
@@ -185,12 +185,12 @@ def _concatenated(
 ) -> tuple[dict[str, list[Record]], dict[str, list[str]]]:
     """Every dataset's splits joined, with each row's dataset name beside it."""
     splits: dict[str, list[Record]] = {}
-    tasks: dict[str, list[str]] = {}
+    datasets: dict[str, list[str]] = {}
     for name, part in parts.items():
         for split, records in part.items():
             splits.setdefault(split, []).extend(records)
-            tasks.setdefault(split, []).extend([name] * len(records))
-    return splits, tasks
+            datasets.setdefault(split, []).extend([name] * len(records))
+    return splits, datasets
 
 
 def _sample(recipe: Recipe, train: list[Record], report: dict[str, Any]) -> list[Record]:
@@ -371,11 +371,11 @@ def tokenize_records(recipe: Recipe, records: Records, tokenizer: Any) -> Prepar
             )
     for split, items in records.splits.items():
         examples, stats = [], TokenizeStats()
-        for name, group in _groups(items, records.tasks.get(split)):
+        for name, group in _groups(items, records.datasets.get(split)):
             group_examples, group_stats = _tokenize(tokenizer, group, records.label_map, policy)
             if name:
                 for example in group_examples:
-                    example["task"] = name
+                    example["dataset"] = name
             examples.extend(group_examples)
             stats.add(group_stats)
         _preflight(split, max_len, examples, stats, prepared.notes)
@@ -389,9 +389,9 @@ def tokenize_records(recipe: Recipe, records: Records, tokenizer: Any) -> Prepar
         # Each dataset is packed on its own, so a packed row still belongs to one dataset for mixing.
         train = prepared.splits["train"]
         rows: list[Example] = []
-        for name, group in _groups(train, [str(e.get("task", "")) for e in train]):
+        for name, group in _groups(train, [str(e.get("dataset", "")) for e in train]):
             packed = pack_examples(group, max_len)
-            rows.extend({**row, "task": name} if name else row for row in packed)
+            rows.extend({**row, "dataset": name} if name else row for row in packed)
         prepared.splits["train"], prepared.packed = rows, True
         prepared.report["packing"] = {"examples": len(train), "rows": len(rows)}
     return prepared

@@ -39,9 +39,9 @@ def write_prepared(out_dir: Path, records: Records, prepared: PreparedData | Non
         left_out: set[str] = set()
         if prepared is not None:
             left_out = prepared.stats[split].left_out
-        tags = records.tasks.get(split) or [""] * len(items)
+        tags = records.datasets.get(split) or [""] * len(items)
         rows = [
-            {**record_to_json(r), **({"_task": tag} if tag else {})}
+            {**record_to_json(r), **({"_dataset": tag} if tag else {})}
             for r, tag in zip(items, tags, strict=True)
             if r.source not in left_out
         ]

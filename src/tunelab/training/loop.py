@@ -115,7 +115,7 @@ class MicroBatches:
         if state.batch_in_epoch == len(order):
             state.epoch, state.batch_in_epoch = state.epoch + 1, 0
         chosen = [self.examples[i] for i in indices]
-        self.drawn.update(str(e["task"]) for e in chosen if "task" in e)
+        self.drawn.update(str(e["dataset"]) for e in chosen if "dataset" in e)
         return self.collate(chosen)
 
     def next_step(self, state: TrainState) -> list[Batch]:
@@ -129,9 +129,9 @@ class MicroBatches:
         return micro
 
     def take_mix(self) -> dict[str, float]:
-        """Each dataset's share of the examples drawn (this process) since the last call: `mix/<task>`."""
+        """Each dataset's share of the examples drawn (this process) since the last call: `mix/<dataset>`."""
         total = sum(self.drawn.values())
-        shares = {f"mix/{task}": count / total for task, count in sorted(self.drawn.items())} if total else {}
+        shares = {f"mix/{name}": count / total for name, count in sorted(self.drawn.items())} if total else {}
         self.drawn.clear()
         return shares
 

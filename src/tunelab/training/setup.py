@@ -79,7 +79,9 @@ def train_batches(
     """The training stream: length-grouped (unless packed), in a mixture's order for several datasets."""
     cfg = recipe.train
     train = data.splits["train"]
-    mixed = MixedOrder(recipe.data, train, cfg.seed, cfg.epochs) if any("task" in e for e in train) else None
+    mixed = (
+        MixedOrder(recipe.data, train, cfg.seed, cfg.epochs) if any("dataset" in e for e in train) else None
+    )
     batches = MicroBatches(
         train,
         cfg.batch_size,
