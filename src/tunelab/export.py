@@ -38,6 +38,8 @@ from tunelab.models.restore import (
     resolve_final,
     run_dir_of,
 )
+from tunelab.runs.rundir import read_summary
+from tunelab.runs.summary import RunSummary
 
 README = "README.md"
 
@@ -187,11 +189,11 @@ def _replace_folder(tmp: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _read_summary(run_dir: Path | None) -> dict[str, Any]:
-    path = run_dir / "summary.json" if run_dir else None
-    if path is None or not path.is_file():
-        return {}
-    return dict(json.loads(path.read_text(encoding="utf-8")))
+def _read_summary(run_dir: Path | None) -> RunSummary:
+    """The run's summary; an empty one for a final/ folder outside its run."""
+    if run_dir is None or not (run_dir / "summary.json").is_file():
+        return RunSummary()
+    return read_summary(run_dir)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,7 +201,7 @@ def _read_summary(run_dir: Path | None) -> dict[str, Any]:
 
 
 def model_card(
-    info: dict[str, Any], label_map: dict[str, int] | None, recipe: dict[str, Any], summary: dict[str, Any]
+    info: dict[str, Any], label_map: dict[str, int] | None, recipe: dict[str, Any], summary: RunSummary
 ) -> str:
     """README.md: Hub metadata, how to load the export, the results against baselines, the recipe."""
     weights = info["export"]["weights"]
@@ -210,7 +212,7 @@ def model_card(
         "pipeline_tag": "text-generation" if generative else "text-classification",
         "tags": ["tunelab", info["task"], info["method"], *(["merged"] if weights == "merged" else [])],
     }
-    name = summary.get("name") or recipe.get("name") or "tunelab model"
+    name = summary.name or recipe.get("name") or "tunelab model"
     lines = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "", f"# {name}", ""]
     lines += [_description(info, weights), ""]
     if info.get("chat_template"):
@@ -294,12 +296,12 @@ def _tokenizer_line(chat: bool) -> str:
     )
 
 
-def _results_table(summary: dict[str, Any]) -> list[str]:
-    metrics = {k: v for k, v in (summary.get("metrics") or {}).items() if isinstance(v, int | float)}
+def _results_table(summary: RunSummary) -> list[str]:
+    metrics = {k: v for k, v in summary.metrics.items() if isinstance(v, int | float)}
     if not metrics:
         return ["No metrics were recorded for this run."]
-    before = summary.get("baseline") or {}
-    baselines = {name: scores for name, scores in (summary.get("baselines") or {}).items() if scores}
+    before = summary.before_training
+    baselines = {name: scores for name, scores in summary.baselines.items() if scores}
     header = [
         "metric",
         "fine-tuned",

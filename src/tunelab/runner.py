@@ -48,6 +48,7 @@ from tunelab.models.load import LoadedModel, check_sequence_length, load_tokeniz
 from tunelab.models.methods import count_parameters, is_adapter
 from tunelab.runs.lifecycle import RunFolder, initial_summary
 from tunelab.runs.rundir import MetricsLog, create_run_dir, write_text_atomic
+from tunelab.runs.summary import RunSummary
 from tunelab.training import checkpoint
 from tunelab.training.loop import Hooks, eval_batches, fit
 from tunelab.training.objectives import collate_for
@@ -59,7 +60,7 @@ from tunelab.training.setup import TrainingSetup, attach_method, build_training,
 @dataclass
 class TrainResult:
     run_dir: Path
-    summary: dict[str, Any]
+    summary: RunSummary
     is_main_process: bool = True  # under DDP every process returns; only the main one should report
 
 
@@ -104,9 +105,9 @@ def train(recipe: Recipe, *, resume: Path | None = None, console: Console | None
     summary = initial_summary(
         recipe, run_dir, prepared.loaded.source, prepared.data, count_parameters(model), resume is not None
     )
-    summary["precision"] = precision.as_dict()
+    summary.precision = precision.as_dict()
     if baselines is not None:
-        summary["baselines"] = baselines
+        summary.baselines = baselines
     run = RunFolder(recipe, run_dir, summary, main=accelerator.is_main_process, started=started)
     run.start(data_cache.data_digest(recipe))
     if accelerator.is_main_process:
@@ -235,14 +236,14 @@ def _train_in_run_dir(
     data, tokenizer, summary = prepared.data, prepared.loaded.tokenizer, run.summary
     setup = build_training(recipe, model, data, tokenizer.pad_token_id, accelerator)
     if setup.mixed is not None:
-        summary["mix"] = setup.mixed.describe()
+        summary.mix = setup.mixed.describe()
     accelerator.register_for_checkpointing(setup.scheduler, setup.state)
     accelerator.register_save_state_pre_hook(checkpoint.keep_only_trainable_weights)
     run_eval = _Evaluator(recipe, setup, data, tokenizer.pad_token_id, accelerator)
     reference = load_reference(recipe.eval.reference) if recipe.eval.reference else None
     if reference is not None and not is_adapter(setup.model) and resume_from is None:
         # full / freeze: "before" is the base model, i.e. these weights before the first step.
-        summary["forgetting_before"] = score_reference(
+        summary.forgetting_before = score_reference(
             accelerator.unwrap_model(setup.model), tokenizer, reference
         )
         run.save()  # a resumed run needs it: the base weights are gone by then
@@ -255,7 +256,7 @@ def _train_in_run_dir(
     metrics = _score_after_training(recipe, setup, prepared, run, run_eval, reference, accelerator, console)
     if accelerator.is_main_process:
         save_final(
-            accelerator.unwrap_model(setup.model), tokenizer, run.run_dir, recipe, data, summary["precision"]
+            accelerator.unwrap_model(setup.model), tokenizer, run.run_dir, recipe, data, summary.precision
         )
     state = setup.state
     run.complete(
@@ -275,9 +276,9 @@ def _score_before_training(
     split = next((s for s in ("test", "validation") if s in data.splits), None)
     if split is None:
         return
-    run.summary["baseline"] = run_eval(split)
-    run.summary["baseline_split"] = split
-    console.print(f"before training ({split}): {format_metrics(run.summary['baseline'])}")
+    run.summary.before_training = run_eval(split)
+    run.summary.before_training_split = split
+    console.print(f"before training ({split}): {format_metrics(run.summary.before_training)}")
     run.save()  # kept when the process dies: a resumed run cannot redo it
 
 
@@ -347,7 +348,7 @@ def _score_after_training(
         forgetting = forgetting_check(
             recipe, model, prepared.loaded.tokenizer, reference, summary, accelerator
         )
-        scored["forgetting"] = summary["forgetting"] = forgetting
+        scored["forgetting"] = summary.forgetting = forgetting
         console.print(describe_forgetting(forgetting))
     if scored and accelerator.is_main_process:
         write_text_atomic(run.run_dir / "eval.json", json.dumps(scored, indent=2) + "\n")

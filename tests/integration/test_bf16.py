@@ -32,6 +32,7 @@ from tunelab.data.templates import ensure_chat_template
 from tunelab.data.tokenize import LengthPolicy, collate, tokenize_chats
 from tunelab.evaluation.target import evaluate_file, load_target
 from tunelab.runner import TrainResult, train
+from tunelab.runs.rundir import read_summary
 from tunelab.training.loop import accumulate_gradients
 from tunelab.training.objectives import OBJECTIVES
 from tunelab.training.precision import make_accelerator
@@ -55,11 +56,11 @@ def logged(run: TrainResult, key: str) -> list[float]:
 
 def assert_trains_alike(got: TrainResult, expected: TrainResult) -> None:
     """Same step losses, gradient norms and final validation loss, to bf16's tolerance."""
-    assert got.summary["precision"]["compute"] == "bf16"
+    assert got.summary.precision["compute"] == "bf16"
     for key in ("loss", "grad_norm"):
         pairs = list(zip(logged(got, key), logged(expected, key), strict=True))
         assert pairs and all(close(a, b) for a, b in pairs), (key, pairs)
-    assert close(got.summary["metrics"]["val_loss"], expected.summary["metrics"]["val_loss"])
+    assert close(got.summary.metrics["val_loss"], expected.summary.metrics["val_loss"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -132,8 +133,8 @@ def test_bf16_resume_after_a_crash_equals_an_uninterrupted_run(
     got = load_file(run_dir / "final" / "adapter_model.safetensors")
     for name, tensor in expected.items():
         torch.testing.assert_close(got[name], tensor, atol=1e-6, rtol=0, msg=name)
-    assert resumed.summary["metrics"]["val_loss"] == pytest.approx(
-        straight.summary["metrics"]["val_loss"], abs=1e-6
+    assert resumed.summary.metrics["val_loss"] == pytest.approx(
+        straight.summary.metrics["val_loss"], abs=1e-6
     )
 
 
@@ -151,7 +152,7 @@ def test_bf16_two_processes_of_batch_four_train_like_one_of_batch_eight(
         make_recipe(tmp_path / "two", tiny_llama, "sft", train={**settings, "batch_size": 4}), 2
     )
     run_dir = only_run_dir(tmp_path / "two")
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = read_summary(run_dir)
     assert_trains_alike(TrainResult(run_dir=run_dir, summary=summary), single)
 
 
@@ -174,7 +175,7 @@ def test_bf16_final_folder_reproduces_the_last_validation_loss(
     weights = "float32" if method == "full" else "bfloat16"
     assert info["precision"] == {"compute": "bf16", "weights": weights}
     scored = evaluate_file(load_target(str(run.run_dir)), str(tmp_path / "val.jsonl"))  # the run's settings
-    assert close(scored["metrics"]["eval_loss"], run.summary["metrics"]["val_loss"])
+    assert close(scored["metrics"]["eval_loss"], run.summary.metrics["val_loss"])
 
 
 def test_bf16_eval_command_restores_the_runs_precision_unless_told_otherwise(
@@ -182,7 +183,7 @@ def test_bf16_eval_command_restores_the_runs_precision_unless_told_otherwise(
 ) -> None:
     recipe = make_recipe(tmp_path, tiny_bert, "classify", train={**BF16, "max_steps": 3, "eval_every": 3})
     run = train(load_recipe(recipe))
-    expected = run.summary["metrics"]["val_loss"]
+    expected = run.summary.metrics["val_loss"]
     scores = {}
     for precision in ("trained", "fp32"):
         out = tmp_path / f"{precision}.json"

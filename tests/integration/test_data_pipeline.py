@@ -271,7 +271,7 @@ def test_a_damaged_cache_entry_is_rebuilt(tmp_path: Path, tiny_bert: Path) -> No
     (entry,) = (tmp_path / "runs" / ".cache" / "data").iterdir()
     (entry / "prepared.json").write_text("{not json", encoding="utf-8")
     result = train(load_recipe(recipe_path))
-    assert result.summary["status"] == "completed"
+    assert result.summary.status == "completed"
     assert json.loads((entry / "prepared.json").read_text())["label_map"] == {
         "balance": 0,
         "card": 1,
@@ -322,7 +322,7 @@ def test_the_few_shot_baseline_is_the_same_on_a_cache_hit(tmp_path: Path, tiny_l
     second = train(load_recipe(recipe_path, overrides))  # from the data cache
     report = json.loads((first.run_dir / "data" / "report.json").read_text())
     assert json.dumps(report).count("no_targets") >= 1  # the long row was dropped at tokenisation
-    assert second.summary["baselines"] == first.summary["baselines"]
+    assert second.summary.baselines == first.summary.baselines
 
 
 def test_integer_labels_get_their_names_from_data_label_names(tmp_path: Path, tiny_bert: Path) -> None:
@@ -336,11 +336,11 @@ def test_integer_labels_get_their_names_from_data_label_names(tmp_path: Path, ti
 
     bare = train(load_recipe(recipe, files))
     assert json.loads((bare.run_dir / "final" / "labels.json").read_text()) == {"0": 0, "1": 1, "2": 2}
-    assert "bare ids" in bare.summary["baselines"]["zero_shot"]["note"]  # said plainly, not hidden
+    assert "bare ids" in bare.summary.baselines["zero_shot"]["note"]  # said plainly, not hidden
 
     named = train(load_recipe(recipe, [*files, "data.label_names={0: balance, 1: card, 2: transfer}"]))
     assert json.loads((named.run_dir / "final" / "labels.json").read_text()) == ids
-    assert "note" not in named.summary["baselines"]["zero_shot"]
+    assert "note" not in named.summary.baselines["zero_shot"]
     trained_on = [json.loads(line)["label"] for line in (named.run_dir / "data" / "train.jsonl").open()]
     assert set(trained_on) == set(ids)
 

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from tests.conftest import exact, make_recipe, only_run_dir, train_in_processes
 from tunelab.config import load_recipe
 from tunelab.runner import train
+from tunelab.runs.rundir import read_summary
 
 
 @exact
@@ -32,9 +33,9 @@ def test_two_processes_of_batch_four_equal_one_process_of_batch_eight(
     proc = train_in_processes(recipe, 2)
     assert "launching 2 processes (ddp)" in proc.stdout + proc.stderr
     run_dir = only_run_dir(tmp_path / "two")  # one, not one per process
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["status"] == "completed"
-    assert summary["steps"] == single.summary["steps"] and summary["tokens"] == single.summary["tokens"]
+    summary = read_summary(run_dir)
+    assert summary.status == "completed"
+    assert summary.steps == single.summary.steps and summary.tokens == single.summary.tokens
     last = sorted((run_dir / "checkpoints").iterdir())[-1]
     assert {p.name for p in last.glob("random_states_*.pkl")} == {
         "random_states_0.pkl",
@@ -45,10 +46,10 @@ def test_two_processes_of_batch_four_equal_one_process_of_batch_eight(
     got = load_file(run_dir / "final" / "adapter_model.safetensors")
     for name, tensor in expected.items():
         torch.testing.assert_close(got[name], tensor, atol=1e-4, rtol=0, msg=name)
-    assert summary["metrics"]["val_loss"] == pytest.approx(single.summary["metrics"]["val_loss"], abs=1e-4)
+    assert summary.metrics["val_loss"] == pytest.approx(single.summary.metrics["val_loss"], abs=1e-4)
     # Adam hides a constant gradient scale from the weights; the gradient norm does not.
     assert grad_norms(run_dir) == pytest.approx(grad_norms(single.run_dir), abs=1e-4)
-    assert summary["steps"] == 3
+    assert summary.steps == 3
 
 
 def grad_norms(run_dir: Path) -> list[float]:

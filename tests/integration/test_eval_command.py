@@ -32,10 +32,8 @@ def test_eval_of_a_classify_run_reproduces_its_final_validation_scores(
     result = runner.invoke(app, ["eval", str(run.run_dir), "--data", str(tmp_path / "val.jsonl")])
     assert result.exit_code == 0, result.output
     scored = json.loads((run.run_dir / "eval-val.json").read_text())
-    assert scored["metrics"]["eval_loss"] == pytest.approx(run.summary["metrics"]["val_loss"], abs=1e-6)
-    assert scored["metrics"]["eval_accuracy"] == pytest.approx(
-        run.summary["metrics"]["val_accuracy"], abs=1e-9
-    )
+    assert scored["metrics"]["eval_loss"] == pytest.approx(run.summary.metrics["val_loss"], abs=1e-6)
+    assert scored["metrics"]["eval_accuracy"] == pytest.approx(run.summary.metrics["val_accuracy"], abs=1e-9)
     assert len(scored["confusion_matrix"]) == 3 and "macro precision" in result.output
     assert (run.run_dir / "eval.json").is_file()  # the run's own scores are not overwritten
 
@@ -52,7 +50,7 @@ def test_eval_of_an_sft_run_with_generative_metrics(tmp_path: Path, tiny_llama: 
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     scores = json.loads(out.read_text())["metrics"]
-    assert scores["eval_loss"] == pytest.approx(run.summary["metrics"]["val_loss"], abs=1e-6)
+    assert scores["eval_loss"] == pytest.approx(run.summary.metrics["val_loss"], abs=1e-6)
     assert {"eval_bleu", "eval_rouge1", "eval_rouge2", "eval_rougeL", "eval_exact_match"} <= set(scores)
     assert 0 <= scores["eval_exact_match"] <= 1
 
@@ -90,7 +88,7 @@ def test_eval_reads_and_cuts_a_file_as_the_run_did(tmp_path: Path, tiny_llama: P
     assert result.exit_code == 0, result.output
     scored = json.loads(out.read_text())
     assert scored["max_seq_len"] == 24
-    assert scored["metrics"]["eval_loss"] == pytest.approx(run.summary["metrics"]["val_loss"], abs=1e-6)
+    assert scored["metrics"]["eval_loss"] == pytest.approx(run.summary.metrics["val_loss"], abs=1e-6)
     # Told otherwise, it does otherwise: a longer cut scores the answers that 24 tokens truncated.
     runner.invoke(
         app, ["eval", str(run.run_dir), "--data", str(val), "--max-seq-len", "64", "--out", str(out)]

@@ -41,16 +41,16 @@ def test_a_classify_run_writes_eval_json_registry_row_and_report(tmp_path: Path,
     result = train(load_recipe(recipe, [f"data.test={tmp_path / 'val.jsonl'}"]))
     run_dir, summary = result.run_dir, result.summary
 
-    assert set(summary["baselines"]) == {"zero_shot", "few_shot"}
-    assert 0 <= summary["baselines"]["zero_shot"]["test_accuracy"] <= 1
+    assert set(summary.baselines) == {"zero_shot", "few_shot"}
+    assert 0 <= summary.baselines["zero_shot"]["test_accuracy"] <= 1
     scored = json.loads((run_dir / "eval.json").read_text())
     matrix = scored["confusion_matrix"]
     assert scored["labels"] == ["balance", "card", "transfer"] and len(matrix) == 3
     assert sum(map(sum, matrix)) == 4  # every test row, once
-    assert scored["fine_tuned"]["test_accuracy"] == summary["metrics"]["test_accuracy"]
+    assert scored["fine_tuned"]["test_accuracy"] == summary.metrics["test_accuracy"]
     assert set(scored["baselines"]) == {"zero_shot", "few_shot", "untrained_head"}
 
-    report = Path(summary["report"])
+    report = Path(summary.report)
     assert report == run_dir / "report.html"
     page = Sources()
     page.feed(report.read_text())
@@ -112,14 +112,14 @@ def test_encoder_baselines_on_the_real_minilm_are_far_above_chance() -> None:
 def test_sft_baselines_are_base_model_losses_with_and_without_shots(tmp_path: Path, tiny_llama: Path) -> None:
     recipe = make_recipe(tmp_path, tiny_llama, "sft", train={"max_steps": 2, "max_seq_len": 256})
     first = train(load_recipe(recipe, [f"data.test={tmp_path / 'val.jsonl'}"])).summary
-    zero, few = first["baselines"]["zero_shot"], first["baselines"]["few_shot"]
+    zero, few = first.baselines["zero_shot"], first.baselines["few_shot"]
     # LoRA starts as the identity, so the untrained model's test loss is the base model's zero-shot loss.
-    assert zero["test_loss"] == pytest.approx(first["baseline"]["test_loss"], abs=1e-6)
+    assert zero["test_loss"] == pytest.approx(first.before_training["test_loss"], abs=1e-6)
     assert few["test_loss"] != zero["test_loss"] and few["k"] == 3 and few["scored"] == zero["scored"] == 3
     assert 0 < few["shots_mean"] <= 3
 
     again = train(load_recipe(recipe, [f"data.test={tmp_path / 'val.jsonl'}"])).summary  # data from the cache
-    assert again["baselines"] == first["baselines"]
+    assert again.baselines == first.baselines
 
 
 @pytest.mark.parametrize(("max_seq_len", "fits"), [(22, "none"), (256, "all")])
@@ -132,7 +132,7 @@ def test_the_few_shot_baseline_says_how_many_shots_it_used(
 
     test = write_jsonl(tmp_path / "test.jsonl", VAL_CHATS)
     recipe = make_recipe(tmp_path, tiny_llama, "sft", train={"max_steps": 1, "max_seq_len": max_seq_len})
-    baselines = train(load_recipe(recipe, [f"data.test={test}"])).summary["baselines"]
+    baselines = train(load_recipe(recipe, [f"data.test={test}"])).summary.baselines
     few, zero = baselines["few_shot"], baselines["zero_shot"]
     if fits == "none":  # the shots never fit: reported as what it is, the zero-shot score
         assert few["shots_mean"] == 0 and few["shots_min"] == 0

@@ -23,6 +23,7 @@ from tunelab.errors import TunelabError
 from tunelab.export import export_run
 from tunelab.models.restore import load_trained
 from tunelab.runner import train
+from tunelab.runs.rundir import read_summary
 
 runner = CliRunner()
 CHATML_PROMPT = "<|im_start|>user\nHello there!<|im_end|>\n<|im_start|>assistant\n"
@@ -165,10 +166,10 @@ def test_export_carries_template_generation_config_labels_and_model_card(
     assert front["base_model"] == str(tiny_llama) and front["library_name"] == "transformers"
     assert {"tunelab", "sft", "lora", "merged"} <= set(front["tags"])
     card = (merged_sft / "README.md").read_text()
-    summary = json.loads((sft_lora_run / "summary.json").read_text())
-    val_loss = summary["metrics"]["val_loss"]
-    zero_shot = summary["baselines"]["zero_shot"]["val_loss"]
-    before = summary["baseline"]["val_loss"]  # no test split: validation is scored before training too
+    summary = read_summary(sft_lora_run)
+    val_loss = summary.metrics["val_loss"]
+    zero_shot = summary.baselines["zero_shot"]["val_loss"]
+    before = summary.before_training["val_loss"]  # no test split: validation is scored before training too
     assert f"| val_loss | {val_loss:.4f} | {before:.4f} | {zero_shot:.4f} |" in card  # beside its baselines
     assert "| metric | fine-tuned | before training | zero-shot baseline | few-shot baseline |" in card
     assert "| train.lr | 0.01 |" in card and f"| model.name | {tiny_llama} |" in card

@@ -51,7 +51,7 @@ def test_before_is_the_base_models_score_and_after_is_the_tuned_one(
     assert entry["before"] == base_score(tiny_llama, reference)
     assert entry["change"] == pytest.approx(entry["after"] - entry["before"])
     assert entry["warning"] == (entry["after"] < entry["before"])  # tolerance 0: any loss warns
-    assert run["summary"]["forgetting"] == entry
+    assert run["summary"].forgetting == entry
     assert 'id="forgetting"' in run["report"] and f"{entry['before']:.3f}"[:4] in run["report"]
 
 

@@ -69,7 +69,7 @@ def test_a_registered_method_validates_trains_and_is_planned(
 
     # Training: only the norm weights move.
     result = train(recipe)
-    assert result.summary["trainable_params"] == norm_params
+    assert result.summary.trainable_params == norm_params
     before = load_file(str(tiny_llama / "model.safetensors"))
     after = load_file(str(result.run_dir / "final" / "model.safetensors"))
     moved = {name for name in before if not torch.equal(before[name], after[name])}

@@ -31,10 +31,10 @@ def test_final_folder_reproduces_the_last_validation_loss(
         tmp_path, model, task, method=METHODS[method], train={"max_steps": 2, "eval_every": 2, "lr": 5e-2}
     )
     run = train(load_recipe(recipe))
-    assert run.summary["status"] == "completed"
+    assert run.summary.status == "completed"
     # The last validation pass ran on the final weights; rebuilding them from final/ gives the same loss.
     scored = evaluate_file(load_target(str(run.run_dir)), str(tmp_path / "val.jsonl"))  # the run's settings
-    assert scored["metrics"]["eval_loss"] == pytest.approx(run.summary["metrics"]["val_loss"], abs=1e-5)
+    assert scored["metrics"]["eval_loss"] == pytest.approx(run.summary.metrics["val_loss"], abs=1e-5)
     if task == "sft":  # ...and it is not the base model: the adapter was put back, and had learned
         base = evaluate_file(
             load_target(str(model)), str(tmp_path / "val.jsonl"), settings=DataSettings(max_seq_len=64)
@@ -52,9 +52,9 @@ def test_bf16_with_checkpointing_trains_float32_weights_over_the_resolved_base(
 
     train_cfg = {"max_steps": 2, "eval_every": 2, "precision": "bf16", "gradient_checkpointing": True}
     run = train(load_recipe(make_recipe(tmp_path, tiny_llama, "sft", method=method, train=train_cfg)))
-    assert run.summary["status"] == "completed"
+    assert run.summary.status == "completed"
     # LoRA keeps its frozen base in bf16; full fine-tuning keeps float32 master weights.
-    assert run.summary["precision"] == {"compute": "bf16", "weights": weights}
+    assert run.summary.precision == {"compute": "bf16", "weights": weights}
     final = run.run_dir / "final"
     saved = load_file(next(final.glob("*.safetensors")))
     assert {str(t.dtype) for t in saved.values()} == {"torch.float32"}, "trained weights stay float32"

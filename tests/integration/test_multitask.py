@@ -47,14 +47,14 @@ def test_two_datasets_report_metrics_per_dataset(tmp_path: Path, tiny_llama: Pat
         train={"max_steps": 3, "log_every": 3, "eval_every": 3},
     )
     result = train(load_recipe(recipe))
-    metrics = result.summary["metrics"]
+    metrics = result.summary.metrics
     assert {"val_loss", "val_bank_loss", "val_greet_loss", "val_bank_perplexity"} <= set(metrics)
     assert metrics["val_bank_loss"] != metrics["val_greet_loss"]
     # The overall loss is the token-weighted mix of the two: it lies between them.
     low, high = sorted([metrics["val_bank_loss"], metrics["val_greet_loss"]])
     assert low < metrics["val_loss"] < high
     # bank: 8 rows x weight 1, greet: 10 rows x weight 0.5 -> 8/13 of the draws from bank
-    assert result.summary["mix"]["shares_of_new_data"] == pytest.approx({"bank": 8 / 13, "greet": 5 / 13})
+    assert result.summary.mix["shares_of_new_data"] == pytest.approx({"bank": 8 / 13, "greet": 5 / 13})
     rows = [json.loads(line) for line in (result.run_dir / "data" / "train.jsonl").read_text().splitlines()]
     assert {row["_dataset"] for row in rows} == {"bank", "greet"}
 
@@ -99,8 +99,8 @@ def test_pretrain_trains_on_every_token_and_packs_by_default(tmp_path: Path, tin
     report = json.loads((result.run_dir / "data" / "report.json").read_text())
     assert report["packing"]["examples"] == len(CORPUS)
     assert report["packing"]["rows"] < len(CORPUS)  # several documents share a row
-    assert {"val_loss", "val_perplexity"} <= set(result.summary["metrics"])
-    assert result.summary["status"] == "completed"
+    assert {"val_loss", "val_perplexity"} <= set(result.summary.metrics)
+    assert result.summary.status == "completed"
 
 
 def test_multi_dataset_lists_are_refused_for_classification(tmp_path: Path, tiny_bert: Path) -> None:

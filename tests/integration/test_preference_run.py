@@ -46,7 +46,7 @@ def test_preference_runs_log_rewards_and_learn_the_preferred_answer(
 ) -> None:
     method, loss = {"name": "lora", "r": 4, "alpha": 8}, {"objective": objective, "beta": 0.1}
     result = train(load_recipe(preference_recipe(tmp_path, tiny_llama, "preference", method, loss)))
-    metrics = result.summary["metrics"]
+    metrics = result.summary.metrics
     assert {f"val_{key}" for key in REWARD_KEYS} <= set(metrics)
     lines = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     train_lines = [line for line in lines if "loss" in line]
@@ -63,14 +63,14 @@ def test_dpo_with_full_fine_tuning_uses_a_frozen_copy(tmp_path: Path, tiny_llama
     result = train(load_recipe(recipe))
     # Were the reference the live model, policy and reference would always agree: every reward 0, every
     # loss log 2 and no pair ranked. A frozen copy lets the rewards separate.
-    assert result.summary["metrics"]["val_reward_accuracy"] > 0.5
-    assert result.summary["metrics"]["val_loss"] < 0.6931
+    assert result.summary.metrics["val_reward_accuracy"] > 0.5
+    assert result.summary.metrics["val_loss"] < 0.6931
 
 
 def test_reward_model_learns_pairwise_ranking(tmp_path: Path, tiny_llama: Path) -> None:
     method = {"name": "lora", "r": 4, "alpha": 8}
     result = train(load_recipe(preference_recipe(tmp_path, tiny_llama, "reward", method, max_steps=6)))
-    metrics = result.summary["metrics"]
+    metrics = result.summary.metrics
     assert metrics["val_reward_accuracy"] == 1.0
     assert metrics["val_loss"] < 0.6931  # below the Bradley-Terry loss of a model that cannot tell
     info = json.loads((result.run_dir / "final" / "tunelab.json").read_text())

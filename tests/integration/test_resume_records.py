@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -20,6 +19,7 @@ from tunelab.config import load_recipe
 from tunelab.errors import TunelabError
 from tunelab.runner import train
 from tunelab.runs.registry import list_runs
+from tunelab.runs.rundir import read_summary
 
 runner = CliRunner()
 
@@ -32,11 +32,11 @@ def test_ctrl_c_records_an_interrupted_run_with_its_real_step_count(
     crash_at_checkpoint(monkeypatch, KeyboardInterrupt(), at_step=6)
     with pytest.raises(KeyboardInterrupt):
         train(load_recipe(recipe))
-    summary = json.loads((only_run_dir(tmp_path) / "summary.json").read_text())
-    assert summary["status"] == "interrupted" and summary["error"] == "interrupted"
-    assert summary["steps"] == 6  # the real count, not the 0 it started with
-    assert summary["last_checkpoint"] == "step-00000003"  # the last one recorded complete
-    assert summary["baseline"]  # the before-training score was written before the first step
+    summary = read_summary(only_run_dir(tmp_path))
+    assert summary.status == "interrupted" and summary.error == "interrupted"
+    assert summary.steps == 6  # the real count, not the 0 it started with
+    assert summary.last_checkpoint == "step-00000003"  # the last one recorded complete
+    assert summary.before_training  # the before-training score was written before the first step
 
 
 def test_resume_refuses_changes_that_would_make_another_run_and_records_the_safe_ones(
@@ -57,7 +57,7 @@ def test_resume_refuses_changes_that_would_make_another_run_and_records_the_safe
     assert yaml.safe_load((run_dir / "recipe.yaml").read_text())["train"]["lr"] == 0.01  # untouched
 
     resumed = train(load_recipe(recipe, ["train.eval_every=3"]), resume=run_dir)
-    assert resumed.summary["status"] == "completed"
+    assert resumed.summary.status == "completed"
     assert yaml.safe_load((run_dir / "recipe.yaml").read_text())["train"]["eval_every"] == 3  # recorded
 
 
@@ -75,16 +75,16 @@ def test_after_kill_9_the_run_keeps_its_before_score_time_and_steps(tmp_path: Pa
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     run_dir = only_run_dir(tmp_path)
-    killed = json.loads((run_dir / "summary.json").read_text())
-    assert killed["status"] == "running"  # the process had no chance to say otherwise ...
-    assert killed["steps"] >= 4 and killed["wall_s"] > 0 and killed["baseline"]
+    killed = read_summary(run_dir)
+    assert killed.status == "running"  # the process had no chance to say otherwise ...
+    assert killed.steps >= 4 and killed.wall_s > 0 and killed.before_training
     (row,) = list_runs(tmp_path / "runs")
-    assert row["status"] == "interrupted" and row["steps"] == killed["steps"]  # ... `runs list` does
-    assert f"resume from {killed['last_checkpoint']}" in row["error"]
+    assert row["status"] == "interrupted" and row["steps"] == killed.steps  # ... `runs list` does
+    assert f"resume from {killed.last_checkpoint}" in row["error"]
     listed = runner.invoke(app, ["runs", "list", "--dir", str(tmp_path / "runs")])
     assert listed.exit_code == 0 and "interrupted" in listed.output
 
     resumed = train(load_recipe(recipe, ["train.epochs=400"]), resume=run_dir)
-    assert resumed.summary["status"] == "completed" and resumed.summary["segments"] == 2
-    assert resumed.summary["baseline"] == killed["baseline"]
-    assert resumed.summary["wall_s"] > killed["wall_s"]  # both segments' time, not the last one's
+    assert resumed.summary.status == "completed" and resumed.summary.segments == 2
+    assert resumed.summary.before_training == killed.before_training
+    assert resumed.summary.wall_s > killed.wall_s  # both segments' time, not the last one's

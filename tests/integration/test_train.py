@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from tests.conftest import exact, make_recipe
 from tunelab.config import load_recipe
 from tunelab.runner import train
+from tunelab.runs.rundir import read_summary
 from tunelab.training import checkpoint
 
 
@@ -29,11 +30,11 @@ def test_sft_lora_leaves_a_complete_run_folder(tmp_path: Path, tiny_llama: Path)
     run_dir, summary = result.run_dir, result.summary
 
     assert run_dir.parent == tmp_path / "runs" and run_dir.name.startswith("tiny-sft-")
-    assert summary["status"] == "completed"
-    assert summary["steps"] == summary["total_steps"] == 4  # 8 examples / (2 x 2) per step x 2 epochs
-    assert summary["tokens"] > 0 and summary["wall_s"] > 0 and summary["peak_mem_mb"] > 0
-    assert set(summary["metrics"]) >= {"train_loss_last", "val_loss", "val_perplexity"}
-    assert json.loads((run_dir / "summary.json").read_text()) == summary
+    assert summary.status == "completed"
+    assert summary.steps == summary.total_steps == 4  # 8 examples / (2 x 2) per step x 2 epochs
+    assert summary.tokens > 0 and summary.wall_s > 0 and summary.peak_mem_mb > 0
+    assert set(summary.metrics) >= {"train_loss_last", "val_loss", "val_perplexity"}
+    assert read_summary(run_dir) == summary
 
     assert load_recipe(run_dir / "recipe.yaml") == load_recipe(recipe)  # the resolved recipe is saved
     lines = metrics_lines(run_dir)
@@ -57,9 +58,9 @@ def test_classify_freeze_saves_weights_and_label_map(tmp_path: Path, tiny_bert: 
     recipe = make_recipe(tmp_path, tiny_bert, "classify", method={"name": "freeze", "k": 1})
     summary = run(recipe).summary
 
-    final = Path(summary["run_dir"]) / "final"
-    assert summary["status"] == "completed"
-    assert 0.0 <= summary["metrics"]["val_accuracy"] <= 1.0
+    final = Path(summary.run_dir) / "final"
+    assert summary.status == "completed"
+    assert 0.0 <= summary.metrics["val_accuracy"] <= 1.0
     assert json.loads((final / "labels.json").read_text()) == {"balance": 0, "card": 1, "transfer": 2}
     config = json.loads((final / "config.json").read_text())
     assert config["id2label"] == {"0": "balance", "1": "card", "2": "transfer"}
@@ -70,10 +71,10 @@ def test_test_split_is_scored_before_and_after_training(tmp_path: Path, tiny_ber
     recipe = make_recipe(tmp_path, tiny_bert, "classify", method={"name": "full"}, train={"epochs": 4})
     test_file = tmp_path / "val.jsonl"  # the fixture's validation rows double as a test split here
     summary = run(recipe, f"data.test={test_file}").summary
-    assert set(summary["baseline"]) == {"test_loss", "test_accuracy"}
-    assert {"test_loss", "test_accuracy"} <= set(summary["metrics"])
+    assert set(summary.before_training) == {"test_loss", "test_accuracy"}
+    assert {"test_loss", "test_accuracy"} <= set(summary.metrics)
     # Scored twice, on the same rows: before (untrained head) and after training moved the weights.
-    assert summary["metrics"]["test_loss"] != summary["baseline"]["test_loss"]
+    assert summary.metrics["test_loss"] != summary.before_training["test_loss"]
 
 
 def test_without_a_test_split_validation_is_scored_before_and_after(tmp_path: Path, tiny_bert: Path) -> None:
@@ -84,10 +85,10 @@ def test_without_a_test_split_validation_is_scored_before_and_after(tmp_path: Pa
     recipe = make_recipe(tmp_path, tiny_bert, "classify", method={"name": "full"}, train={"epochs": 4})
     result = CliRunner().invoke(app, ["train", str(recipe)])
     assert result.exit_code == 0, result.output
-    summary = json.loads(next((tmp_path / "runs").glob("*/summary.json")).read_text())
-    assert summary["baseline_split"] == "validation"
-    assert set(summary["baseline"]) == {"val_loss", "val_accuracy"}
-    before, after = summary["baseline"]["val_loss"], summary["metrics"]["val_loss"]
+    summary = read_summary(next((tmp_path / "runs").glob("*/summary.json")).parent)
+    assert summary.before_training_split == "validation"
+    assert set(summary.before_training) == {"val_loss", "val_accuracy"}
+    before, after = summary.before_training["val_loss"], summary.metrics["val_loss"]
     assert before != after
     assert f"val_loss: {before:.4f} before training -> {after:.4f} after" in result.output
 
@@ -135,16 +136,16 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(
     with pytest.raises(SimulatedCrash):
         run(recipe)
     (run_dir,) = [p for p in (tmp_path / "b" / "runs").iterdir() if p.is_dir() and not p.name.startswith(".")]
-    crashed = json.loads((run_dir / "summary.json").read_text())
-    assert crashed["status"] == "failed" and crashed["error"] == "power cut"
+    crashed = read_summary(run_dir)
+    assert crashed.status == "failed" and crashed.error == "power cut"
     assert not (run_dir / "final").exists()
     assert [p.name for p in checkpoint.list_checkpoints(run_dir / "checkpoints")] == ["step-00000003"]
 
     monkeypatch.setattr(checkpoint, "save_checkpoint", real_save)
     resumed = run(recipe, resume=run_dir)
 
-    assert resumed.summary["status"] == "completed" and resumed.summary["steps"] == 6
-    assert resumed.summary["tokens"] == straight.summary["tokens"]
+    assert resumed.summary.status == "completed" and resumed.summary.steps == 6
+    assert resumed.summary.tokens == straight.summary.tokens
     expected = load_file(straight.run_dir / "final" / weights_file)
     got = load_file(run_dir / "final" / weights_file)
     assert expected.keys() == got.keys()
@@ -153,8 +154,8 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(
     # metrics.jsonl holds each step once: the crashed run's lines after its checkpoint were dropped.
     steps = [line["step"] for line in metrics_lines(run_dir) if "loss" in line]
     assert steps == [1, 2, 3, 4, 5, 6]
-    assert resumed.summary["metrics"]["val_loss"] == pytest.approx(
-        straight.summary["metrics"]["val_loss"], abs=1e-6
+    assert resumed.summary.metrics["val_loss"] == pytest.approx(
+        straight.summary.metrics["val_loss"], abs=1e-6
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import multiprocessing
@@ -27,6 +28,7 @@ from tunelab.runs.registry import (
     record_run,
     registry_path,
 )
+from tunelab.runs.summary import RunSummary
 
 RECIPE: dict[str, Any] = {
     "name": "sentiment",
@@ -50,27 +52,30 @@ def recipe_yaml(**overrides: Any) -> str:
     return yaml.safe_dump(recipe, sort_keys=False)
 
 
-def summary(run_id: str, started_at: str = "2026-11-22T10:18:57+0000", **fields: Any) -> dict[str, Any]:
-    """What runner._initial_summary writes, plus any end-of-run fields."""
-    return {
-        "name": "sentiment",
-        "task": "classify",
-        "method": "lora",
-        "model": "tiny-llama",
-        "run_dir": f"runs/{run_id}",
-        "status": "running",
-        "started_at": started_at,
-        "steps": 0,
-        "tokens": 0,
-        "wall_s": 0.0,
-        "peak_mem_mb": 0.0,
-        "trainable_params": 1000,
-        "total_params": 50000,
-        "examples": {"train": 10, "val": 2},
-        "baseline": {"val_accuracy": 0.5},
-        "metrics": {},
-        **fields,
-    }
+def summary(run_id: str, started_at: str = "2026-11-22T10:18:57+0000", **fields: Any) -> RunSummary:
+    """What a run's summary.json holds at the start, plus any end-of-run fields (in summary.json's
+    older names, which RunSummary reads)."""
+    return RunSummary.from_json(
+        {
+            "name": "sentiment",
+            "task": "classify",
+            "method": "lora",
+            "model": "tiny-llama",
+            "run_dir": f"runs/{run_id}",
+            "status": "running",
+            "started_at": started_at,
+            "steps": 0,
+            "tokens": 0,
+            "wall_s": 0.0,
+            "peak_mem_mb": 0.0,
+            "trainable_params": 1000,
+            "total_params": 50000,
+            "examples": {"train": 10, "val": 2},
+            "baseline": {"val_accuracy": 0.5},
+            "metrics": {},
+            **fields,
+        }
+    )
 
 
 def record(
@@ -269,7 +274,7 @@ def _write_runs(out: str, writer: int, barrier: Any) -> None:
             run_id=run_id,
             recipe_yaml=recipe_yaml(),
             data_hash="d",
-            summary={**start, "status": "completed"},
+            summary=dataclasses.replace(start, status="completed"),
         )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -15,6 +15,7 @@ from tunelab.cli.common import (
     friendly_errors,
     out,
 )
+from tunelab.runs.summary import RunSummary
 
 
 @app.command()
@@ -128,9 +129,8 @@ def plan(
 PLAN_DOES_NOT_FIT = 3  # 1 is a bad input; 3 says the recipe was planned and does not fit
 
 
-def _print_result(summary: dict[str, Any]) -> None:
-    baseline, metrics = summary.get("baseline", {}), summary.get("metrics", {})
-    others = summary.get("baselines", {})
+def _print_result(summary: RunSummary) -> None:
+    baseline, metrics, others = summary.before_training, summary.metrics, summary.baselines
     for key, after in metrics.items():
         if key in baseline:
             out.print(f"{key}: {baseline[key]:.4f} before training -> {after:.4f} after")
@@ -144,10 +144,8 @@ def _print_result(summary: dict[str, Any]) -> None:
                 )
                 if scores.get("note"):
                     out.print(f"    note: {scores['note']}")
-    stopped = " (stopped early)" if summary.get("stopped_early") else ""
-    out.print(
-        f"steps: {summary['steps']}{stopped}, tokens: {summary['tokens']:,}, time: {summary['wall_s']:.1f}s"
-    )
-    out.print(f"run folder: {summary['run_dir']}")
-    if summary.get("report"):
-        out.print(f"report: {summary['report']}")
+    stopped = " (stopped early)" if summary.stopped_early else ""
+    out.print(f"steps: {summary.steps}{stopped}, tokens: {summary.tokens:,}, time: {summary.wall_s:.1f}s")
+    out.print(f"run folder: {summary.run_dir}")
+    if summary.report:
+        out.print(f"report: {summary.report}")

@@ -19,6 +19,7 @@ from tunelab.evaluation.forgetting import forgetting_entry
 from tunelab.evaluation.forgetting import score as score_reference
 from tunelab.evaluation.metrics import classification_scores, predicted_labels
 from tunelab.models.methods import is_adapter
+from tunelab.runs.summary import RunSummary
 from tunelab.training.loop import eval_batches
 
 
@@ -97,7 +98,7 @@ def forgetting_check(
     model: Any,
     tokenizer: Any,
     reference: Any,
-    summary: dict[str, Any],
+    summary: RunSummary,
     accelerator: Accelerator,
 ) -> dict[str, Any]:
     """Score the reference after training; for adapters "before" is the same model with the adapter off."""
@@ -107,7 +108,8 @@ def forgetting_check(
         with unwrapped.disable_adapter():  # the base model, without a second copy in memory
             before = score_reference(unwrapped, tokenizer, reference)
     else:
-        before = summary["forgetting_before"]
+        assert summary.forgetting_before is not None, "scored before the first step (runner)"
+        before = summary.forgetting_before
     return forgetting_entry(reference, before, after, recipe.eval.forgetting_tolerance)
 
 
@@ -126,7 +128,7 @@ def classification_eval(
     recipe: Recipe,
     model: Any,
     data: PreparedData,
-    summary: dict[str, Any],
+    summary: RunSummary,
     metrics: dict[str, Any],
     pad_id: int,
     accelerator: Accelerator,
@@ -141,9 +143,9 @@ def classification_eval(
     batches = eval_batches(data.splits[split], recipe.train.batch_size, pad_id, accelerator)
     y_true, y_pred = predicted_labels(model, batches, accelerator)
     scores = classification_scores(y_true, y_pred, names)
-    baselines = {name: dict(s) for name, s in summary.get("baselines", {}).items()}
-    if summary.get("baseline"):
-        baselines["untrained_head"] = dict(summary["baseline"])
+    baselines = {name: dict(s) for name, s in summary.baselines.items()}
+    if summary.before_training:
+        baselines["untrained_head"] = dict(summary.before_training)
     return {
         "split": split,
         "split_prefix": prefix,

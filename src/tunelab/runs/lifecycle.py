@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from tunelab.runs.registry import record_run
 from tunelab.runs.report import write_report
 from tunelab.runs.rundir import read_summary, write_summary
+from tunelab.runs.summary import RunSummary
 
 if TYPE_CHECKING:
     from tunelab.config import Recipe
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 
 
 class RunFolder:
-    def __init__(self, recipe: Recipe, run_dir: Path, summary: dict[str, Any], *, main: bool, started: float):
+    def __init__(self, recipe: Recipe, run_dir: Path, summary: RunSummary, *, main: bool, started: float):
         self.recipe, self.run_dir, self.summary = recipe, run_dir, summary
         self.main, self.started = main, started
 
@@ -40,19 +41,20 @@ class RunFolder:
     def record_progress(self, steps: int, tokens: int, checkpoint: str | None = None) -> None:
         """The live counts; with a checkpoint, written at once, so a run killed after it (kill -9, a lost
         machine) still shows its steps, tokens and time so far, and where it can resume from."""
-        self.summary.update(steps=steps, tokens=tokens)
+        self.summary.steps, self.summary.tokens = steps, tokens
         if checkpoint is not None:
-            self.summary.update(wall_s=self.wall(), last_checkpoint=checkpoint)
+            self.summary.wall_s, self.summary.last_checkpoint = self.wall(), checkpoint
             self.save()
 
     def fail(self, exc: BaseException) -> None:
         """Ctrl-C is not a failure: the run can be resumed from its last checkpoint. `steps` is the
         live count record_progress kept."""
-        self.summary.update(
-            status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
-            error=describe_failure(exc),
-            wall_s=self.wall(),
-            peak_mem_mb=peak_memory_mb(),
+        summary = self.summary
+        summary.status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        summary.error, summary.wall_s, summary.peak_mem_mb = (
+            describe_failure(exc),
+            self.wall(),
+            peak_memory_mb(),
         )
         if self.main:
             self.save()
@@ -60,20 +62,23 @@ class RunFolder:
             with contextlib.suppress(Exception):  # the original error is being raised; it matters more
                 write_report(self.run_dir)
 
-    def complete(self, **results: Any) -> None:
-        self.summary.update(
-            status="completed", wall_s=self.wall(), peak_mem_mb=peak_memory_mb(), finished_at=now(), **results
-        )
-        self.summary.pop("error", None)
+    def complete(
+        self, *, steps: int, total_steps: int, tokens: int, stopped_early: bool, metrics: dict[str, Any]
+    ) -> None:
+        summary = self.summary
+        summary.status, summary.finished_at, summary.error = "completed", now(), None
+        summary.steps, summary.total_steps, summary.tokens = steps, total_steps, tokens
+        summary.stopped_early, summary.metrics = stopped_early, metrics
+        summary.wall_s, summary.peak_mem_mb = self.wall(), peak_memory_mb()
         if self.main:
             self.save()
             self._register()
-            self.summary["report"] = str(write_report(self.run_dir))
+            summary.report = str(write_report(self.run_dir))
             self.save()
 
     def wall(self) -> float:
         """The whole run's wall time: every earlier segment (resumed runs) plus this one so far."""
-        return round(float(self.summary.get("earlier_segments_s", 0.0)) + time.time() - self.started, 2)
+        return round(self.summary.earlier_segments_s + time.time() - self.started, 2)
 
     def _register(self, data_hash: str | None = None) -> None:
         if not self.main:
@@ -90,37 +95,34 @@ class RunFolder:
 
 def initial_summary(
     recipe: Recipe, run_dir: Path, source: str, data: PreparedData, params: tuple[int, int], resumed: bool
-) -> dict[str, Any]:
+) -> RunSummary:
     """summary.json at the start of a segment; a resumed run carries its earlier segments' records."""
-    previous = read_summary(run_dir) if resumed else {}
+    previous = read_summary(run_dir) if resumed else RunSummary()
     trainable, total = params
-    kept = ("baseline_split", "forgetting_before")
-    return {
-        "name": recipe.name,
-        "task": recipe.task,
-        "method": recipe.method.name,
-        "model": source,
-        "run_dir": str(run_dir),
-        "status": "running",
-        "started_at": previous.get("started_at", now()),
-        "steps": previous.get("steps", 0),
-        "tokens": previous.get("tokens", 0),
-        "wall_s": previous.get("wall_s", 0.0),
-        # Time of the segments before this one (0 for a fresh run): wall_s adds this segment's to it.
-        "earlier_segments_s": previous.get("wall_s", 0.0),
-        "segments": previous.get("segments", 0) + 1,
-        "pid": os.getpid(),  # `runs list` tells a live run from one whose process is gone
-        "host": socket.gethostname(),
-        "peak_mem_mb": previous.get("peak_mem_mb", 0.0),
-        "trainable_params": trainable,
-        "total_params": total,
-        "examples": {split: len(examples) for split, examples in data.splits.items()},
-        "notes": data.notes,
-        "baseline": previous.get("baseline", {}),
-        "baselines": previous.get("baselines", {}),
-        **{key: previous[key] for key in kept if key in previous},
-        "metrics": {},
-    }
+    return RunSummary(
+        name=recipe.name,
+        task=recipe.task,
+        method=recipe.method.name,
+        model=source,
+        run_dir=str(run_dir),
+        started_at=previous.started_at or now(),
+        steps=previous.steps,
+        tokens=previous.tokens,
+        wall_s=previous.wall_s,
+        earlier_segments_s=previous.wall_s,  # wall_s adds this segment's time to it
+        segments=previous.segments + 1 if resumed else 1,
+        pid=os.getpid(),
+        host=socket.gethostname(),
+        peak_mem_mb=previous.peak_mem_mb,
+        trainable_params=trainable,
+        total_params=total,
+        examples={split: len(examples) for split, examples in data.splits.items()},
+        notes=data.notes,
+        before_training=previous.before_training,
+        before_training_split=previous.before_training_split,
+        baselines=previous.baselines,
+        forgetting_before=previous.forgetting_before,
+    )
 
 
 def peak_memory_mb() -> float:

@@ -29,6 +29,8 @@ from typing import Any
 import yaml
 
 from tunelab.errors import TunelabError
+from tunelab.runs.rundir import read_summary
+from tunelab.runs.summary import RunSummary
 
 REGISTRY = "registry.sqlite"
 SCHEMA_VERSION = 1
@@ -147,9 +149,9 @@ def record_run(
     run_id: str,
     recipe_yaml: str,
     data_hash: str | None,
-    summary: dict[str, Any],
+    summary: RunSummary,
 ) -> None:
-    """Insert or update the run's row from a summary.json-shaped dict (at start, then at the end)."""
+    """Insert or update the run's row from the run's summary (at start, then at the end)."""
     if not run_id:
         raise TunelabError("a run needs a non-empty run_id to be recorded")
     values = _row_values(run_id, recipe_yaml, data_hash, summary, git_commit())
@@ -160,38 +162,39 @@ def record_run(
 
 
 def _row_values(
-    run_id: str, recipe_yaml: str, data_hash: str | None, summary: dict[str, Any], commit: str | None
+    run_id: str, recipe_yaml: str, data_hash: str | None, summary: RunSummary, commit: str | None
 ) -> tuple[Any, ...]:
     row = {
         "run_id": run_id,
-        "name": summary.get("name"),
-        "task": summary.get("task"),
-        "method": summary.get("method"),
-        "base_model": summary.get("model"),
-        "run_dir": summary.get("run_dir"),
+        "name": summary.name,
+        "task": summary.task,
+        "method": summary.method,
+        "base_model": summary.model,
+        "run_dir": summary.run_dir,
         "recipe_hash": recipe_hash(recipe_yaml),
         "data_hash": data_hash,
         "git_commit": commit,
-        "status": summary.get("status"),
-        "started_at": summary.get("started_at"),
-        "started_unix": _timestamp(summary.get("started_at")),
-        "finished_at": summary.get("finished_at"),
-        "wall_s": summary.get("wall_s"),
-        "steps": summary.get("steps"),
-        "tokens": summary.get("tokens"),
-        "peak_mem_mb": summary.get("peak_mem_mb"),
-        "trainable_params": summary.get("trainable_params"),
-        "total_params": summary.get("total_params"),
-        "metrics_json": json.dumps(summary.get("metrics") or {}),
-        "baseline_json": json.dumps(summary.get("baseline") or {}),
-        "error": summary.get("error"),
+        "status": summary.status,
+        "started_at": summary.started_at,
+        "started_unix": _timestamp(summary.started_at),
+        "finished_at": summary.finished_at,
+        "wall_s": summary.wall_s,
+        "steps": summary.steps,
+        "tokens": summary.tokens,
+        "peak_mem_mb": summary.peak_mem_mb,
+        "trainable_params": summary.trainable_params,
+        "total_params": summary.total_params,
+        "metrics_json": json.dumps(summary.metrics or {}),
+        # The column keeps its first name; it holds the untrained model's scores (before_training).
+        "baseline_json": json.dumps(summary.before_training or {}),
+        "error": summary.error,
         "recipe_yaml": recipe_yaml,
     }
     return tuple(row[column] for column in _COLUMNS)
 
 
 def _timestamp(started_at: Any) -> float | None:
-    # started_at carries the local UTC offset (runner._now); sorting the text would misorder runs
+    # started_at carries the local UTC offset (lifecycle.now); sorting the text would misorder runs
     # across a daylight-saving change or between machines, so we also keep seconds since the epoch.
     if not isinstance(started_at, str):
         return None
@@ -223,20 +226,19 @@ def _with_live_status(run: dict[str, Any]) -> dict[str, Any]:
     interrupted, with the steps and checkpoint its summary.json last recorded."""
     if run.get("status") != "running" or not run.get("run_dir"):
         return run
-    summary_path = Path(run["run_dir"]) / "summary.json"
     try:
-        summary = json.loads(summary_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        summary = read_summary(Path(run["run_dir"]))
+    except (OSError, ValueError, TunelabError):
         return run
-    pid, host = summary.get("pid"), summary.get("host")
+    pid, host = summary.pid, summary.host
     if not isinstance(pid, int) or host != socket.gethostname() or _alive(pid):
         return run  # alive, or on another machine: this one cannot tell
-    checkpoint = summary.get("last_checkpoint")
+    checkpoint = summary.last_checkpoint
     return {
         **run,
         "status": "interrupted",
-        "steps": summary.get("steps", run.get("steps")),
-        "wall_s": summary.get("wall_s", run.get("wall_s")),
+        "steps": summary.steps,
+        "wall_s": summary.wall_s,
         "error": f"process {pid} is gone; resume from {checkpoint}"
         if checkpoint
         else f"process {pid} is gone",

@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 
 from tunelab.errors import TunelabError
 from tunelab.runs.rundir import read_summary, write_text_atomic
+from tunelab.runs.summary import RunSummary
 
 REPORT = "report.html"
 SECTIONS = ("summary", "loss", "lr", "baselines", "confusion", "forgetting", "data", "cost")
@@ -41,10 +42,10 @@ def write_report(run_dir: str | Path) -> Path:
         "baselines": _baselines_section(summary, evaluation),
         "confusion": _confusion_section(evaluation),
         "forgetting": _forgetting_section(evaluation),
-        "data": _data_section(data, summary.get("examples")) if data else None,
+        "data": _data_section(data, summary.examples) if data else None,
         "cost": _cost_section(summary, metrics),
     }
-    html = _TEMPLATE.render(title=str(summary.get("name") or run_dir.name), sections=SECTIONS, **page)
+    html = _TEMPLATE.render(title=summary.name or run_dir.name, sections=SECTIONS, **page)
     path = run_dir / REPORT
     write_text_atomic(path, html)
     return path
@@ -121,33 +122,37 @@ def _better(metric: str, change: float) -> str:
 # sections: each returns a small dict or list for the template, or None when there is no data
 
 
-def _summary_section(summary: dict[str, Any]) -> dict[str, Any]:
-    fields = [("name", "name"), ("task", "task"), ("method", "method"), ("base model", "model")]
-    rows: Rows = [(label, _fmt(summary.get(key))) for label, key in [*fields, ("run folder", "run_dir")]]
-    steps = _fmt(summary.get("steps"))
-    if summary.get("total_steps"):
-        steps += f" of {_fmt(summary['total_steps'])}"
+def _summary_section(summary: RunSummary) -> dict[str, Any]:
+    rows: Rows = [
+        ("name", _fmt(summary.name or None)),
+        ("task", _fmt(summary.task or None)),
+        ("method", _fmt(summary.method or None)),
+        ("base model", _fmt(summary.model or None)),
+        ("run folder", _fmt(summary.run_dir or None)),
+    ]
+    steps = _fmt(summary.steps)
+    if summary.total_steps:
+        steps += f" of {_fmt(summary.total_steps)}"
     rows += [
         ("steps", steps),
-        ("stopped early", _fmt(summary.get("stopped_early"))),
-        ("started", _fmt(summary.get("started_at"))),
-        ("finished", _fmt(summary.get("finished_at"))),
-        ("examples after tokenisation", _fmt(summary.get("examples") or None)),
+        ("stopped early", _fmt(summary.stopped_early)),
+        ("started", _fmt(summary.started_at or None)),
+        ("finished", _fmt(summary.finished_at)),
+        ("examples after tokenisation", _fmt(summary.examples or None)),
     ]
-    status = str(summary.get("status", "unknown"))
-    return {"rows": rows, "status": status, "error": summary.get("error"), "notes": summary.get("notes", [])}
+    return {"rows": rows, "status": summary.status, "error": summary.error, "notes": summary.notes}
 
 
-def _baselines_section(summary: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any] | None:
+def _baselines_section(summary: RunSummary, evaluation: dict[str, Any]) -> dict[str, Any] | None:
     """Fine-tuned score beside each baseline: eval.json's baselines, else summary's before/after test."""
     if evaluation.get("baselines") and evaluation.get("fine_tuned"):
         baselines = {name.replace("_", "-"): dict(s) for name, s in evaluation["baselines"].items()}
         tuned = dict(evaluation["fine_tuned"])
     else:
-        baselines = {"before training": dict(summary.get("baseline") or {})}
-        for name, scores in (summary.get("baselines") or {}).items():  # zero-/few-shot of the base model
+        baselines = {"before training": dict(summary.before_training)}
+        for name, scores in summary.baselines.items():  # zero-/few-shot of the base model
             baselines[name.replace("_", "-")] = dict(scores)
-        tuned = dict(summary.get("metrics") or {})
+        tuned = dict(summary.metrics)
     rows = [
         (metric, name, f"{before:.3f}", f"{tuned[metric]:.3f}", f"{tuned[metric] - before:+.3f}")
         for name, scores in baselines.items()
@@ -212,9 +217,9 @@ def _data_section(report: dict[str, Any], trained: dict[str, Any] | None = None)
     }
 
 
-def _cost_section(summary: dict[str, Any], metrics: list[dict[str, Any]]) -> Rows | None:
-    wall, tokens, mem = summary.get("wall_s"), summary.get("tokens"), summary.get("peak_mem_mb")
-    trainable, total = summary.get("trainable_params"), summary.get("total_params")
+def _cost_section(summary: RunSummary, metrics: list[dict[str, Any]]) -> Rows | None:
+    wall, tokens, mem = summary.wall_s, summary.tokens, summary.peak_mem_mb
+    trainable, total = summary.trainable_params, summary.total_params
     rows: Rows = []
     if wall:
         rows.append(("wall time", _duration(wall)))

@@ -15,6 +15,7 @@ from typing import Any
 
 from tunelab.config import Recipe, recipe_to_yaml
 from tunelab.errors import TunelabError
+from tunelab.runs.summary import RunSummary
 
 SUMMARY = "summary.json"
 
@@ -43,15 +44,15 @@ def write_text_atomic(path: Path, text: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
-    write_text_atomic(run_dir / SUMMARY, json.dumps(summary, indent=2, sort_keys=False) + "\n")
+def write_summary(run_dir: Path, summary: RunSummary) -> None:
+    write_text_atomic(run_dir / SUMMARY, json.dumps(summary.to_json(), indent=2, sort_keys=False) + "\n")
 
 
-def read_summary(run_dir: Path) -> dict[str, Any]:
+def read_summary(run_dir: Path) -> RunSummary:
     path = run_dir / SUMMARY
     if not path.is_file():
         raise TunelabError(f"{run_dir} is not a tunelab run folder (no {SUMMARY})")
-    return dict(json.loads(path.read_text(encoding="utf-8")))
+    return RunSummary.from_json(json.loads(path.read_text(encoding="utf-8")))
 
 
 class MetricsLog:

@@ -23,7 +23,7 @@ def checkpoint_to_resume(run_dir: Path, recipe: Recipe, console: Console) -> Pat
     """The run's newest complete checkpoint; the recipe may differ from the run's only in
     SAFE_ON_RESUME, and such a change is recorded in recipe.yaml."""
     previous = read_summary(run_dir)
-    if previous.get("status") == "completed":
+    if previous.status == "completed":
         raise TunelabError(f"{run_dir} already completed", fix="start a new run without --resume")
     latest = checkpoint.list_checkpoints(run_dir / "checkpoints")
     if not latest:
