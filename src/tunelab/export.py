@@ -24,7 +24,7 @@ import yaml
 from transformers import GenerationConfig
 
 from tunelab.errors import TunelabError
-from tunelab.inference import stop_token_ids
+from tunelab.generation import stop_token_ids
 from tunelab.models.restore import (
     GENERATIVE_TASKS,
     INFO,

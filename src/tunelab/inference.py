@@ -25,54 +25,15 @@ from tunelab.data.formats import Columns
 from tunelab.data.readers import Row, read_file
 from tunelab.data.records import ROLES
 from tunelab.errors import DataError, TunelabError
-from tunelab.evaluation.generate import generate
 from tunelab.evaluation.settings import DataSettings
+from tunelab.generation import encode_chat, generate_batch
 from tunelab.models.restore import Trained
 from tunelab.runs.rundir import write_text_atomic
 
 MAX_LISTED = 20
 RESET, EXIT = "/reset", "/exit"  # chat commands
-_PROBE = "tunelab probe answer"  # an assistant turn whose end marker `end_of_turn_ids` looks for
 
 Messages = list[dict[str, str]]
-
-
-# ---------------------------------------------------------------------------------------------
-# Stop tokens
-
-
-def end_of_turn_ids(tokenizer: Any) -> list[int]:
-    """The token the chat template writes right after an assistant answer (`<|im_end|>` for chatml,
-    `<|eot_id|>` for llama3, EOS for alpaca), when it is a single special or added token; else [].
-
-    Found by rendering a probe conversation rather than from a table of known markers, so a model's
-    own template works too. A model that ends answers with it never emits EOS, so generation must
-    stop at it as well.
-    """
-    if not getattr(tokenizer, "chat_template", None):
-        return []
-    probe = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": _PROBE}]
-    try:
-        rendered = str(tokenizer.apply_chat_template(probe, tokenize=False))
-    except Exception:  # a template with stricter rules (say, a required system turn): no marker known
-        return []
-    at = rendered.rfind(_PROBE)
-    after = rendered[at + len(_PROBE) :].lstrip() if at >= 0 else ""
-    if not after:
-        return []
-    first = tokenizer(after, add_special_tokens=False)["input_ids"][:1]
-    atomic = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}))
-    return [int(first[0])] if first and first[0] in atomic else []
-
-
-def stop_token_ids(tokenizer: Any, generation_config: Any = None) -> list[int]:
-    """EOS of the tokenizer, every EOS of the generation config (Llama 3 lists several), and the
-    template's end-of-turn token: the tokens that end an answer."""
-    configured = getattr(generation_config, "eos_token_id", None)
-    if isinstance(configured, int):
-        configured = [configured]
-    candidates = [tokenizer.eos_token_id, *(configured or []), *end_of_turn_ids(tokenizer)]
-    return list(dict.fromkeys(int(t) for t in candidates if t is not None))
 
 
 def to_best_device(trained: Trained) -> Trained:
@@ -119,14 +80,10 @@ def _conversation(system: str | None, turns: Messages) -> Messages:
 
 
 def _encode(trained: Trained, messages: Messages) -> list[int]:
-    text = render_prompt(trained, messages)
-    # The template already wrote any BOS it wants; the tokenizer adding one would double it (and
-    # training encoded the rendered text the same way).
-    ids: list[int] = trained.tokenizer(text, add_special_tokens=False)["input_ids"]
-    return ids
+    render_prompt(trained, messages)  # without a chat template: a clear error
+    return encode_chat(trained.tokenizer, messages)
 
 
-@torch.no_grad()
 def _generate(
     trained: Trained,
     ids: list[int],
@@ -139,27 +96,17 @@ def _generate(
         raise TunelabError(
             f"max_new_tokens must be >= 1 and temperature >= 0 (got {max_new_tokens}, {temperature})"
         )
-    model, tokenizer = trained.model, trained.tokenizer
-    stops = stop_token_ids(tokenizer, getattr(model, "generation_config", None))
-    device = next(model.parameters()).device
-    input_ids = torch.tensor([ids], dtype=torch.long, device=device)
-    sampling: dict[str, Any] = {"do_sample": False}
-    if temperature > 0:
-        sampling = {"do_sample": True, "temperature": temperature}
-    with trained.precision.autocast(device.type):
-        output = model.generate(
-            input_ids=input_ids,
-            attention_mask=torch.ones_like(input_ids),
+    model = trained.model
+    with trained.precision.autocast(next(model.parameters()).device.type):
+        (answer,) = generate_batch(
+            model,
+            trained.tokenizer,
+            [ids],
             max_new_tokens=max_new_tokens,
-            eos_token_id=stops,
-            pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0],
+            temperature=temperature,
             streamer=streamer,
-            **sampling,
         )
-    new_tokens = output[0, input_ids.shape[1] :].tolist()
-    stop_set = set(stops)
-    end = next((k for k, token in enumerate(new_tokens) if token in stop_set), len(new_tokens))
-    return str(tokenizer.decode(new_tokens[:end], skip_special_tokens=True)).strip()
+    return answer
 
 
 def _require_generative(trained: Trained) -> None:
@@ -390,16 +337,10 @@ def _with_id(item: dict[str, Any], row: Row) -> dict[str, Any]:
 def _predict_answers(
     trained: Trained, inputs: list[dict[str, Any]], batch_size: int, max_new_tokens: int
 ) -> list[dict[str, Any]]:
-    prompts = [item["messages"] for item in inputs]
-    render_prompt(trained, prompts[0])  # without a chat template: a clear error, before any work
+    prompts = [_encode(trained, item["messages"]) for item in inputs]
     with trained.precision.autocast(next(trained.model.parameters()).device.type):
-        answers = generate(
-            trained.model,
-            trained.tokenizer,
-            prompts,
-            max_new_tokens=max_new_tokens,
-            batch_size=batch_size,
-            stop_token_ids=end_of_turn_ids(trained.tokenizer),
+        answers = generate_batch(
+            trained.model, trained.tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size
         )
     return [{"answer": answer} for answer in answers]
 

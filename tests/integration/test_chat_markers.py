@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 from tests.conftest import CORPUS, make_recipe, only_run_dir, write_jsonl
 from tunelab.cli import app
 from tunelab.export import export_run
-from tunelab.inference import end_of_turn_ids, generate_text, stop_token_ids
+from tunelab.generation import end_of_turn_ids, stop_token_ids
+from tunelab.inference import generate_text
 from tunelab.models.restore import load_trained
 
 runner = CliRunner()

@@ -25,7 +25,8 @@ from tunelab.data.templates import ALPACA, CHATML, LLAMA3
 from tunelab.data.tokenize import LengthPolicy, tokenize_chats
 from tunelab.errors import DataError, TunelabError
 from tunelab.export import export_run
-from tunelab.inference import chat_loop, end_of_turn_ids, generate_text, predict_file
+from tunelab.generation import end_of_turn_ids
+from tunelab.inference import chat_loop, generate_text, predict_file
 from tunelab.models.restore import Trained, load_trained
 from tunelab.runner import train
 

@@ -12,7 +12,6 @@ import torch
 from rouge_score import rouge_scorer
 
 from tunelab.data.templates import CHATML
-from tunelab.evaluation.generate import generate
 from tunelab.evaluation.metrics import (
     MAX_LOG_PERPLEXITY,
     bleu,
@@ -23,6 +22,7 @@ from tunelab.evaluation.metrics import (
     perplexity,
     rouge,
 )
+from tunelab.generation import encode_chat, generate_batch, stop_token_ids
 
 # ---------------------------------------------------------------------------------------------
 # perplexity
@@ -274,8 +274,9 @@ def test_batched_generation_equals_one_prompt_at_a_time(llama: tuple) -> None:
     tokenizer.padding_side = "right"
     model.train()
 
-    batched = generate(model, tokenizer, PROMPTS, max_new_tokens=8, batch_size=2)
-    alone = [generate(model, tokenizer, [p], max_new_tokens=8)[0] for p in PROMPTS]
+    prompts = [encode_chat(tokenizer, p) for p in PROMPTS]
+    batched = generate_batch(model, tokenizer, prompts, max_new_tokens=8, batch_size=2)
+    alone = [generate_batch(model, tokenizer, [p], max_new_tokens=8)[0] for p in prompts]
 
     assert batched == alone
     assert len(set(batched)) == 3  # distinct answers: a mix-up of the output order would show
@@ -289,12 +290,15 @@ def test_generation_stops_at_a_stop_token_and_decodes_only_new_tokens(llama: tup
     ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
     out = model.generate(ids, do_sample=False, max_new_tokens=8, pad_token_id=tokenizer.pad_token_id)
     new_tokens = out[0, ids.shape[1] :].tolist()
-    assert tokenizer.eos_token_id not in new_tokens  # so the 8 tokens below are the whole answer
+    stops = stop_token_ids(tokenizer, model.generation_config)  # EOS and chatml's <|im_end|>
+    assert not set(stops) & set(new_tokens)  # so the 8 tokens below are the whole answer
 
-    answer = generate(model, tokenizer, PROMPTS[:1], max_new_tokens=8)
+    prompt = [encode_chat(tokenizer, PROMPTS[0])]
+    assert prompt[0] == ids[0].tolist()  # encoded as training encodes: no extra BOS
+    answer = generate_batch(model, tokenizer, prompt, max_new_tokens=8)
     assert answer == [tokenizer.decode(new_tokens, skip_special_tokens=True).strip()]
     # A stop token first generated at position k keeps exactly the k tokens before it.
     k = next(k for k in range(1, len(new_tokens)) if new_tokens[k] not in new_tokens[:k])
-    stopped = generate(model, tokenizer, PROMPTS[:1], max_new_tokens=8, stop_token_ids=[new_tokens[k]])
+    stopped = generate_batch(model, tokenizer, prompt, max_new_tokens=8, extra_stops=[new_tokens[k]])
     assert stopped == [tokenizer.decode(new_tokens[:k], skip_special_tokens=True).strip()]
-    assert generate(model, tokenizer, PROMPTS[:1], max_new_tokens=8, stop_token_ids=[new_tokens[0]]) == [""]
+    assert generate_batch(model, tokenizer, prompt, max_new_tokens=8, extra_stops=[new_tokens[0]]) == [""]

@@ -18,9 +18,8 @@ from tunelab.data.templates import ensure_chat_template
 from tunelab.data.tokenize import LengthPolicy, tokenize_chats, tokenize_labeled
 from tunelab.errors import DataError, TunelabError
 from tunelab.evaluation import metrics as m
-from tunelab.evaluation.generate import generate
 from tunelab.evaluation.settings import DataSettings
-from tunelab.inference import end_of_turn_ids
+from tunelab.generation import encode_chat, generate_batch
 from tunelab.models.load import load_model
 from tunelab.models.restore import find_final, load_trained
 from tunelab.training.loop import eval_batches
@@ -157,8 +156,9 @@ def _generative(
         references.append(chat.messages[last].content)  # type: ignore[arg-type]
     if given is not None:
         references = given
-    stops = end_of_turn_ids(tokenizer)
-    answers = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, stop_token_ids=stops)
+    answers = generate_batch(
+        model, tokenizer, [encode_chat(tokenizer, p) for p in prompts], max_new_tokens=max_new_tokens
+    )
     scores: dict[str, float] = {}
     if "bleu" in metrics:
         scores["eval_bleu"] = m.bleu(answers, references)

@@ -1,0 +1,143 @@
+"""The one generation core: encode a chat prompt as training rendered it, generate a batch (greedy or
+sampled, optionally streamed), and decode each answer up to its stop. `tunelab eval`'s generative
+metrics, `generate`, `chat`, `predict`, export's generation config and the server all use it, so
+they stop on the same tokens and cut answers the same way.
+
+Decoder-only models continue the last position of each row, so prompts are padded on the LEFT: with
+right padding a short prompt would be continued after its pad tokens. Prompts are batched in order
+of length (less padding) and the answers put back in input order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+# Rendered after a probe answer to find the template's end-of-turn token (see end_of_turn_ids).
+_PROBE = "tunelab probe answer"
+
+
+def encode_chat(tokenizer: Any, messages: Sequence[dict[str, str]]) -> list[int]:
+    """The conversation and the assistant's generation prompt, as token ids, rendered as in training."""
+    text = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+    # The template already wrote any BOS it wants; letting the tokenizer add one would double it (and
+    # training encoded the rendered text the same way).
+    ids: list[int] = tokenizer(str(text), add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise ValueError(f"the chat template rendered {list(messages)!r} as no tokens")
+    return ids
+
+
+def end_of_turn_ids(tokenizer: Any) -> list[int]:
+    """The token the chat template writes right after an assistant answer (`<|im_end|>` for chatml,
+    `<|eot_id|>` for llama3, EOS for alpaca), when it is a single special or added token; else [].
+
+    Found by rendering a probe conversation rather than from a table of known markers, so a model's
+    own template works too. A model that ends answers with it never emits EOS, so generation must
+    stop at it as well.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        return []
+    probe = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": _PROBE}]
+    try:
+        rendered = str(tokenizer.apply_chat_template(probe, tokenize=False))
+    except Exception:  # a template with stricter rules (say, a required system turn): no marker known
+        return []
+    at = rendered.rfind(_PROBE)
+    after = rendered[at + len(_PROBE) :].lstrip() if at >= 0 else ""
+    if not after:
+        return []
+    first = tokenizer(after, add_special_tokens=False)["input_ids"][:1]
+    atomic = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}))
+    return [int(first[0])] if first and first[0] in atomic else []
+
+
+def stop_token_ids(tokenizer: Any, generation_config: Any = None) -> list[int]:
+    """The tokens that end an answer: the tokenizer's EOS first (it is the pad fallback), every EOS of
+    the generation config (Llama 3 lists several), and the template's end-of-turn token."""
+    configured = getattr(generation_config, "eos_token_id", None)
+    if isinstance(configured, int):
+        configured = [configured]
+    candidates = [tokenizer.eos_token_id, *(configured or []), *end_of_turn_ids(tokenizer)]
+    stops = list(dict.fromkeys(int(t) for t in candidates if t is not None))
+    if not stops:
+        raise ValueError(
+            "neither the tokenizer nor the model defines an EOS token, so generation cannot stop"
+        )
+    return stops
+
+
+@torch.no_grad()
+def generate_batch(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[list[int]],
+    *,
+    max_new_tokens: int = 128,
+    temperature: float = 0.0,
+    batch_size: int = 8,
+    streamer: Any = None,
+    extra_stops: Sequence[int] = (),
+) -> list[str]:
+    """One answer per encoded prompt, in input order: greedy (temperature 0) or sampled, stopping at
+    `stop_token_ids` (and `extra_stops`), decoded without special tokens and stripped. A `streamer`
+    (transformers' TextStreamer) sees the tokens as they come; it needs one prompt at a time."""
+    if batch_size < 1 or max_new_tokens < 1 or temperature < 0:
+        raise ValueError(
+            f"batch_size ({batch_size}) and max_new_tokens ({max_new_tokens}) must be >= 1, and "
+            f"temperature ({temperature}) >= 0"
+        )
+    if streamer is not None and len(prompts) != 1:
+        raise ValueError("a streamer follows one answer: generate one prompt at a time")
+    stops = [*stop_token_ids(tokenizer, getattr(model, "generation_config", None)), *extra_stops]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+    device = next(model.parameters()).device
+    answers = [""] * len(prompts)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    was_training = model.training
+    model.eval()  # no dropout: answers must not depend on the mode the caller left the model in
+    try:
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            input_ids, attention_mask = _left_pad([prompts[i] for i in rows], pad_id)
+            output = model.generate(
+                input_ids=input_ids.to(device),
+                attention_mask=attention_mask.to(device),
+                streamer=streamer,
+                **_decoding(max_new_tokens, temperature, stops, pad_id),
+            )
+            for i, new_tokens in zip(rows, output[:, input_ids.shape[1] :].tolist(), strict=True):
+                answers[i] = decode_answer(tokenizer, new_tokens, stops)
+    finally:
+        model.train(was_training)
+    return answers
+
+
+def decode_answer(tokenizer: Any, new_tokens: list[int], stops: Sequence[int]) -> str:
+    # Cut at the first stop token ourselves: a stop token that is not a special token (or a pad that
+    # is an ordinary token) would otherwise survive skip_special_tokens.
+    stop_set = set(stops)
+    end = next((k for k, token in enumerate(new_tokens) if token in stop_set), len(new_tokens))
+    return str(tokenizer.decode(new_tokens[:end], skip_special_tokens=True)).strip()
+
+
+def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(row) for row in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, row in enumerate(rows):
+        input_ids[r, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+        attention_mask[r, width - len(row) :] = 1
+    return input_ids, attention_mask
+
+
+def _decoding(max_new_tokens: int, temperature: float, stops: list[int], pad_id: int) -> dict[str, Any]:
+    # Passed as keyword arguments, not as a fresh GenerationConfig: transformers then marks only these
+    # as set by us, so sampling values inherited from the model's generation_config.json (temperature,
+    # top_p) are ignored quietly when greedy instead of warning that do_sample is off.
+    sampling: dict[str, Any] = {"do_sample": False, "num_beams": 1}
+    if temperature > 0:
+        sampling = {"do_sample": True, "temperature": temperature}
+    return {**sampling, "max_new_tokens": max_new_tokens, "eos_token_id": stops, "pad_token_id": pad_id}
