@@ -46,7 +46,7 @@ def instrument(profiler: Any) -> None:
 
     loop.MicroBatches.next = marked("batch", loop.MicroBatches.next)
     loop.accumulate_gradients = marked("forward_backward", loop.accumulate_gradients)
-    loop._optimizer_step = marked("optimizer", loop._optimizer_step, step_after=True)
+    loop.optimizer_step = marked("optimizer", loop.optimizer_step, step_after=True)
 
 
 def summarise(profiler: Any, active_steps: int, top: int) -> dict[str, Any]:
