@@ -133,7 +133,7 @@ def test_start_then_end_upserts_one_row_with_the_final_fields(out: Path) -> None
     assert run["finished_at"] == "2026-11-22T10:30:00+0000"
     assert (run["steps"], run["tokens"], run["wall_s"], run["peak_mem_mb"]) == (40, 12345, 703.5, 812.0)
     assert run["metrics"] == final
-    assert run["baseline"] == {"val_accuracy": 0.5}
+    assert run["before_training"] == {"val_accuracy": 0.5}
     assert run["base_model"] == "tiny-llama"
     assert run["recipe_hash"] == hashlib.sha256(recipe_yaml().encode()).hexdigest()
     assert run["recipe_yaml"] == recipe_yaml()

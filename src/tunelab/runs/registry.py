@@ -444,9 +444,9 @@ def _schema_version(conn: sqlite3.Connection) -> int | None:
 
 
 def _decode(row: sqlite3.Row) -> dict[str, Any]:
-    """A row as plain JSON-ready data: metrics and baseline decoded, internal sort key dropped."""
+    """A row as plain JSON-ready data: metrics and before_training decoded, internal sort key dropped."""
     run = dict(row)  # sqlite3.Row is a mapping by column name
     run.pop("started_unix")
     run["metrics"] = json.loads(run.pop("metrics_json") or "{}")
-    run["baseline"] = json.loads(run.pop("baseline_json") or "{}")
+    run["before_training"] = json.loads(run.pop("baseline_json") or "{}")  # the column keeps its first name
     return run
