@@ -49,10 +49,12 @@ def test_plan_sizes_the_whole_train_process_not_only_training(tiny_llama: Path, 
     from tunelab.plan import Scoring
 
     path = make_recipe(tmp_path, tiny_llama, "sft", train={"max_seq_len": 64, "batch_size": 2})
-    result = plan(load_recipe(path), None, probe_steps=1)
+    recipe = load_recipe(path)
+    result = plan(recipe, None, probe_steps=1)
     run = result.run
     assert set(run.phases) == {"training", "evaluation", "baselines"}
-    held_out = max(row_tokens(e) for e in tokenize_records(load_recipe(path), load_records(load_recipe(path)), load_tokenizer(load_recipe(path).model)).splits["validation"])  # fmt: skip
+    data = tokenize_records(recipe, load_records(recipe), load_tokenizer(recipe.model))
+    held_out = max(row_tokens(e) for e in data.splits["validation"])
     assert run.scoring["evaluation"] == Scoring(
         2, held_out, f"2 held-out rows x {held_out} tokens (the longest)"
     )

@@ -63,7 +63,8 @@ def eval_command(
     debug: DebugOption = False,
 ) -> None:
     """Score a model on a data file; writes eval.json (into the run folder when TARGET is a run)."""
-    from tunelab.evaluation.target import GENERATIVE, DataSettings, evaluate_file, load_target
+    from tunelab.evaluation.settings import DataSettings
+    from tunelab.evaluation.target import GENERATIVE, evaluate_file, load_target
 
     wanted = tuple(name.strip() for name in metrics.split(",") if name.strip())
     unknown = [name for name in wanted if name not in GENERATIVE]

@@ -68,9 +68,7 @@ def quantisation_for(method_name: str, load_in_8bit: bool) -> Quantisation | Non
     """How a recipe's base is loaded: 4-bit NF4 under qlora, 8-bit when model.load_in_8bit, else unquantised."""
     from tunelab.methods import method_spec
 
-    if method_spec(method_name).quantised_base is not None:
-        return method_spec(method_name).quantised_base
-    return "8bit" if load_in_8bit else None
+    return method_spec(method_name).quantised_base or ("8bit" if load_in_8bit else None)
 
 
 def quantisation_options(quantisation: Quantisation | None, task: str) -> dict[str, Any]:

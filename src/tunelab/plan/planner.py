@@ -17,7 +17,7 @@ from tunelab.plan.memory import (
     estimate_memory,
     estimate_run,
 )
-from tunelab.plan.probing import Probe, probe, row_tokens
+from tunelab.plan.probing import Probe, held_out_examples, probe, row_tokens
 from tunelab.plan.shapes import method_facts
 from tunelab.plan.suggestions import Suggestion, alternatives_for, suggest
 
@@ -130,7 +130,7 @@ def scoring_passes(recipe: Recipe, data: PreparedData) -> tuple[Scoring | None, 
     """
     from tunelab.evaluation.baselines import BASELINE_BATCH, EMBED_BATCH
 
-    held_out = [e for split in ("validation", "test") for e in data.splits.get(split, [])]
+    held_out = held_out_examples(data)
     if not held_out:
         return None, None
     longest = max(row_tokens(e) for e in held_out)

@@ -123,8 +123,7 @@ def _score_once(
     from tunelab.training.loop import eval_batches
     from tunelab.training.objectives import collate_for
 
-    held_out = [e for split in ("validation", "test") for e in data.splits.get(split, [])]
-    longest = _longest_rows(held_out, shape.rows)
+    longest = _longest_rows(held_out_examples(data), shape.rows)
     rows = [_sized(longest[i % len(longest)], shape.seq_len) for i in range(shape.rows)]
     batches = eval_batches(rows, shape.rows, pad_id, accelerator, collate_for(recipe.task))
     evaluate(setup.model, batches, setup.objective, recipe.task, accelerator, prefix="probe")
@@ -162,6 +161,11 @@ def _training_setup(
     setup = build_training(recipe, model, data, loaded.tokenizer.pad_token_id, accelerator)
     setup.model.train()
     return setup
+
+
+def held_out_examples(data: PreparedData) -> list[dict[str, Any]]:
+    """The rows a run scores besides training: validation, then test."""
+    return [e for split in ("validation", "test") for e in data.splits.get(split, [])]
 
 
 def row_tokens(example: dict[str, Any]) -> int:
