@@ -22,15 +22,13 @@ import torch
 from transformers import TextStreamer
 
 from tunelab.data.formats import Columns
-from tunelab.data.readers import Row, read_file
-from tunelab.data.records import ROLES
-from tunelab.errors import DataError, TunelabError
+from tunelab.data.inputs import PredictInput, read_inputs
+from tunelab.errors import TunelabError
 from tunelab.evaluation.settings import DataSettings
 from tunelab.generation import encode_chat, generate_batch
 from tunelab.models.restore import Trained
 from tunelab.runs.rundir import write_text_atomic
 
-MAX_LISTED = 20
 RESET, EXIT = "/reset", "/exit"  # chat commands
 
 Messages = list[dict[str, str]]
@@ -208,15 +206,13 @@ def predict_file(
     if batch_size < 1:
         raise TunelabError(f"batch_size must be >= 1, got {batch_size}")
     run = DataSettings.of_run(trained.run_dir)  # a classifier sees at most what it was trained on
-    columns = columns or run.columns
-    parse = _parse_prompt_row if trained.generative else _parse_text_row
-    inputs = _parse_rows(data_file, parse, columns)
+    inputs = read_inputs(data_file, columns or run.columns, generative=trained.generative)
     if trained.generative:
         predictions = _predict_answers(trained, inputs, batch_size, max_new_tokens)
     else:
         predictions = _predict_scores(trained, inputs, batch_size, max_seq_len or run.max_seq_len)
     lines = [
-        json.dumps({**({"id": item["id"]} if "id" in item else {}), **prediction}, ensure_ascii=False)
+        json.dumps({**item.copied, **prediction}, ensure_ascii=False)
         for item, prediction in zip(inputs, predictions, strict=True)
     ]
     out = Path(out_file)
@@ -225,119 +221,10 @@ def predict_file(
     return len(lines)
 
 
-def _parse_rows(
-    data_file: str | Path, parse: Callable[[Row], dict[str, Any]], columns: Columns
-) -> list[dict[str, Any]]:
-    """Every row parsed, or a DataError naming each bad one as file:line: reason."""
-    read = read_file(data_file)
-    inputs, bad = [], []
-    for row in read.rows:
-        try:
-            inputs.append(parse(Row(row.where, _named(row.fields, columns), row.error)))
-        except ValueError as exc:
-            bad.append(f"{read.path}:{row.where}: {exc}")
-    if bad:
-        more = [f"... and {len(bad) - MAX_LISTED} more"] if len(bad) > MAX_LISTED else []
-        raise DataError(
-            f"{read.path}: {len(bad)} bad row(s) out of {len(read.rows)}; nothing was predicted",
-            problems=bad[:MAX_LISTED] + more,
-            fix=_ROW_HELP["generative" if parse is _parse_prompt_row else "scoring"],
-        )
-    if not inputs:
-        raise DataError(f"{read.path}: no rows to predict")
-    return inputs
-
-
-def _named(fields: dict[str, Any], columns: Columns) -> dict[str, Any]:
-    """A row's fields under the names predict reads (text, text_pair, prompt, ...), as training named them."""
-    named = dict(columns.apply(fields))
-    for name, source in (("text", columns.text), ("text_pair", columns.text_pair)):
-        if source and source != name and source in fields:
-            named[name] = fields[source]
-    return named
-
-
-_ROW_HELP = {
-    "scoring": 'each row needs "text" (and optionally "text_pair"), e.g. {"text": "block my card"}',
-    "generative": 'each row needs "messages" (a conversation), "prompt" or "instruction", '
-    'e.g. {"prompt": "Hello there!"}',
-}
-
-
-def _parse_text_row(row: Row) -> dict[str, Any]:
-    if row.error is not None:
-        raise ValueError(row.error)
-    item: dict[str, Any] = {"text": _text_field(row.fields, "text")}
-    if row.fields.get("text_pair") is not None:
-        item["text_pair"] = _text_field(row.fields, "text_pair")
-    return _with_id(item, row)
-
-
-def _parse_prompt_row(row: Row) -> dict[str, Any]:
-    if row.error is not None:
-        raise ValueError(row.error)
-    fields = row.fields
-    system = fields.get("system")
-    if system is not None and not isinstance(system, str):
-        raise ValueError("system: expected text")
-    if "messages" in fields:
-        messages = _prompt_messages(fields["messages"])
-    elif "prompt" in fields:
-        messages = [{"role": "user", "content": _text_field(fields, "prompt")}]
-    elif "instruction" in fields:
-        extra = fields.get("input") or ""
-        instruction = _text_field(fields, "instruction")  # laid out as training's alpaca reader does
-        messages = [
-            {"role": "user", "content": f"{instruction}\n\n{extra}" if str(extra).strip() else instruction}
-        ]
-    else:
-        raise ValueError(
-            f"no messages, prompt or instruction field (fields: {', '.join(sorted(fields)) or 'none'})"
-        )
-    if system and not any(m["role"] == "system" for m in messages):
-        messages = _conversation(system, messages)
-    return _with_id({"messages": messages}, row)
-
-
-def _prompt_messages(value: Any) -> Messages:
-    """A conversation minus its final assistant turn (the answer to generate); it must end with a user turn."""
-    if not isinstance(value, list) or not value:
-        raise ValueError("messages: expected a non-empty list of {role, content}")
-    messages = []
-    for i, message in enumerate(value):
-        if not isinstance(message, dict) or message.get("role") not in ROLES:
-            raise ValueError(f"messages[{i}]: expected {{role, content}} with role one of {', '.join(ROLES)}")
-        if not isinstance(message.get("content"), str):
-            raise ValueError(f"messages[{i}].content: expected text")
-        messages.append({"role": message["role"], "content": message["content"]})
-    if messages[-1]["role"] == "assistant":
-        messages.pop()
-    if not messages or messages[-1]["role"] != "user":
-        raise ValueError("messages: the conversation must end with a user turn (before any final answer)")
-    return messages
-
-
-def _text_field(fields: dict[str, Any], name: str) -> str:
-    value = fields.get(name)
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{name}: expected non-empty text, got {_describe(value)}")
-    return value
-
-
-def _describe(value: Any) -> str:
-    return "nothing" if value is None else repr(value) if isinstance(value, str) else type(value).__name__
-
-
-def _with_id(item: dict[str, Any], row: Row) -> dict[str, Any]:
-    if "id" in row.fields:
-        item["id"] = row.fields["id"]
-    return item
-
-
 def _predict_answers(
-    trained: Trained, inputs: list[dict[str, Any]], batch_size: int, max_new_tokens: int
+    trained: Trained, inputs: list[PredictInput], batch_size: int, max_new_tokens: int
 ) -> list[dict[str, Any]]:
-    prompts = [_encode(trained, item["messages"]) for item in inputs]
+    prompts = [_encode(trained, item.chat()) for item in inputs]
     with trained.precision.autocast(next(trained.model.parameters()).device.type):
         answers = generate_batch(
             trained.model, trained.tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size
@@ -347,7 +234,7 @@ def _predict_answers(
 
 @torch.no_grad()
 def _predict_scores(
-    trained: Trained, inputs: list[dict[str, Any]], batch_size: int, max_seq_len: int
+    trained: Trained, inputs: list[PredictInput], batch_size: int, max_seq_len: int
 ) -> list[dict[str, Any]]:
     """Classifier probabilities by label name, or a reward model's score, batch by batch."""
     model, tokenizer = trained.model, trained.tokenizer
@@ -358,7 +245,7 @@ def _predict_scores(
         batch = inputs[start : start + batch_size]
         # Encoded as training encoded labelled text: the tokenizer's own special tokens, truncated.
         encoded = tokenizer(
-            [item["text"] for item in batch],
+            [item.text for item in batch],
             _pairs(batch),
             truncation=True,
             max_length=max_seq_len,
@@ -376,9 +263,7 @@ def _predict_scores(
     return results
 
 
-def _pairs(batch: Sequence[dict[str, Any]]) -> list[str] | None:
-    if not any("text_pair" in item for item in batch):
-        return None
-    if not all("text_pair" in item for item in batch):
-        raise TunelabError("predict: either every row has text_pair or none does")
-    return [item["text_pair"] for item in batch]
+def _pairs(batch: Sequence[PredictInput]) -> list[str] | None:
+    # The run's columns name a pair column or not, so every row has a pair or none does.
+    pairs = [item.text_pair for item in batch]
+    return None if pairs[0] is None else [str(pair) for pair in pairs]

@@ -109,7 +109,7 @@ def train(recipe: Recipe, *, resume: Path | None = None, console: Console | None
     if baselines is not None:
         summary.baselines = baselines
     run = RunFolder(recipe, run_dir, summary, main=accelerator.is_main_process, started=started)
-    run.start(data_cache.data_digest(recipe))
+    run.start(data_cache.data_digest(recipe.data))
     if accelerator.is_main_process:
         _write_data_folder(recipe, run_dir / "data", prepared)
     try:
@@ -160,11 +160,13 @@ def _prepare_data(
     recipe: Recipe, tokenizer: Any, cache_key: str, console: Console
 ) -> tuple[PreparedData, Records | None, Path | None]:
     """The data stage, or its cached result: (prepared data, records if computed, cached split files)."""
-    hit = data_cache.load(data_cache.cache_dir(recipe), cache_key)
+    hit = data_cache.load(data_cache.cache_dir(recipe.output.dir), cache_key)
     if hit is not None:
         prepared, files = hit
         if recipe.task in CHAT_TASKS:  # the cached tokens were rendered with its template and markers
-            prepared.chat_template, prepared.added_tokens = prepare_chat_tokenizer(recipe, tokenizer)
+            prepared.chat_template, prepared.added_tokens = prepare_chat_tokenizer(
+                recipe.data.template, recipe.method.name, tokenizer
+            )
         console.print(f"data: prepared before, read from the cache ({files.parent})")
         return prepared, None, files
     records = load_records(recipe)
@@ -178,7 +180,7 @@ def _write_data_folder(recipe: Recipe, target: Path, prepared: Prepared) -> None
         return
     assert prepared.records is not None
     write_prepared(target, prepared.records, prepared.data)
-    data_cache.save(data_cache.cache_dir(recipe), prepared.cache_key, prepared.data, target)
+    data_cache.save(data_cache.cache_dir(recipe.output.dir), prepared.cache_key, prepared.data, target)
 
 
 def _shared_run_dir(recipe: Recipe, accelerator: Accelerator) -> Path:

@@ -227,8 +227,9 @@ def test_predict_names_every_bad_row_and_writes_nothing(classify_run: Path, tmp_
     message = str(error.value)
     assert f"{data}: 3 bad row(s) out of 4" in message
     assert f"{data}:2: not valid JSON" in message
-    assert f"{data}:3: text: expected non-empty text, got nothing" in message
-    assert f"{data}:4: text: expected non-empty text, got '   '" in message
+    # The reasons are the training converters' own, since predict reads rows through them.
+    assert f"{data}:3: text: missing" in message
+    assert f"{data}:4: text: empty" in message
     assert not out.exists()
 
     result = runner.invoke(app, ["predict", str(classify_run), "--data", str(data), "--out", str(out)])

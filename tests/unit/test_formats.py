@@ -271,3 +271,51 @@ def test_token_tag_lines_are_not_taken_for_plain_text(tmp_path: Path) -> None:
         "It was the best of times.\nIt was the worst of times.\nO\nAn age of wisdom.\nOf foolishness O\n"
     )
     assert load_split(prose).format == "text"
+
+
+# ---------------------------------------------------------------------------------------------
+# Prediction inputs: the same converters, minus the answer
+
+
+def test_prediction_rows_read_as_training_reads_them(tmp_path: Path) -> None:
+    from tunelab.data.inputs import read_inputs
+
+    alpaca = {"instruction": "Summarise", "input": "a long text", "output": "ignored"}
+    rows = [
+        alpaca,
+        {"id": 7, "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "old"}]},
+        {"dialogue": "renamed prompt", "system": "be brief"},
+    ]
+    path = write_jsonl(tmp_path / "in.jsonl", rows)
+    inputs = read_inputs(path, Columns(rename={"prompt": "dialogue"}), generative=True)
+
+    trained_on = load_split(write_jsonl(tmp_path / "train.jsonl", [alpaca])).records[0]
+    assert inputs[0].messages == trained_on.messages[:1]  # the user turn training built
+    assert inputs[1].chat() == [{"role": "user", "content": "hi"}] and inputs[1].copied == {"id": 7}
+    assert inputs[2].chat() == [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "renamed prompt"},
+    ]
+
+
+def test_prediction_rows_name_every_bad_row(tmp_path: Path) -> None:
+    from tunelab.data.inputs import read_inputs
+
+    rows = [
+        {"conversations": [{"from": "robot", "value": "hi"}]},
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "a"}]},
+        {"instruction": "   "},
+        {"question": "no prompt field"},
+    ]
+    path = write_jsonl(tmp_path / "in.jsonl", rows)
+    with pytest.raises(DataError) as err:
+        read_inputs(path, Columns(), generative=True)
+    text = str(err.value)
+    assert f"{path}: 3 bad row(s) out of 4; nothing was predicted" in text
+    assert f"{path}:1: conversations[0]: unknown speaker 'robot'" in text
+    assert f"{path}:3: instruction: empty" in text
+    assert f"{path}:4: no messages, conversations, prompt or instruction field (fields: question)" in text
+
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", [{"q": "a", "p": "b"}, {"q": "c"}])
+    with pytest.raises(DataError, match=r"pairs.jsonl:2: p: missing"):
+        read_inputs(pairs, Columns(text="q", text_pair="p"), generative=False)

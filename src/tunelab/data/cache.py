@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab import __version__
-from tunelab.config import Recipe
+from tunelab.config import DataConfig, Recipe
 from tunelab.data.pipeline import PreparedData
 
 # Bumped when what an entry holds changes shape: 2 tags each example's dataset as "dataset" (was "task").
@@ -25,24 +25,26 @@ CACHE_FORMAT = 2
 SPLIT_FILES = ("train.jsonl", "validation.jsonl", "test.jsonl", "report.json")
 
 
-def cache_dir(recipe: Recipe) -> Path:
-    return Path(recipe.output.dir) / ".cache" / "data"
+def cache_dir(output_dir: str | Path) -> Path:
+    """Where prepared data is kept, beside the runs of `output.dir`."""
+    return Path(output_dir) / ".cache" / "data"
 
 
-def data_files(recipe: Recipe) -> list[str]:
+def data_files(data: DataConfig) -> list[str]:
     """Every file the data stage reads: training datasets, their held-out files, replay, contamination."""
-    data = recipe.data
     files = [f for s in data.sources for f in (s.path, s.validation, s.test)]
     files += [data.replay.path if data.replay else None, data.validation, data.test, *data.contamination]
     return [str(f) for f in files if f]
 
 
 def cache_key(recipe: Recipe, tokenizer: Any) -> str:
+    """Everything the prepared data depends on: the files' bytes, the data section, and the few other
+    settings the data stage reads (task, length, packing, seed), so any change to them misses."""
     parts = {
         "version": __version__,
         "format": CACHE_FORMAT,
         "task": recipe.task,
-        "files": {f: _source_digest(f) for f in data_files(recipe)},
+        "files": {f: _source_digest(f) for f in data_files(recipe.data)},
         "data": recipe.data.model_dump(mode="json"),
         "max_seq_len": recipe.train.max_seq_len,
         "packing": recipe.packing,
@@ -52,9 +54,9 @@ def cache_key(recipe: Recipe, tokenizer: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
 
-def data_digest(recipe: Recipe) -> str:
-    """sha256 over the recipe's data files (their bytes), for the run registry."""
-    parts = {f: _source_digest(f) for f in data_files(recipe)}
+def data_digest(data: DataConfig) -> str:
+    """sha256 over the data section's files (their bytes), for the run registry."""
+    parts = {f: _source_digest(f) for f in data_files(data)}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 

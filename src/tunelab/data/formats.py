@@ -56,6 +56,8 @@ class LoadedSplit:
 
 
 def _content(value: Any, where: str, *, required: bool) -> str:
+    if value is None:
+        raise RowError(f"{where}: missing")
     if not isinstance(value, str):
         raise RowError(f"{where}: expected text, got {type(value).__name__}")
     if required and not value.strip():
@@ -63,7 +65,11 @@ def _content(value: Any, where: str, *, required: bool) -> str:
     return value
 
 
-def chat_from_messages(messages: Any, system: Any = None) -> tuple[Message, ...]:
+def chat_from_messages(
+    messages: Any, system: Any = None, *, needs_answer: bool = True
+) -> tuple[Message, ...]:
+    """Messages as records; `needs_answer=False` reads a prompt to answer (predict), with no assistant turn
+    required."""
     if not isinstance(messages, list) or not messages:
         raise RowError("missing 'messages' (a non-empty list of {role, content})")
     parsed = [Message("system", _content(system, "system", required=True))] if system else []
@@ -79,7 +85,7 @@ def chat_from_messages(messages: Any, system: Any = None) -> tuple[Message, ...]
         if weight not in (None, 0, 1):
             raise RowError(f"messages[{i}]: weight must be 0 or 1, got {weight!r}")
         parsed.append(Message(role=role, content=content, weight=weight))
-    if not any(m.role == "assistant" for m in parsed):
+    if needs_answer and not any(m.role == "assistant" for m in parsed):
         raise RowError("no assistant message: nothing to learn from this conversation")
     return tuple(parsed)
 
@@ -95,6 +101,11 @@ SHAREGPT_ROLES = {
 
 
 def from_sharegpt(fields: dict[str, Any], columns: Columns) -> Chat:
+    return Chat(chat_from_messages(sharegpt_messages(fields), fields.get("system")))
+
+
+def sharegpt_messages(fields: dict[str, Any]) -> list[dict[str, Any]]:
+    """ShareGPT's {from, value} turns as {role, content} messages."""
     turns = fields.get("conversations")
     if not isinstance(turns, list) or not turns:
         raise RowError("missing 'conversations' (a non-empty list of {from, value})")
@@ -106,20 +117,23 @@ def from_sharegpt(fields: dict[str, Any], columns: Columns) -> Chat:
         if speaker not in SHAREGPT_ROLES:
             raise RowError(f"conversations[{i}]: unknown speaker {speaker!r}; expected human, gpt or system")
         messages.append({"role": SHAREGPT_ROLES[speaker], "content": turn.get("value")})
-    return Chat(chat_from_messages(messages, fields.get("system")))
+    return messages
 
 
 def from_alpaca(fields: dict[str, Any], columns: Columns) -> Chat:
-    instruction = _content(fields.get("instruction"), "instruction", required=True)
-    extra = fields.get("input") or ""
+    user = alpaca_prompt(fields)
     output = _content(fields.get("output"), "output", required=True)
-    user = (
-        instruction
-        if not str(extra).strip()
-        else f"{instruction}\n\n{_content(extra, 'input', required=False)}"
-    )
     messages = [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
     return Chat(chat_from_messages(messages, fields.get("system")))
+
+
+def alpaca_prompt(fields: dict[str, Any]) -> str:
+    """The user turn an alpaca row becomes: its instruction, then its input (if any) after a blank line."""
+    instruction = _content(fields.get("instruction"), "instruction", required=True)
+    extra = fields.get("input") or ""
+    if not str(extra).strip():
+        return instruction
+    return f"{instruction}\n\n{_content(extra, 'input', required=False)}"
 
 
 def from_prompt_completion(fields: dict[str, Any], columns: Columns) -> Chat:
@@ -133,18 +147,21 @@ def from_text(fields: dict[str, Any], columns: Columns) -> Text:
 
 
 def from_labeled(fields: dict[str, Any], columns: Columns) -> Labeled:
-    text = _content(fields.get(columns.text), columns.text, required=True)
-    pair = (
-        _content(fields.get(columns.text_pair), columns.text_pair, required=True)
-        if columns.text_pair
-        else None
-    )
+    text, pair = labeled_text(fields, columns)
     label = fields.get(columns.label)
     if label is None or (isinstance(label, str) and not label.strip()):
         raise RowError(f"{columns.label}: empty or missing")
     if isinstance(label, (dict, list, float)):
         raise RowError(f"{columns.label}: must be a string or an integer, got {label!r}")
     return Labeled(text=text, label=str(label).strip(), text_pair=pair)
+
+
+def labeled_text(fields: dict[str, Any], columns: Columns) -> tuple[str, str | None]:
+    """A labelled row's text and its pair (when the columns name one), without the label."""
+    text = _content(fields.get(columns.text), columns.text, required=True)
+    if not columns.text_pair:
+        return text, None
+    return text, _content(fields.get(columns.text_pair), columns.text_pair, required=True)
 
 
 def from_multiple_choice(fields: dict[str, Any], columns: Columns) -> Labeled:
@@ -188,18 +205,22 @@ def from_preference(fields: dict[str, Any], columns: Columns) -> Preference:
         prompt_messages = tuple(chosen_turns[:-1])
         chosen, rejected = chosen_turns[-1].content, rejected_turns[-1].content
     else:
-        if isinstance(prompt, str):
-            prompt_messages = (Message("user", _content(prompt, "prompt", required=True)),)
-        elif isinstance(prompt, list):
-            prompt_messages = tuple(_prompt_message(m, i) for i, m in enumerate(prompt))
-        else:
-            raise RowError("prompt: missing (a string or a list of messages)")
+        prompt_messages = preference_prompt(prompt)
         chosen, rejected = _final_answer(chosen, "chosen"), _final_answer(rejected, "rejected")
     chosen = _content(chosen, "chosen", required=True)
     rejected = _content(rejected, "rejected", required=True)
     if chosen == rejected:
         raise RowError("chosen and rejected are the same answer: nothing to prefer")
     return Preference(prompt=prompt_messages, chosen=chosen, rejected=rejected)
+
+
+def preference_prompt(prompt: Any) -> tuple[Message, ...]:
+    """A `prompt` field: one user message as text, or a list of {role, content} messages."""
+    if isinstance(prompt, str):
+        return (Message("user", _content(prompt, "prompt", required=True)),)
+    if isinstance(prompt, list) and prompt:
+        return tuple(_prompt_message(m, i) for i, m in enumerate(prompt))
+    raise RowError("prompt: missing (a string or a list of messages)")
 
 
 def _prompt_message(message: Any, i: int) -> Message:

@@ -82,32 +82,40 @@ def near_config(data: DataConfig) -> NearDupConfig:
 LARGE_REMOVAL = 0.10  # warn when a cleaning step removes more than this share of train
 
 
+@dataclass(frozen=True)
+class DataStage:
+    """What reading and cleaning need from a recipe: its data section, its task (the record kind)
+    and the seed that samples, splits and balances. The functions below take this, not the recipe."""
+
+    data: DataConfig
+    task: str
+    seed: int
+
+    @classmethod
+    def of(cls, recipe: Recipe) -> DataStage:
+        return cls(recipe.data, recipe.task, recipe.train.seed)
+
+
 def load_records(recipe: Recipe) -> Records:
     """Read, clean, split and leak-check every split named in the recipe."""
-    if recipe.data.multi_source:
-        return _load_mixture(recipe)
-    data = recipe.data
+    stage = DataStage.of(recipe)
+    if stage.data.multi_source:
+        return _load_mixture(stage)
+    data = stage.data
     report: dict[str, Any] = {"splits": {}}
     files = {split: getattr(data, split) for split in SPLITS if getattr(data, split)}
     shares = {s: getattr(data.split, s) for s in ("validation", "test")}
-    splits = _prepare_source(
-        recipe,
-        files,
-        data.format,
-        (RECORD_KIND_FOR_TASK[recipe.task],),
-        report,
-        shares,
-        recipe.task == "classify",
-    )
-    splits["train"], report["leakage"] = _check_leakage(recipe, splits, near_config(data))
+    kinds = (RECORD_KIND_FOR_TASK[stage.task],)
+    splits = _prepare_source(stage, files, data.format, kinds, report, shares, stage.task == "classify")
+    splits["train"], report["leakage"] = _check_leakage(data, splits)
     _check_not_empty(splits, report)  # before labels are counted: an empty train has none
-    label_map = _labels(recipe, splits, report) if recipe.task == "classify" else None
+    label_map = _labels(stage, splits, report) if stage.task == "classify" else None
     report["records"] = {split: len(records) for split, records in splits.items()}
     return Records(splits=splits, label_map=label_map, report=report)
 
 
 def _prepare_source(
-    recipe: Recipe,
+    stage: DataStage,
     files: dict[str, str],
     fmt: str,
     kinds: tuple[str, ...],
@@ -117,33 +125,29 @@ def _prepare_source(
 ) -> dict[str, list[Record]]:
     """One dataset's files, each split read, labels named, train sampled, all cleaned, and the
     held-out `shares` it has no file for split off its train rows. Counts go into `report`."""
-    splits = {
-        split: _load(recipe, path, fmt, split, report["splits"], split, kinds)
-        for split, path in files.items()
-    }
-    if recipe.data.label_names:
-        splits = {
-            split: name_labels(records, recipe.data.label_names, split) for split, records in splits.items()
-        }
+    splits = {split: _load(stage, path, fmt, split, report["splits"], kinds) for split, path in files.items()}
+    if stage.data.label_names:
+        names = stage.data.label_names
+        splits = {split: name_labels(records, names, split) for split, records in splits.items()}
     if "train" in splits:
-        splits["train"] = _sample(recipe, splits["train"], report)
-    _clean(recipe, splits, report)
+        splits["train"] = _sample(stage.data.sample, stage.seed, splits["train"], report)
+    _clean(stage.data, splits, report)
     ratios = {s: r for s, r in shares.items() if s not in splits and r > 0}
     if ratios and "train" in splits:
         held, report["split"] = quality.split_off(
-            splits.pop("train"), ratios, seed=recipe.train.seed, stratify=stratify
+            splits.pop("train"), ratios, seed=stage.seed, stratify=stratify
         )
         splits.update(held)
     return splits
 
 
-def _load_mixture(recipe: Recipe) -> Records:
+def _load_mixture(stage: DataStage) -> Records:
     """Several training datasets (and replay data): each is read, cleaned and split on its own, then
     train rows are leak-checked against every held-out row and all splits are concatenated, tagged."""
-    data = recipe.data
+    data = stage.data
     report: dict[str, Any] = {"splits": {}, "sources": {}}
     parts: dict[str, dict[str, list[Record]]] = {}
-    kind = (RECORD_KIND_FOR_TASK[recipe.task],)
+    kind = (RECORD_KIND_FOR_TASK[stage.task],)
     # A dataset without its own held-out file gives data.split's share, unless a shared file covers it.
     shares = {s: getattr(data.split, s) for s in ("validation", "test") if not getattr(data, s)}
     sub: dict[str, Any]
@@ -153,20 +157,20 @@ def _load_mixture(recipe: Recipe) -> Records:
             **{s: getattr(source, s) for s in ("validation", "test") if getattr(source, s)},
         }
         name, sub = source_name(source), {"splits": {}}
-        parts[name] = _prepare_source(recipe, files, source.format or data.format, kind, sub, shares)
+        parts[name] = _prepare_source(stage, files, source.format or data.format, kind, sub, shares)
         report["sources"][name] = sub
     if data.replay is not None:
         sub = {"splits": {}}
         files = {"train": data.replay.path}
         parts[REPLAY] = _prepare_source(
-            recipe, files, data.replay.format or "auto", REPLAY_KINDS[recipe.task], sub, {}
+            stage, files, data.replay.format or "auto", REPLAY_KINDS[stage.task], sub, {}
         )
         report["sources"][REPLAY] = sub
     shared = {split: getattr(data, split) for split in ("validation", "test") if getattr(data, split)}
     if shared:
-        parts[""] = _prepare_source(recipe, shared, data.format, kind, report, {})
+        parts[""] = _prepare_source(stage, shared, data.format, kind, report, {})
     splits, datasets = _concatenated(parts)
-    splits["train"], report["leakage"] = _check_leakage(recipe, splits, near_config(data))
+    splits["train"], report["leakage"] = _check_leakage(data, splits)
     kept = {id(record) for record in splits["train"]}
     datasets["train"] = [name for name, part in parts.items() for r in part.get("train", []) if id(r) in kept]
     report["records"] = {split: len(records) for split, records in splits.items()}
@@ -193,19 +197,17 @@ def _concatenated(
     return splits, datasets
 
 
-def _sample(recipe: Recipe, train: list[Record], report: dict[str, Any]) -> list[Record]:
-    sample = recipe.data.sample
+def _sample(sample: int | None, seed: int, train: list[Record], report: dict[str, Any]) -> list[Record]:
     if sample is None or len(train) <= sample:
         return train
     # Seeded, and in file order, so the same recipe always trains on the same rows.
-    chosen = sorted(random.Random(recipe.train.seed).sample(range(len(train)), sample))
-    report["sample"] = {"from": len(train), "kept": sample, "seed": recipe.train.seed}
+    chosen = sorted(random.Random(seed).sample(range(len(train)), sample))
+    report["sample"] = {"from": len(train), "kept": sample, "seed": seed}
     return [train[i] for i in chosen]
 
 
-def _clean(recipe: Recipe, splits: dict[str, list[Record]], report: dict[str, Any]) -> None:
+def _clean(data: DataConfig, splits: dict[str, list[Record]], report: dict[str, Any]) -> None:
     """Normalise and PII-handle every split; remove duplicates from train. Counts go into `report`."""
-    data = recipe.data
     if data.normalize:
         report["normalize"] = {}
         for split in splits:
@@ -260,16 +262,11 @@ def _check_not_empty(splits: dict[str, list[Record]], report: dict[str, Any]) ->
 
 
 def _load(
-    recipe: Recipe,
-    path: str,
-    fmt: str,
-    split: str,
-    report: dict[str, Any],
-    key: str,
-    kinds: tuple[str, ...],
+    stage: DataStage, path: str, fmt: str, split: str, report: dict[str, Any], kinds: tuple[str, ...]
 ) -> list[Record]:
-    """One file's records, checked to be of a kind the task can train on; counts go to report[key]."""
-    data = recipe.data
+    """One split's file as records, checked to be of a kind the task can train on; counts go to
+    report[split]."""
+    data = stage.data
     loaded = load_split(
         path,
         fmt=fmt,
@@ -282,10 +279,10 @@ def _load(
     if RECORD_KIND[loaded.format] not in kinds:
         wanted = " or ".join(FORMATS_FOR_KIND[k] for k in kinds)
         raise DataError(
-            f"{loaded.path} looks like {loaded.format} data, but task {recipe.task} needs {wanted}",
+            f"{loaded.path} looks like {loaded.format} data, but task {stage.task} needs {wanted}",
             fix="set data.format (and data.columns) if the detection is wrong, or change task",
         )
-    report[key] = {
+    report[split] = {
         "file": str(loaded.path),
         "format": loaded.format,
         "rows": loaded.total_rows,
@@ -295,21 +292,19 @@ def _load(
     return list(loaded.records)
 
 
-def _check_leakage(
-    recipe: Recipe, splits: dict[str, list[Any]], near: NearDupConfig
-) -> tuple[list[Any], dict]:
+def _check_leakage(data: DataConfig, splits: dict[str, list[Any]]) -> tuple[list[Any], dict]:
     held_out: dict[str, list[Any]] = {s: splits[s] for s in ("validation", "test") if s in splits}
-    for path in recipe.data.contamination:
+    for path in data.contamination:
         # Contamination files (a benchmark, say) may be in any format and may hold bad rows: we only need text.
         held_out[f"contamination {path}"] = load_split(
-            path, on_error="skip", text_unit=recipe.data.text_unit
+            path, on_error="skip", text_unit=data.text_unit
         ).records
     if not held_out:
-        return splits["train"], {"policy": recipe.data.leakage, "overlap": {}, "removed_from_train": 0}
-    return quality.leakage(splits["train"], held_out, near=near, policy=recipe.data.leakage)
+        return splits["train"], {"policy": data.leakage, "overlap": {}, "removed_from_train": 0}
+    return quality.leakage(splits["train"], held_out, near=near_config(data), policy=data.leakage)
 
 
-def _labels(recipe: Recipe, splits: dict[str, list[Any]], report: dict[str, Any]) -> dict[str, int]:
+def _labels(stage: DataStage, splits: dict[str, list[Any]], report: dict[str, Any]) -> dict[str, int]:
     label_map = build_label_map(splits["train"])
     if len(label_map) < 2:
         raise DataError(
@@ -320,14 +315,14 @@ def _labels(recipe: Recipe, splits: dict[str, list[Any]], report: dict[str, Any]
         if split in splits:
             check_labels_known(splits[split], label_map, split)
     report["labels"] = quality.label_balance(splits["train"])
-    if recipe.data.balance != "none":
+    if stage.data.balance != "none":
         splits["train"], report["balance"] = quality.rebalance(
-            splits["train"], recipe.data.balance, recipe.train.seed
+            splits["train"], stage.data.balance, stage.seed
         )
     return label_map
 
 
-def prepare_chat_tokenizer(recipe: Recipe, tokenizer: Any) -> tuple[str, list[str]]:
+def prepare_chat_tokenizer(template_name: str, method: str, tokenizer: Any) -> tuple[str, list[str]]:
     """Give the tokenizer the chat template it renders with, and the template's turn markers as special
     tokens where it has none: (template name, markers added).
 
@@ -336,13 +331,13 @@ def prepare_chat_tokenizer(recipe: Recipe, tokenizer: Any) -> tuple[str, list[st
     trainable embedding rows, which only some methods have (the registry's trains_new_tokens); with the others
     the recipe is refused. Runs on a data-cache hit too, so the cached ids stay valid.
     """
-    template = ensure_chat_template(tokenizer, recipe.data.template)
+    template = ensure_chat_template(tokenizer, template_name)
     split = split_markers(tokenizer, template)
-    if split and not method_spec(recipe.method.name).trains_new_tokens:
+    if split and not method_spec(method).trains_new_tokens:
         raise DataError(
             f"the tokenizer has no token for {', '.join(split)}, which the {template} chat template "
             f"writes around turns; they would have to be added as new tokens, and method "
-            f"{recipe.method.name} cannot train new tokens' embeddings",
+            f"{method} cannot train new tokens' embeddings",
             fix=f"set data.template: alpaca (plain-text headers; answers end with the tokenizer's EOS "
             f"token), use method {' or '.join(methods_where('trains_new_tokens'))}, or a model whose tokenizer has a chat "
             "template (an instruct model)",
@@ -364,7 +359,9 @@ def tokenize_records(recipe: Recipe, records: Records, tokenizer: Any) -> Prepar
     prepared = PreparedData(splits={}, stats={}, label_map=records.label_map, report=records.report)
     prepared.notes.extend(records.report.get("warnings", []))
     if recipe.task in CHAT_TASKS:
-        prepared.chat_template, prepared.added_tokens = prepare_chat_tokenizer(recipe, tokenizer)
+        prepared.chat_template, prepared.added_tokens = prepare_chat_tokenizer(
+            data.template, recipe.method.name, tokenizer
+        )
         if prepared.added_tokens:
             prepared.notes.append(
                 _added_tokens_note(prepared.chat_template, prepared.added_tokens, tokenizer)
