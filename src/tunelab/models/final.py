@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunelab.models.adapters import is_bottleneck, save_bottleneck
+from tunelab.models.gguf import source_of
+from tunelab.models.load import model_source
 from tunelab.models.methods import is_adapter
 
 if TYPE_CHECKING:
@@ -36,6 +38,7 @@ def save_final(
         "task": recipe.task,
         "method": recipe.method.name,
         "base_model": recipe.model.name,
+        "weights_from": source_of(model_source(recipe.model.name)[0]),  # a GGUF base's file, or null
         "chat_template": data.chat_template,
         "added_tokens": data.added_tokens,  # the base needs rows for them (resize_token_embeddings)
         "precision": precision,

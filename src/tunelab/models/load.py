@@ -14,6 +14,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from tunelab.config import ModelConfig, Recipe
 from tunelab.errors import ModelLoadError
+from tunelab.models.gguf import converted_folder, gguf_file
 from tunelab.training.precision import resolve_weights
 
 Quantisation = Literal["4bit", "8bit"]
@@ -197,8 +198,12 @@ def _load_weights(
 
 
 def model_source(name: str) -> tuple[str, bool]:
-    """(what to pass to from_pretrained, whether it is a local folder). A path that names no folder
-    is an error here; a Hub id is checked only when loading."""
+    """(what to pass to from_pretrained, whether it is a local folder). A .gguf file (or a folder of one)
+    resolves to its converted folder. A path that names no folder is an error here; a Hub id is
+    checked only when loading."""
+    gguf = gguf_file(name)
+    if gguf is not None:  # dequantised once into a plain folder (models/gguf.py)
+        return str(converted_folder(gguf)), True
     path = Path(name).expanduser()
     if path.is_dir():
         return str(path), True

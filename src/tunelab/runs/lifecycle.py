@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tunelab.models.gguf import source_of
 from tunelab.runs.registry import record_run
 from tunelab.runs.report import write_report
 from tunelab.runs.rundir import read_summary, write_summary
@@ -104,6 +105,7 @@ def initial_summary(
         task=recipe.task,
         method=recipe.method.name,
         model=source,
+        weights_from=source_of(source),
         run_dir=str(run_dir),
         started_at=previous.started_at or now(),
         steps=previous.steps,

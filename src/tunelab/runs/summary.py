@@ -20,6 +20,9 @@ class RunSummary:
     task: str = ""
     method: str = ""
     model: str = ""  # the base model, as loaded (folder or Hub id)
+    weights_from: dict[str, Any] | None = (
+        None  # a GGUF base's file {gguf, sha256, bytes}, converted to `model`
+    )
     run_dir: str = ""
     status: str = "running"  # running, completed, failed, interrupted
     started_at: str = ""
