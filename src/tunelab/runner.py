@@ -34,12 +34,16 @@ from tunelab.data.tokenize import Example
 from tunelab.data.written import write_prepared
 from tunelab.evaluation.forgetting import load_reference
 from tunelab.evaluation.forgetting import score as score_reference
+from tunelab.evaluation.generative import GENERATIONS_FILE, ask, read_generations, write_generations
 from tunelab.evaluation.metrics import evaluate
 from tunelab.evaluation.scoring import (
+    chat_records,
     classification_eval,
     describe_forgetting,
     forgetting_check,
     format_metrics,
+    generative_eval,
+    held_out_split,
     score_baselines,
     split_prefix,
 )
@@ -88,9 +92,10 @@ def train(recipe: Recipe, *, resume: Path | None = None, console: Console | None
     console = console or Console(stderr=True, soft_wrap=True)
     resume_from = checkpoint_to_resume(resume, recipe, console) if resume else None
     prepared = _prepare(recipe, precision, console)
-    baselines = None
+    baselines: dict[str, Any] | None = None
+    baseline_answers: dict[str, list[str]] = {}
     if resume is None:
-        baselines = score_baselines(
+        baselines, baseline_answers = score_baselines(
             recipe,
             prepared.loaded,
             prepared.data,
@@ -112,6 +117,8 @@ def train(recipe: Recipe, *, resume: Path | None = None, console: Console | None
     run.start(data_cache.data_digest(recipe.data))
     if accelerator.is_main_process:
         _write_data_folder(recipe, run_dir / "data", prepared)
+        if baseline_answers:  # in the folder from the start: a resumed run has no base model to ask
+            write_generations(run_dir / GENERATIONS_FILE, ask(_scored_chats(prepared)), baseline_answers)
     try:
         _train_in_run_dir(recipe, model, prepared, accelerator, run, resume_from, console)
     except BaseException as exc:
@@ -275,7 +282,7 @@ def _score_before_training(
 ) -> None:
     """The same model before any training, on the split the headline after-score comes from: the test
     split, else validation (whose last pass, on the final weights, is the after-score)."""
-    split = next((s for s in ("test", "validation") if s in data.splits), None)
+    split = held_out_split(data)
     if split is None:
         return
     run.summary.before_training = run_eval(split)
@@ -340,6 +347,8 @@ def _score_after_training(
     metrics = {"train_loss_last": _last_train_loss(run.run_dir), **setup.state.last_metrics}
     if "test" in data.splits:
         metrics.update(run_eval("test"))
+    if recipe.eval.metrics:
+        metrics.update(_generated_answers(recipe, setup, prepared, run, accelerator, console))
     scored: dict[str, Any] = {}
     if recipe.task == "classify":
         pad_id = prepared.loaded.tokenizer.pad_token_id
@@ -355,6 +364,36 @@ def _score_after_training(
     if scored and accelerator.is_main_process:
         write_text_atomic(run.run_dir / "eval.json", json.dumps(scored, indent=2) + "\n")
     return metrics
+
+
+def _scored_chats(prepared: Prepared) -> list[Any]:
+    """The conversations of the split the headline scores come from (test, else validation)."""
+    split = held_out_split(prepared.data)
+    assert split is not None, "eval.metrics needs a held-out split (scored only when there is one)"
+    return chat_records(prepared.records, prepared.cached_files, split, prepared.data)
+
+
+def _generated_answers(
+    recipe: Recipe,
+    setup: TrainingSetup,
+    prepared: Prepared,
+    run: RunFolder,
+    accelerator: Accelerator,
+    console: Console,
+) -> dict[str, float]:
+    """eval.metrics: the fine-tuned model's answers, scored beside the base model's (generations.jsonl)."""
+    split = held_out_split(prepared.data)
+    if split is None:
+        return {}
+    path = run.run_dir / GENERATIONS_FILE
+    earlier = {name: got for name, got in read_generations(path).items() if name != "fine_tuned"}
+    model, tokenizer = accelerator.unwrap_model(setup.model), prepared.loaded.tokenizer
+    scores, asked, answers = generative_eval(
+        recipe, model, tokenizer, _scored_chats(prepared), split, run.summary, earlier, console
+    )
+    if accelerator.is_main_process:
+        write_generations(path, asked, answers)
+    return scores
 
 
 def _per_dataset(examples: list[Example]) -> list[tuple[str, list[Example]]]:

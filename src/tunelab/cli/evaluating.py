@@ -63,8 +63,9 @@ def eval_command(
     debug: DebugOption = False,
 ) -> None:
     """Score a model on a data file; writes eval.json (into the run folder when TARGET is a run)."""
+    from tunelab.evaluation.generative import GENERATIVE
     from tunelab.evaluation.settings import DataSettings
-    from tunelab.evaluation.target import GENERATIVE, evaluate_file, load_target
+    from tunelab.evaluation.target import evaluate_file, load_target
 
     wanted = tuple(name.strip() for name in metrics.split(",") if name.strip())
     unknown = [name for name in wanted if name not in GENERATIVE]
@@ -90,9 +91,11 @@ def eval_command(
 
 
 def _report(result: dict[str, Any], path: Path) -> None:
-    """The scores on the terminal, and all of the result in `path`."""
+    """The scores on the terminal, and all of the result in `path`; generated answers beside it, one
+    JSON line each (<name>.generations.jsonl), to read what the scores summarise."""
     import json
 
+    generations = result.pop("generations", None)
     for key, value in result["metrics"].items():
         out.print(f"{key}: {value:.4f}")
     if "classification" in result:
@@ -102,3 +105,8 @@ def _report(result: dict[str, Any], path: Path) -> None:
         )
     path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     out.print(f"written to {path}")
+    if generations:
+        answers = path.with_suffix(".generations.jsonl")
+        lines = (json.dumps(row, ensure_ascii=False) + "\n" for row in generations)
+        answers.write_text("".join(lines), encoding="utf-8")
+        out.print(f"answers written to {answers}")

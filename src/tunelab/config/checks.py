@@ -65,6 +65,17 @@ def check_reference(recipe: Recipe) -> list[Problem]:
     return []
 
 
+def check_generative_metrics(recipe: Recipe) -> list[Problem]:
+    if recipe.eval.metrics and recipe.task != "sft":
+        return [
+            Problem(
+                "eval.metrics",
+                f"generated answers are scored for task sft; task {recipe.task} reports its own metrics",
+            )
+        ]
+    return []
+
+
 def check_preference_section(recipe: Recipe) -> list[Problem]:
     # Written, not merely defaulted: `preference: {beta: 0.1}` in an sft recipe is a mistake too.
     written = sorted(recipe.preference.model_fields_set)
@@ -131,6 +142,7 @@ def check_data_sources(recipe: Recipe) -> list[Problem]:
 CHECKS: list[Check] = [
     check_early_stopping,
     check_reference,
+    check_generative_metrics,
     check_preference_section,
     check_method_fits_task,
     check_data_sources,

@@ -304,6 +304,7 @@ class TrainConfig(Section):
 
 
 Baseline = Literal["zero_shot", "few_shot"]
+GenerativeMetric = Literal["exact_match", "rouge", "bleu", "chrf"]  # evaluation/generative.py
 BASELINES: tuple[Baseline, ...] = ("zero_shot", "few_shot")
 
 
@@ -327,6 +328,16 @@ class EvalConfig(Section):
         0.05,
         ge=0,
         description="Warn when the reference score gets worse by more than this share (0.05 = 5%).",
+    )
+    metrics: list[GenerativeMetric] = Field(
+        default_factory=list,
+        description="sft: generate answers to the test split (else validation) with the base model "
+        "(zero- and few-shot) and the fine-tuned one, and score them: exact_match, rouge, bleu, chrf. "
+        "Every answer is kept in generations.jsonl.",
+    )
+    max_new_tokens: int = Field(128, ge=1, description="Longest generated answer eval.metrics scores.")
+    show_examples: int = Field(
+        1, ge=0, description="Answers printed before and after training (a seeded draw, not the best)."
     )
 
     @field_validator("label_descriptions", mode="before")

@@ -124,17 +124,14 @@ def chat_baselines(
     """Loss of the base causal LM on the scored answers: zero-shot (the conversation alone, through the
     chat template) and few-shot (k seeded training conversations first, as prior turns carrying no loss).
     Loss, not generated text, because it is the metric sft runs report; lower is better."""
-    rng = random.Random(seed)
-    shots = rng.sample(list(train), min(k, len(train)))
-    with_shots = [_with_shots(tokenizer, chat, shots, policy.max_seq_len) for chat in scored]
+    few, used, k_drawn = few_shot_chats(tokenizer, train, scored, k=k, seed=seed, max_len=policy.max_seq_len)
     out: dict[str, dict[str, Any]] = {}
-    for name, chats in (("zero_shot", list(scored)), ("few_shot", [c for c, _ in with_shots])):
+    for name, chats in (("zero_shot", list(scored)), ("few_shot", few)):
         examples, _ = tokenize_chats(tokenizer, chats, policy)
         batches = eval_batches(examples, batch_size, tokenizer.pad_token_id, accelerator)
         scores = evaluate(model, batches, OBJECTIVES["sft"], "sft", accelerator, prefix=prefix)
         out[name] = {**scores, "scored": len(examples)}
-    used = [n for _, n in with_shots]
-    out["few_shot"]["k"] = len(shots)
+    out["few_shot"]["k"] = k_drawn
     out["few_shot"]["shots_mean"] = sum(used) / max(len(used), 1)
     out["few_shot"]["shots_min"] = min(used, default=0)
     if not any(used):
@@ -143,12 +140,23 @@ def chat_baselines(
             f"no training conversation fits beside a scored one in max_seq_len {policy.max_seq_len}: "
             "this is the zero-shot score again; raise train.max_seq_len to see a few-shot baseline"
         )
-    elif min(used) < len(shots):
+    elif min(used) < k_drawn:
         out["few_shot"]["note"] = (
-            f"{sum(n < len(shots) for n in used)} of {len(used)} scored conversations had room for fewer "
-            f"than {len(shots)} shots (mean {out['few_shot']['shots_mean']:.2f}, fewest {min(used)})"
+            f"{sum(n < k_drawn for n in used)} of {len(used)} scored conversations had room for fewer "
+            f"than {k_drawn} shots (mean {out['few_shot']['shots_mean']:.2f}, fewest {min(used)})"
         )
     return out
+
+
+def few_shot_chats(
+    tokenizer: Any, train: Sequence[Chat], scored: Sequence[Chat], *, k: int, seed: int, max_len: int
+) -> tuple[list[Chat], list[int], int]:
+    """Each scored chat after k seeded training conversations (prior turns, no loss), as many as fit in
+    max_len: (the chats, the shots each got, k as drawn). The loss baseline and the generated one use
+    the same shots."""
+    shots = random.Random(seed).sample(list(train), min(k, len(train)))
+    with_shots = [_with_shots(tokenizer, chat, shots, max_len) for chat in scored]
+    return [chat for chat, _ in with_shots], [n for _, n in with_shots], len(shots)
 
 
 def _with_shots(tokenizer: Any, chat: Chat, shots: Sequence[Chat], max_len: int) -> tuple[Chat, int]:

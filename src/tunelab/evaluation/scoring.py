@@ -14,7 +14,8 @@ from tunelab.data.formats import load_split
 from tunelab.data.pipeline import PreparedData, Records
 from tunelab.data.records import Chat
 from tunelab.data.tokenize import LengthPolicy
-from tunelab.evaluation.baselines import chat_baselines, encoder_baselines
+from tunelab.evaluation import generative
+from tunelab.evaluation.baselines import chat_baselines, encoder_baselines, few_shot_chats
 from tunelab.evaluation.forgetting import forgetting_entry
 from tunelab.evaluation.forgetting import score as score_reference
 from tunelab.evaluation.metrics import classification_scores, predicted_labels
@@ -25,6 +26,11 @@ from tunelab.training.loop import eval_batches
 
 def split_prefix(split: str) -> str:
     return {"validation": "val", "test": "test"}[split]
+
+
+def held_out_split(data: PreparedData) -> str | None:
+    """The split a run's headline scores come from: test, else validation (None when there is neither)."""
+    return next((s for s in ("test", "validation") if s in data.splits), None)
 
 
 def format_metrics(metrics: dict[str, float]) -> str:
@@ -59,13 +65,14 @@ def score_baselines(
     cached_files: Path | None,
     accelerator: Accelerator,
     console: Console,
-) -> dict[str, Any]:
-    """Zero-/few-shot scores of the base model on the test split (else validation), before training."""
-    split = next((s for s in ("test", "validation") if s in data.splits), None)
+) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """Zero-/few-shot scores of the base model on the test split (else validation), before training,
+    and, when eval.metrics asks for generated answers, those answers by baseline."""
+    split = held_out_split(data)
     # Zero-/few-shot baselines exist for classification and chat; pretrain and preference runs compare
     # against the base model's own loss on the test split, which every run scores before training.
     if not recipe.eval.baselines or split is None or recipe.task not in ("sft", "classify"):
-        return {}
+        return {}, {}
     k, seed = recipe.eval.few_shot_k, recipe.train.seed
     loaded.model.to(accelerator.device)
     if recipe.task == "classify":
@@ -74,13 +81,22 @@ def score_baselines(
             loaded.model, loaded.tokenizer, data.splits["train"], data.splits[split], data.label_map,
             prefix=split_prefix(split), k=k, seed=seed, descriptions=recipe.eval.label_descriptions,
         )  # fmt: skip
-    else:
+    answers: dict[str, list[str]] = {}
+    if recipe.task == "sft":
+        train, scored = (chat_records(records, cached_files, s, data) for s in ("train", split))
         policy = LengthPolicy(recipe.train.max_seq_len, "truncate", recipe.data.min_tokens)
         scores = chat_baselines(
-            loaded.model, loaded.tokenizer, chat_records(records, cached_files, "train", data),
-            chat_records(records, cached_files, split, data), policy, accelerator,
+            loaded.model, loaded.tokenizer, train, scored, policy, accelerator,
             prefix=split_prefix(split), k=k, seed=seed,
         )  # fmt: skip
+        if recipe.eval.metrics:
+            few, _, _ = few_shot_chats(
+                loaded.tokenizer, train, scored, k=k, seed=seed, max_len=policy.max_seq_len
+            )
+            for name, chats in (("zero_shot", scored), ("few_shot", few)):
+                if name in recipe.eval.baselines:
+                    answers[name], generated = _generated(recipe, loaded, chats, split_prefix(split))
+                    scores[name].update(generated)
     chosen: dict[str, Any] = {name: scores[name] for name in recipe.eval.baselines}
     shown = ", ".join(
         f"{name} {format_metrics({key: v for key, v in s.items() if isinstance(v, float) and not key.startswith('shots_')})}"
@@ -90,7 +106,18 @@ def score_baselines(
     for name, s in chosen.items():
         if s.get("note"):
             console.print(f"[yellow]note:[/] {name.replace('_', '-')}: {s['note']}")
-    return chosen
+    return chosen, answers
+
+
+def _generated(
+    recipe: Recipe, loaded: Any, chats: list[Chat], prefix: str
+) -> tuple[list[str], dict[str, float]]:
+    """A model's answers to the chats' last questions, and their scores under eval.metrics."""
+    asked = generative.ask(chats)
+    answers = generative.answer(
+        loaded.model, loaded.tokenizer, asked, max_new_tokens=recipe.eval.max_new_tokens
+    )
+    return answers, generative.score(answers, [a.reference for a in asked], recipe.eval.metrics, prefix)
 
 
 def forgetting_check(
@@ -135,7 +162,7 @@ def classification_eval(
 ) -> dict[str, Any] | None:
     """eval.json for classify: full scores and confusion matrix of the fine-tuned model on the test split
     (else validation), beside the baselines scored on the same rows before training."""
-    split = next((s for s in ("test", "validation") if s in data.splits), None)
+    split = held_out_split(data)
     if split is None or data.label_map is None:
         return None
     prefix = split_prefix(split)
@@ -158,3 +185,32 @@ def classification_eval(
         "confusion_matrix": scores["confusion_matrix"],
         "labels": names,
     }
+
+
+def generative_eval(
+    recipe: Recipe,
+    model: Any,
+    tokenizer: Any,
+    chats: list[Chat],
+    split: str,
+    summary: RunSummary,
+    baseline_answers: dict[str, list[str]],
+    console: Console,
+) -> tuple[dict[str, float], list[generative.Asked], dict[str, list[str]]]:
+    """The fine-tuned model's answers to the split's questions, scored under eval.metrics and printed
+    beside the base model's zero- and few-shot scores, with an example before and after.
+    Returns (scores, what was asked, every model's answers) for generations.jsonl."""
+    prefix = split_prefix(split)
+    asked = generative.ask(chats)
+    answers = generative.answer(model, tokenizer, asked, max_new_tokens=recipe.eval.max_new_tokens)
+    scores = generative.score(answers, [a.reference for a in asked], recipe.eval.metrics, prefix)
+    everything = {**baseline_answers, "fine_tuned": answers}
+    rows = {name: summary.baselines.get(name, {}) for name in baseline_answers}
+    for line in generative.comparison(
+        {**rows, "fine_tuned": scores}, recipe.eval.metrics, prefix, len(asked)
+    ):
+        console.print(line)
+    before = everything.get("zero_shot")
+    for i in generative.shown_examples(recipe.eval.show_examples, len(asked), recipe.train.seed):
+        console.print(generative.example(asked[i], before[i] if before else None, answers[i]))
+    return scores, asked, everything

@@ -13,20 +13,19 @@ from typing import Any
 from tunelab.config import ModelConfig
 from tunelab.data.formats import load_split
 from tunelab.data.readers import read_file
-from tunelab.data.records import Chat, Message
+from tunelab.data.records import Chat
 from tunelab.data.templates import ensure_chat_template
 from tunelab.data.tokenize import LengthPolicy, tokenize_chats, tokenize_labeled
 from tunelab.errors import DataError, TunelabError
+from tunelab.evaluation import generative
 from tunelab.evaluation import metrics as m
+from tunelab.evaluation.generative import GENERATIVE
 from tunelab.evaluation.settings import DataSettings
-from tunelab.generation import encode_chat, generate_batch
 from tunelab.models.load import load_model
 from tunelab.models.restore import find_final, load_trained
 from tunelab.training.loop import eval_batches
 from tunelab.training.objectives import OBJECTIVES
 from tunelab.training.precision import COMPUTE_DTYPES, Precision, make_accelerator
-
-GENERATIVE = ("bleu", "chrf", "rouge", "exact_match")
 
 
 @dataclass
@@ -114,8 +113,9 @@ def evaluate_file(
     elif any(name in GENERATIVE for name in metrics):
         with target.precision.autocast(accelerator.device.type):
             given = references.per_row if references is not None else None
-            generated = _generative(model, target.tokenizer, records, metrics, max_new_tokens, given)
+            generated, rows = _generative(model, target.tokenizer, records, metrics, max_new_tokens, given)
         result["metrics"].update(generated)
+        result["generations"] = rows  # written beside the scores, one line per example
     return result
 
 
@@ -145,30 +145,18 @@ def _generative(
     metrics: tuple[str, ...],
     max_new_tokens: int,
     given: list[list[str]] | None = None,
-) -> dict:
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Generate each conversation's last assistant turn from what precedes it; score against it, or
-    against `given` (several references per row: each example scores its best)."""
-    prompts: list[list[dict[str, str]]] = []
-    references: list[str] | list[list[str]] = []
-    for chat in chats:
-        last = max(i for i, message in enumerate(chat.messages) if message.role == "assistant")
-        prompts.append([_as_dict(message) for message in chat.messages[:last]])
-        references.append(chat.messages[last].content)  # type: ignore[arg-type]
-    if given is not None:
-        references = given
-    answers = generate_batch(
-        model, tokenizer, [encode_chat(tokenizer, p) for p in prompts], max_new_tokens=max_new_tokens
-    )
-    scores: dict[str, float] = {}
-    if "bleu" in metrics:
-        scores["eval_bleu"] = m.bleu(answers, references)
-    if "chrf" in metrics:
-        scores["eval_chrf"] = m.chrf(answers, references)
-    if "rouge" in metrics:
-        scores.update({f"eval_{k}": v for k, v in m.rouge(answers, references).items()})
-    if "exact_match" in metrics:
-        scores["eval_exact_match"] = m.exact_match(answers, references)
-    return scores
+    against `given` (several references per row: each example scores its best). Also returns every
+    answer beside its prompt and references."""
+    asked = generative.ask(chats)
+    references: list[str] | list[list[str]] = given if given is not None else [a.reference for a in asked]
+    answers = generative.answer(model, tokenizer, asked, max_new_tokens=max_new_tokens)
+    rows = [
+        {"source": item.source, "prompt": item.prompt, "reference": reference, "answer": text}
+        for item, reference, text in zip(asked, references, answers, strict=True)
+    ]
+    return generative.score(answers, references, metrics, "eval"), rows
 
 
 @dataclass(frozen=True)
@@ -205,7 +193,3 @@ def _has_own_answers(fields: set[str], settings: DataSettings) -> bool:
     completion column (under the run's or the command's renaming)."""
     completion = settings.columns.rename.get("completion", "completion")
     return bool(fields & {"messages", "conversations", "output", completion})
-
-
-def _as_dict(message: Message) -> dict[str, str]:
-    return {"role": message.role, "content": message.content}
