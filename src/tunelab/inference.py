@@ -205,6 +205,11 @@ def predict_file(
     """
     if batch_size < 1:
         raise TunelabError(f"batch_size must be >= 1, got {batch_size}")
+    if trained.task == "token_classify":
+        raise TunelabError(
+            "predict does not tag files yet (task token_classify)",
+            fix="score a tagged file with `tunelab eval RUN --data FILE` (entity precision, recall, F1)",
+        )
     run = DataSettings.of_run(trained.run_dir)  # a classifier sees at most what it was trained on
     inputs = read_inputs(data_file, columns or run.columns, generative=trained.generative)
     if trained.generative:

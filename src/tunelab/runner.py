@@ -46,6 +46,7 @@ from tunelab.evaluation.scoring import (
     held_out_split,
     score_baselines,
     split_prefix,
+    tagging_eval,
 )
 from tunelab.models.final import save_final
 from tunelab.models.load import LoadedModel, check_sequence_length, load_tokenizer
@@ -355,6 +356,10 @@ def _score_after_training(
         scored = classification_eval(recipe, model, data, summary, metrics, pad_id, accelerator) or {}
         if scored:
             metrics[f"{scored['split_prefix']}_macro_f1"] = scored["classification"]["macro"]["f1"]
+    elif recipe.task == "token_classify":
+        pad_id = prepared.loaded.tokenizer.pad_token_id
+        scored = tagging_eval(recipe, model, data, summary, pad_id, accelerator) or {}
+        metrics.update(scored.get("fine_tuned", {}))
     if reference is not None:
         forgetting = forgetting_check(
             recipe, model, prepared.loaded.tokenizer, reference, summary, accelerator

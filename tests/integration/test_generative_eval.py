@@ -149,3 +149,30 @@ def test_eval_command_keeps_its_answers_beside_the_scores(
     assert [a["answer"] for a in answers] == ["ja."] * 3 and answers[0]["reference"] == "ja."
     assert json.loads(out.read_text())["metrics"]["eval_exact_match"] == 1.0
     assert "generations" not in json.loads(out.read_text())  # the answers are in their own file
+
+
+def test_generate_asks_a_base_model_as_it_asks_a_run(
+    run: tuple[Path, Path, str], tiny_llama: Path, tmp_path: Path
+) -> None:
+    # The base with the run's chat template saved into it: `tunelab generate` on it must give the
+    # zero-shot answer the run recorded, and on the run the fine-tuned one.
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    run_dir, _, _ = run
+    row = _rows(run_dir)[0]
+    base = tmp_path / "base"
+    shutil.copytree(tiny_llama, base)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    tokenizer.chat_template = load_trained(run_dir).tokenizer.chat_template
+    tokenizer.save_pretrained(base)
+
+    question = row["prompt"][-1]["content"]
+    before = runner.invoke(app, ["generate", str(base), "--prompt", question, "--max-new-tokens", "6"])
+    after = runner.invoke(app, ["generate", str(run_dir), "--prompt", question, "--max-new-tokens", "6"])
+    assert before.exit_code == 0 and after.exit_code == 0, before.output + after.output
+    assert before.stdout == f"{row['zero_shot']}\n" and after.stdout == f"{row['fine_tuned']}\n"
+    # A typo is not taken for a model.
+    missing = runner.invoke(app, ["generate", str(tmp_path / "nope"), "--prompt", "hi"])
+    assert missing.exit_code == 1 and "model folder not found" in missing.output

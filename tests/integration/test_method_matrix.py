@@ -1,4 +1,5 @@
-"""Every adapter method x {tiny Llama sft, tiny BERT classify}, table-driven as in peft's own tests:
+"""Every adapter method x {tiny Llama sft, tiny BERT classify, tiny BERT token_classify}, table-driven
+as in peft's own tests:
 
 - exactly the method's weights (and, for classify, the new head) are trainable, and all of them move
   in two optimizer steps of the real loop;
@@ -34,7 +35,8 @@ from tunelab.config import (
     TrainConfig,
     load_recipe,
 )
-from tunelab.data.records import Chat, Labeled, Message
+from tunelab.data.records import Chat, Labeled, Message, Tagged
+from tunelab.data.tagged import tokenize_tagged
 from tunelab.data.templates import ensure_chat_template
 from tunelab.data.tokenize import LengthPolicy, collate, tokenize_chats, tokenize_labeled
 from tunelab.errors import ModelLoadError, RecipeError
@@ -49,6 +51,13 @@ from tunelab.training.objectives import OBJECTIVES
 from tunelab.training.schedule import build_optimizer, build_scheduler
 
 LABEL_MAP = {"balance": 0, "transfer": 1, "card": 2}
+TAG_MAP = {"O": 0, "B-LOC": 1, "B-PER": 2, "I-PER": 3}
+LABEL_MAPS = {"sft": None, "classify": LABEL_MAP, "token_classify": TAG_MAP}
+SENTENCES = [
+    Tagged(("Anna", "Lopez", "lives", "in", "Lisbon"), ("B-PER", "I-PER", "O", "O", "B-LOC")),
+    Tagged(("Tom", "moved", "to", "Porto", "yesterday"), ("B-PER", "O", "O", "B-LOC", "O")),
+    Tagged(("I", "lost", "my", "card"), ("O", "O", "O", "O")),
+]
 MAX_SHARE = 0.2  # trainable share bound for adapter methods (tiny models make every adapter look big)
 
 METHODS: dict[str, MethodConfig] = {
@@ -75,7 +84,7 @@ OWN_WEIGHTS = {
 @dataclass(frozen=True)
 class Case:
     method: str  # a key of METHODS
-    task: str  # sft: tiny Llama; classify: tiny BERT (its head is new)
+    task: str  # sft: tiny Llama; classify and token_classify: tiny BERT (its head is new)
 
     @property
     def cfg(self) -> Any:  # one of the method classes; each has its own `name` literal
@@ -97,7 +106,7 @@ class Case:
         return f"{module}." if self.name == "adapter" else f"{module}.modules_to_save."
 
 
-CASES = [Case(method, task) for method in METHODS for task in ("sft", "classify")]
+CASES = [Case(method, task) for method in METHODS for task in ("sft", "classify", "token_classify")]
 
 
 def case_id(case: Case) -> str:
@@ -123,14 +132,15 @@ def one_thread() -> Any:
 
 @pytest.fixture(scope="module")
 def folders(tiny_llama: Path, tiny_bert: Path) -> dict[str, Path]:
-    return {"sft": tiny_llama, "classify": tiny_bert}
+    return {"sft": tiny_llama, "classify": tiny_bert, "token_classify": tiny_bert}
 
 
 @pytest.fixture(scope="module")
 def bases(folders: dict[str, Path]) -> dict[str, LoadedModel]:
     """One loaded base per task; each test attaches its method to a deep copy."""
     return {
-        task: load_model(ModelConfig(name=str(folder)), task, LABEL_MAP) for task, folder in folders.items()
+        task: load_model(ModelConfig(name=str(folder)), task, LABEL_MAPS[task])
+        for task, folder in folders.items()
     }
 
 
@@ -143,7 +153,9 @@ def batches(bases: dict[str, LoadedModel]) -> dict[str, dict[str, torch.Tensor]]
     sft_examples, _ = tokenize_chats(chat_tokenizer, chats, policy)
     labeled = [Labeled(row["text"], row["label"]) for row in LABELED[:4]]
     classify_examples, _ = tokenize_labeled(bases["classify"].tokenizer, labeled, LABEL_MAP, policy)
+    tagged_examples, _ = tokenize_tagged(bases["token_classify"].tokenizer, SENTENCES, TAG_MAP, policy)
     return {
+        "token_classify": collate(tagged_examples, bases["token_classify"].tokenizer.pad_token_id),
         "sft": collate(sft_examples, bases["sft"].tokenizer.pad_token_id),
         "classify": collate(classify_examples, bases["classify"].tokenizer.pad_token_id),
     }
@@ -233,7 +245,7 @@ def test_save_then_load_onto_a_fresh_base_gives_the_same_outputs(
     expected = logits(model, batches[case.task])
 
     # A freshly loaded base: for classify its head is a new random one, which the saved head must replace.
-    fresh = load_model(ModelConfig(name=str(folders[case.task])), case.task, LABEL_MAP).model
+    fresh = load_model(ModelConfig(name=str(folders[case.task])), case.task, LABEL_MAPS[case.task]).model
     if is_bottleneck(model):
         save_bottleneck(model, tmp_path)
         assert {p.name for p in tmp_path.iterdir()} == {

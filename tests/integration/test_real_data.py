@@ -124,5 +124,8 @@ def test_a_conll_file_is_named_as_such_not_suggested_as_plain_text(tmp_path: Pat
     with pytest.raises(DataError) as refused:
         load_split(path)
     assert "looks like CoNLL token-tag data (one token and its tag per line" in refused.value.message
-    assert refused.value.fix == "set data.format: text to read each line as plain text anyway"
+    assert refused.value.fix == (
+        "set task: token_classify to train a tagger on it, or data.format: text to read each line as "
+        "plain text anyway"
+    )
     assert load_split(path, fmt="text").format == "text"  # asked for by name, it is read as asked

@@ -264,8 +264,9 @@ def test_token_tag_lines_are_not_taken_for_plain_text(tmp_path: Path) -> None:
         load_split(path)
     assert refused.value.message == (
         f"{path}: this looks like CoNLL token-tag data (one token and its tag per line, e.g. 'EU B-ORG'), "
-        "not plain text; no tunelab task reads token tags yet"
+        "not plain text"
     )
+    assert refused.value.fix is not None and "task: token_classify" in refused.value.fix
     prose = tmp_path / "prose.txt"
     prose.write_text(
         "It was the best of times.\nIt was the worst of times.\nO\nAn age of wisdom.\nOf foolishness O\n"

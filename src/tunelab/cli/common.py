@@ -62,6 +62,13 @@ def friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 RunArgument = Annotated[
     Path, typer.Argument(help="A run folder, its final/ folder, or a `tunelab export` folder.")
 ]
+ModelArgument = Annotated[
+    str,
+    typer.Argument(
+        help="A run folder, its final/ folder, a `tunelab export` folder, or a base model (a folder, a "
+        ".gguf file or a Hub id), to compare before with after."
+    ),
+]
 MaxNewTokens = Annotated[int, typer.Option(help="Most tokens generated per answer.")]
 SystemOption = Annotated[
     str | None, typer.Option("--system", help="A system message before the conversation.")

@@ -139,8 +139,9 @@ def _print_result(summary: RunSummary) -> None:
         for name, scores in others.items():
             if key in scores and isinstance(after, float):
                 change = after - scores[key]
+                about = scores.get("about", "base model")
                 out.print(
-                    f"  vs {name.replace('_', '-')} baseline (base model): {scores[key]:.4f} ({change:+.4f})"
+                    f"  vs {name.replace('_', '-')} baseline ({about}): {scores[key]:.4f} ({change:+.4f})"
                 )
                 if scores.get("note"):
                     out.print(f"    note: {scores['note']}")

@@ -11,8 +11,8 @@ from tunelab.cli.common import (
     ColumnOption,
     DebugOption,
     MaxNewTokens,
+    ModelArgument,
     PrecisionOption,
-    RunArgument,
     SystemOption,
     TemperatureOption,
     TextColumnOption,
@@ -52,7 +52,7 @@ def export_command(
 @app.command("generate")
 @friendly_errors
 def generate_command(
-    run: RunArgument,
+    run: ModelArgument,
     prompt: Annotated[str, typer.Option("--prompt", help="The user message to answer.")],
     max_new_tokens: MaxNewTokens = 128,
     system: SystemOption = None,
@@ -60,11 +60,12 @@ def generate_command(
     precision: PrecisionOption = "trained",
     debug: DebugOption = False,
 ) -> None:
-    """Answer one prompt with a trained model (rendered with the run's chat template)."""
+    """Answer one prompt with a trained model (rendered with the run's chat template), or with a base
+    model (its own template), to compare the two."""
     from tunelab.inference import generate_text, to_best_device
-    from tunelab.models.restore import load_trained
+    from tunelab.models.restore import load_run_or_base
 
-    trained = to_best_device(load_trained(run, precision=precision))
+    trained = to_best_device(load_run_or_base(run, precision=precision))
     answer = generate_text(
         trained, prompt, system=system, max_new_tokens=max_new_tokens, temperature=temperature
     )
@@ -74,7 +75,7 @@ def generate_command(
 @app.command("chat")
 @friendly_errors
 def chat_command(
-    run: RunArgument,
+    run: ModelArgument,
     max_new_tokens: MaxNewTokens = 256,
     system: SystemOption = None,
     temperature: TemperatureOption = 0.0,
@@ -83,9 +84,9 @@ def chat_command(
 ) -> None:
     """Chat with a trained model; answers stream as they are generated. /reset clears, /exit quits."""
     from tunelab.inference import chat_loop, to_best_device
-    from tunelab.models.restore import load_trained
+    from tunelab.models.restore import load_run_or_base
 
-    trained = to_best_device(load_trained(run, precision=precision))
+    trained = to_best_device(load_run_or_base(run, precision=precision))
     console.print(f"chatting with {trained.final_dir} - /reset clears the history, /exit (or Ctrl-D) quits")
     chat_loop(
         trained, input, write_now, system=system, max_new_tokens=max_new_tokens, temperature=temperature
@@ -95,7 +96,7 @@ def chat_command(
 @app.command("predict")
 @friendly_errors
 def predict_command(
-    run: RunArgument,
+    run: ModelArgument,
     data: Annotated[Path, typer.Option("--data", help="Rows to predict (.jsonl, .json, .csv, ...).")],
     out_file: Annotated[Path, typer.Option("--out", help="Where to write the predictions (JSON lines).")],
     batch_size: Annotated[int, typer.Option(help="Rows per batch.")] = 16,
@@ -109,9 +110,9 @@ def predict_command(
     Rows are read with the run's column mapping unless told otherwise."""
     from tunelab.evaluation.settings import DataSettings
     from tunelab.inference import predict_file, to_best_device
-    from tunelab.models.restore import load_trained
+    from tunelab.models.restore import load_run_or_base
 
-    trained = to_best_device(load_trained(run, precision=precision))
+    trained = to_best_device(load_run_or_base(run, precision=precision))
     rename = dict(key_value(item) for item in column or [])
     columns = DataSettings.of_run(trained.run_dir).overridden(rename=rename, text=text_column).columns
     rows = predict_file(

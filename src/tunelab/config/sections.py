@@ -64,6 +64,8 @@ DataFormat = Literal[
     "labeled",
     "multiple_choice",
     "preference",
+    "tagged",  # {tokens, tags} rows (token_classify)
+    "conll",  # a token and its tags per line, sentences between blank lines (token_classify)
 ]
 
 
@@ -171,6 +173,9 @@ class DataConfig(Section):
     text_column: str = Field("text", description="labeled/text formats: the column holding the text.")
     text_pair_column: str | None = Field(None, description="labeled: optional second text column (pairs).")
     label_column: str = Field("label", description="labeled: the column holding the label.")
+    tag_column: int = Field(
+        -1, description="conll: which whitespace-separated column of a line holds the tag (-1: the last)."
+    )
     sample: int | None = Field(
         None,
         gt=0,

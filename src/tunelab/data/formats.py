@@ -17,7 +17,8 @@ from typing import Any
 
 from tunelab.data import hub
 from tunelab.data.readers import ReadResult, Row, read_file
-from tunelab.data.records import ROLES, Chat, Labeled, Message, Preference, Record, Text
+from tunelab.data.records import ROLES, Chat, Labeled, Message, Preference, Record, Tagged, Text
+from tunelab.data.tagged import tagged_from_fields
 from tunelab.errors import DataError
 
 MAX_LISTED = 20
@@ -236,6 +237,13 @@ def _final_answer(value: Any, name: str) -> Any:
     return value
 
 
+def from_tagged(fields: dict[str, Any], columns: Columns) -> Tagged:
+    try:
+        return tagged_from_fields(fields.get("tokens"), fields.get("tags"))
+    except ValueError as exc:
+        raise RowError(str(exc)) from None
+
+
 Converter = Callable[[dict[str, Any], Columns], Record]
 CONVERTERS: dict[str, Converter] = {
     "chat": from_chat,
@@ -246,11 +254,12 @@ CONVERTERS: dict[str, Converter] = {
     "labeled": from_labeled,
     "multiple_choice": from_multiple_choice,
     "preference": from_preference,
+    "tagged": from_tagged,
 }
 FORMATS = tuple(CONVERTERS)
 RECORD_KIND = {
     "chat": "chat", "sharegpt": "chat", "alpaca": "chat", "prompt_completion": "chat", "text": "text",
-    "labeled": "labeled", "multiple_choice": "labeled", "preference": "preference",
+    "labeled": "labeled", "multiple_choice": "labeled", "preference": "preference", "tagged": "tagged",
 }  # fmt: skip
 
 
@@ -267,6 +276,7 @@ def detect_format(rows: list[Row], columns: Columns, kind: str | None = None) ->
         ("chat", {"messages"}),
         ("sharegpt", {"conversations"}),
         ("preference", {"chosen", "rejected"}),
+        ("tagged", {"tokens", "tags"}),
         ("alpaca", {"instruction", "output"}),
         ("prompt_completion", {"prompt", "completion"}),
         ("multiple_choice", {"question", "choices", "answer"}),
@@ -303,6 +313,7 @@ def load_split(
     text_unit: str = "line",
     kind: str | None = None,
     hub_split: str = "train",
+    tag_column: int = -1,
 ) -> LoadedSplit:
     """Read one file (or a Hub dataset's split) into records.
 
@@ -312,15 +323,32 @@ def load_split(
     if hub.is_hub_spec(str(path)):
         return _load_hub_split(str(path), fmt, columns, on_error, text_unit, kind, hub_split)
     columns = columns or Columns()
-    read = read_file(path, text_unit=text_unit)
+    if fmt == "conll" or (
+        fmt == "auto" and kind == "tagged" and Path(path).suffix.lower() in (".txt", ".conll")
+    ):
+        fmt, text_unit = "tagged", "conll"  # sentences of token-tag lines, read as {tokens, tags} rows
+    read = read_file(path, text_unit=text_unit, tag_column=tag_column)
     if columns.rename:
         read.rows = [Row(row.where, columns.apply(row.fields), row.error) for row in read.rows]
+    name = _format_of(read, fmt, columns, kind)
+    _check_columns(read, name, columns)
+    split = _converted(read, name, columns)
+    if split.bad_rows and on_error == "fail":
+        raise _bad_rows_error(split)
+    if not split.records:
+        raise DataError(f"{read.path}: no usable rows", problems=split.bad_rows[:MAX_LISTED])
+    return split
+
+
+def _format_of(read: ReadResult, fmt: str, columns: Columns, kind: str | None) -> str:
+    """The format asked for, or the one detected from the rows' fields (a CoNLL file is not text)."""
     name = fmt if fmt != "auto" else detect_format(read.parsed, columns, kind)
     if fmt == "auto" and name == "text" and looks_like_conll(read.parsed):
         raise DataError(
             f"{read.path}: this looks like CoNLL token-tag data (one token and its tag per line, "
-            "e.g. 'EU B-ORG'), not plain text; no tunelab task reads token tags yet",
-            fix="set data.format: text to read each line as plain text anyway",
+            "e.g. 'EU B-ORG'), not plain text",
+            fix="set task: token_classify to train a tagger on it, or data.format: text to read each "
+            "line as plain text anyway",
         )
     if name is None and kind == "labeled":
         name = "labeled"  # so the missing column is named below
@@ -329,7 +357,11 @@ def load_split(
             f"{read.path}: cannot tell the data format from its fields ({_fields(read)})",
             fix=f"set data.format to one of {', '.join(FORMATS)} (and data.text_column / label_column)",
         )
-    _check_columns(read, name, columns)
+    return name
+
+
+def _converted(read: ReadResult, name: str, columns: Columns) -> LoadedSplit:
+    """Every row through the format's converter; each bad one kept as `file:where: reason`."""
     split = LoadedSplit(path=read.path, format=name, records=[], total_rows=read.total)
     convert = CONVERTERS[name]
     for row in read.rows:
@@ -342,11 +374,8 @@ def load_split(
         except RowError as exc:
             split.bad_rows.append(f"{source}: {exc}")
             continue
-        split.records.append(_with_source(record, source))
-    if split.bad_rows and on_error == "fail":
-        raise _bad_rows_error(split)
-    if not split.records:
-        raise DataError(f"{read.path}: no usable rows", problems=split.bad_rows[:MAX_LISTED])
+        # A file tunelab wrote (data/ or the cache) names each row's original file:line.
+        split.records.append(_with_source(record, row.fields.get("_source") or source))
     return split
 
 

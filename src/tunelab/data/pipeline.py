@@ -17,7 +17,8 @@ from tunelab.data.clean import NearDupConfig
 from tunelab.data.formats import RECORD_KIND, Columns, build_label_map, check_labels_known, load_split
 from tunelab.data.mixture import REPLAY
 from tunelab.data.packing import pack_examples
-from tunelab.data.records import Chat, Labeled, Preference, Record, Text
+from tunelab.data.records import Chat, Labeled, Preference, Record, Tagged, Text
+from tunelab.data.tagged import tag_map_of, tokenize_tagged
 from tunelab.data.templates import add_marker_tokens, ensure_chat_template, split_markers
 from tunelab.data.tokenize import (
     Example,
@@ -33,6 +34,7 @@ from tunelab.methods import method_spec, methods_where
 SPLITS = ("train", "validation", "test")
 RECORD_KIND_FOR_TASK = {
     "sft": "chat", "classify": "labeled", "pretrain": "text", "preference": "preference", "reward": "preference",
+    "token_classify": "tagged",
 }  # fmt: skip
 # Replay data (general data mixed in against forgetting) may be plain text under instruction tuning.
 REPLAY_KINDS = {"sft": ("chat", "text"), "pretrain": ("text",)}
@@ -41,6 +43,7 @@ FORMATS_FOR_KIND = {
     "labeled": "labeled text (text + label columns) or multiple choice (question/choices/answer)",
     "text": "plain text (.txt, or a text column)",
     "preference": "preference pairs (prompt, chosen, rejected)",
+    "tagged": "CoNLL (a token and its tag per line) or {tokens, tags} rows",
 }
 CHAT_TASKS = ("sft", "preference", "reward")  # tasks whose records are rendered with a chat template
 
@@ -109,7 +112,11 @@ def load_records(recipe: Recipe) -> Records:
     splits = _prepare_source(stage, files, data.format, kinds, report, shares, stage.task == "classify")
     splits["train"], report["leakage"] = _check_leakage(data, splits)
     _check_not_empty(splits, report)  # before labels are counted: an empty train has none
-    label_map = _labels(stage, splits, report) if stage.task == "classify" else None
+    label_map = None
+    if stage.task == "classify":
+        label_map = _labels(stage, splits, report)
+    elif stage.task == "token_classify":
+        label_map = tag_map_of(splits, report)
     report["records"] = {split: len(records) for split, records in splits.items()}
     return Records(splits=splits, label_map=label_map, report=report)
 
@@ -273,6 +280,7 @@ def _load(
         columns=columns_of(data),
         on_error=data.on_error,
         text_unit=data.text_unit,
+        tag_column=data.tag_column,
         kind=kinds[0] if len(kinds) == 1 else None,
         hub_split=split,
     )
@@ -419,6 +427,8 @@ def _tokenize(
 
         return tokenize_preferences(tokenizer, _all(items, Preference), policy)
     assert label_map is not None
+    if isinstance(first, Tagged):
+        return tokenize_tagged(tokenizer, _all(items, Tagged), label_map, policy)
     return tokenize_labeled(tokenizer, _all(items, Labeled), label_map, policy)
 
 

@@ -19,7 +19,7 @@ from typing import IO, Any
 
 from tunelab.errors import DataError
 
-CONTAINERS = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt")
+CONTAINERS = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt", ".conll")
 
 
 @dataclass(frozen=True)
@@ -60,8 +60,11 @@ def container_of(path: Path) -> str:
     return suffixes[-1]
 
 
-def read_file(path: str | Path, *, text_unit: str = "line") -> ReadResult:
-    """Read every row; rows that cannot be parsed are collected, never dropped silently."""
+def read_file(path: str | Path, *, text_unit: str = "line", tag_column: int = -1) -> ReadResult:
+    """Read every row; rows that cannot be parsed are collected, never dropped silently.
+
+    Text files hold a row per line, one per file (`text_unit: file`), or a sentence per row
+    (`conll`: token-tag lines, the tag in `tag_column`)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(
@@ -81,7 +84,7 @@ def read_file(path: str | Path, *, text_unit: str = "line") -> ReadResult:
             elif container in (".csv", ".tsv"):
                 result.rows = list(_delimited_rows(path, handle, "\t" if container == ".tsv" else ","))
             else:
-                result.rows = list(_text_rows(handle, text_unit))
+                result.rows = list(_text_rows(handle, text_unit, tag_column))
     except UnicodeDecodeError as exc:
         raise _not_utf8(path, exc) from None
     _refuse_empty(result)
@@ -244,7 +247,12 @@ def _extra_cells(extra: list[str] | None) -> str | None:
     return f"{len(extra)} more cell(s) than the header has columns (an unquoted delimiter in a cell?)"
 
 
-def _text_rows(handle: IO[str], unit: str) -> Iterator[Row]:
+def _text_rows(handle: IO[str], unit: str, tag_column: int = -1) -> Iterator[Row]:
+    if unit == "conll":
+        from tunelab.data.tagged import conll_rows  # it builds Rows: imported here, not at the top
+
+        yield from conll_rows(handle, tag_column)
+        return
     if unit == "file":
         yield Row("1", {"text": handle.read()})
         return

@@ -46,7 +46,16 @@ class Preference:
     source: str = field(default="", compare=False)
 
 
-Record = Chat | Text | Labeled | Preference
+@dataclass(frozen=True)
+class Tagged:
+    """A sentence as words, each with its tag (token classification: B-PER, I-PER, O, ...)."""
+
+    tokens: tuple[str, ...]
+    tags: tuple[str, ...]
+    source: str = field(default="", compare=False)
+
+
+Record = Chat | Text | Labeled | Preference | Tagged
 
 
 def record_text(record: Record) -> str:
@@ -57,4 +66,6 @@ def record_text(record: Record) -> str:
         return record.text if record.text_pair is None else f"{record.text}\n{record.text_pair}"
     if isinstance(record, Preference):
         return "\n".join([*(m.content for m in record.prompt), record.chosen, record.rejected])
+    if isinstance(record, Tagged):
+        return " ".join(record.tokens)
     return record.text

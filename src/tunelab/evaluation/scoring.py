@@ -19,6 +19,7 @@ from tunelab.evaluation.baselines import chat_baselines, encoder_baselines, few_
 from tunelab.evaluation.forgetting import forgetting_entry
 from tunelab.evaluation.forgetting import score as score_reference
 from tunelab.evaluation.metrics import classification_scores, predicted_labels
+from tunelab.evaluation.tagging import entity_scores, gold_tags, headline, predicted_tags, tagging_baselines
 from tunelab.models.methods import is_adapter
 from tunelab.runs.summary import RunSummary
 from tunelab.training.loop import eval_batches
@@ -40,8 +41,15 @@ def format_metrics(metrics: dict[str, float]) -> str:
 def chat_records(
     records: Records | None, cached_files: Path | None, split: str, data: PreparedData
 ) -> list[Chat]:
-    """One split's cleaned conversations: computed now, or read back from the cache's canonical JSONL.
-    Plain-text rows (replay data mixed into instruction tuning) are not conversations and are skipped.
+    """One split's cleaned conversations (see split_records). Plain-text rows (replay data mixed into
+    instruction tuning) are not conversations and are skipped."""
+    return [row for row in split_records(records, cached_files, split, data) if isinstance(row, Chat)]
+
+
+def split_records(
+    records: Records | None, cached_files: Path | None, split: str, data: PreparedData
+) -> list[Any]:
+    """One split's cleaned records: computed now, or read back from the cache's canonical JSONL.
 
     Both ways hold the same rows: the cache keeps only the rows that survived tokenisation, so rows it
     dropped (too long, no answer token left) are left out here too. Otherwise a few-shot baseline
@@ -54,7 +62,7 @@ def chat_records(
     else:
         assert cached_files is not None
         rows = list(load_split(cached_files / f"{split}.jsonl").records)
-    return [row for row in rows if isinstance(row, Chat)]
+    return rows
 
 
 def score_baselines(
@@ -71,6 +79,13 @@ def score_baselines(
     split = held_out_split(data)
     # Zero-/few-shot baselines exist for classification and chat; pretrain and preference runs compare
     # against the base model's own loss on the test split, which every run scores before training.
+    if recipe.task == "token_classify" and split is not None and data.label_map is not None:
+        names = sorted(data.label_map, key=data.label_map.__getitem__)
+        gold = gold_tags(data.splits[split], names)
+        train, scored = (split_records(records, cached_files, s, data) for s in ("train", split))
+        tagged = tagging_baselines(train, gold, scored, split_prefix(split))
+        console.print(f"baselines (no model): {_shown(tagged)}")
+        return tagged, {}
     if not recipe.eval.baselines or split is None or recipe.task not in ("sft", "classify"):
         return {}, {}
     k, seed = recipe.eval.few_shot_k, recipe.train.seed
@@ -98,15 +113,46 @@ def score_baselines(
                     answers[name], generated = _generated(recipe, loaded, chats, split_prefix(split))
                     scores[name].update(generated)
     chosen: dict[str, Any] = {name: scores[name] for name in recipe.eval.baselines}
-    shown = ", ".join(
-        f"{name} {format_metrics({key: v for key, v in s.items() if isinstance(v, float) and not key.startswith('shots_')})}"
-        for name, s in chosen.items()
-    )
-    console.print(f"baselines (base model, k={recipe.eval.few_shot_k} for few-shot): {shown}")
+    console.print(f"baselines (base model, k={recipe.eval.few_shot_k} for few-shot): {_shown(chosen)}")
     for name, s in chosen.items():
         if s.get("note"):
             console.print(f"[yellow]note:[/] {name.replace('_', '-')}: {s['note']}")
     return chosen, answers
+
+
+def _shown(baselines: dict[str, Any]) -> str:
+    return ", ".join(
+        f"{name} {format_metrics({key: v for key, v in s.items() if isinstance(v, float) and not key.startswith('shots_')})}"
+        for name, s in baselines.items()
+    )
+
+
+def tagging_eval(
+    recipe: Recipe,
+    model: Any,
+    data: PreparedData,
+    summary: RunSummary,
+    pad_id: int,
+    accelerator: Accelerator,
+) -> dict[str, Any] | None:
+    """eval.json for token_classify: entity scores per type and micro, of the fine-tuned model on the
+    test split (else validation), beside the model-free baselines scored on the same words."""
+    split = held_out_split(data)
+    if split is None or data.label_map is None:
+        return None
+    prefix = split_prefix(split)
+    names = sorted(data.label_map, key=data.label_map.__getitem__)
+    gold, predicted = predicted_tags(
+        model, data.splits[split], names, recipe.train.batch_size, pad_id, accelerator
+    )
+    return {
+        "split": split,
+        "split_prefix": prefix,
+        "fine_tuned": headline(prefix, gold, predicted),
+        "entities": entity_scores(gold, predicted),
+        "baselines": {name: dict(s) for name, s in summary.baselines.items()},
+        "tags": names,
+    }
 
 
 def _generated(

@@ -14,6 +14,7 @@ from tunelab.config import ModelConfig
 from tunelab.data.formats import load_split
 from tunelab.data.readers import read_file
 from tunelab.data.records import Chat
+from tunelab.data.tagged import check_tags_known, tokenize_tagged
 from tunelab.data.templates import ensure_chat_template
 from tunelab.data.tokenize import LengthPolicy, tokenize_chats, tokenize_labeled
 from tunelab.errors import DataError, TunelabError
@@ -21,6 +22,7 @@ from tunelab.evaluation import generative
 from tunelab.evaluation import metrics as m
 from tunelab.evaluation.generative import GENERATIVE
 from tunelab.evaluation.settings import DataSettings
+from tunelab.evaluation.tagging import entity_scores, headline, predicted_tags
 from tunelab.models.load import load_model
 from tunelab.models.restore import find_final, load_trained
 from tunelab.training.loop import eval_batches
@@ -77,7 +79,7 @@ def evaluate_file(
     # Wrapped as training wrapped it (autocast, outputs back to float32), so a run's scores reproduce.
     accelerator = make_accelerator(target.precision.mixed_precision)
     model = accelerator.prepare_model(target.model, evaluation_mode=True)
-    kind = "labeled" if target.task == "classify" else "chat"
+    kind = {"classify": "labeled", "token_classify": "tagged"}.get(target.task, "chat")
     references, settings = _references(target, data_file, settings, metrics)
     records = load_split(
         data_file, fmt=settings.format, columns=settings.columns, kind=kind, on_error="fail"
@@ -86,6 +88,10 @@ def evaluate_file(
     if target.task == "classify":
         assert target.label_map is not None
         examples, _ = tokenize_labeled(target.tokenizer, records, target.label_map, policy)
+    elif target.task == "token_classify":
+        assert target.label_map is not None
+        check_tags_known(records, target.label_map, str(data_file))
+        examples, _ = tokenize_tagged(target.tokenizer, records, target.label_map, policy)
     else:
         ensure_chat_template(target.tokenizer)
         examples, _ = tokenize_chats(target.tokenizer, records, policy)
@@ -104,6 +110,8 @@ def evaluate_file(
     result["metrics"] = m.evaluate(
         model, batches(), OBJECTIVES[target.task], target.task, accelerator, prefix="eval"
     )
+    if target.task == "token_classify":
+        result.update(_tagging_scores(target, model, examples, batch_size, accelerator, result["metrics"]))
     if target.task == "classify":
         assert target.label_map is not None
         names = sorted(target.label_map, key=target.label_map.__getitem__)
@@ -117,6 +125,23 @@ def evaluate_file(
         result["metrics"].update(generated)
         result["generations"] = rows  # written beside the scores, one line per example
     return result
+
+
+def _tagging_scores(
+    target: Target,
+    model: Any,
+    examples: list[Any],
+    batch_size: int,
+    accelerator: Any,
+    metrics: dict[str, Any],
+) -> dict[str, Any]:
+    """A tagger's entity scores (added to `metrics`) and their per-type table."""
+    assert target.label_map is not None
+    names = sorted(target.label_map, key=target.label_map.__getitem__)
+    pad_id = target.tokenizer.pad_token_id
+    gold, predicted = predicted_tags(model, examples, names, batch_size, pad_id, accelerator)
+    metrics.update(headline("eval", gold, predicted))
+    return {"entities": entity_scores(gold, predicted)}
 
 
 def _references(

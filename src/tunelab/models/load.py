@@ -10,7 +10,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    AutoTokenizer,
+)
 
 from tunelab.config import ModelConfig, Recipe
 from tunelab.errors import ModelLoadError
@@ -86,7 +91,7 @@ def quantisation_options(quantisation: Quantisation | None, task: str) -> dict[s
     # Sequence-classification heads are new and trained in full: keep them (and BERT's pooler) out of
     # bitsandbytes. transformers' own default keeps only the module of the *last parameter*, which misses
     # a head whose last parameter is a bias ("classifier.bias"). Causal LMs keep their defaults (lm_head).
-    skip = ["classifier", "score", "pooler"] if task in ("classify", "reward") else None
+    skip = ["classifier", "score", "pooler"] if task in ("classify", "reward", "token_classify") else None
     if quantisation == "4bit":
         config = BitsAndBytesConfig(
             load_in_4bit=True,
@@ -181,9 +186,10 @@ def _load_weights(
         return AutoModelForSequenceClassification.from_pretrained(
             source, num_labels=1, dtype=dtype, output_loading_info=True, **common
         )
-    if task == "classify":
+    if task in ("classify", "token_classify"):
         assert label_map is not None
-        return AutoModelForSequenceClassification.from_pretrained(
+        auto = AutoModelForSequenceClassification if task == "classify" else AutoModelForTokenClassification
+        return auto.from_pretrained(
             source,
             num_labels=len(label_map),
             label2id=dict(label_map),
@@ -226,6 +232,7 @@ _NO_HEAD = "Unrecognized configuration class"
 HEAD_NAMES = {
     "sft": "a causal language model",
     "classify": "a sequence classifier",
+    "token_classify": "a token classifier",
     "reward": "a reward model",
 }
 

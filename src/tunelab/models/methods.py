@@ -55,6 +55,7 @@ TASK_TYPES: dict[str, TaskType] = {
     "preference": TaskType.CAUSAL_LM,
     "classify": TaskType.SEQ_CLS,
     "reward": TaskType.SEQ_CLS,  # a sequence-classification head with one output
+    "token_classify": TaskType.TOKEN_CLS,
 }
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from peft import PeftModel, PeftModelForSequenceClassification, PeftType
+from peft import PeftModel, PeftModelForSequenceClassification, PeftModelForTokenClassification, PeftType
 
 
 def cache_argument(module: Any) -> str | None:
@@ -29,13 +29,18 @@ def cache_argument(module: Any) -> str | None:
     return None
 
 
-class PrefixTunedClassifier(PeftModelForSequenceClassification):
-    """peft's classifier with prefix tuning, handing the prefixes to the model under the name it takes.
+class _PrefixUnderItsName:
+    """peft's prefix-tuning route for a classifier, handing the prefixes to the model under the name it
+    takes.
 
     The classifier's own forward is called (as peft does when it finds the old name): its `**kwargs`
-    carry the cache on to its backbone, and it pools and applies its head and loss, so nothing else
-    changes.
+    carry the cache on to its backbone, and it applies its head (pooled, or per token) and loss, so
+    nothing else changes.
     """
+
+    base_model: Any
+    transformer_backbone_name: str
+    get_prompt: Any
 
     def _prefix_tuning_forward(
         self,
@@ -63,20 +68,33 @@ class PrefixTunedClassifier(PeftModelForSequenceClassification):
         )
 
 
+class PrefixTunedClassifier(_PrefixUnderItsName, PeftModelForSequenceClassification):
+    """A sequence classifier (classify, reward) with prefix tuning."""
+
+
+class PrefixTunedTokenClassifier(_PrefixUnderItsName, PeftModelForTokenClassification):
+    """A token classifier (token_classify) with prefix tuning: peft's route has the same stale look-up."""
+
+
+FIXED = {
+    PeftModelForSequenceClassification: PrefixTunedClassifier,
+    PeftModelForTokenClassification: PrefixTunedTokenClassifier,
+}
+
+
 def fix_prefix_classifier(model: Any) -> Any:
     """Give a peft prefix-tuned classifier the route above when its model names the cache `cache`.
 
     Applied where tunelab builds the peft model and where it loads one back, so training and restore
     take the same path. Any other model is returned as it is.
     """
-    if not isinstance(model, PeftModelForSequenceClassification) or isinstance(model, PrefixTunedClassifier):
-        return model
-    if model.active_peft_config.peft_type != PeftType.PREFIX_TUNING:
+    fixed = FIXED.get(type(model))
+    if fixed is None or model.active_peft_config.peft_type != PeftType.PREFIX_TUNING:
         return model
     backbone = model.base_model.get_submodule(model.transformer_backbone_name)
     if cache_argument(model.base_model) == "cache" or cache_argument(backbone) == "cache":
         # A subclass that adds no state, so the instance keeps every weight and hook it has.
-        model.__class__ = PrefixTunedClassifier
+        model.__class__ = fixed
     return model
 
 

@@ -33,7 +33,10 @@ PEFT_ADAPTER = "adapter_config.json"
 BOTTLENECK_ADAPTER = "bottleneck_adapter.json"
 
 # The model head each task trains: generative tasks share the causal LM head.
-HEADS = {"sft": "sft", "pretrain": "sft", "preference": "sft", "classify": "classify", "reward": "reward"}
+HEADS = {
+    "sft": "sft", "pretrain": "sft", "preference": "sft", "classify": "classify", "reward": "reward",
+    "token_classify": "token_classify",
+}  # fmt: skip
 GENERATIVE_TASKS = ("sft", "pretrain", "preference")
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 
@@ -128,7 +131,7 @@ def load_trained(path: str | Path, *, dtype: Dtype = "auto", precision: str = "t
     if dtype != "auto":
         chosen = Precision(compute=chosen.compute, weights=resolve_weights(dtype))
     label_map = read_label_map(final)
-    if info["task"] == "classify" and label_map is None:
+    if info["task"] in ("classify", "token_classify") and label_map is None:
         raise TunelabError(f"{final}: a classifier needs its label map ({LABELS}), which is missing")
     head = HEADS[info["task"]]
     kind = adapter_kind(final)
@@ -219,3 +222,34 @@ def load_saved_tokenizer(final: Path) -> Any:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     return tokenizer
+
+
+def load_base(name: str, *, precision: str = "trained") -> Trained:
+    """A base model (Hub id, folder or .gguf) as `generate`, `chat` and `predict` use a run, so the
+    model before fine-tuning can be asked the same questions as the model after. A tokenizer with a
+    chat template is a chat model (task sft); one without continues plain text (pretrain)."""
+    compute = "fp32" if precision == "trained" else precision  # nothing was trained: no precision of its own
+    loaded = load_model(ModelConfig(name=name), "sft", dtype=COMPUTE_DTYPES[compute])
+    template = getattr(loaded.tokenizer, "chat_template", None)
+    task = "sft" if template else "pretrain"
+    info = {"task": task, "method": "none", "base_model": name, "chat_template": "own" if template else None}
+    loaded.model.eval()
+    return Trained(
+        loaded.model,
+        loaded.tokenizer,
+        task,
+        "none",
+        None,
+        info,
+        Path(loaded.source),
+        None,
+        Precision(compute, COMPUTE_DTYPES[compute]),
+    )
+
+
+def load_run_or_base(path: str, *, precision: str = "trained") -> Trained:
+    """A run (or its final/, or an export) when `path` is one, else a base model by that name."""
+    candidate = Path(path)
+    if find_final(candidate) is not None or (candidate / "summary.json").is_file():
+        return load_trained(candidate, precision=precision)
+    return load_base(path, precision=precision)

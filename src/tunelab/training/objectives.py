@@ -89,6 +89,27 @@ def classification_targets(batch: Batch) -> int:
     return int(batch["labels"].numel())
 
 
+def token_classification(model: Any, batch: Batch) -> Output:
+    """Cross-entropy on the positions that carry a tag (each word's first sub-token); token accuracy
+    over the same positions as a stat. Prompt tuning's virtual tokens come first in the logits and
+    are dropped, as for causal LMs."""
+    logits = align_logits(model(**model_inputs(batch)).logits, batch["input_ids"].size(1))
+    labels = batch["labels"]
+    loss_sum = F.cross_entropy(
+        logits.float().reshape(-1, logits.size(-1)),
+        labels.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
+    scored = labels != IGNORE_INDEX
+    correct = ((logits.argmax(-1) == labels) & scored).sum().float()
+    return Output(loss_sum=loss_sum, logits=logits, stats={"accuracy": correct})
+
+
+def token_targets(batch: Batch) -> int:
+    return int((batch["labels"] != IGNORE_INDEX).sum())
+
+
 @dataclass(frozen=True)
 class Objective:
     loss: Callable[[Any, Batch], Output]
@@ -99,6 +120,7 @@ OBJECTIVES: dict[str, Objective] = {
     "sft": Objective(loss=causal_lm, count_targets=causal_lm_targets),
     "pretrain": Objective(loss=causal_lm, count_targets=causal_lm_targets),  # labels are every token
     "classify": Objective(loss=classification, count_targets=classification_targets),
+    "token_classify": Objective(loss=token_classification, count_targets=token_targets),
 }
 
 
