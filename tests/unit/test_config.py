@@ -102,8 +102,7 @@ def test_unknown_method_and_task(tmp_path: Path, good: dict) -> None:
     assert "method: unknown method 'lroa'; must be one of full, freeze, lora" in text
     assert (
         "task: must be one of 'sft', 'classify', 'pretrain', 'preference', 'reward' or 'token_classify', "
-        "got 'classification'"
-        in text
+        "got 'classification'" in text
     )
 
 
