@@ -14,6 +14,7 @@ One thread keeps errors and Ctrl-C where the caller sees them, and decoding goes
 from __future__ import annotations
 
 import json
+import string
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -69,8 +70,19 @@ def generate_text(
         # Continued pre-training learned plain text: continue it, with the tokenizer's usual BOS.
         ids = trained.tokenizer(prompt)["input_ids"]
     else:
-        ids = _encode(trained, _conversation(system, [{"role": "user", "content": prompt}]))
+        turn = {"role": "user", "content": as_trained(trained, prompt)}
+        ids = _encode(trained, _conversation(system or trained.info.get("system_prompt"), [turn]))
     return _generate(trained, ids, max_new_tokens=max_new_tokens, temperature=temperature)
+
+
+def as_trained(trained: Trained, prompt: str) -> str:
+    """A prompt written as the run's data.prompt_template wrote its training prompts, when that
+    template has one field to fill ('Summarize the dialogue:\n\n{dialogue}'); else the prompt as is."""
+    template = trained.info.get("prompt_template")
+    if not template:
+        return prompt
+    fields = {name for _, name, _, _ in string.Formatter().parse(template) if name}
+    return template.format_map({fields.pop(): prompt}) if len(fields) == 1 else prompt
 
 
 def _conversation(system: str | None, turns: Messages) -> Messages:
@@ -152,6 +164,7 @@ def chat_loop(
     `output_fn` gets pieces of text (no newline added); returns the history at exit.
     """
     _require_generative(trained)
+    system = system or trained.info.get("system_prompt")
     history: Messages = _conversation(system, [])
     while True:
         try:

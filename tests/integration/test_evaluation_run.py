@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 from tests.conftest import REPO, make_recipe
 from tunelab.cli import app
 from tunelab.config import ModelConfig, load_recipe
-from tunelab.data.formats import build_label_map, load_split
+from tunelab.data.formats import load_split
+from tunelab.data.labels import build_label_map
 from tunelab.data.tokenize import LengthPolicy, tokenize_labeled
 from tunelab.evaluation.baselines import encoder_baselines
 from tunelab.models.load import load_model

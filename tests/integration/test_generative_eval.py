@@ -176,3 +176,16 @@ def test_generate_asks_a_base_model_as_it_asks_a_run(
     # A typo is not taken for a model.
     missing = runner.invoke(app, ["generate", str(tmp_path / "nope"), "--prompt", "hi"])
     assert missing.exit_code == 1 and "model folder not found" in missing.output
+
+
+def test_the_report_shows_answers_before_and_after(run: tuple[Path, Path, str]) -> None:
+    import html
+
+    run_dir, _, _ = run
+    page = (run_dir / "report.html").read_text()
+    section = page[page.index('<section id="examples">') : page.index('<section id="confusion">')]
+    rows = _rows(run_dir)
+    assert "not available" not in section
+    assert section.count("<h3>") == 3  # all three test rows (EXAMPLES_SHOWN is 3)
+    for row in rows:
+        assert html.escape(row["zero_shot"]) in section and html.escape(row["fine_tuned"]) in section

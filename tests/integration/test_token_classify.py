@@ -149,6 +149,9 @@ def test_a_tagger_trains_and_is_scored_beside_its_baselines(tmp_path: Path, tiny
     assert f1 > 0.9  # three sentence patterns: a tagger learns them
     assert set(scored["entities"]["per_type"]) == {"LOC", "PER"} and scored["tags"][0] == "O"
     assert summary["metrics"]["test_loss"] < summary["before_training"]["test_loss"]
+    page = (result.run_dir / "report.html").read_text()
+    entities = page[page.index('<section id="entities">') : page.index('<section id="forgetting">')]
+    assert "<td>PER</td>" in entities and "<td>LOC</td>" in entities and "<td>micro</td>" in entities
     # `tunelab eval` rebuilds the tagger from final/ and gets the run's own numbers.
     again = evaluate_file(load_target(str(result.run_dir)), str(test_file))
     assert again["metrics"]["eval_entity_f1"] == pytest.approx(f1)

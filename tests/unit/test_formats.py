@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import write_jsonl
-from tunelab.data.formats import Columns, build_label_map, load_split
+from tunelab.data.formats import Columns, load_split
+from tunelab.data.labels import build_label_map
 from tunelab.data.records import Chat, Labeled, Message, Preference, Text
 from tunelab.errors import DataError
 
@@ -320,3 +321,48 @@ def test_prediction_rows_name_every_bad_row(tmp_path: Path) -> None:
     pairs = write_jsonl(tmp_path / "pairs.jsonl", [{"q": "a", "p": "b"}, {"q": "c"}])
     with pytest.raises(DataError, match=r"pairs.jsonl:2: p: missing"):
         read_inputs(pairs, Columns(text="q", text_pair="p"), generative=False)
+
+
+def test_a_prompt_template_and_a_system_prompt_write_the_conversations(tmp_path: Path) -> None:
+    from tunelab.data.inputs import read_inputs
+
+    rows = [
+        {"dialogue": "#Person1#: Hi.\n#Person2#: Hello.", "summary": "They greet."},
+        {"summary": "No dialogue here."},
+    ]
+    path = write_jsonl(tmp_path / "dialogsum.jsonl", rows)
+    columns = Columns(
+        rename={"completion": "summary"},
+        prompt_template="Summarize the dialogue:\n\n{dialogue}",
+        system_prompt="Answer in one sentence.",
+    )
+    split = load_split(path, columns=columns, on_error="skip")
+    assert split.format == "prompt_completion"
+    assert split.records[0].messages == (
+        Message("system", "Answer in one sentence."),
+        Message("user", "Summarize the dialogue:\n\n#Person1#: Hi.\n#Person2#: Hello."),
+        Message("assistant", "They greet."),
+    )
+    assert split.bad_rows == [
+        f"{path}:2: prompt_template: the row has no field 'dialogue' (fields: completion, summary)"
+    ]
+    # predict writes the same prompt from the same row, without the answer.
+    [asked] = read_inputs(write_jsonl(tmp_path / "one.jsonl", rows[:1]), columns, generative=True)
+    assert asked.messages == split.records[0].messages[:2]
+
+
+def test_a_prompt_template_that_names_nothing_or_is_broken_is_a_recipe_problem(tmp_path: Path) -> None:
+    import yaml
+
+    from tunelab.config import load_recipe
+    from tunelab.errors import RecipeError
+
+    data = write_jsonl(tmp_path / "t.jsonl", [{"prompt": "a", "completion": "b"}])
+    for template, reason in (("Summarize:", "names no field"), ("Summarize {dialogue", "not a template")):
+        recipe = tmp_path / "r.yaml"
+        recipe.write_text(yaml.safe_dump({
+            "name": "t", "task": "sft", "model": {"name": str(tmp_path)}, "method": {"name": "lora"},
+            "data": {"train": str(data), "prompt_template": template},
+        }))  # fmt: skip
+        with pytest.raises(RecipeError, match=f"data.prompt_template: {reason}"):
+            load_recipe(recipe)

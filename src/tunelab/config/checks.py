@@ -76,6 +76,25 @@ def check_generative_metrics(recipe: Recipe) -> list[Problem]:
     return []
 
 
+def check_prompt_template(recipe: Recipe) -> list[Problem]:
+    import string
+
+    template = recipe.data.prompt_template
+    if template is None:
+        return []
+    try:
+        names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as exc:
+        return [
+            Problem("data.prompt_template", f"not a template: {exc} (write {{{{ and }}}} for literal braces)")
+        ]
+    if not names:
+        return [
+            Problem("data.prompt_template", "names no field to fill in, e.g. 'Summarize:\\n\\n{dialogue}'")
+        ]
+    return []
+
+
 def check_preference_section(recipe: Recipe) -> list[Problem]:
     # Written, not merely defaulted: `preference: {beta: 0.1}` in an sft recipe is a mistake too.
     written = sorted(recipe.preference.model_fields_set)
@@ -143,6 +162,7 @@ CHECKS: list[Check] = [
     check_early_stopping,
     check_reference,
     check_generative_metrics,
+    check_prompt_template,
     check_preference_section,
     check_method_fits_task,
     check_data_sources,

@@ -173,6 +173,15 @@ class DataConfig(Section):
     text_column: str = Field("text", description="labeled/text formats: the column holding the text.")
     text_pair_column: str | None = Field(None, description="labeled: optional second text column (pairs).")
     label_column: str = Field("label", description="labeled: the column holding the label.")
+    prompt_template: str | None = Field(
+        None,
+        description="prompt/completion rows (and columns renamed to them): the user message, written from "
+        "the row's fields, e.g. 'Summarize the dialogue:\\n\\n{dialogue}' ({{ }} for literal braces). Used "
+        "by training, eval, predict and generate alike.",
+    )
+    system_prompt: str | None = Field(
+        None, description="A system message for every conversation that has none (kept for inference)."
+    )
     tag_column: int = Field(
         -1, description="conll: which whitespace-separated column of a line holds the tag (-1: the last)."
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,8 @@ class Columns:
     rename: dict[str, str] = field(
         default_factory=dict
     )  # format field -> source column, e.g. prompt -> dialogue
+    prompt_template: str | None = None  # the user message, from the row's fields: "Summarize:\n{dialogue}"
+    system_prompt: str | None = None  # given to every conversation without a system message
 
     def apply(self, fields: dict[str, Any]) -> dict[str, Any]:
         if not self.rename:
@@ -138,9 +140,32 @@ def alpaca_prompt(fields: dict[str, Any]) -> str:
 
 
 def from_prompt_completion(fields: dict[str, Any], columns: Columns) -> Chat:
-    prompt = _content(fields.get("prompt"), "prompt", required=True)
+    prompt = templated_prompt(fields, columns)
     completion = _content(fields.get("completion"), "completion", required=True)
     return Chat((Message("user", prompt), Message("assistant", completion)))
+
+
+def templated_prompt(fields: dict[str, Any], columns: Columns) -> str:
+    """The user message of a prompt/completion row: its prompt, or data.prompt_template filled in."""
+    if columns.prompt_template is None:
+        return _content(fields.get("prompt"), "prompt", required=True)
+    try:
+        text = columns.prompt_template.format_map(fields)
+    except KeyError as exc:
+        names = ", ".join(sorted(fields)) or "none"
+        raise RowError(f"prompt_template: the row has no field {exc.args[0]!r} (fields: {names})") from None
+    return _content(text, "prompt_template", required=True)
+
+
+def with_system_prompt(record: Record, system: str | None) -> Record:
+    """A conversation (or a preference pair's prompt) with data.system_prompt first, unless it has one."""
+    if not system:
+        return record
+    if isinstance(record, Chat) and not any(m.role == "system" for m in record.messages):
+        return replace(record, messages=(Message("system", system), *record.messages))
+    if isinstance(record, Preference) and not any(m.role == "system" for m in record.prompt):
+        return replace(record, prompt=(Message("system", system), *record.prompt))
+    return record
 
 
 def from_text(fields: dict[str, Any], columns: Columns) -> Text:
@@ -278,7 +303,7 @@ def detect_format(rows: list[Row], columns: Columns, kind: str | None = None) ->
         ("preference", {"chosen", "rejected"}),
         ("tagged", {"tokens", "tags"}),
         ("alpaca", {"instruction", "output"}),
-        ("prompt_completion", {"prompt", "completion"}),
+        ("prompt_completion", {"completion"} if columns.prompt_template else {"prompt", "completion"}),
         ("multiple_choice", {"question", "choices", "answer"}),
         ("labeled", {columns.text, columns.label}),
         ("text", {columns.text}),
@@ -370,7 +395,7 @@ def _converted(read: ReadResult, name: str, columns: Columns) -> LoadedSplit:
             split.bad_rows.append(f"{source}: {row.error}")
             continue
         try:
-            record = convert(row.fields, columns)
+            record = with_system_prompt(convert(row.fields, columns), columns.system_prompt)
         except RowError as exc:
             split.bad_rows.append(f"{source}: {exc}")
             continue
@@ -408,8 +433,6 @@ def _load_hub_split(
 
 
 def _with_source(record: Record, source: str) -> Record:
-    from dataclasses import replace
-
     return replace(record, source=source)
 
 
@@ -450,33 +473,3 @@ def _bad_rows_error(split: LoadedSplit) -> DataError:
         problems=shown + ([f"... and {more} more"] if more else []),
         fix="fix these rows, or set data.on_error: skip to leave them out (they are counted in the report)",
     )
-
-
-# ---------------------------------------------------------------------------------------------
-# Label maps
-
-
-def build_label_map(records: list[Labeled]) -> dict[str, int]:
-    """Label name -> id. Integer-like labels keep numeric order (0, 1, 2, ...), others sort by name."""
-    names = {r.label for r in records}
-    ordered = sorted(names, key=int) if all(_is_int(n) for n in names) else sorted(names)
-    return {name: i for i, name in enumerate(ordered)}
-
-
-def check_labels_known(records: list[Labeled], label_map: dict[str, int], split: str) -> None:
-    unknown = [r for r in records if r.label not in label_map]
-    if unknown:
-        problems = [f"{r.source}: label {r.label!r} does not occur in the training data" for r in unknown]
-        raise DataError(
-            f"{split}: {len(unknown)} row(s) have labels the model cannot learn",
-            problems=problems[:MAX_LISTED],
-            fix=f"use only the training labels: {', '.join(label_map)}",
-        )
-
-
-def _is_int(text: str) -> bool:
-    try:
-        int(text)
-    except ValueError:
-        return False
-    return True

@@ -22,6 +22,7 @@ from tunelab.data.formats import (
     labeled_text,
     preference_prompt,
     sharegpt_messages,
+    templated_prompt,
 )
 from tunelab.data.readers import read_file
 from tunelab.data.records import Message
@@ -80,6 +81,11 @@ def _scoring_input(fields: dict[str, Any], columns: Columns) -> PredictInput:
 
 
 def _prompt_input(fields: dict[str, Any], columns: Columns) -> PredictInput:
+    if columns.prompt_template is not None and not {"messages", "conversations", "instruction"} & set(fields):
+        # A row for a run trained with data.prompt_template: the prompt is written as training wrote it.
+        fields = {**fields, "prompt": templated_prompt(fields, columns)}
+    if columns.system_prompt and not fields.get("system"):
+        fields = {**fields, "system": columns.system_prompt}
     return PredictInput(messages=prompt_messages(fields), copied=_copied(fields))
 
 

@@ -14,7 +14,8 @@ from typing import Any
 from tunelab.config import DataConfig, Recipe, source_name
 from tunelab.data import quality
 from tunelab.data.clean import NearDupConfig
-from tunelab.data.formats import RECORD_KIND, Columns, build_label_map, check_labels_known, load_split
+from tunelab.data.formats import RECORD_KIND, Columns, load_split
+from tunelab.data.labels import build_label_map, check_labels_known
 from tunelab.data.mixture import REPLAY
 from tunelab.data.packing import pack_examples
 from tunelab.data.records import Chat, Labeled, Preference, Record, Tagged, Text
@@ -73,7 +74,12 @@ class PreparedData:
 
 def columns_of(data: DataConfig) -> Columns:
     return Columns(
-        text=data.text_column, label=data.label_column, text_pair=data.text_pair_column, rename=data.columns
+        text=data.text_column,
+        label=data.label_column,
+        text_pair=data.text_pair_column,
+        rename=data.columns,
+        prompt_template=data.prompt_template,
+        system_prompt=data.system_prompt,
     )
 
 

@@ -32,6 +32,8 @@ class DataSettings:
             label=str(data.get("label_column", "label")),
             text_pair=data.get("text_pair_column"),
             rename=dict(data.get("columns") or {}),
+            prompt_template=data.get("prompt_template"),
+            system_prompt=data.get("system_prompt"),
         )
         fmt = data.get("format", "auto") if isinstance(data.get("format"), str) else "auto"
         return cls(format=fmt, columns=columns, max_seq_len=int(train.get("max_seq_len", 512)))

@@ -40,6 +40,9 @@ def save_final(
         "base_model": recipe.model.name,
         "weights_from": source_of(model_source(recipe.model.name)[0]),  # a GGUF base's file, or null
         "chat_template": data.chat_template,
+        # Written into every training conversation, so inference writes them the same way.
+        "system_prompt": recipe.data.system_prompt,
+        "prompt_template": recipe.data.prompt_template,
         "added_tokens": data.added_tokens,  # the base needs rows for them (resize_token_embeddings)
         "precision": precision,
     }

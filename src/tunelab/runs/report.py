@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import yaml
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -23,7 +24,19 @@ from tunelab.runs.rundir import read_summary, write_text_atomic
 from tunelab.runs.summary import RunSummary
 
 REPORT = "report.html"
-SECTIONS = ("summary", "loss", "lr", "baselines", "confusion", "forgetting", "data", "cost")
+SECTIONS = (
+    "summary",
+    "loss",
+    "lr",
+    "baselines",
+    "examples",
+    "confusion",
+    "entities",
+    "forgetting",
+    "data",
+    "cost",
+)
+EXAMPLES_SHOWN = 3  # answers shown before and after (eval.metrics runs), a seeded draw
 LOWER_IS_BETTER = ("loss", "perplexity", "error")  # metric name fragments; everything else is higher-better
 Rows = list[tuple[str, str]]
 
@@ -40,7 +53,9 @@ def write_report(run_dir: str | Path) -> Path:
         "loss": _loss_plot(metrics),
         "lr": _lr_plot(metrics),
         "baselines": _baselines_section(summary, evaluation),
+        "examples": _examples_section(run_dir),
         "confusion": _confusion_section(evaluation),
+        "entities": _entities_section(evaluation),
         "forgetting": _forgetting_section(evaluation),
         "data": _data_section(data, summary.examples) if data else None,
         "cost": _cost_section(summary, metrics),
@@ -173,6 +188,46 @@ def _confusion_section(evaluation: dict[str, Any]) -> dict[str, Any] | None:
     if len(labels) != len(matrix):
         labels = [str(i) for i in range(len(matrix))]  # better unnamed than misnamed
     return {"plot": _confusion_plot(matrix, labels), "labels": labels}
+
+
+def _examples_section(run_dir: Path) -> list[dict[str, str]] | None:
+    """A few answers before (zero-shot) and after fine-tuning, drawn with the run's seed: not the best."""
+    from tunelab.evaluation.generative import GENERATIONS_FILE, shown_examples
+
+    path = run_dir / GENERATIONS_FILE
+    if not path.is_file():
+        return None
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not rows:
+        return None
+    recipe = (
+        yaml.safe_load((run_dir / "recipe.yaml").read_text(encoding="utf-8"))
+        if (run_dir / "recipe.yaml").is_file()
+        else {}
+    )
+    seed = int(((recipe or {}).get("train") or {}).get("seed", 42))  # the draw the terminal showed
+    shown = []
+    for i in shown_examples(EXAMPLES_SHOWN, len(rows), seed):
+        row = rows[i]
+        question = row["prompt"][-1]["content"] if row.get("prompt") else ""
+        shown.append({
+            "source": str(row.get("source") or ""), "question": question, "reference": str(row.get("reference")),
+            "before": str(row.get("zero_shot", "—")), "after": str(row.get("fine_tuned", "—")),
+        })  # fmt: skip
+    return shown
+
+
+def _entities_section(evaluation: dict[str, Any]) -> list[list[str]] | None:
+    """token_classify: entity precision, recall and F1 per type, then micro-averaged (eval.json)."""
+    entities = evaluation.get("entities")
+    if not entities:
+        return None
+    rows = [
+        [name, _fmt(s["precision"]), _fmt(s["recall"]), _fmt(s["f1"]), str(s["support"])]
+        for name, s in entities["per_type"].items()
+    ]
+    micro = entities["micro"]
+    return [*rows, ["micro", _fmt(micro["precision"]), _fmt(micro["recall"]), _fmt(micro["f1"]), ""]]
 
 
 def _forgetting_section(evaluation: dict[str, Any]) -> dict[str, Any] | None:
@@ -365,9 +420,19 @@ img{max-width:100%;height:auto}
 {{ img(baselines.plot, "baseline and fine-tuned scores") }}
 {% else %}{{ missing("A baseline to compare against is") }}{% endif %}</section>
 
+<section id="examples"><h2>Answers before and after</h2>
+{% if examples %}{% for e in examples %}<h3>{{ e.source }}</h3>{{ kv([("asked", e.question), ("expected", e.reference),
+("before (base model, zero-shot)", e.before), ("after (fine-tuned)", e.after)]) }}{% endfor %}
+<p>A seeded draw from generations.jsonl, which holds every answer.</p>
+{% else %}{{ missing("Generated answers (eval.metrics, sft runs) are") }}{% endif %}</section>
+
 <section id="confusion"><h2>Confusion matrix</h2>
 {% if confusion %}{{ img(confusion.plot, "confusion matrix over " ~ confusion.labels | join(", ")) }}
 {% else %}{{ missing("A confusion matrix (classify runs, from eval.json) is") }}{% endif %}</section>
+
+<section id="entities"><h2>Entities</h2>
+{% if entities %}{{ grid(["type", "precision", "recall", "F1", "entities"], entities) }}
+{% else %}{{ missing("Entity scores (token_classify runs, from eval.json) are") }}{% endif %}</section>
 
 <section id="forgetting"><h2>Forgetting</h2>
 {% if forgetting %}{% if forgetting.warning %}<div class="warning" id="forgetting-warning">Warning: {{ forgetting.metric }} on the

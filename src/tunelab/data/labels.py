@@ -1,0 +1,34 @@
+"""Label maps for classification: label name -> class id, and held-out labels checked against it."""
+
+from __future__ import annotations
+
+from tunelab.data.records import Labeled
+from tunelab.errors import DataError
+
+MAX_LISTED = 20
+
+
+def build_label_map(records: list[Labeled]) -> dict[str, int]:
+    """Label name -> id. Integer-like labels keep numeric order (0, 1, 2, ...), others sort by name."""
+    names = {r.label for r in records}
+    ordered = sorted(names, key=int) if all(_is_int(n) for n in names) else sorted(names)
+    return {name: i for i, name in enumerate(ordered)}
+
+
+def check_labels_known(records: list[Labeled], label_map: dict[str, int], split: str) -> None:
+    unknown = [r for r in records if r.label not in label_map]
+    if unknown:
+        problems = [f"{r.source}: label {r.label!r} does not occur in the training data" for r in unknown]
+        raise DataError(
+            f"{split}: {len(unknown)} row(s) have labels the model cannot learn",
+            problems=problems[:MAX_LISTED],
+            fix=f"use only the training labels: {', '.join(label_map)}",
+        )
+
+
+def _is_int(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
