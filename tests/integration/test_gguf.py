@@ -14,6 +14,7 @@ from tests.conftest import make_recipe, save_tiny_llama
 from tests.gguf_files import write_llama_gguf
 from tunelab.config import ModelConfig, load_recipe
 from tunelab.errors import ModelLoadError
+from tunelab.hashing import file_sha256
 from tunelab.models import gguf
 from tunelab.models.load import load_model
 from tunelab.models.restore import load_trained
@@ -51,7 +52,7 @@ def test_a_gguf_base_gives_the_logits_of_the_model_it_was_written_from(tiny_gguf
     assert folder.parent == gguf.cache_root() / "gguf"
     assert gguf.source_of(folder) == {
         "gguf": str(file),
-        "sha256": gguf.file_sha256(file),
+        "sha256": file_sha256(file),
         "bytes": file.stat().st_size,
     }
     config = json.loads((folder / "config.json").read_text())
@@ -106,7 +107,7 @@ def test_a_run_trains_from_a_gguf_base_and_records_where_its_weights_came_from(
     file, _ = tiny_gguf
     recipe = make_recipe(tmp_path, file, "sft", train={"epochs": 1, "eval_every": 100, "save_every": 100})
     result = train(load_recipe(recipe))
-    source = {"gguf": str(file), "sha256": gguf.file_sha256(file), "bytes": file.stat().st_size}
+    source = {"gguf": str(file), "sha256": file_sha256(file), "bytes": file.stat().st_size}
 
     summary = json.loads((result.run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["weights_from"] == source

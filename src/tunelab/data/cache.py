@@ -19,6 +19,7 @@ from typing import Any
 from tunelab import __version__
 from tunelab.config import DataConfig, Recipe
 from tunelab.data.pipeline import PreparedData
+from tunelab.hashing import file_sha256
 
 # Bumped when what an entry holds changes shape: 2 tags each example's dataset as "dataset" (was "task").
 CACHE_FORMAT = 2
@@ -73,15 +74,7 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
 
 def _source_digest(source: str) -> str:
     # A Hub dataset is keyed by its id: pin it with @revision for the cache to follow upstream changes.
-    return source if source.startswith("hf:") else _file_digest(Path(source))
-
-
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return source if source.startswith("hf:") else file_sha256(Path(source))
 
 
 def load(root: Path, key: str) -> tuple[PreparedData, Path] | None:

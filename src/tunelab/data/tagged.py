@@ -18,7 +18,14 @@ from typing import Any
 
 from tunelab.data.readers import Row
 from tunelab.data.records import Tagged
-from tunelab.data.tokenize import IGNORE_INDEX, Example, LengthPolicy, TokenizeStats
+from tunelab.data.tokenize import (
+    IGNORE_INDEX,
+    Example,
+    LengthPolicy,
+    TokenizeStats,
+    _length_verdict,
+    require_fast,
+)
 from tunelab.errors import DataError
 
 OUTSIDE = "O"  # the tag of a token outside every entity
@@ -121,26 +128,17 @@ def tokenize_tagged(
     tokenizer: Any, records: list[Tagged], tag_map: dict[str, int], policy: LengthPolicy
 ) -> tuple[list[Example], TokenizeStats]:
     """Words -> sub-word ids, with each word's tag id on its first sub-token and IGNORE_INDEX on the
-    rest. A sentence longer than max_seq_len is truncated, and its words past the cut are not scored.
-    `words` keeps the number of words each example scores, for the per-word metrics."""
-    if not getattr(tokenizer, "is_fast", False):
-        raise DataError(
-            "the tokenizer has no fast (Rust) implementation, which word-to-token alignment needs",
-            fix="use a model whose tokenizer ships tokenizer.json",
-        )
+    rest. A sentence longer than max_seq_len is truncated, and its words past the cut are not scored."""
+    require_fast(tokenizer, "to align words with their sub-tokens")
     stats = TokenizeStats()
     examples: list[Example] = []
     for record in records:
         stats.examples += 1
         encoded = tokenizer(list(record.tokens), is_split_into_words=True)
-        n_tokens = len(encoded["input_ids"])
-        if n_tokens < policy.min_tokens or (policy.max_tokens is not None and n_tokens > policy.max_tokens):
-            stats.drop("too_short" if n_tokens < policy.min_tokens else "too_long", record.source)
+        if (reason := _length_verdict(len(encoded["input_ids"]), policy)) is not None:
+            stats.drop(reason, record.source)
             continue
-        if n_tokens > policy.max_seq_len:
-            if policy.truncation == "drop":
-                stats.drop("over_max_seq_len", record.source)
-                continue
+        if len(encoded["input_ids"]) > policy.max_seq_len:
             stats.truncated += 1
             encoded = tokenizer(
                 list(record.tokens), is_split_into_words=True, truncation=True, max_length=policy.max_seq_len

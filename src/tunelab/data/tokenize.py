@@ -59,6 +59,15 @@ class TokenizeStats:
         }
 
 
+def require_fast(tokenizer: Any, why: str) -> None:
+    """Offsets and word ids need a fast (Rust) tokenizer; refuse a slow one, saying what for."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise DataError(
+            f"the tokenizer has no fast (Rust) implementation, which tunelab needs {why}",
+            fix="use a model whose tokenizer ships tokenizer.json",
+        )
+
+
 def _length_verdict(n_tokens: int, policy: LengthPolicy) -> str | None:
     """Why an example of this length is left out, or None to keep (and maybe truncate) it."""
     if n_tokens < policy.min_tokens:
@@ -74,11 +83,7 @@ def tokenize_chats(
     tokenizer: Any, chats: list[Chat], policy: LengthPolicy
 ) -> tuple[list[Example], TokenizeStats]:
     """Tokenise conversations; labels are the token ids inside assistant spans, IGNORE_INDEX elsewhere."""
-    if not getattr(tokenizer, "is_fast", False):
-        raise DataError(
-            "the tokenizer has no fast (Rust) implementation, which tunelab needs to map the loss mask",
-            fix="use a model whose tokenizer ships tokenizer.json",
-        )
+    require_fast(tokenizer, "to map the loss mask")
     stats = TokenizeStats()
     examples: list[Example] = []
     for chat in chats:

@@ -11,7 +11,6 @@ records where the weights came from.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.errors import ModelLoadError
+from tunelab.hashing import file_sha256
 
 SUFFIX = ".gguf"
 SOURCE_FILE = "source.json"  # in a converted folder: the GGUF file it came from
@@ -60,14 +60,6 @@ def _converted(gguf: Path, size: int, mtime_ns: int) -> Path:
     if not (folder / SOURCE_FILE).exists():
         _convert(gguf, folder, {"gguf": str(gguf), "sha256": digest, "bytes": size})
     return folder
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _convert(gguf: Path, folder: Path, source: dict[str, Any]) -> None:
