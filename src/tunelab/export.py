@@ -17,6 +17,7 @@ import json
 import os
 import secrets
 import shutil
+import string
 from pathlib import Path
 from typing import Any
 
@@ -222,12 +223,42 @@ def model_card(
             "end-of-turn token.",
             "",
         ]
+    lines += _prompt_lines(info)
     if label_map:
         lines += [f"Labels: {', '.join(f'`{n}`' for n in sorted(label_map, key=label_map.__getitem__))}.", ""]
     lines += ["## Use", "", *_usage(info, weights, label_map), ""]
     lines += ["## Results", "", *_results_table(summary), ""]
     lines += ["## Training recipe", "", *_recipe_table(recipe), ""]
     return "\n".join(lines)
+
+
+def _prompt_lines(info: dict[str, Any]) -> list[str]:
+    """How training wrote its prompts, since the model answers best when asked the same way (the
+    usage code below writes them so; `tunelab chat/generate` on this folder do it themselves)."""
+    lines = []
+    if info.get("prompt_template"):
+        lines += [
+            f"Training prompts were written as `{info['prompt_template']!r}` (a Python format string).",
+            "",
+        ]
+    if info.get("system_prompt"):
+        lines += [f"Every conversation had the system prompt `{info['system_prompt']!r}`.", ""]
+    return lines
+
+
+def _example_messages(info: dict[str, Any]) -> list[str]:
+    """The usage code's conversation, written as training wrote its prompts."""
+    template = info.get("prompt_template")
+    lines, user = [], '"Hello!"'
+    if template:
+        fields = [name for _, name, _, _ in string.Formatter().parse(template) if name]
+        lines.append(f"PROMPT = {template!r}")
+        user = "PROMPT.format(" + ", ".join(f'{name}="..."' for name in dict.fromkeys(fields)) + ")"
+    turns = [f'{{"role": "user", "content": {user}}}']
+    if info.get("system_prompt"):
+        lines.append(f"SYSTEM = {info['system_prompt']!r}")
+        turns.insert(0, '{"role": "system", "content": SYSTEM}')
+    return [*lines, f"messages = [{', '.join(turns)}]"]
 
 
 def _description(info: dict[str, Any], weights: str) -> str:
@@ -280,7 +311,7 @@ def _usage(info: dict[str, Any], weights: str, label_map: dict[str, int] | None)
         )
         code += [
             "",
-            'messages = [{"role": "user", "content": "Hello!"}]',
+            *_example_messages(info),
             "inputs = tokenizer.apply_chat_template(",
             '    messages, add_generation_prompt=True, return_dict=True, return_tensors="pt"',
             ")",

@@ -205,14 +205,21 @@ def test_data_prepare_prints_the_counts_it_writes(tmp_path: Path, tiny_llama: Pa
     too_long = {
         "messages": [{"role": "user", "content": long_prompt}, {"role": "assistant", "content": "ok"}]
     }
-    recipe = make_recipe(tmp_path, tiny_llama, "sft")
-    write_jsonl(tmp_path / "train.jsonl", [too_long, *CHATS])  # 9 rows in, 8 survive tokenisation
+    # Cut at its end, the long row loses its answer: 9 rows in, 8 survive tokenisation.
+    recipe = make_recipe(tmp_path, tiny_llama, "sft", data={"truncation_side": "end"})
+    write_jsonl(tmp_path / "train.jsonl", [too_long, *CHATS])
     out = tmp_path / "prepared"
     result = runner.invoke(app, ["data", "prepare", str(recipe), "--out", str(out)])
     assert result.exit_code == 0, result.output
     written = len((out / "train.jsonl").read_text().splitlines())
     assert written == 8
     assert "records: train 8, validation 3 (1 left out at tokenisation, see the notes)" in result.output
+    # Cut on its prompt side (the default), it keeps its answer.
+    recipe = make_recipe(tmp_path, tiny_llama, "sft")
+    write_jsonl(tmp_path / "train.jsonl", [too_long, *CHATS])
+    result = runner.invoke(app, ["data", "prepare", str(recipe), "--out", str(tmp_path / "kept")])
+    assert result.exit_code == 0, result.output
+    assert len((tmp_path / "kept" / "train.jsonl").read_text().splitlines()) == 9
 
 
 def test_skip_counts_bad_rows_in_the_report(tmp_path: Path, tiny_llama: Path) -> None:
@@ -265,6 +272,55 @@ def test_a_second_run_reads_the_prepared_data_from_the_cache(
         train(load_recipe(recipe_path))
 
 
+HOUSE_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] | upper + ': ' + m['content'] }}"
+    "{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %}{{ '\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'ASSISTANT: ' }}{% endif %}"
+)
+
+
+def test_a_chat_template_file_is_trained_with_saved_with_the_model_and_keys_the_cache(
+    tmp_path: Path, tiny_llama: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tunelab import runner
+
+    template = tmp_path / "house.jinja"
+    template.write_text(HOUSE_TEMPLATE, encoding="utf-8")
+    recipe_path = make_recipe(
+        tmp_path, tiny_llama, "sft", data={"template": str(template)}, train={"max_steps": 1}
+    )
+    result = train(load_recipe(recipe_path))
+
+    report = json.loads((result.run_dir / "data" / "report.json").read_text())
+    assert report["tokenize"]["template"] == str(template)
+    final = result.run_dir / "final"
+    assert json.loads((final / "tunelab.json").read_text())["chat_template"] == str(template)
+    from transformers import AutoTokenizer
+
+    assert AutoTokenizer.from_pretrained(final).chat_template == HOUSE_TEMPLATE  # inference renders alike
+
+    monkeypatch.setattr(runner, "load_records", lambda recipe: (_ for _ in ()).throw(AssertionError("ran")))
+    train(load_recipe(recipe_path))  # same bytes: a cache hit
+    template.write_text(HOUSE_TEMPLATE.replace("': '", "'> '"), encoding="utf-8")
+    with pytest.raises(AssertionError, match="ran"):
+        train(load_recipe(recipe_path))  # the template's bytes changed: a miss
+
+
+def test_a_chat_template_file_with_a_syntax_error_is_named_by_file_and_line(
+    tmp_path: Path, tiny_llama: Path
+) -> None:
+    from tunelab.errors import RecipeError
+
+    template = tmp_path / "broken.jinja"
+    template.write_text("{% for m in messages %}\n{{ m['content'] }\n{% endfor %}", encoding="utf-8")
+    recipe_path = make_recipe(tmp_path, tiny_llama, "sft", data={"template": str(template)})
+    with pytest.raises(RecipeError, match=rf"data.template: .*{template}:2: not a valid Jinja template"):
+        load_recipe(recipe_path)
+    recipe_path = make_recipe(tmp_path, tiny_llama, "sft", data={"template": "chatml2"})
+    with pytest.raises(RecipeError, match="'chatml2' is neither a built-in template"):
+        load_recipe(recipe_path)
+
+
 def test_a_damaged_cache_entry_is_rebuilt(tmp_path: Path, tiny_bert: Path) -> None:
     recipe_path = make_recipe(tmp_path, tiny_bert, "classify", train={"max_steps": 1})
     train(load_recipe(recipe_path))
@@ -314,7 +370,9 @@ def test_the_few_shot_baseline_is_the_same_on_a_cache_hit(tmp_path: Path, tiny_l
     too_long = {
         "messages": [{"role": "user", "content": long_prompt}, {"role": "assistant", "content": "ok"}]
     }
-    recipe_path = make_recipe(tmp_path, tiny_llama, "sft", train={"max_steps": 1})
+    recipe_path = make_recipe(
+        tmp_path, tiny_llama, "sft", data={"truncation_side": "end"}, train={"max_steps": 1}
+    )
     write_jsonl(tmp_path / "train.jsonl", [too_long, *CHATS])
     test = write_jsonl(tmp_path / "test.jsonl", VAL_CHATS)
     overrides = [f"data.test={test}", "eval.few_shot_k=3"]

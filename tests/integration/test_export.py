@@ -265,3 +265,45 @@ def test_export_command(sft_lora_run: Path, tmp_path: Path) -> None:
     assert again.exit_code == 1 and "already exists and is not empty" in again.output
     missing = runner.invoke(app, ["export", str(tmp_path / "nope"), "--out", str(tmp_path / "x")])
     assert missing.exit_code == 1 and "no such run or model folder" in missing.output
+
+
+def test_an_export_writes_prompts_as_training_wrote_them(
+    tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path
+) -> None:
+    from tests.conftest import write_jsonl
+    from tunelab.inference import as_trained
+
+    root = tmp_path_factory.mktemp("export-prompted") / "run"
+    root.mkdir()
+    rows = [
+        {"dialogue": f"A: {word}\nB: hello", "summary": f"They say {word}."} for word in ("hi", "bye", "ok")
+    ]
+    template, system = "Summarise the dialogue:\n\n{dialogue}", "One sentence."
+    data = {
+        "train": str(write_jsonl(root / "dialogues.jsonl", rows)),
+        "validation": str(
+            write_jsonl(
+                root / "dialogues-val.jsonl", [{"dialogue": "C: where is my parcel?", "summary": "C asks."}]
+            )
+        ),
+        "columns": {"completion": "summary"},
+        "prompt_template": template,
+        "system_prompt": system,
+    }
+    run = train(load_recipe(make_recipe(root, tiny_llama, "sft", data=data, train={"max_steps": 1}))).run_dir
+    out = export_run(run, root / "export")
+
+    card = (out / "README.md").read_text()
+    assert f"Training prompts were written as `{template!r}`" in card
+    assert f"Every conversation had the system prompt `{system!r}`" in card
+    # The card's code, run as a user would, asks exactly the way training asked.
+    code = card.split("```python\n")[1].split("```")[0]
+    setup = [line for line in code.splitlines() if line.startswith(("PROMPT =", "SYSTEM =", "messages ="))]
+    scope: dict[str, Any] = {}
+    exec("\n".join(setup), scope)
+    assert scope["messages"] == [
+        {"role": "system", "content": system},
+        {"role": "user", "content": template.format(dialogue="...")},
+    ]
+    # tunelab's own commands on the export apply the template themselves.
+    assert as_trained(load_trained(out), "...") == template.format(dialogue="...")

@@ -67,12 +67,63 @@ def test_weight_zero_turns_carry_no_loss(tokenizer: Any) -> None:
     assert labelled_runs(tokenizer, example) == ["Yes: blocked.<|im_end|>"]
 
 
-def test_truncation_keeps_the_prefix_and_counts_it(tokenizer: Any) -> None:
+def test_end_truncation_keeps_the_prefix_and_counts_it(tokenizer: Any) -> None:
     ensure_chat_template(tokenizer)
     (full,), _ = tokenize_chats(tokenizer, [CHAT], LengthPolicy(max_seq_len=512))
-    (cut,), stats = tokenize_chats(tokenizer, [CHAT], LengthPolicy(max_seq_len=len(full["input_ids"]) - 3))
+    policy = LengthPolicy(max_seq_len=len(full["input_ids"]) - 3, side="end")
+    (cut,), stats = tokenize_chats(tokenizer, [CHAT], policy)
     assert stats.truncated == 1
     assert cut["input_ids"] == full["input_ids"][: len(cut["input_ids"])]
+
+
+LONG_PROMPT = Chat(
+    messages=(
+        Message("system", "Summarise."),
+        Message("user", "Summarise the dialogue. " + " ".join(f"Amy: line {i}." for i in range(12))),
+        Message("assistant", "Amy greets Bob."),
+    ),
+    source="long:1",
+)
+
+
+def test_prompt_truncation_cuts_the_user_turn_and_keeps_the_whole_answer(tokenizer: Any) -> None:
+    ensure_chat_template(tokenizer)
+    (full,), _ = tokenize_chats(tokenizer, [LONG_PROMPT], LengthPolicy(max_seq_len=512))
+    limit = len(full["input_ids"]) - 20
+    (cut,), stats = tokenize_chats(tokenizer, [LONG_PROMPT], LengthPolicy(max_seq_len=limit))
+    assert stats.truncated == 1 and len(cut["input_ids"]) == limit
+    assert labelled_runs(tokenizer, cut) == ["Amy greets Bob.<|im_end|>"]  # cut at the end, it would be gone
+    text = tokenizer.decode(cut["input_ids"])
+    # The template's markers, the system turn and the instruction at the prompt's start are all kept:
+    # the removed tokens are the last 20 of the user turn.
+    assert text.startswith(
+        "<|im_start|>system\nSummarise.<|im_end|>\n<|im_start|>user\nSummarise the dialogue."
+    )
+    assert text.rstrip().endswith("<|im_end|>\n<|im_start|>assistant\nAmy greets Bob.<|im_end|>")
+    # Exactly one block of 20 tokens went, and it ended where the user turn ends.
+    ids, kept = full["input_ids"], cut["input_ids"]
+    (k,) = [k for k in range(len(kept)) if ids[:k] + ids[k + 20 :] == kept]
+    assert tokenizer.convert_ids_to_tokens(ids[k + 20]) == "<|im_end|>"
+    assert "Amy: line 11." not in text and "Amy: line 3." in text
+
+
+def test_prompt_truncation_cuts_the_earliest_user_turn_first(tokenizer: Any) -> None:
+    ensure_chat_template(tokenizer)
+    (full,), _ = tokenize_chats(tokenizer, [CHAT], LengthPolicy(max_seq_len=512))
+    (cut,), _ = tokenize_chats(tokenizer, [CHAT], LengthPolicy(max_seq_len=len(full["input_ids"]) - 2))
+    text = tokenizer.decode(cut["input_ids"])
+    assert "Can you block my card?" in text and "Where is my order?" not in text
+    assert labelled_runs(tokenizer, cut) == labelled_runs(tokenizer, full)
+
+
+def test_prompt_truncation_cuts_the_end_when_the_answers_alone_do_not_fit(tokenizer: Any) -> None:
+    ensure_chat_template(tokenizer)
+    answer = "Amy greets Bob and they talk about the weather for a long while. " * 4
+    chat = Chat(messages=(Message("user", "Summarise: hi"), Message("assistant", answer)), source="t:1")
+    (full,), _ = tokenize_chats(tokenizer, [chat], LengthPolicy(max_seq_len=512, side="end"))
+    limit = len(full["input_ids"]) - 30  # more than the user turn holds
+    (cut,), _ = tokenize_chats(tokenizer, [chat], LengthPolicy(max_seq_len=limit))
+    assert cut["input_ids"] == full["input_ids"][:limit]  # the whole question, then the answer's start
 
 
 def test_examples_without_assistant_tokens_after_truncation_are_reported(tokenizer: Any) -> None:

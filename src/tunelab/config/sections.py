@@ -36,6 +36,32 @@ def _existing_file(value: str) -> str:
 
 ExistingFile = Annotated[str, AfterValidator(_existing_file)]
 
+BUILTIN_TEMPLATE_NAMES = ("auto", "chatml", "llama3", "alpaca")
+
+
+def _chat_template(value: str) -> str:
+    """A built-in template's name, or a Jinja file that parses (its syntax errors named by file:line)."""
+    if value in BUILTIN_TEMPLATE_NAMES:
+        return value
+    if not Path(value).expanduser().is_file():
+        raise ValueError(
+            f"{value!r} is neither a built-in template ({', '.join(BUILTIN_TEMPLATE_NAMES)}) nor a file: "
+            f"{Path(value).expanduser().resolve()} not found"
+        )
+    path = _existing_file(value)
+    import jinja2
+
+    try:
+        jinja2.Environment().parse(Path(path).read_text(encoding="utf-8"))
+    except jinja2.TemplateSyntaxError as exc:
+        raise ValueError(f"{path}:{exc.lineno}: not a valid Jinja template: {exc.message}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not UTF-8 text, so not a Jinja template") from None
+    return path
+
+
+ChatTemplate = Annotated[str, AfterValidator(_chat_template)]
+
 
 class ModelConfig(Section):
     name: str = Field(description="Hugging Face Hub id (org/name) or a local folder holding the model.")
@@ -214,8 +240,15 @@ class DataConfig(Section):
     truncation: Literal["truncate", "drop"] = Field(
         "truncate", description="Examples over train.max_seq_len: cut at the limit, or leave out (counted)."
     )
-    template: Literal["auto", "chatml", "llama3", "alpaca"] = Field(
-        "auto", description="Chat template: auto uses the tokenizer's own, else chatml."
+    template: ChatTemplate = Field(
+        "auto",
+        description="Chat template: auto uses the tokenizer's own, else chatml; chatml, llama3 or alpaca; "
+        "or a Jinja file (as tokenizer_config.json's chat_template) that replaces the tokenizer's own.",
+    )
+    truncation_side: Literal["prompt", "end"] = Field(
+        "prompt",
+        description="sft rows over train.max_seq_len: prompt cuts the user turns first and keeps the answer "
+        "(the answer's end is cut only when it alone does not fit); end cuts the row's end.",
     )
     balance: Literal["none", "oversample", "undersample"] = Field(
         "none", description="classify: even out label counts in train by repeating or leaving out examples."

@@ -18,6 +18,7 @@ from typing import Any
 
 from tunelab import __version__
 from tunelab.config import DataConfig, Recipe
+from tunelab.config.sections import BUILTIN_TEMPLATE_NAMES
 from tunelab.data.pipeline import PreparedData
 from tunelab.hashing import file_sha256
 
@@ -32,9 +33,11 @@ def cache_dir(output_dir: str | Path) -> Path:
 
 
 def data_files(data: DataConfig) -> list[str]:
-    """Every file the data stage reads: training datasets, their held-out files, replay, contamination."""
+    """Every file the data stage reads: training datasets, their held-out files, replay, contamination,
+    and a chat template file (its bytes decide the tokens)."""
     files = [f for s in data.sources for f in (s.path, s.validation, s.test)]
     files += [data.replay.path if data.replay else None, data.validation, data.test, *data.contamination]
+    files.append(data.template if data.template not in BUILTIN_TEMPLATE_NAMES else None)
     return [str(f) for f in files if f]
 
 

@@ -369,7 +369,7 @@ def _added_tokens_note(template: str, added: list[str], tokenizer: Any) -> str:
 
 def tokenize_records(recipe: Recipe, records: Records, tokenizer: Any) -> PreparedData:
     data, max_len = recipe.data, recipe.train.max_seq_len
-    policy = LengthPolicy(max_len, data.truncation, data.min_tokens, data.max_tokens)
+    policy = LengthPolicy(max_len, data.truncation, data.min_tokens, data.max_tokens, data.truncation_side)
     prepared = PreparedData(splits={}, stats={}, label_map=records.label_map, report=records.report)
     prepared.notes.extend(records.report.get("warnings", []))
     if recipe.task in CHAT_TASKS:

@@ -9,6 +9,7 @@ template to carry `{% generation %}` markers, which most shipped templates lack.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from tunelab.data.records import Chat
@@ -78,12 +79,16 @@ class Span:
 
 
 def ensure_chat_template(tokenizer: Any, name: str = "auto") -> str:
-    """Set the template to render with; return its name. It is saved with the tokenizer in final/."""
+    """Set the template to render with; return its name (a file's path for a Jinja file). It is saved
+    with the tokenizer in final/, so inference renders prompts exactly as training did."""
     if name == "auto":
         if getattr(tokenizer, "chat_template", None):
             return "tokenizer"
         name = "chatml"
-    tokenizer.chat_template = BUILTIN_TEMPLATES[name]
+    if name in BUILTIN_TEMPLATES:
+        tokenizer.chat_template = BUILTIN_TEMPLATES[name]
+    else:  # a Jinja file (the recipe check parsed it)
+        tokenizer.chat_template = Path(name).expanduser().read_text(encoding="utf-8")
     return name
 
 
@@ -115,3 +120,23 @@ def _render(tokenizer: Any, messages: list[dict[str, str]], *, add_generation_pr
         messages, tokenize=False, add_generation_prompt=add_generation_prompt
     )
     return str(text)
+
+
+def user_spans(text: str, chat: Chat) -> list[Span]:
+    """The character spans of the user turns' contents in the rendered text, in turn order.
+
+    Found by searching each message's content in order (a template may trim or rewrite a message, in
+    which case that turn has no span and is never cut). Only `truncation_side: prompt` uses this, to
+    know which tokens it may remove; the loss mask never depends on it.
+    """
+    spans: list[Span] = []
+    cursor = 0
+    for message in chat.messages:
+        content = message.content.strip()
+        at = text.find(content, cursor) if content else -1
+        if at < 0:
+            continue
+        cursor = at + len(content)
+        if message.role == "user":
+            spans.append(Span(at, cursor))
+    return spans

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from tunelab.data.records import Chat, Labeled, Text
-from tunelab.data.templates import Span, render_chat
+from tunelab.data.templates import Span, render_chat, user_spans
 from tunelab.errors import DataError
 
 IGNORE_INDEX = -100  # label value that carries no loss (torch's cross_entropy default)
@@ -23,6 +23,7 @@ class LengthPolicy:
     truncation: str = "truncate"  # or "drop": leave out examples over max_seq_len
     min_tokens: int = 1
     max_tokens: int | None = None  # leave out examples longer than this (before truncation)
+    side: str = "prompt"  # chats over max_seq_len: "prompt" cuts user turns first, "end" the row's end
 
 
 @dataclass
@@ -99,12 +100,38 @@ def tokenize_chats(
         ]
         if len(ids) > policy.max_seq_len:
             stats.truncated += 1
-            ids, labels = ids[: policy.max_seq_len], labels[: policy.max_seq_len]
+            prompt = user_spans(text, chat) if policy.side == "prompt" else []
+            ids, labels = _fit(ids, labels, _cuttable(offsets, labels, prompt), policy.max_seq_len)
         if count_causal_targets(labels) == 0:
             stats.drop("no_targets", chat.source)
             continue
         examples.append({"input_ids": ids, "labels": labels})
     return examples, stats
+
+
+def _cuttable(offsets: list[tuple[int, int]], labels: list[int], prompt: list[Span]) -> list[int]:
+    """Positions of the prompt tokens that may go, in the order they go: the earliest user turn first,
+    each turn from its end (a single-turn prompt keeps its start, where instructions usually are)."""
+    by_turn: list[list[int]] = [[] for _ in prompt]
+    for i, ((a, b), label) in enumerate(zip(offsets, labels, strict=True)):
+        if label != IGNORE_INDEX or b <= a:
+            continue
+        turn = next((t for t, span in enumerate(prompt) if span.start <= a < span.end), None)
+        if turn is not None:
+            by_turn[turn].append(i)
+    return [i for positions in by_turn for i in reversed(positions)]
+
+
+def _fit(ids: list[int], labels: list[int], cuttable: list[int], max_len: int) -> tuple[list[int], list[int]]:
+    """Cut a row to max_len: remove prompt tokens (cuttable, in order) when that is enough to fit,
+    else cut the row's end. Cutting the end is the fallback because an answer that does not fit even
+    alone is better learned after its whole question than as a continuation of nothing."""
+    excess = len(ids) - max_len
+    if 0 < excess <= len(cuttable):
+        gone = set(cuttable[:excess])
+        kept = [i for i in range(len(ids)) if i not in gone]
+        return [ids[i] for i in kept], [labels[i] for i in kept]
+    return ids[:max_len], labels[:max_len]
 
 
 def tokenize_texts(
