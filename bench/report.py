@@ -9,6 +9,7 @@ SFT_EVAL_TOLERANCE = 0.02  # eval loss no more than 2% above TRL's packing-off r
 CLASSIFY_SPEEDUP = 1.5  # examples/s >= 1.5x the Trainer's
 ACCURACY_POINTS = 0.5  # dev accuracy no more than 0.5 points below the Trainer's
 PLAN_TOLERANCE = 0.25  # `tunelab plan` estimate within 25% of the measured peak RSS
+SMOLLM2_SPEEDUP = 2.0  # SmolLM2 LoRA: tokens/s >= 2x TRL + peft, at equal eval loss and no more memory
 
 
 def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -20,6 +21,8 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     targets += _sft_context(results["sft"]["runs"])
     for compute in ("fp32", "bf16"):
         targets += _classify_targets(results["classify"]["runs"], compute)
+    if results.get("smollm2"):  # absent from results files written before the section existed
+        targets += _smollm2_targets(results["smollm2"]["runs"])
     for name, check in (results.get("plan") or {}).items():
         targets.append(
             _target(
@@ -123,6 +126,35 @@ def _classify_targets(cls: dict[str, Any], compute: str) -> list[dict[str, Any]]
     return targets
 
 
+def _smollm2_targets(runs: dict[str, Any]) -> list[dict[str, Any]]:
+    """One target, three conditions: speed alone could be bought with memory or with worse training, so
+    tokens/s counts only at equal eval loss (within the SFT tolerance) and no more peak RSS than TRL's
+    fp32 run, the peer at tunelab's precision here. The bf16 peer is context: speed and memory only."""
+    ours, peer = runs["tunelab_pack_off"], runs["trl_pack_off"]
+    speed = ours["tokens_per_s"] / peer["tokens_per_s"]
+    equal_loss = ours["eval_loss"] <= peer["eval_loss"] * (1 + SFT_EVAL_TOLERANCE)
+    no_more_memory = ours["peak_rss_mb"] <= peer["peak_rss_mb"]
+
+    def shown(r: dict[str, Any]) -> str:
+        loss = "-" if r.get("probe") else f"{r['eval_loss']:.4f}"
+        return f"{r['tokens_per_s']:,.0f} tok/s, eval loss {loss}, {r['peak_rss_mb']:,.0f} MB"
+
+    targets = [
+        _target("SmolLM2 LoRA: tokens/s >= 2x TRL at equal eval loss and no more memory (fp32 peer)",
+                shown(ours), shown(peer), speed, speed >= SMOLLM2_SPEEDUP and equal_loss and no_more_memory,
+                "x"),
+    ]  # fmt: skip
+    bf16 = runs.get("trl_bf16_pack_off")
+    if bf16 is not None:
+        ratio = ours["tokens_per_s"] / bf16["tokens_per_s"]
+        targets.append(
+            _target(f"context: SmolLM2 LoRA tokens/s vs {_name('trl_bf16_pack_off', bf16)}", shown(ours),
+                    shown(bf16), ratio, ratio >= SMOLLM2_SPEEDUP and ours["peak_rss_mb"] <= bf16["peak_rss_mb"],
+                    "x")
+        )  # fmt: skip
+    return targets
+
+
 def _not_comparable(what: str, why: str) -> dict[str, Any]:
     return {"target": what, "tunelab": "-", "reference": "-", "ratio": "-", "met": None, "why": why}
 
@@ -160,8 +192,8 @@ def _f(value: float | None, digits: int = 4) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def sft_table(results: dict[str, Any]) -> list[str]:
-    runs = results["sft"]["runs"]
+def sft_table(results: dict[str, Any], section: str = "sft") -> list[str]:
+    runs = results[section]["runs"]  # the smollm2 section's runs have the sft section's keys and fields
     cuda = any(r.get("peak_cuda_mb") for r in runs.values())
     head = "| run | compute | steps | non-pad tokens | loop s | tokens/s | MFU | peak RSS MB |"
     head += " peak CUDA MB |" if cuda else ""
@@ -201,6 +233,21 @@ def classify_table(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def smollm2_lines(results: dict[str, Any]) -> list[str]:
+    """The smollm2 section's heading and table, then a blank line; nothing for older results files."""
+    section = results.get("smollm2")
+    if not section:
+        return []
+    s = section["settings"]
+    same = s.get("loss_tokens_identical") or {}
+    heading = (
+        f"SmolLM2 LoRA SFT ({s['model']}; {s['method']}, modules {', '.join(s['target_modules'])}; "
+        f"{s['data']}; max_len {s['max_len']}, batch {s['batch']}, lr {s['lr']}; TRL through peft; "
+        f"loss tokens identical: {same.get('identical', '-')}):"
+    )
+    return [heading, "", *sft_table(results, "smollm2"), ""]
+
+
 def targets_table(results: dict[str, Any]) -> list[str]:
     lines = ["| target | tunelab | reference | ratio | met |", "| --- | --- | --- | --- | --- |"]
     for t in results["targets"]:
@@ -237,8 +284,10 @@ def peaks_line(results: dict[str, Any]) -> str:
         f"Matmul peak: fp32 {1000 * peaks['fp32']['tflops']:.0f} GFLOP/s ({peaks['fp32']['size']}² matmul, best of "
         f"{peaks['fp32']['reps']}{_start_end(peaks['fp32'])}); bf16 {1000 * peaks['bf16']['tflops']:.1f} GFLOP/s ({peaks['bf16_note']}). "
         "MFU = 6·N·tokens/s ÷ the peak of the run's compute dtype (bf16 autocast: the bf16 peak); N counts nn.Linear weights "
-        f"(output projection yes, embedding lookup no): SFT N = {_n(results, 'sft')}, classify N = {_n(results, 'classify')}."
-    )
+        f"(output projection yes, embedding lookup no): SFT N = {_n(results, 'sft')}, classify N = {_n(results, 'classify')}"
+        + (f", SmolLM2 N = {_n(results, 'smollm2')} (the frozen base's layers too: 6N overstates a LoRA step's work, "
+           "alike for both frameworks)." if results.get("smollm2") else ".")
+    )  # fmt: skip
 
 
 def _start_end(peak: dict[str, Any]) -> str:
@@ -289,6 +338,7 @@ def markdown_table(results: dict[str, Any]) -> str:
         "",
         *classify_table(results),
         "",
+        *smollm2_lines(results),
         "Targets:",
         "",
         *targets_table(results),

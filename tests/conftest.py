@@ -108,6 +108,65 @@ def save_tiny_bert(folder: Path, *, seed: int = 0, dropout: float = 0.1) -> Path
     return folder
 
 
+def build_seq2seq_tokenizer(template: str) -> Any:
+    """The test tokenizer with a post-processor that adds special tokens as T5's ("$A </s>") or BART's
+    ("<s> $A </s>") do, to sources and targets alike."""
+    from tokenizers import processors
+
+    tokenizer = build_tokenizer()
+    specials = [(t, tokenizer.convert_tokens_to_ids(t)) for t in ("<s>", "</s>") if t in template]
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=template, special_tokens=specials
+    )
+    return tokenizer
+
+
+def save_tiny_t5(folder: Path, *, seed: int = 0) -> Path:
+    """A 2+2-layer T5 (relative position buckets, decoder starts from the pad token, as T5 does)."""
+    import torch
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    tokenizer = build_seq2seq_tokenizer("$A </s>")
+    config = T5Config(
+        vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2,
+        num_heads=4, dropout_rate=0.0, pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    T5ForConditionalGeneration(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def save_tiny_bart(folder: Path, *, seed: int = 0) -> Path:
+    """A 2+2-layer BART (learned absolute positions; the decoder starts from EOS, as BART's does)."""
+    import torch
+    from transformers import BartConfig, BartForConditionalGeneration
+
+    tokenizer = build_seq2seq_tokenizer("<s> $A </s>")
+    config = BartConfig(
+        vocab_size=len(tokenizer), d_model=32, encoder_layers=2, decoder_layers=2,
+        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
+        max_position_embeddings=128, dropout=0.0, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.eos_token_id, forced_eos_token_id=None,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    BartForConditionalGeneration(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_t5(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_t5(tmp_path_factory.mktemp("tiny-t5"))
+
+
+@pytest.fixture(scope="session")
+def tiny_bart(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_bart(tmp_path_factory.mktemp("tiny-bart"))
+
+
 @pytest.fixture(autouse=True)
 def fresh_accelerate_state() -> Any:
     """accelerate keeps one mixed-precision state per process and silently keeps the first it saw: a

@@ -43,6 +43,7 @@ from tunelab.runs.rundir import read_summary
 from tunelab.runs.summary import RunSummary
 
 README = "README.md"
+RECIPE = "recipe.yaml"
 
 
 def export_run(run: Path, out: Path, merge: bool = False, *, force: bool = False) -> Path:
@@ -145,6 +146,9 @@ def _write_extras(final: Path, info: dict[str, Any], tmp: Path) -> None:
     run_dir = run_dir_of(final)
     card = model_card(info, label_map, read_recipe(run_dir), _read_summary(run_dir))
     (tmp / README).write_text(card, encoding="utf-8")
+    if run_dir is not None and (run_dir / RECIPE).is_file():
+        # How the rows were read and prompts written: `tunelab eval/predict EXPORT` read files alike.
+        shutil.copyfile(run_dir / RECIPE, tmp / RECIPE)
 
 
 def _write_generation_config(tmp: Path, info: dict[str, Any], tokenizer: Any) -> None:
@@ -206,11 +210,10 @@ def model_card(
 ) -> str:
     """README.md: Hub metadata, how to load the export, the results against baselines, the recipe."""
     weights = info["export"]["weights"]
-    generative = info["task"] in GENERATIVE_TASKS
     front = {
         "base_model": info["base_model"],
         "library_name": "peft" if weights == "adapter" else "transformers",
-        "pipeline_tag": "text-generation" if generative else "text-classification",
+        "pipeline_tag": _pipeline_tag(info["task"]),
         "tags": ["tunelab", info["task"], info["method"], *(["merged"] if weights == "merged" else [])],
     }
     name = summary.name or recipe.get("name") or "tunelab model"
@@ -232,6 +235,22 @@ def model_card(
     return "\n".join(lines)
 
 
+def _pipeline_tag(task: str) -> str:
+    if task == "seq2seq":
+        return "text2text-generation"
+    if task == "token_classify":
+        return "token-classification"
+    return "text-generation" if task in GENERATIVE_TASKS else "text-classification"
+
+
+AUTO_CLASSES = {
+    "seq2seq": "AutoModelForSeq2SeqLM",
+    "token_classify": "AutoModelForTokenClassification",
+    "classify": "AutoModelForSequenceClassification",
+    "reward": "AutoModelForSequenceClassification",
+}
+
+
 def _prompt_lines(info: dict[str, Any]) -> list[str]:
     """How training wrote its prompts, since the model answers best when asked the same way (the
     usage code below writes them so; `tunelab chat/generate` on this folder do it themselves)."""
@@ -246,19 +265,39 @@ def _prompt_lines(info: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _example_messages(info: dict[str, Any]) -> list[str]:
-    """The usage code's conversation, written as training wrote its prompts."""
+def _prompt_setup(info: dict[str, Any]) -> tuple[list[str], str]:
+    """The usage code's PROMPT / SYSTEM lines, and the expression that writes the user's text."""
     template = info.get("prompt_template")
     lines, user = [], '"Hello!"'
     if template:
         fields = [name for _, name, _, _ in string.Formatter().parse(template) if name]
         lines.append(f"PROMPT = {template!r}")
         user = "PROMPT.format(" + ", ".join(f'{name}="..."' for name in dict.fromkeys(fields)) + ")"
-    turns = [f'{{"role": "user", "content": {user}}}']
     if info.get("system_prompt"):
         lines.append(f"SYSTEM = {info['system_prompt']!r}")
+    return lines, user
+
+
+def _example_messages(info: dict[str, Any]) -> list[str]:
+    """The usage code's conversation, written as training wrote its prompts."""
+    lines, user = _prompt_setup(info)
+    turns = [f'{{"role": "user", "content": {user}}}']
+    if info.get("system_prompt"):
         turns.insert(0, '{"role": "system", "content": SYSTEM}')
     return [*lines, f"messages = [{', '.join(turns)}]"]
+
+
+def _seq2seq_call(info: dict[str, Any]) -> list[str]:
+    """An encoder-decoder reads its source as training encoded it (data/seq2seq.py): the system text and
+    a blank line first, if there is one, then the prompt; the tokenizer's special tokens; no template."""
+    lines, user = _prompt_setup(info)
+    source = f'SYSTEM + "\\n\\n" + {user}' if info.get("system_prompt") else user
+    return [
+        *lines,
+        f'inputs = tokenizer({source}, return_tensors="pt")',
+        "output = model.generate(**inputs, max_new_tokens=128)",
+        "print(tokenizer.decode(output[0], skip_special_tokens=True))",
+    ]
 
 
 def _description(info: dict[str, Any], weights: str) -> str:
@@ -288,7 +327,7 @@ def _usage(info: dict[str, Any], weights: str, label_map: dict[str, int] | None)
     tunelab_line = f"With tunelab: `{tunelab}` (FOLDER is this folder)."
     if weights == "adapter" and info["export"].get("adapter") == "bottleneck":
         return ["This bottleneck adapter is inserted into its base by tunelab. " + tunelab_line]
-    auto = "AutoModelForCausalLM" if generative else "AutoModelForSequenceClassification"
+    auto = AUTO_CLASSES.get(info["task"], "AutoModelForCausalLM")
     chat = generative and bool(info.get("chat_template"))
     extra = ", GenerationConfig" if chat and weights == "adapter" else ""
     code = [f"from transformers import {auto}, AutoTokenizer{extra}", ""]
@@ -304,7 +343,9 @@ def _usage(info: dict[str, Any], weights: str, label_map: dict[str, int] | None)
         code += ['model = PeftModel.from_pretrained(base, "FOLDER")']
     else:
         code += [f'model = {auto}.from_pretrained("FOLDER")', _tokenizer_line(chat)]
-    if chat:
+    if info["task"] == "seq2seq":
+        code += ["", *_seq2seq_call(info)]
+    elif chat:
         # An adapter's own folder is not where transformers looks for generation settings: pass them.
         settings = (
             ', generation_config=GenerationConfig.from_pretrained("FOLDER")' if weights == "adapter" else ""

@@ -30,6 +30,20 @@ def encode_chat(tokenizer: Any, messages: Sequence[dict[str, str]]) -> list[int]
     return ids
 
 
+def is_encoder_decoder(model: Any) -> bool:
+    return bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
+
+
+def encode_prompt(model: Any, tokenizer: Any, messages: Sequence[dict[str, str]]) -> list[int]:
+    """A prompt as training encoded it: a chat rendered with its template for a decoder, the source
+    text with the tokenizer's special tokens for an encoder-decoder (data/seq2seq.py)."""
+    if is_encoder_decoder(model):
+        from tunelab.data.seq2seq import encode_source, source_text
+
+        return encode_source(tokenizer, source_text(messages))
+    return encode_chat(tokenizer, messages)
+
+
 def end_of_turn_ids(tokenizer: Any) -> list[int]:
     """The token the chat template writes right after an assistant answer (`<|im_end|>` for chatml,
     `<|eot_id|>` for llama3, EOS for alpaca), when it is a single special or added token; else [].
@@ -94,6 +108,10 @@ def generate_batch(
     stops = [*stop_token_ids(tokenizer, getattr(model, "generation_config", None)), *extra_stops]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
     device = next(model.parameters()).device
+    # An encoder reads its input whole, so it is padded on the right (a BART's learned positions would
+    # shift under left padding); its output starts a new sequence after the decoder's start token.
+    encoder_decoder = is_encoder_decoder(model)
+    pad = _right_pad if encoder_decoder else _left_pad
     answers = [""] * len(prompts)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     was_training = model.training
@@ -101,14 +119,15 @@ def generate_batch(
     try:
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
-            input_ids, attention_mask = _left_pad([prompts[i] for i in rows], pad_id)
+            input_ids, attention_mask = pad([prompts[i] for i in rows], pad_id)
             output = model.generate(
                 input_ids=input_ids.to(device),
                 attention_mask=attention_mask.to(device),
                 streamer=streamer,
                 **_decoding(max_new_tokens, temperature, stops, pad_id),
             )
-            for i, new_tokens in zip(rows, output[:, input_ids.shape[1] :].tolist(), strict=True):
+            new = output[:, 1:] if encoder_decoder else output[:, input_ids.shape[1] :]
+            for i, new_tokens in zip(rows, new.tolist(), strict=True):
                 answers[i] = decode_answer(tokenizer, new_tokens, stops)
     finally:
         model.train(was_training)
@@ -131,6 +150,13 @@ def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
         input_ids[r, width - len(row) :] = torch.tensor(row, dtype=torch.long)
         attention_mask[r, width - len(row) :] = 1
     return input_ids, attention_mask
+
+
+def _right_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from tunelab.data.tokenize import pad_rows
+
+    width = max(len(row) for row in rows)
+    return pad_rows(rows, width, pad_id), pad_rows([[1] * len(row) for row in rows], width, 0)
 
 
 def _decoding(max_new_tokens: int, temperature: float, stops: list[int], pad_id: int) -> dict[str, Any]:

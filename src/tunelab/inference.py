@@ -26,7 +26,7 @@ from tunelab.data.formats import Columns
 from tunelab.data.inputs import PredictInput, read_inputs
 from tunelab.errors import TunelabError
 from tunelab.evaluation.settings import DataSettings
-from tunelab.generation import encode_chat, generate_batch
+from tunelab.generation import encode_chat, encode_prompt, generate_batch, is_encoder_decoder
 from tunelab.models.restore import Trained
 from tunelab.runs.rundir import write_text_atomic
 
@@ -90,6 +90,11 @@ def _conversation(system: str | None, turns: Messages) -> Messages:
 
 
 def _encode(trained: Trained, messages: Messages) -> list[int]:
+    if is_encoder_decoder(trained.model):
+        # Trained on one source per target, an encoder-decoder answers the last user turn on its own
+        # (after the system text, as its training sources had it); chat keeps no history for it.
+        system = [m for m in messages[:1] if m["role"] == "system"]
+        return encode_prompt(trained.model, trained.tokenizer, [*system, messages[-1]])
     render_prompt(trained, messages)  # without a chat template: a clear error
     return encode_chat(trained.tokenizer, messages)
 
@@ -218,15 +223,13 @@ def predict_file(
     """
     if batch_size < 1:
         raise TunelabError(f"batch_size must be >= 1, got {batch_size}")
-    if trained.task == "token_classify":
-        raise TunelabError(
-            "predict does not tag files yet (task token_classify)",
-            fix="score a tagged file with `tunelab eval RUN --data FILE` (entity precision, recall, F1)",
-        )
-    run = DataSettings.of_run(trained.run_dir)  # a classifier sees at most what it was trained on
-    inputs = read_inputs(data_file, columns or run.columns, generative=trained.generative)
+    run = DataSettings.of_run(trained.recipe_dir)  # a classifier sees at most what it was trained on
+    tagging = trained.task == "token_classify"
+    inputs = read_inputs(data_file, columns or run.columns, generative=trained.generative, tagging=tagging)
     if trained.generative:
         predictions = _predict_answers(trained, inputs, batch_size, max_new_tokens)
+    elif tagging:
+        predictions = _predict_tags(trained, inputs, batch_size, max_seq_len or run.max_seq_len)
     else:
         predictions = _predict_scores(trained, inputs, batch_size, max_seq_len or run.max_seq_len)
     lines = [
@@ -248,6 +251,44 @@ def _predict_answers(
             trained.model, trained.tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size
         )
     return [{"answer": answer} for answer in answers]
+
+
+def _predict_tags(
+    trained: Trained, inputs: list[PredictInput], batch_size: int, max_seq_len: int
+) -> list[dict[str, Any]]:
+    """A tag per word (read off each word's first sub-token, as training scored it), and the entities
+    the tags spell (seqeval's reading of BIO tags). A sentence longer than max_seq_len has its words
+    past the cut tagged null and counted, never silently dropped."""
+    from seqeval.metrics.sequence_labeling import get_entities
+
+    from tunelab.data.records import Tagged
+    from tunelab.data.tagged import tokenize_tagged
+    from tunelab.data.tokenize import LengthPolicy
+    from tunelab.evaluation.tagging import predicted_tags
+    from tunelab.training.precision import make_accelerator
+
+    assert trained.label_map is not None
+    names = sorted(trained.label_map, key=trained.label_map.__getitem__)
+    # The words' gold tags are unknown: any known tag stands in, only the positions it marks are used.
+    records = [Tagged(item.words, (names[0],) * len(item.words)) for item in inputs]
+    examples, _ = tokenize_tagged(trained.tokenizer, records, trained.label_map, LengthPolicy(max_seq_len))
+    accelerator = make_accelerator(trained.precision.mixed_precision)
+    model = accelerator.prepare_model(trained.model, evaluation_mode=True)
+    _, tags = predicted_tags(model, examples, names, batch_size, trained.tokenizer.pad_token_id, accelerator)
+    results = []
+    for item, found in zip(inputs, tags, strict=True):
+        row: dict[str, Any] = {
+            "tokens": list(item.words),
+            "tags": [*found, *[None] * (len(item.words) - len(found))],
+        }
+        row["entities"] = [
+            {"type": kind, "start": start, "end": end + 1, "text": " ".join(item.words[start : end + 1])}
+            for kind, start, end in get_entities(list(found))
+        ]
+        if len(found) < len(item.words):
+            row["untagged_words"] = len(item.words) - len(found)  # past max_seq_len
+        results.append(row)
+    return results
 
 
 @torch.no_grad()

@@ -140,7 +140,7 @@ def _prepare(recipe: Recipe, precision: Precision, console: Console) -> Prepared
     """The machine, the model's positions, the data stage (or its cache) and the model, in that order."""
     check_host(recipe)
     check_sequence_length(recipe)
-    tokenizer = load_tokenizer(recipe.model)
+    tokenizer = load_tokenizer(recipe.model, recipe.task)
     cache_key = data_cache.cache_key(recipe, tokenizer)  # before the data stage gives it a chat template
     data, records, cached_files = _prepare_data(recipe, tokenizer, cache_key, console)
     loaded = load_for_training(recipe, data.label_map, tokenizer, precision)

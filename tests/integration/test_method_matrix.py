@@ -1,5 +1,5 @@
-"""Every adapter method x {tiny Llama sft, tiny BERT classify, tiny BERT token_classify}, table-driven
-as in peft's own tests:
+"""Every adapter method x {tiny Llama sft, tiny BERT classify, tiny BERT token_classify, tiny T5
+seq2seq}, table-driven as in peft's own tests:
 
 - exactly the method's weights (and, for classify, the new head) are trainable, and all of them move
   in two optimizer steps of the real loop;
@@ -36,6 +36,7 @@ from tunelab.config import (
     load_recipe,
 )
 from tunelab.data.records import Chat, Labeled, Message, Tagged
+from tunelab.data.seq2seq import collate_seq2seq, tokenize_seq2seq
 from tunelab.data.tagged import tokenize_tagged
 from tunelab.data.templates import ensure_chat_template
 from tunelab.data.tokenize import LengthPolicy, collate, tokenize_chats, tokenize_labeled
@@ -52,7 +53,7 @@ from tunelab.training.schedule import build_optimizer, build_scheduler
 
 LABEL_MAP = {"balance": 0, "transfer": 1, "card": 2}
 TAG_MAP = {"O": 0, "B-LOC": 1, "B-PER": 2, "I-PER": 3}
-LABEL_MAPS = {"sft": None, "classify": LABEL_MAP, "token_classify": TAG_MAP}
+LABEL_MAPS = {"sft": None, "classify": LABEL_MAP, "token_classify": TAG_MAP, "seq2seq": None}
 SENTENCES = [
     Tagged(("Anna", "Lopez", "lives", "in", "Lisbon"), ("B-PER", "I-PER", "O", "O", "B-LOC")),
     Tagged(("Tom", "moved", "to", "Porto", "yesterday"), ("B-PER", "O", "O", "B-LOC", "O")),
@@ -84,7 +85,7 @@ OWN_WEIGHTS = {
 @dataclass(frozen=True)
 class Case:
     method: str  # a key of METHODS
-    task: str  # sft: tiny Llama; classify and token_classify: tiny BERT (its head is new)
+    task: str  # sft: tiny Llama; classify and token_classify: tiny BERT (its head is new); seq2seq: tiny T5
 
     @property
     def cfg(self) -> Any:  # one of the method classes; each has its own `name` literal
@@ -106,7 +107,9 @@ class Case:
         return f"{module}." if self.name == "adapter" else f"{module}.modules_to_save."
 
 
-CASES = [Case(method, task) for method in METHODS for task in ("sft", "classify", "token_classify")]
+CASES = [
+    Case(method, task) for method in METHODS for task in ("sft", "classify", "token_classify", "seq2seq")
+]
 
 
 def case_id(case: Case) -> str:
@@ -131,8 +134,8 @@ def one_thread() -> Any:
 
 
 @pytest.fixture(scope="module")
-def folders(tiny_llama: Path, tiny_bert: Path) -> dict[str, Path]:
-    return {"sft": tiny_llama, "classify": tiny_bert, "token_classify": tiny_bert}
+def folders(tiny_llama: Path, tiny_bert: Path, tiny_t5: Path) -> dict[str, Path]:
+    return {"sft": tiny_llama, "classify": tiny_bert, "token_classify": tiny_bert, "seq2seq": tiny_t5}
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +157,14 @@ def batches(bases: dict[str, LoadedModel]) -> dict[str, dict[str, torch.Tensor]]
     labeled = [Labeled(row["text"], row["label"]) for row in LABELED[:4]]
     classify_examples, _ = tokenize_labeled(bases["classify"].tokenizer, labeled, LABEL_MAP, policy)
     tagged_examples, _ = tokenize_tagged(bases["token_classify"].tokenizer, SENTENCES, TAG_MAP, policy)
+    t5 = bases["seq2seq"]
+    one_exchange = [chat for chat in chats if len(chat.messages) <= 3]
+    seq2seq_examples, _ = tokenize_seq2seq(t5.tokenizer, one_exchange, policy)
+    seq2seq = collate_seq2seq(seq2seq_examples, t5.tokenizer.pad_token_id)
+    # For `logits` only (the objective shifts the labels itself; "_" keys are not model inputs).
+    seq2seq["_decoder_input_ids"] = t5.model.prepare_decoder_input_ids_from_labels(labels=seq2seq["labels"])
     return {
+        "seq2seq": seq2seq,
         "token_classify": collate(tagged_examples, bases["token_classify"].tokenizer.pad_token_id),
         "sft": collate(sft_examples, bases["sft"].tokenizer.pad_token_id),
         "classify": collate(classify_examples, bases["classify"].tokenizer.pad_token_id),
@@ -203,7 +213,9 @@ def perturb_trainable(model: Any) -> None:
 @torch.no_grad()
 def logits(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     model.eval()
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    inputs = {k: v for k, v in batch.items() if k != "labels" and not k.startswith("_")}
+    if "_decoder_input_ids" in batch:  # an encoder-decoder: its logits are the decoder's
+        inputs["decoder_input_ids"] = batch["_decoder_input_ids"]
     return model(**inputs).logits
 
 

@@ -8,8 +8,10 @@ import random
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from tests.conftest import SHARED_DATA, build_tokenizer, make_recipe, write_jsonl
+from tunelab.cli import app
 from tunelab.config import load_recipe
 from tunelab.data.formats import load_split
 from tunelab.data.records import Tagged
@@ -158,6 +160,39 @@ def test_a_tagger_trains_and_is_scored_beside_its_baselines(tmp_path: Path, tiny
     assert again["metrics"]["eval_loss"] == pytest.approx(summary["metrics"]["test_loss"], abs=1e-6)
     assert again["entities"]["per_type"] == scored["entities"]["per_type"]
 
+    # `tunelab predict` tags words given as tokens or as text, and names the entities they spell.
+    rows = [json.loads(line) for line in test_file.read_text().splitlines()]
+    long_text = " ".join(["Anna lives in Lisbon ."] * 30)  # past max_seq_len (64): the rest is untagged
+    asked = [{"tokens": r["tokens"], "id": i} for i, r in enumerate(rows)] + [{"text": long_text}]
+    out = tmp_path / "tags.jsonl"
+    result = CliRunner().invoke(
+        app,
+        [
+            "predict",
+            str(result.run_dir),
+            "--data",
+            str(write_jsonl(tmp_path / "ask.jsonl", asked)),
+            "--out",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    got = [json.loads(line) for line in out.read_text().splitlines()]
+    right = sum(
+        g == t
+        for row, r in zip(got, rows[: len(got)], strict=False)
+        for g, t in zip(row["tags"], r["tags"], strict=True)
+    )
+    assert right / sum(len(r["tags"]) for r in rows) > 0.9 and got[0]["id"] == 0
+    first = got[0]
+    spans = [(e["type"], e["text"]) for e in first["entities"]]
+    assert spans == [
+        (t[2:], w) for w, t in zip(first["tokens"], first["tags"], strict=True) if t.startswith("B-")
+    ]
+    long = got[-1]
+    assert len(long["tags"]) == 150 and long["untagged_words"] > 0 and long["tags"][-1] is None
+    assert long["tags"].count(None) == long["untagged_words"]
+
 
 @pytest.mark.skipif(not (SHARED_DATA / "conll2003").is_dir(), reason="../shared/data/conll2003 is absent")
 def test_conll2003_reads_as_tagged_sentences() -> None:
@@ -165,3 +200,20 @@ def test_conll2003_reads_as_tagged_sentences() -> None:
     tags = {tag for record in split.records for tag in record.tags}
     assert len(split.records) > 3000 and not split.bad_rows
     assert {"B-PER", "I-PER", "B-LOC", "B-ORG", "B-MISC", "O"} <= tags
+
+
+def test_a_byte_level_tokenizer_encodes_each_word_as_after_a_space(tmp_path: Path) -> None:
+    """RoBERTa-style tokenizers mark a word that follows a space (Ġ); pre-split words must keep it."""
+    from transformers import RobertaTokenizer
+
+    from tunelab.config import ModelConfig
+    from tunelab.models.load import load_tokenizer
+
+    model = json.loads(build_tokenizer().backend_tokenizer.to_str())["model"]
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
+    RobertaTokenizer(vocab=model["vocab"], merges=merges).save_pretrained(tmp_path)
+    tokenizer = load_tokenizer(ModelConfig(name=str(tmp_path)), "token_classify")
+    pieces = tokenizer.convert_ids_to_tokens(
+        tokenizer(["Where", "is"], is_split_into_words=True)["input_ids"]
+    )
+    assert "Ġis" in pieces  # as in "Where is": without add_prefix_space it would be "is"

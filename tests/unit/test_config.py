@@ -101,8 +101,8 @@ def test_unknown_method_and_task(tmp_path: Path, good: dict) -> None:
     text = str(err.value)
     assert "method: unknown method 'lroa'; must be one of full, freeze, lora" in text
     assert (
-        "task: must be one of 'sft', 'classify', 'pretrain', 'preference', 'reward' or 'token_classify', "
-        "got 'classification'" in text
+        "task: must be one of 'sft', 'classify', 'pretrain', 'preference', 'reward', 'token_classify' or "
+        "'seq2seq', got 'classification'" in text
     )
 
 

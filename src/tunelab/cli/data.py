@@ -80,7 +80,7 @@ def data_prepare(
 
     loaded = load_recipe(recipe, set_ or [])
     records = load_records(loaded)
-    prepared = tokenize_records(loaded, records, load_tokenizer(loaded.model))
+    prepared = tokenize_records(loaded, records, load_tokenizer(loaded.model, loaded.task))
     target = out_dir or Path(loaded.output.dir) / f"{loaded.name}-data"
     written = write_prepared(target, records, prepared)
     for note in prepared.notes:

@@ -75,7 +75,7 @@ def eval_command(
         )
     loaded = load_target(target, task, precision=precision)
     # The run's own data settings, each overridable: scoring a run reads its files as training did.
-    settings = DataSettings.of_run(loaded.run_dir).overridden(
+    settings = DataSettings.of_run(loaded.recipe_dir).overridden(
         format=data_format,
         rename=dict(key_value(item) for item in column or []),
         text=text_column,

@@ -114,7 +114,7 @@ def predict_command(
 
     trained = to_best_device(load_run_or_base(run, precision=precision))
     rename = dict(key_value(item) for item in column or [])
-    columns = DataSettings.of_run(trained.run_dir).overridden(rename=rename, text=text_column).columns
+    columns = DataSettings.of_run(trained.recipe_dir).overridden(rename=rename, text=text_column).columns
     rows = predict_file(
         trained, data, out_file, batch_size=batch_size, max_new_tokens=max_new_tokens, columns=columns
     )

@@ -66,11 +66,12 @@ def check_reference(recipe: Recipe) -> list[Problem]:
 
 
 def check_generative_metrics(recipe: Recipe) -> list[Problem]:
-    if recipe.eval.metrics and recipe.task != "sft":
+    if recipe.eval.metrics and recipe.task not in ("sft", "seq2seq"):
         return [
             Problem(
                 "eval.metrics",
-                f"generated answers are scored for task sft; task {recipe.task} reports its own metrics",
+                f"generated answers are scored for task sft and seq2seq; task {recipe.task} reports its own "
+                "metrics",
             )
         ]
     return []

@@ -20,7 +20,7 @@ from tunelab.config.sections import (
 )
 from tunelab.methods import MethodConfig, MethodField, method_spec
 
-TASKS = ("sft", "classify", "pretrain", "preference", "reward", "token_classify")
+TASKS = ("sft", "classify", "pretrain", "preference", "reward", "token_classify", "seq2seq")
 CAUSAL_TASKS = ("sft", "pretrain", "preference")
 
 
@@ -29,11 +29,12 @@ class Recipe(Section):
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
         description="Run name; letters, digits, '.', '_' and '-'. Used in the run folder's name.",
     )
-    task: Literal["sft", "classify", "pretrain", "preference", "reward", "token_classify"] = Field(
+    task: Literal["sft", "classify", "pretrain", "preference", "reward", "token_classify", "seq2seq"] = Field(
         description="sft: chat/instruction tuning, loss on assistant tokens. classify: sequence classification. "
         "pretrain: continued pre-training on text, loss on every token. preference: DPO/IPO/ORPO on chosen "
         "and rejected answers. reward: a scalar reward model trained on preference pairs. token_classify: "
-        "a tag per word (NER), scored by entity precision, recall and F1."
+        "a tag per word (NER), scored by entity precision, recall and F1. seq2seq: an encoder-decoder "
+        "(T5, BART, Marian) learns a target text from a source text."
     )
     model: ModelConfig = Field(description="The pre-trained model to start from.")
     data: DataConfig = Field(description="Where the data is and which columns to read.")

@@ -34,6 +34,7 @@ class PredictInput:
     """One row: a prompt to answer (generative runs) or a text to score (classify, reward)."""
 
     messages: tuple[Message, ...] = ()
+    words: tuple[str, ...] = ()  # a sentence to tag (token_classify)
     text: str = ""
     text_pair: str | None = None
     copied: dict[str, Any] = field(default_factory=dict)  # the row's `id`, copied into its prediction
@@ -48,12 +49,17 @@ ROW_HELP = {
     'e.g. {"text": "block my card"}',
     "generative": 'each row needs "messages" or "conversations" (a conversation), "prompt" or '
     '"instruction", e.g. {"prompt": "Hello there!"}',
+    "tagging": 'each row needs "tokens" (a list of words) or the run\'s text column (split at whitespace), '
+    'e.g. {"tokens": ["Anna", "lives", "in", "Lisbon"]}',
 }
 
 
-def read_inputs(path: str | Path, columns: Columns, *, generative: bool) -> list[PredictInput]:
+def read_inputs(
+    path: str | Path, columns: Columns, *, generative: bool, tagging: bool = False
+) -> list[PredictInput]:
     """Every row of `path` as an input, or a DataError naming each bad row as file:line: reason."""
-    convert = _prompt_input if generative else _scoring_input
+    kind = "tagging" if tagging else "generative" if generative else "scoring"
+    convert = {"tagging": _words_input, "generative": _prompt_input, "scoring": _scoring_input}[kind]
     read = read_file(path)
     inputs, bad = [], []
     for row in read.rows:
@@ -68,7 +74,7 @@ def read_inputs(path: str | Path, columns: Columns, *, generative: bool) -> list
         raise DataError(
             f"{read.path}: {len(bad)} bad row(s) out of {len(read.rows)}; nothing was predicted",
             problems=bad[:MAX_LISTED] + more,
-            fix=ROW_HELP["generative" if generative else "scoring"],
+            fix=ROW_HELP[kind],
         )
     if not inputs:
         raise DataError(f"{read.path}: no rows to predict")
@@ -78,6 +84,25 @@ def read_inputs(path: str | Path, columns: Columns, *, generative: bool) -> list
 def _scoring_input(fields: dict[str, Any], columns: Columns) -> PredictInput:
     text, pair = labeled_text(fields, columns)
     return PredictInput(text=text, text_pair=pair, copied=_copied(fields))
+
+
+def _words_input(fields: dict[str, Any], columns: Columns) -> PredictInput:
+    """A sentence to tag: its `tokens` as given (words as training read them), else its text split at
+    whitespace (a CoNLL file's words are whitespace-free, so this is how they were split too)."""
+    tokens = fields.get("tokens")
+    if tokens is None:
+        text = fields.get(columns.text)
+        if not isinstance(text, str) or not text.split():
+            names = ", ".join(sorted(fields)) or "none"
+            raise RowError(f"no tokens and no {columns.text!r} text to split into words (fields: {names})")
+        tokens = text.split()
+    if (
+        not isinstance(tokens, list)
+        or not tokens
+        or not all(isinstance(t, str) and t.strip() for t in tokens)
+    ):
+        raise RowError("tokens: expected a non-empty list of words")
+    return PredictInput(words=tuple(tokens), copied=_copied(fields))
 
 
 def _prompt_input(fields: dict[str, Any], columns: Columns) -> PredictInput:

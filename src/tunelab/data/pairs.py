@@ -19,9 +19,9 @@ from tunelab.data.tokenize import (
     LengthPolicy,
     TokenizeStats,
     _in_spans,
-    _length_verdict,
     collate,
     count_causal_targets,
+    length_verdict,
 )
 from tunelab.errors import DataError
 
@@ -40,7 +40,7 @@ def tokenize_preferences(
         chosen = _encode(tokenizer, _answer_chat(record, record.chosen))
         rejected = _encode(tokenizer, _answer_chat(record, record.rejected))
         longest = max(len(chosen[0]), len(rejected[0]))
-        if (reason := _length_verdict(longest, policy)) is not None:
+        if (reason := length_verdict(longest, policy)) is not None:
             stats.drop(reason, record.source)
             continue
         if longest > policy.max_seq_len:

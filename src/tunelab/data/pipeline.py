@@ -35,7 +35,7 @@ from tunelab.methods import method_spec, methods_where
 SPLITS = ("train", "validation", "test")
 RECORD_KIND_FOR_TASK = {
     "sft": "chat", "classify": "labeled", "pretrain": "text", "preference": "preference", "reward": "preference",
-    "token_classify": "tagged",
+    "token_classify": "tagged", "seq2seq": "chat",
 }  # fmt: skip
 # Replay data (general data mixed in against forgetting) may be plain text under instruction tuning.
 REPLAY_KINDS = {"sft": ("chat", "text"), "pretrain": ("text",)}
@@ -383,7 +383,7 @@ def tokenize_records(recipe: Recipe, records: Records, tokenizer: Any) -> Prepar
     for split, items in records.splits.items():
         examples, stats = [], TokenizeStats()
         for name, group in _groups(items, records.datasets.get(split)):
-            group_examples, group_stats = _tokenize(tokenizer, group, records.label_map, policy)
+            group_examples, group_stats = _tokenize(tokenizer, group, records.label_map, policy, recipe.task)
             if name:
                 for example in group_examples:
                     example["dataset"] = name
@@ -421,9 +421,13 @@ def _groups(items: list[Any], tags: list[str] | None) -> list[tuple[str, list[An
 
 
 def _tokenize(
-    tokenizer: Any, items: list[Any], label_map: dict[str, int] | None, policy: LengthPolicy
+    tokenizer: Any, items: list[Any], label_map: dict[str, int] | None, policy: LengthPolicy, task: str
 ) -> tuple[list[Example], TokenizeStats]:
     first = items[0]
+    if task == "seq2seq":
+        from tunelab.data.seq2seq import tokenize_seq2seq
+
+        return tokenize_seq2seq(tokenizer, _all(items, Chat), policy)
     if isinstance(first, Chat):
         return tokenize_chats(tokenizer, _all(items, Chat), policy)
     if isinstance(first, Text):

@@ -23,7 +23,7 @@ from tunelab.data.tokenize import (
     Example,
     LengthPolicy,
     TokenizeStats,
-    _length_verdict,
+    length_verdict,
     require_fast,
 )
 from tunelab.errors import DataError
@@ -135,7 +135,7 @@ def tokenize_tagged(
     for record in records:
         stats.examples += 1
         encoded = tokenizer(list(record.tokens), is_split_into_words=True)
-        if (reason := _length_verdict(len(encoded["input_ids"]), policy)) is not None:
+        if (reason := length_verdict(len(encoded["input_ids"]), policy)) is not None:
             stats.drop(reason, record.source)
             continue
         if len(encoded["input_ids"]) > policy.max_seq_len:

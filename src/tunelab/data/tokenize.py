@@ -69,7 +69,7 @@ def require_fast(tokenizer: Any, why: str) -> None:
         )
 
 
-def _length_verdict(n_tokens: int, policy: LengthPolicy) -> str | None:
+def length_verdict(n_tokens: int, policy: LengthPolicy) -> str | None:
     """Why an example of this length is left out, or None to keep (and maybe truncate) it."""
     if n_tokens < policy.min_tokens:
         return "too_short"
@@ -92,7 +92,7 @@ def tokenize_chats(
         text, spans = render_chat(tokenizer, chat)
         encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
-        if (reason := _length_verdict(len(ids), policy)) is not None:
+        if (reason := length_verdict(len(ids), policy)) is not None:
             stats.drop(reason, chat.source)
             continue
         labels = [
@@ -151,7 +151,7 @@ def tokenize_texts(
         ids = list(tokenizer(record.text)["input_ids"])  # special tokens as the model expects (BOS)
         if tokenizer.eos_token_id is not None and (not ids or ids[-1] != tokenizer.eos_token_id):
             ids.append(tokenizer.eos_token_id)
-        if (reason := _length_verdict(len(ids), policy)) is not None:
+        if (reason := length_verdict(len(ids), policy)) is not None:
             stats.drop(reason, record.source)
             continue
         chunks = [ids[i : i + policy.max_seq_len] for i in range(0, len(ids), policy.max_seq_len)]
@@ -186,7 +186,7 @@ def tokenize_labeled(
     for record in records:
         stats.examples += 1
         encoded = tokenizer(record.text, record.text_pair)
-        if (reason := _length_verdict(len(encoded["input_ids"]), policy)) is not None:
+        if (reason := length_verdict(len(encoded["input_ids"]), policy)) is not None:
             stats.drop(reason, record.source)
             continue
         if len(encoded["input_ids"]) > policy.max_seq_len:
@@ -203,19 +203,19 @@ def collate(examples: list[Example], pad_token_id: int) -> dict[str, torch.Tenso
     """Right-pad to the longest example of the batch; padding is masked out of attention and loss."""
     width = max(len(e["input_ids"]) for e in examples)
     batch: dict[str, torch.Tensor] = {
-        "input_ids": _pad([e["input_ids"] for e in examples], width, pad_token_id),
-        "attention_mask": _pad([[1] * len(e["input_ids"]) for e in examples], width, 0),
+        "input_ids": pad_rows([e["input_ids"] for e in examples], width, pad_token_id),
+        "attention_mask": pad_rows([[1] * len(e["input_ids"]) for e in examples], width, 0),
     }
     if "token_type_ids" in examples[0]:
-        batch["token_type_ids"] = _pad([e["token_type_ids"] for e in examples], width, 0)
+        batch["token_type_ids"] = pad_rows([e["token_type_ids"] for e in examples], width, 0)
     if "labels" in examples[0]:
-        batch["labels"] = _pad([e["labels"] for e in examples], width, IGNORE_INDEX)
+        batch["labels"] = pad_rows([e["labels"] for e in examples], width, IGNORE_INDEX)
     if "label" in examples[0]:
         batch["labels"] = torch.tensor([e["label"] for e in examples], dtype=torch.long)
     return batch
 
 
-def _pad(rows: list[list[int]], width: int, value: int) -> torch.Tensor:
+def pad_rows(rows: list[list[int]], width: int, value: int) -> torch.Tensor:
     out = torch.full((len(rows), width), value, dtype=torch.long)
     for i, row in enumerate(rows):
         out[i, : len(row)] = torch.tensor(row, dtype=torch.long)

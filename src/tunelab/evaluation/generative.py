@@ -19,7 +19,7 @@ from typing import Any
 
 from tunelab.data.records import Chat, Message
 from tunelab.evaluation import metrics as m
-from tunelab.generation import encode_chat, generate_batch
+from tunelab.generation import encode_prompt, generate_batch
 
 GENERATIVE = ("bleu", "chrf", "rouge", "exact_match")
 GENERATIONS_FILE = "generations.jsonl"
@@ -49,7 +49,7 @@ def answer(
     model: Any, tokenizer: Any, asked: Sequence[Asked], *, max_new_tokens: int, batch_size: int = 32
 ) -> list[str]:
     """Greedy answers, one per prompt, rendered and stopped as training taught (generation.py)."""
-    prompts = [encode_chat(tokenizer, item.prompt) for item in asked]
+    prompts = [encode_prompt(model, tokenizer, item.prompt) for item in asked]
     return generate_batch(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
 
 

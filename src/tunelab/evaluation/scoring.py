@@ -86,6 +86,8 @@ def score_baselines(
         tagged = tagging_baselines(train, gold, scored, split_prefix(split))
         console.print(f"baselines (no model): {_shown(tagged)}")
         return tagged, {}
+    if recipe.task == "seq2seq" and split is not None and "zero_shot" in recipe.eval.baselines:
+        return _seq2seq_zero_shot(recipe, loaded, records, cached_files, data, split, accelerator, console)
     if not recipe.eval.baselines or split is None or recipe.task not in ("sft", "classify"):
         return {}, {}
     k, seed = recipe.eval.few_shot_k, recipe.train.seed
@@ -118,6 +120,31 @@ def score_baselines(
         if s.get("note"):
             console.print(f"[yellow]note:[/] {name.replace('_', '-')}: {s['note']}")
     return chosen, answers
+
+
+def _seq2seq_zero_shot(
+    recipe: Recipe,
+    loaded: Any,
+    records: Records | None,
+    cached_files: Path | None,
+    data: PreparedData,
+    split: str,
+    accelerator: Accelerator,
+    console: Console,
+) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """An encoder-decoder's baseline is the base model as it is (its loss before training is scored for
+    every run). Few-shot is not scored: an encoder-decoder is not prompted with worked examples, and a
+    T5 or BART reads shots in its source as more text to transform."""
+    prefix, answers = split_prefix(split), {}
+    scores: dict[str, Any] = {"note": "few-shot is not scored for an encoder-decoder"}
+    if recipe.eval.metrics:
+        loaded.model.to(accelerator.device)
+        answers["zero_shot"], generated = _generated(
+            recipe, loaded, chat_records(records, cached_files, split, data), prefix
+        )
+        scores.update(generated)
+        console.print(f"baselines (base model): {_shown({'zero_shot': scores})}")
+    return {"zero_shot": scores}, answers
 
 
 def _shown(baselines: dict[str, Any]) -> str:

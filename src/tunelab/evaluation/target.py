@@ -26,7 +26,7 @@ from tunelab.evaluation.tagging import entity_scores, headline, predicted_tags
 from tunelab.models.load import load_model
 from tunelab.models.restore import find_final, load_trained
 from tunelab.training.loop import eval_batches
-from tunelab.training.objectives import OBJECTIVES
+from tunelab.training.objectives import OBJECTIVES, collate_for
 from tunelab.training.precision import COMPUTE_DTYPES, Precision, make_accelerator
 
 
@@ -38,6 +38,7 @@ class Target:
     label_map: dict[str, int] | None
     run_dir: Path | None  # where eval.json goes when the target is a run
     precision: Precision  # a run's own (unless chosen otherwise): its numbers then reproduce
+    recipe_dir: Path | None = None  # where the training recipe.yaml is (a run, or an export's copy)
 
 
 def load_target(target: str, task: str | None = None, *, precision: str = "trained") -> Target:
@@ -52,6 +53,7 @@ def load_target(target: str, task: str | None = None, *, precision: str = "train
             trained.label_map,
             trained.run_dir,
             trained.precision,
+            trained.recipe_dir,
         )
     chosen = task or "sft"  # a base model: a Hub id or a plain model folder
     if chosen == "classify":
@@ -75,7 +77,7 @@ def evaluate_file(
     max_new_tokens: int = 128,
 ) -> dict[str, Any]:
     """Score `data_file`; `settings` default to the run's own (DataSettings.of_run)."""
-    settings = settings or DataSettings.of_run(target.run_dir)
+    settings = settings or DataSettings.of_run(target.recipe_dir)
     # Wrapped as training wrapped it (autocast, outputs back to float32), so a run's scores reproduce.
     accelerator = make_accelerator(target.precision.mixed_precision)
     model = accelerator.prepare_model(target.model, evaluation_mode=True)
@@ -84,21 +86,11 @@ def evaluate_file(
     records = load_split(
         data_file, fmt=settings.format, columns=settings.columns, kind=kind, on_error="fail"
     ).records
-    policy = LengthPolicy(settings.max_seq_len)
-    if target.task == "classify":
-        assert target.label_map is not None
-        examples, _ = tokenize_labeled(target.tokenizer, records, target.label_map, policy)
-    elif target.task == "token_classify":
-        assert target.label_map is not None
-        check_tags_known(records, target.label_map, str(data_file))
-        examples, _ = tokenize_tagged(target.tokenizer, records, target.label_map, policy)
-    else:
-        ensure_chat_template(target.tokenizer)
-        examples, _ = tokenize_chats(target.tokenizer, records, policy)
+    examples = _tokenized(target, records, LengthPolicy(settings.max_seq_len), str(data_file))
     pad_id = target.tokenizer.pad_token_id
 
     def batches() -> Any:
-        return eval_batches(examples, batch_size, pad_id, accelerator)
+        return eval_batches(examples, batch_size, pad_id, accelerator, collate_for(target.task))
 
     result: dict[str, Any] = {
         "data": str(data_file),
@@ -125,6 +117,23 @@ def evaluate_file(
         result["metrics"].update(generated)
         result["generations"] = rows  # written beside the scores, one line per example
     return result
+
+
+def _tokenized(target: Target, records: list[Any], policy: LengthPolicy, data_file: str) -> list[Any]:
+    """The file's records tokenised as the target's task trained on them."""
+    if target.task == "classify":
+        assert target.label_map is not None
+        return tokenize_labeled(target.tokenizer, records, target.label_map, policy)[0]
+    if target.task == "token_classify":
+        assert target.label_map is not None
+        check_tags_known(records, target.label_map, data_file)
+        return tokenize_tagged(target.tokenizer, records, target.label_map, policy)[0]
+    if target.task == "seq2seq":
+        from tunelab.data.seq2seq import tokenize_seq2seq
+
+        return tokenize_seq2seq(target.tokenizer, records, policy)[0]
+    ensure_chat_template(target.tokenizer)
+    return tokenize_chats(target.tokenizer, records, policy)[0]
 
 
 def _tagging_scores(

@@ -12,6 +12,7 @@ from typing import Any, Literal
 import torch
 from transformers import (
     AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
     AutoTokenizer,
@@ -57,7 +58,7 @@ def load_model(
     }
     quantisation = quantisation or ("8bit" if cfg.load_in_8bit else None)
     try:
-        tokenizer = tokenizer or AutoTokenizer.from_pretrained(source, **common)
+        tokenizer = tokenizer or AutoTokenizer.from_pretrained(source, **common, **tokenizer_options(task))
         weights_options = {**common, **quantisation_options(quantisation, task)}
         model, info = _load_weights(
             source, task, label_map, dtype or resolve_weights(cfg.dtype), weights_options
@@ -116,7 +117,14 @@ def _compute_dtype() -> torch.dtype:
     return torch.float16
 
 
-def load_tokenizer(cfg: ModelConfig) -> Any:
+def tokenizer_options(task: str | None) -> dict[str, Any]:
+    """A tagger's words arrive pre-split, and a byte-level BPE (RoBERTa, GPT-2) then encodes each word
+    without the space that preceded it in pre-training ("Lisbon", not " Lisbon") unless told to add
+    one; tokenizers without the option (WordPiece) ignore it."""
+    return {"add_prefix_space": True} if task == "token_classify" else {}
+
+
+def load_tokenizer(cfg: ModelConfig, task: str | None = None) -> Any:
     """The tokenizer alone (for data inspection and preparation: no weights are read)."""
     source, local = model_source(cfg.name)
     try:
@@ -125,6 +133,7 @@ def load_tokenizer(cfg: ModelConfig) -> Any:
             trust_remote_code=cfg.trust_remote_code,
             revision=cfg.revision,
             local_files_only=local or _offline(),
+            **tokenizer_options(task),
         )
     except (OSError, ValueError) as exc:
         raise _not_loadable(cfg.name, source, local, exc) from None
@@ -198,7 +207,8 @@ def _load_weights(
             output_loading_info=True,
             **common,
         )
-    return AutoModelForCausalLM.from_pretrained(  # type: ignore[return-value]
+    generator = AutoModelForSeq2SeqLM if task == "seq2seq" else AutoModelForCausalLM
+    return generator.from_pretrained(  # type: ignore[return-value]
         source, dtype=dtype, output_loading_info=True, **common
     )
 
@@ -234,6 +244,7 @@ HEAD_NAMES = {
     "classify": "a sequence classifier",
     "token_classify": "a token classifier",
     "reward": "a reward model",
+    "seq2seq": "an encoder-decoder (sequence-to-sequence) model",
 }
 
 
@@ -245,11 +256,14 @@ def _not_loadable(
         # The folder is fine; the architecture cannot be the model this task needs.
         found = re.search(r"\.(\w+)Config'", reason)
         architecture = f"a {found.group(1)} model" if found else "this architecture"
-        fix = (
-            "task sft, pretrain and preference need a decoder-only model (Llama, Qwen, SmolLM, GPT-2, ...); "
-            "encoder-decoder models such as T5 and BART are not supported for them"
-            if task == "sft"
-            else "use a model whose architecture transformers has this head for (BERT-, RoBERTa-, Llama-like)"
+        fix = {
+            "sft": "task sft, pretrain and preference need a decoder-only model (Llama, Qwen, SmolLM, GPT-2, "
+            "...); an encoder-decoder such as T5 or BART trains with task: seq2seq",
+            "seq2seq": "task seq2seq needs an encoder-decoder (T5, BART, Marian, ...); a decoder-only model "
+            "learns prompt -> completion with task: sft",
+        }.get(
+            task or "",
+            "use a model whose architecture transformers has this head for (BERT-, RoBERTa-, Llama-like)",
         )
         return ModelLoadError(
             f"model {name}: {architecture} cannot be loaded as "

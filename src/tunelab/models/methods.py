@@ -56,6 +56,7 @@ TASK_TYPES: dict[str, TaskType] = {
     "classify": TaskType.SEQ_CLS,
     "reward": TaskType.SEQ_CLS,  # a sequence-classification head with one output
     "token_classify": TaskType.TOKEN_CLS,
+    "seq2seq": TaskType.SEQ_2_SEQ_LM,
 }
 
 

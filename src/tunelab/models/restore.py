@@ -35,9 +35,9 @@ BOTTLENECK_ADAPTER = "bottleneck_adapter.json"
 # The model head each task trains: generative tasks share the causal LM head.
 HEADS = {
     "sft": "sft", "pretrain": "sft", "preference": "sft", "classify": "classify", "reward": "reward",
-    "token_classify": "token_classify",
+    "token_classify": "token_classify", "seq2seq": "seq2seq",
 }  # fmt: skip
-GENERATIVE_TASKS = ("sft", "pretrain", "preference")
+GENERATIVE_TASKS = ("sft", "pretrain", "preference", "seq2seq")
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 
 
@@ -56,6 +56,14 @@ class Trained:
     @property
     def generative(self) -> bool:
         return self.task in GENERATIVE_TASKS
+
+    @property
+    def recipe_dir(self) -> Path | None:
+        """Where the training recipe.yaml is: the run folder, or an export (which carries a copy), so
+        eval and predict read an export's files as training read its own."""
+        if self.run_dir is not None:
+            return self.run_dir
+        return self.final_dir if (self.final_dir / "recipe.yaml").is_file() else None
 
 
 def find_final(path: str | Path) -> Path | None:

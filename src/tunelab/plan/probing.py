@@ -58,7 +58,7 @@ def probe(
     precision = precision_for(recipe)
     accelerator = make_accelerator(precision.mixed_precision)
     if data is None:
-        tokenizer = load_tokenizer(recipe.model)
+        tokenizer = load_tokenizer(recipe.model, recipe.task)
         data = tokenize_records(recipe, load_records(recipe), tokenizer)
     cuda = accelerator.device.type == "cuda"
     baseline = _start_measuring(cuda)

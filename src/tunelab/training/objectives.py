@@ -110,6 +110,26 @@ def token_targets(batch: Batch) -> int:
     return int((batch["labels"] != IGNORE_INDEX).sum())
 
 
+def seq2seq_lm(model: Any, batch: Batch) -> Output:
+    """Cross-entropy of an encoder-decoder on the target tokens, teacher-forced: the decoder reads the
+    target shifted right after its start token (transformers' own `shift_tokens_right`), so logit t
+    predicts label t and no shift is needed here, unlike `causal_lm`."""
+    from accelerate.utils import extract_model_from_parallel
+    from transformers.models.bart.modeling_bart import shift_tokens_right
+
+    config = extract_model_from_parallel(model).config  # through DDP and peft wrappers alike
+    labels = batch["labels"]
+    decoder_input_ids = shift_tokens_right(labels, config.pad_token_id, config.decoder_start_token_id)
+    logits = model(**model_inputs(batch), decoder_input_ids=decoder_input_ids, use_cache=False).logits
+    loss_sum = F.cross_entropy(
+        logits.float().reshape(-1, logits.size(-1)),
+        labels.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
+    return Output(loss_sum=loss_sum, logits=logits)
+
+
 @dataclass(frozen=True)
 class Objective:
     loss: Callable[[Any, Batch], Output]
@@ -121,6 +141,7 @@ OBJECTIVES: dict[str, Objective] = {
     "pretrain": Objective(loss=causal_lm, count_targets=causal_lm_targets),  # labels are every token
     "classify": Objective(loss=classification, count_targets=classification_targets),
     "token_classify": Objective(loss=token_classification, count_targets=token_targets),
+    "seq2seq": Objective(loss=seq2seq_lm, count_targets=token_targets),  # every label is a target
 }
 
 
@@ -130,6 +151,10 @@ def collate_for(task: str) -> Callable[[list[dict[str, Any]], int], Batch]:
         from tunelab.data.pairs import collate_pairs
 
         return collate_pairs
+    if task == "seq2seq":  # sources and targets padded to their own widths
+        from tunelab.data.seq2seq import collate_seq2seq
+
+        return collate_seq2seq
     from tunelab.data.tokenize import collate
 
     return collate
