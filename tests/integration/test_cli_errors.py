@@ -169,7 +169,9 @@ def test_an_encoder_decoder_for_sft_is_named_as_such(tmp_path: Path, tiny_llama:
     result = invoke("train", str(recipe))
     assert result.exit_code == 1, result.output
     assert f"model {t5}: a T5 model cannot be loaded as a causal language model" in result.output
-    assert "an encoder-decoder such as T5 or BART trains with task: seq2seq" in " ".join(result.output.split())
+    assert "an encoder-decoder such as T5 or BART trains with task: seq2seq" in " ".join(
+        result.output.split()
+    )
     assert "needs config.json" not in result.output
 
 
