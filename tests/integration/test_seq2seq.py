@@ -40,7 +40,28 @@ def _pairs(model: Any, tokenizer: Any) -> dict[str, torch.Tensor]:
     return collate_seq2seq(examples, tokenizer.pad_token_id)
 
 
-@pytest.mark.parametrize("family", ["t5", "bart"])
+@pytest.fixture(scope="module")
+def tiny_marian(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 1+1-layer Marian (sinusoidal positions; the decoder starts from the pad token)."""
+    from transformers import MarianConfig, MarianMTModel
+
+    from tests.conftest import build_seq2seq_tokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-marian")
+    tokenizer = build_seq2seq_tokenizer("$A </s>")
+    config = MarianConfig(
+        vocab_size=len(tokenizer), d_model=32, encoder_layers=1, decoder_layers=1,
+        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
+        max_position_embeddings=128, dropout=0.0, pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    MarianMTModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("family", ["t5", "bart", "marian"])
 def test_the_loss_is_the_models_own_teacher_forced_loss(family: str, request: pytest.FixtureRequest) -> None:
     folder = request.getfixturevalue(f"tiny_{family}")
     loaded = load_model(ModelConfig(name=str(folder)), "seq2seq", dtype=torch.float32)
@@ -51,12 +72,11 @@ def test_the_loss_is_the_models_own_teacher_forced_loss(family: str, request: py
         # transformers shifts the labels itself when given them: the same mean cross-entropy.
         theirs = loaded.model(**batch).loss
     torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=0)
-    # Targets end with EOS and are padded with IGNORE_INDEX to their own width, not the sources'.
+    # Targets end with EOS (padded with IGNORE_INDEX to their own width: collate_seq2seq).
     eos = loaded.tokenizer.eos_token_id
     for row in batch["labels"].tolist():
         kept = [t for t in row if t != IGNORE_INDEX]
         assert kept[-1] == eos
-    assert batch["labels"].shape[1] != batch["input_ids"].shape[1] or family == "bart"
 
 
 def _recipe(root: Path, folder: Path, steps: int = 20, **sections: Any) -> Path:
@@ -203,3 +223,24 @@ def test_eval_scores_a_seq2seq_run_on_a_file_as_training_scored_its_test_split(
     metrics, summary = scored["metrics"], t5_run.summary.metrics
     assert metrics["eval_loss"] == pytest.approx(summary["test_loss"], rel=1e-6)
     assert metrics["eval_chrf"] == pytest.approx(summary["test_chrf"], rel=1e-6)
+
+
+def test_sources_and_targets_are_padded_to_their_own_widths() -> None:
+    batch = collate_seq2seq(
+        [{"input_ids": [5, 6, 7], "labels": [8]}, {"input_ids": [5], "labels": [8, 9, 3]}], 0
+    )
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [5, 0, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert batch["labels"].tolist() == [[8, IGNORE_INDEX, IGNORE_INDEX], [8, 9, 3]]
+
+
+def test_a_target_always_ends_with_eos_even_when_cut() -> None:
+    from tests.conftest import build_tokenizer
+    from tunelab.data.seq2seq import target_ids
+
+    tokenizer = build_tokenizer()  # adds no special tokens of its own
+    eos = tokenizer.eos_token_id
+    plain = tokenizer("lost my card")["input_ids"]
+    assert target_ids(tokenizer, "lost my card") == [*plain, eos]
+    cut = target_ids(tokenizer, "lost my card", max_len=3)
+    assert cut == [*plain[:2], eos]
