@@ -121,9 +121,17 @@ def build_seq2seq_tokenizer(template: str) -> Any:
     return tokenizer
 
 
+def _save_seq2seq(folder: Path, model_class: Any, config: Any, tokenizer: Any, seed: int) -> Path:
+    import torch
+
+    torch.manual_seed(seed)
+    model_class(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 def save_tiny_t5(folder: Path, *, seed: int = 0) -> Path:
     """A 2+2-layer T5 (relative position buckets, decoder starts from the pad token, as T5 does)."""
-    import torch
     from transformers import T5Config, T5ForConditionalGeneration
 
     tokenizer = build_seq2seq_tokenizer("$A </s>")
@@ -132,15 +140,11 @@ def save_tiny_t5(folder: Path, *, seed: int = 0) -> Path:
         num_heads=4, dropout_rate=0.0, pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id,
     )  # fmt: skip
-    torch.manual_seed(seed)
-    T5ForConditionalGeneration(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return _save_seq2seq(folder, T5ForConditionalGeneration, config, tokenizer, seed)
 
 
 def save_tiny_bart(folder: Path, *, seed: int = 0) -> Path:
     """A 2+2-layer BART (learned absolute positions; the decoder starts from EOS, as BART's does)."""
-    import torch
     from transformers import BartConfig, BartForConditionalGeneration
 
     tokenizer = build_seq2seq_tokenizer("<s> $A </s>")
@@ -151,10 +155,21 @@ def save_tiny_bart(folder: Path, *, seed: int = 0) -> Path:
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         decoder_start_token_id=tokenizer.eos_token_id, forced_eos_token_id=None,
     )  # fmt: skip
-    torch.manual_seed(seed)
-    BartForConditionalGeneration(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return _save_seq2seq(folder, BartForConditionalGeneration, config, tokenizer, seed)
+
+
+def save_tiny_marian(folder: Path, *, seed: int = 0) -> Path:
+    """A 1+1-layer Marian (sinusoidal positions; the decoder starts from the pad token)."""
+    from transformers import MarianConfig, MarianMTModel
+
+    tokenizer = build_seq2seq_tokenizer("$A </s>")
+    config = MarianConfig(
+        vocab_size=len(tokenizer), d_model=32, encoder_layers=1, decoder_layers=1,
+        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
+        max_position_embeddings=128, dropout=0.0, pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    return _save_seq2seq(folder, MarianMTModel, config, tokenizer, seed)
 
 
 @pytest.fixture(scope="session")

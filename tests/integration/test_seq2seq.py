@@ -42,23 +42,9 @@ def _pairs(model: Any, tokenizer: Any) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def tiny_marian(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 1+1-layer Marian (sinusoidal positions; the decoder starts from the pad token)."""
-    from transformers import MarianConfig, MarianMTModel
+    from tests.conftest import save_tiny_marian
 
-    from tests.conftest import build_seq2seq_tokenizer
-
-    folder = tmp_path_factory.mktemp("tiny-marian")
-    tokenizer = build_seq2seq_tokenizer("$A </s>")
-    config = MarianConfig(
-        vocab_size=len(tokenizer), d_model=32, encoder_layers=1, decoder_layers=1,
-        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
-        max_position_embeddings=128, dropout=0.0, pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    MarianMTModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return save_tiny_marian(tmp_path_factory.mktemp("tiny-marian"))
 
 
 @pytest.mark.parametrize("family", ["t5", "bart", "marian"])
@@ -130,7 +116,14 @@ def test_a_t5_lora_run_trains_scores_and_records_its_answers(t5_run: Any, tiny_t
     assert {"q", "k", "v", "o", "wi", "wo"} <= set(adapter["target_modules"])
     saved = load_file(str(t5_run.run_dir / "final" / "adapter_model.safetensors"))
     assert saved and all("lora_" in name for name in saved)
-    assert load_file(str(tiny_t5 / "model.safetensors"))  # the base folder still loads as it was
+    # With the adapter off, the trained model is the base exactly: no base weight moved.
+    from tunelab.models.restore import load_trained
+
+    trained = load_trained(t5_run.run_dir, precision="fp32")
+    base = load_model(ModelConfig(name=str(tiny_t5)), "seq2seq", dtype=torch.float32).model.eval()
+    batch = _pairs(base, trained.tokenizer)
+    with torch.no_grad(), trained.model.disable_adapter():
+        torch.testing.assert_close(trained.model(**batch).logits, base(**batch).logits, rtol=0, atol=0)
 
 
 def test_a_merged_t5_export_loads_in_transformers_and_predict_answers_as_generate_does(
