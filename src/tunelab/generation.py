@@ -111,7 +111,7 @@ def generate_batch(
     # An encoder reads its input whole, so it is padded on the right (a BART's learned positions would
     # shift under left padding); its output starts a new sequence after the decoder's start token.
     encoder_decoder = is_encoder_decoder(model)
-    pad = _right_pad if encoder_decoder else _left_pad
+    pad = _right_pad if encoder_decoder else left_pad
     answers = [""] * len(prompts)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     was_training = model.training
@@ -124,7 +124,7 @@ def generate_batch(
                 input_ids=input_ids.to(device),
                 attention_mask=attention_mask.to(device),
                 streamer=streamer,
-                **_decoding(max_new_tokens, temperature, stops, pad_id),
+                **decoding(max_new_tokens, temperature, stops, pad_id),
             )
             new = output[:, 1:] if encoder_decoder else output[:, input_ids.shape[1] :]
             for i, new_tokens in zip(rows, new.tolist(), strict=True):
@@ -142,7 +142,7 @@ def decode_answer(tokenizer: Any, new_tokens: list[int], stops: Sequence[int]) -
     return str(tokenizer.decode(new_tokens[:end], skip_special_tokens=True)).strip()
 
 
-def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(row) for row in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -159,11 +159,21 @@ def _right_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.
     return pad_rows(rows, width, pad_id), pad_rows([[1] * len(row) for row in rows], width, 0)
 
 
-def _decoding(max_new_tokens: int, temperature: float, stops: list[int], pad_id: int) -> dict[str, Any]:
+def decoding(
+    max_new_tokens: int,
+    temperature: float,
+    stops: list[int],
+    pad_id: int,
+    top_p: float | None = None,
+    top_k: int | None = None,
+) -> dict[str, Any]:
     # Passed as keyword arguments, not as a fresh GenerationConfig: transformers then marks only these
     # as set by us, so sampling values inherited from the model's generation_config.json (temperature,
-    # top_p) are ignored quietly when greedy instead of warning that do_sample is off.
+    # top_p) are ignored quietly when greedy instead of warning that do_sample is off. The server passes
+    # top_p and top_k=0 (no top-k cut) so that OpenAI's sampling parameters mean what they say there.
     sampling: dict[str, Any] = {"do_sample": False, "num_beams": 1}
     if temperature > 0:
+        chosen = {"top_p": top_p, "top_k": top_k}
         sampling = {"do_sample": True, "temperature": temperature}
+        sampling.update({key: value for key, value in chosen.items() if value is not None})
     return {**sampling, "max_new_tokens": max_new_tokens, "eos_token_id": stops, "pad_token_id": pad_id}

@@ -231,7 +231,7 @@ def predict_file(
     elif tagging:
         predictions = _predict_tags(trained, inputs, batch_size, max_seq_len or run.max_seq_len)
     else:
-        predictions = _predict_scores(trained, inputs, batch_size, max_seq_len or run.max_seq_len)
+        predictions = predict_scores(trained, inputs, batch_size, max_seq_len or run.max_seq_len)
     lines = [
         json.dumps({**item.copied, **prediction}, ensure_ascii=False)
         for item, prediction in zip(inputs, predictions, strict=True)
@@ -292,7 +292,7 @@ def _predict_tags(
 
 
 @torch.no_grad()
-def _predict_scores(
+def predict_scores(
     trained: Trained, inputs: list[PredictInput], batch_size: int, max_seq_len: int
 ) -> list[dict[str, Any]]:
     """Classifier probabilities by label name, or a reward model's score, batch by batch."""

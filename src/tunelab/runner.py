@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, set_seed
 from rich.console import Console
@@ -60,6 +62,7 @@ from tunelab.training.objectives import collate_for
 from tunelab.training.precision import Precision, describe_precision, make_accelerator, precision_for
 from tunelab.training.resume import checkpoint_to_resume
 from tunelab.training.setup import TrainingSetup, attach_method, build_training, load_for_training
+from tunelab.training.stopping import stop_on_sigterm
 
 
 @dataclass
@@ -245,6 +248,7 @@ def _train_in_run_dir(
 ) -> None:
     data, tokenizer, summary = prepared.data, prepared.loaded.tokenizer, run.summary
     setup = build_training(recipe, model, data, tokenizer.pad_token_id, accelerator)
+    summary.total_steps = setup.steps  # known from here on: progress and ETAs read it while it trains
     if setup.mixed is not None:
         summary.mix = setup.mixed.describe()
     accelerator.register_for_checkpointing(setup.scheduler, setup.state)
@@ -326,10 +330,24 @@ def _fit(
         log=log_step,
         progress=lambda step, loss, tps: progress.update(bar, completed=step, loss=loss, tps=tps),
     )
-    with progress:
+    with progress, stop_on_sigterm() as stop:
+        hooks.stop_requested = _agreed(stop, accelerator)
         fit(setup.model, setup.optimizer, setup.scheduler, setup.objective, setup.batches, cfg, setup.steps, state,
             accelerator, hooks)  # fmt: skip
     log.close()
+
+
+def _agreed(flag: Callable[[], bool], accelerator: Accelerator) -> Callable[[], bool]:
+    """Under DDP every rank must stop at the same step (a checkpoint is collective), but SIGTERM reaches
+    them at different moments: each step they agree, stopping when any rank was asked."""
+    if accelerator.num_processes == 1:
+        return flag
+
+    def any_rank() -> bool:
+        asked = torch.tensor([1.0 if flag() else 0.0], device=accelerator.device)
+        return bool(accelerator.reduce(asked, "sum").item() > 0)
+
+    return any_rank
 
 
 def _score_after_training(

@@ -90,6 +90,7 @@ DataFormat = Literal[
     "labeled",
     "multiple_choice",
     "preference",
+    "openai_preference",  # OpenAI's DPO rows: {input: {messages}, preferred_output, non_preferred_output}
     "tagged",  # {tokens, tags} rows (token_classify)
     "conll",  # a token and its tags per line, sentences between blank lines (token_classify)
 ]

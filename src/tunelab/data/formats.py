@@ -240,6 +240,15 @@ def from_preference(fields: dict[str, Any], columns: Columns) -> Preference:
     return Preference(prompt=prompt_messages, chosen=chosen, rejected=rejected)
 
 
+def from_openai_preference(fields: dict[str, Any], columns: Columns) -> Preference:
+    """OpenAI's DPO rows: {input: {messages}, preferred_output: [message], non_preferred_output: [...]}."""
+    given = fields.get("input")
+    if not isinstance(given, dict) or not isinstance(given.get("messages"), list):
+        raise RowError("input: expected {messages: [{role, content}, ...]}")
+    pair = {"prompt": given["messages"], "chosen": fields.get("preferred_output")}
+    return from_preference({**pair, "rejected": fields.get("non_preferred_output")}, columns)
+
+
 def preference_prompt(prompt: Any) -> tuple[Message, ...]:
     """A `prompt` field: one user message as text, or a list of {role, content} messages."""
     if isinstance(prompt, str):
@@ -279,12 +288,14 @@ CONVERTERS: dict[str, Converter] = {
     "labeled": from_labeled,
     "multiple_choice": from_multiple_choice,
     "preference": from_preference,
+    "openai_preference": from_openai_preference,
     "tagged": from_tagged,
 }
 FORMATS = tuple(CONVERTERS)
 RECORD_KIND = {
     "chat": "chat", "sharegpt": "chat", "alpaca": "chat", "prompt_completion": "chat", "text": "text",
-    "labeled": "labeled", "multiple_choice": "labeled", "preference": "preference", "tagged": "tagged",
+    "labeled": "labeled", "multiple_choice": "labeled", "preference": "preference",
+    "openai_preference": "preference", "tagged": "tagged",
 }  # fmt: skip
 
 
@@ -301,6 +312,7 @@ def detect_format(rows: list[Row], columns: Columns, kind: str | None = None) ->
         ("chat", {"messages"}),
         ("sharegpt", {"conversations"}),
         ("preference", {"chosen", "rejected"}),
+        ("openai_preference", {"input", "preferred_output", "non_preferred_output"}),
         ("tagged", {"tokens", "tags"}),
         ("alpaca", {"instruction", "output"}),
         ("prompt_completion", {"completion"} if columns.prompt_template else {"prompt", "completion"}),

@@ -43,7 +43,7 @@ FORMATS_FOR_KIND = {
     "chat": "chat (messages), sharegpt (conversations), alpaca (instruction/output), prompt/completion",
     "labeled": "labeled text (text + label columns) or multiple choice (question/choices/answer)",
     "text": "plain text (.txt, or a text column)",
-    "preference": "preference pairs (prompt, chosen, rejected)",
+    "preference": "preference pairs (prompt, chosen, rejected; or OpenAI's input/preferred_output)",
     "tagged": "CoNLL (a token and its tag per line) or {tokens, tags} rows",
 }
 CHAT_TASKS = ("sft", "preference", "reward")  # tasks whose records are rendered with a chat template

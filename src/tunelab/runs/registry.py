@@ -157,7 +157,7 @@ def record_run(
     values = _row_values(run_id, recipe_yaml, data_hash, summary, git_commit())
     path = registry_path(output_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _connect(path) as conn:
+    with connect(path) as conn:
         conn.execute(_UPSERT, values)
 
 
@@ -217,7 +217,7 @@ def list_runs(output_dir: str | Path, *, limit: int | None = None) -> list[dict[
     if limit is not None:
         query += " LIMIT ?"
         params = (max(limit, 0),)
-    with _connect(path) as conn:
+    with connect(path) as conn:
         return [_with_live_status(_decode(row)) for row in conn.execute(query, params)]
 
 
@@ -262,7 +262,7 @@ def get_run(output_dir: str | Path, run_id: str) -> dict[str, Any]:
         raise TunelabError("no run id given", fix="pass a run id (or a unique prefix of one)")
     if not path.is_file():
         raise TunelabError(f"no run {run_id!r}: no runs are recorded in {path.parent}")
-    with _connect(path) as conn:
+    with connect(path) as conn:
         row = conn.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
         if row is not None:
             return _decode(row)
@@ -377,7 +377,7 @@ def _is_numeric_column(rows: list[dict[str, Any]], column: str) -> bool:
 
 
 @contextmanager
-def _connect(path: Path) -> Iterator[sqlite3.Connection]:
+def connect(path: Path) -> Iterator[sqlite3.Connection]:
     # isolation_level=None: autocommit, so a single statement is its own short transaction and
     # multi-statement work opts in with BEGIN IMMEDIATE (see _ensure_schema).
     conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)

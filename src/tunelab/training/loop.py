@@ -22,6 +22,7 @@ import torch
 from tunelab.config import TrainConfig
 from tunelab.data.tokenize import Example, collate
 from tunelab.training.objectives import Batch, Objective, count_input_tokens
+from tunelab.training.stopping import StopRequested
 
 
 @dataclass
@@ -250,6 +251,7 @@ class Hooks:
     save_checkpoint: Callable[[int], object]
     log: Callable[[int, dict[str, float]], None]
     progress: Callable[[int, float, float], None]  # (step, loss, tokens/s)
+    stop_requested: Callable[[], bool] = lambda: False  # checked after each step (training/stopping.py)
 
 
 def fit(
@@ -293,6 +295,10 @@ def fit(
         if state.step % cfg.save_every == 0 or state.step == total_steps or state.stopped_early:
             hooks.save_checkpoint(state.step)
             last_saved = state.step
+        if hooks.stop_requested() and state.step < total_steps:
+            if last_saved != state.step:
+                hooks.save_checkpoint(state.step)
+            raise StopRequested(state.step)
     if last_saved != state.step:  # resumed a run whose last step was already done but not saved
         hooks.save_checkpoint(state.step)
     return state
