@@ -35,7 +35,7 @@ def _error_shape(response: httpx.Response, status: int) -> dict[str, Any]:
 
 
 def test_every_v1_route_needs_a_key(served: Any, tiny_llama: Path, tmp_path: Path) -> None:
-    config, url, _ = served
+    _, url, _ = served
     # The app's own route table (its OpenAPI description), not a list kept by hand.
     paths = create_app(serve_config(tmp_path, tiny_llama)).openapi()["paths"]
     v1 = [(method.upper(), path) for path, ops in paths.items() if path.startswith("/v1/") for method in ops]
