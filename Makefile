@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install lock quickstart quickstart-classify test lint format clean bench
+.PHONY: install lock quickstart quickstart-classify test lint format clean bench ray ray-lock
 
 install: $(STAMP)
 
@@ -74,6 +74,23 @@ $(BENCH_STAMP): $(STAMP) $(BENCH_LOCK)
 bench: $(BENCH_STAMP)
 	HF_HUB_OFFLINE=1 $(PY) bench/bench.py
 
+# A local Ray cluster tool in its own venv (.venv-ray), locked like the rest: `tunelab serve` with
+# `runner: ray` and tests/integration/test_serve_ray.py use its `ray start --head`. Ray is not a tunelab
+# dependency (the runner speaks the Ray Jobs REST API), so it stays out of .venv. About 400 MB.
+RAY_LOCK := requirements/ray-lock.txt
+RAY_STAMP := .venv-ray/.installed
+
+ray: $(RAY_STAMP)
+
+$(RAY_STAMP): $(RAY_LOCK)
+	$(PYTHON) -m venv .venv-ray
+	.venv-ray/bin/pip install --quiet --no-deps --require-hashes -r $(RAY_LOCK)
+	touch $(RAY_STAMP)
+
+ray-lock: $(STAMP)
+	$(VENV)/bin/uv pip compile requirements/ray.in --quiet --generate-hashes --universal \
+		--python-version 3.11 --custom-compile-command "make ray-lock" --upgrade -o $(RAY_LOCK)
+
 test: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
@@ -87,4 +104,4 @@ format: install
 	$(VENV)/bin/ruff check --fix src tests
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-ray runs .pytest_cache .mypy_cache .ruff_cache

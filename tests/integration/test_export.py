@@ -307,3 +307,32 @@ def test_an_export_writes_prompts_as_training_wrote_them(
     ]
     # tunelab's own commands on the export apply the template themselves.
     assert as_trained(load_trained(out), "...") == template.format(dialogue="...")
+
+
+def test_an_adapter_export_has_the_layout_vllm_loads(sft_lora_run: Path, tmp_path: Path) -> None:
+    from safetensors import safe_open
+
+    from tunelab.serving.vllm import vllm_command, vllm_problems
+
+    out = export_run(sft_lora_run, tmp_path / "adapter", merge=False)
+    assert vllm_problems(out) == []
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA" and config["bias"] == "none" and not config.get("use_dora")
+    with safe_open(str(out / "adapter_model.safetensors"), "pt") as handle:
+        modules = {key.split(".lora_")[0].rsplit(".", 1)[-1] for key in handle.keys()}  # noqa: SIM118
+    # vLLM checks each tensor's module by its last name (q_proj, ...): all LoRA factors of the targets.
+    assert modules == {name.rsplit(".", 1)[-1] for name in config["target_modules"]}
+    command = vllm_command(out, "mine")
+    assert (
+        command
+        == f"vllm serve {config['base_model_name_or_path']} --enable-lora --lora-modules mine={out} --max-lora-rank 8"
+    )
+    printed = runner.invoke(app, ["export", str(sft_lora_run), "--out", str(tmp_path / "cli")])
+    assert printed.exit_code == 0 and "serve it with vLLM (GPU): vllm serve" in printed.output
+    # What vLLM refuses is named before deployment, not discovered after.
+    for change, reason in (
+        ({"use_dora": True}, "DoRA"),
+        ({"modules_to_save": ["lm_head"]}, "modules_to_save"),
+    ):
+        (out / "adapter_config.json").write_text(json.dumps({**config, **change}))
+        assert any(reason in problem for problem in vllm_problems(out))

@@ -47,6 +47,14 @@ def export_command(
     written = export_run(run, out_dir, merge=merge, force=force)
     what = {"merged": "merged weights", "adapter": "adapter only", "full": "full weights"}
     out.print(f"exported ({what[exported_weights(written)]}) to {written}")
+    if exported_weights(written) == "adapter":
+        from tunelab.serving.vllm import vllm_command, vllm_problems
+
+        refused = vllm_problems(written)
+        if refused:
+            out.print("not servable by vLLM as an adapter: " + "; ".join(refused))
+        else:
+            out.print(f"serve it with vLLM (GPU): {vllm_command(written, written.name)}")
 
 
 @app.command("generate")

@@ -85,7 +85,7 @@ def make_runner(config: ServeConfig) -> JobRunner:
     if config.runner == "ray":
         from tunelab.serving.ray_runner import RayRunner
 
-        return RayRunner(config.ray_address)
+        return RayRunner(config.ray_address, config.ray_num_gpus)
     return LocalRunner()
 
 

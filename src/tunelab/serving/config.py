@@ -46,6 +46,7 @@ class ServeConfig(BaseModel):
     concurrent_jobs: int = Field(1, ge=1, description="Jobs trained at once (one per device by default).")
     runner: Literal["local", "ray"] = "local"
     ray_address: str | None = Field(None, description="runner ray: the cluster's dashboard address.")
+    ray_num_gpus: float = Field(0.0, ge=0, description="runner ray: GPUs each job asks the cluster for.")
     max_batch: int = Field(16, ge=1, description="Chat requests decoded together in one forward pass.")
     batch_window_ms: float = Field(5.0, ge=0, description="How long a batch waits for more requests.")
     log_prompts: bool = Field(False, description="Log request bodies (prompts); off by default.")

@@ -24,19 +24,22 @@ PR_SET_PDEATHSIG = 1
 
 
 class JobRunner(Protocol):
-    def start(self, job_id: str, command: list[str], cwd: Path, log: Path) -> int:
-        """Start the worker; a handle the other calls take (and the job records)."""
+    survives_server: bool  # whether a worker lives on when the server dies (and can be watched again)
+
+    def start(self, job_id: str, command: list[str], cwd: Path, log: Path) -> str:
+        """Start the worker, its output appended to `log`; a handle the other calls take (and the job
+        records, so a restarted server still knows it)."""
         ...
 
-    def exit_code(self, handle: int) -> int | None:
+    def exit_code(self, handle: str) -> int | None:
         """The worker's exit status once it has ended, else None."""
         ...
 
-    def pause(self, handle: int) -> None:
+    def pause(self, handle: str) -> None:
         """Ask the worker to checkpoint and stop (it exits 130, interrupted)."""
         ...
 
-    def kill(self, handle: int) -> None:
+    def kill(self, handle: str) -> None:
         """Stop the worker now; the step in progress is lost."""
         ...
 
@@ -56,33 +59,35 @@ class LocalRunner:
     """Workers as child processes of the server. The parent-death signal fires when the *thread*
     that started the child ends, so only the supervisor's long-lived thread may call `start`."""
 
-    def __init__(self) -> None:
-        self._children: dict[int, subprocess.Popen[bytes]] = {}
+    survives_server = False
 
-    def start(self, job_id: str, command: list[str], cwd: Path, log: Path) -> int:
+    def __init__(self) -> None:
+        self._children: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, job_id: str, command: list[str], cwd: Path, log: Path) -> str:
         env = {**os.environ, "TUNELAB_JOB_ID": job_id, "PYTHONUNBUFFERED": "1"}
         with log.open("ab") as out:
             child = subprocess.Popen(
                 command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True, preexec_fn=_die_with_parent,
             )  # fmt: skip
-        self._children[child.pid] = child
-        return child.pid
+        self._children[str(child.pid)] = child
+        return str(child.pid)
 
-    def exit_code(self, handle: int) -> int | None:
+    def exit_code(self, handle: str) -> int | None:
         child = self._children.get(handle)
         if child is None:  # started by an earlier server: gone with it (parent-death signal)
-            return None if _alive(handle) else -signal.SIGKILL
+            return None if _alive(int(handle)) else -signal.SIGKILL
         code = child.poll()
         if code is not None:
             del self._children[handle]
         return code
 
-    def pause(self, handle: int) -> None:
-        _signal(handle, signal.SIGTERM)
+    def pause(self, handle: str) -> None:
+        _signal(int(handle), signal.SIGTERM)
 
-    def kill(self, handle: int) -> None:
-        _signal(handle, signal.SIGKILL)
+    def kill(self, handle: str) -> None:
+        _signal(int(handle), signal.SIGKILL)
         child = self._children.get(handle)
         if child is not None:
             child.wait()

@@ -78,7 +78,10 @@ class Supervisor:
         newest checkpoint (or start again without one)."""
         for job in self.store.jobs_with_status("running"):
             handle = job["state"].get("handle")
-            if handle is not None and self.runner.exit_code(handle) is None:
+            alive = handle is not None and self.runner.exit_code(handle) is None
+            if alive and self.runner.survives_server:
+                continue  # still training on the cluster: watched again from the next tick
+            if alive:
                 self.runner.kill(handle)  # a worker that outlived its server: nobody watches it
             self.store.update_job(job["id"], "queued", handle=None, resume=True)
             self.store.add_event(
