@@ -19,8 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.serving import client, live_server  # noqa: E402
-from tunelab.serving.config import load_serve_config  # noqa: E402
+from tests.serving import client, live_server
+
+from tunelab.serving.config import load_serve_config
 
 QUESTIONS = [
     "Name a fruit that is yellow.", "What is the capital of France?", "Give me a synonym for happy.",
@@ -39,7 +40,10 @@ def measure(model: str, max_batch: int, requests: int, clients: int, max_tokens:
             def ask(i: int) -> tuple[str, int]:
                 question = f"{QUESTIONS[i % len(QUESTIONS)]} (request {i})"
                 reply = apis[i % clients].chat.completions.create(
-                    model="m", messages=[{"role": "user", "content": question}], temperature=0, max_tokens=max_tokens
+                    model="m",
+                    messages=[{"role": "user", "content": question}],
+                    temperature=0,
+                    max_tokens=max_tokens,
                 )
                 return reply.choices[0].message.content, reply.usage.completion_tokens
 

@@ -24,7 +24,7 @@ class RunSummary:
         None  # a GGUF base's file {gguf, sha256, bytes}, converted to `model`
     )
     run_dir: str = ""
-    status: str = "running"  # running, completed, failed, interrupted
+    status: str = "running"  # running, completed, failed, interrupted, cancelled (tunelab serve)
     started_at: str = ""
     finished_at: str | None = None
     steps: int = 0  # optimizer steps done (the live count while running)
