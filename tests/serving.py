@@ -1,5 +1,6 @@
 """Helpers for the `tunelab serve` tests: a live server on 127.0.0.1 and the official openai client.
 
+Not a conftest: bench/serve_*.py use it too, without the tests' fixtures and environment.
 The server runs for real: uvicorn on a free loopback port, in a thread of the test process (or as a
 `tunelab serve` process where a test kills it), and is driven only through `openai.OpenAI`.
 """
@@ -7,6 +8,7 @@ The server runs for real: uvicorn on a free loopback port, in a thread of the te
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import threading
 import time
@@ -17,7 +19,6 @@ from typing import Any
 import openai
 import uvicorn
 
-from tests.conftest import write_jsonl
 from tunelab.serving.app import create_app
 from tunelab.serving.auth import create_key
 from tunelab.serving.config import ServeConfig, load_serve_config
@@ -98,6 +99,6 @@ def counting_chats(n: int) -> list[dict[str, Any]]:
 
 
 def upload(api: openai.OpenAI, path: Path, rows: list[Any]) -> Any:
-    write_jsonl(path, rows)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     with path.open("rb") as handle:
         return api.files.create(file=handle, purpose="fine-tune")

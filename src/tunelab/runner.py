@@ -251,6 +251,7 @@ def _train_in_run_dir(
     summary.total_steps = setup.steps  # known from here on: progress and ETAs read it while it trains
     if setup.mixed is not None:
         summary.mix = setup.mixed.describe()
+    run.save()
     accelerator.register_for_checkpointing(setup.scheduler, setup.state)
     accelerator.register_save_state_pre_hook(checkpoint.keep_only_trainable_weights)
     run_eval = _Evaluator(recipe, setup, data, tokenizer.pad_token_id, accelerator)

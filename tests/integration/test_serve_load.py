@@ -3,13 +3,16 @@ forward passes. (Throughput with and without batching is measured in bench/serve
 
 from __future__ import annotations
 
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx2 as httpx
 import pytest
+from transformers import AutoTokenizer
 
 from tests.serving import client, live_server, serve_config
+from tunelab.data.templates import CHATML
 
 pytestmark = pytest.mark.slow
 CLIENTS, REQUESTS = 8, 32
@@ -20,29 +23,37 @@ def _metric(base: str, name: str) -> float:
     return float(line.split()[1])
 
 
-def test_concurrent_clients_share_batches_and_get_their_own_answers(tiny_llama: Path, tmp_path: Path) -> None:
-    prompts = [f"Question {i}: {'why ' * (i % 5)}" for i in range(REQUESTS)]  # different lengths: padding
-    config = serve_config(tmp_path / "serve", tiny_llama, max_batch=8, batch_window_ms=20)
+@pytest.fixture(scope="module")
+def chat_llama(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Llama with a chat template of its own, as an instruct model ships."""
+    folder = tmp_path_factory.mktemp("chat-llama") / "model"
+    shutil.copytree(tiny_llama, folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.chat_template = CHATML
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_concurrent_clients_share_batches_and_get_their_own_answers(chat_llama: Path, tmp_path: Path) -> None:
+    questions = [f"Question {i}: {'why ' * (i % 5)}" for i in range(REQUESTS)]  # different lengths: padding
+    config = serve_config(tmp_path / "serve", chat_llama, max_batch=8, batch_window_ms=20)
     with live_server(config) as (url, key):
-        api = client(url, key)
-
-        def ask(prompt: str) -> str:
-            reply = api.completions.create(model="tiny", prompt=prompt, temperature=0, max_tokens=8)
-            return reply.choices[0].text
-
-        alone = [ask(p) for p in prompts]  # one at a time: each its own batch of one
-        base = url.removesuffix("/v1")
-        batches_before = _metric(base, "tunelab_generate_batches_total")
         clients = [client(url, key) for _ in range(CLIENTS)]
 
-        def ask_with(i: int) -> str:
-            reply = clients[i % CLIENTS].completions.create(
-                model="tiny", prompt=prompts[i], temperature=0, max_tokens=8
+        def ask(i: int) -> str:
+            reply = clients[i % CLIENTS].chat.completions.create(
+                model="tiny",
+                messages=[{"role": "user", "content": questions[i]}],
+                temperature=0,
+                max_tokens=8,
             )
-            return reply.choices[0].text
+            return reply.choices[0].message.content
 
+        alone = [ask(i) for i in range(REQUESTS)]  # one at a time: each its own batch of one
+        base = url.removesuffix("/v1")
+        batches_before = _metric(base, "tunelab_generate_batches_total")
         with ThreadPoolExecutor(CLIENTS) as pool:
-            together = list(pool.map(ask_with, range(REQUESTS)))
+            together = list(pool.map(ask, range(REQUESTS)))
         batches = _metric(base, "tunelab_generate_batches_total") - batches_before
     assert together == alone  # padding and neighbours change no answer
     assert batches < REQUESTS  # and the 32 requests shared forward passes

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import httpx2 as httpx
 import openai
 import pytest
 
@@ -161,20 +162,48 @@ def test_completions_continue_text(server: openai.OpenAI, finished_job: Any) -> 
     assert "".join(c.choices[0].text for c in streamed) == reply.choices[0].text
 
 
-def test_a_dpo_job_on_openai_preference_rows(server: openai.OpenAI, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def dpo_job(server: openai.OpenAI, tmp_path_factory: pytest.TempPathFactory) -> Any:
     rows = [
         {"input": {"messages": [{"role": "user", "content": f"Count on from {i}"}]},
          "preferred_output": [{"role": "assistant", "content": f"{i + 1} {i + 2}"}],
          "non_preferred_output": [{"role": "assistant", "content": "I cannot count."}]}
         for i in range(8)
     ]  # fmt: skip
-    training = upload(server, tmp_path / "dpo.jsonl", rows)
+    training = upload(server, tmp_path_factory.mktemp("dpo") / "dpo.jsonl", rows)
     job = server.fine_tuning.jobs.create(
         model="tiny", training_file=training.id,
         method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.2, "n_epochs": 1}}},
     )  # fmt: skip
     assert job.method.dpo.hyperparameters.beta == 0.2
-    done = wait_for(server, job.id)
-    assert done.status == "succeeded", done.error
-    recipe = (Path(done.tunelab["run_dir"]) / "recipe.yaml").read_text()
+    return wait_for(server, job.id)
+
+
+def test_a_dpo_job_on_openai_preference_rows(dpo_job: Any) -> None:
+    assert dpo_job.status == "succeeded", dpo_job.error
+    recipe = (Path(dpo_job.tunelab["run_dir"]) / "recipe.yaml").read_text()
     assert "task: preference" in recipe and "beta: 0.2" in recipe
+
+
+def test_adapters_of_one_base_share_it_and_each_answers_as_its_own_run(
+    server: openai.OpenAI, finished_job: Any, dpo_job: Any, tiny_llama: Path
+) -> None:
+    prompt = "Count on from 9"
+    for job in (finished_job, dpo_job, finished_job):  # switching back and forth
+        reply = server.chat.completions.create(
+            model=job.fine_tuned_model,
+            messages=[{"role": "user", "content": prompt}],
+            temperature=0,
+            max_tokens=10,
+        )
+        assert reply.choices[0].message.content.strip() == _core_answer(job, prompt, 10)
+    # The base itself, with every adapter off, continues text as the untouched base does.
+    base = server.completions.create(model="tiny", prompt="Count on", temperature=0, max_tokens=6)
+    from tunelab.models.restore import load_base
+
+    plain = load_base(str(tiny_llama), precision="fp32")
+    ids = plain.tokenizer("Count on")["input_ids"]
+    (expected,) = generate_batch(plain.model, plain.tokenizer, [ids], max_new_tokens=6)
+    assert base.choices[0].text.strip() == expected
+    metrics = httpx.get(str(server.base_url).removesuffix("/v1/") + "/metrics").text
+    assert "tunelab_loaded_bases 1\n" in metrics and "tunelab_loaded_adapters 2\n" in metrics

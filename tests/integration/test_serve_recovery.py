@@ -132,6 +132,27 @@ def test_kill_9_mid_job_then_restart_gives_an_uninterrupted_runs_weights(
         torch.testing.assert_close(resumed[name], tensor, rtol=0, atol=1e-6)
 
 
+def test_a_killed_worker_is_restarted_from_its_checkpoint(served_process: Any, tmp_path: Path) -> None:
+    config, api, _, _ = served_process
+    training = upload(api, tmp_path / "train.jsonl", counting_chats(40))
+    job = api.fine_tuning.jobs.create(model="tiny", training_file=training.id, seed=13)
+    while not list(api.fine_tuning.jobs.checkpoints.list(job.id)):
+        time.sleep(0.05)
+    (worker,) = _worker_pids(job.id)
+    os.kill(worker, signal.SIGKILL)  # as the OOM killer would
+    done = wait_for(api, job.id)
+    assert done.status == "succeeded", done.error
+    run_dir = Path(done.tunelab["run_dir"])
+    assert json.loads((run_dir / "summary.json").read_text())["segments"] == 2
+    warnings = [e for e in api.fine_tuning.jobs.list_events(job.id, limit=1000) if e.level == "warn"]
+    assert [e.message for e in warnings] == [
+        "The worker was killed (signal 9); the job resumes from its newest checkpoint"
+    ]
+    reference = _adapter(_uninterrupted(config.root / "jobs" / job.id / "recipe.yaml", tmp_path))
+    for name, tensor in reference.items():
+        torch.testing.assert_close(_adapter(run_dir)[name], tensor, rtol=0, atol=1e-6)
+
+
 def test_cancel_stops_the_worker_and_leaves_no_final(served_process: Any, tmp_path: Path) -> None:
     _, api, _, _ = served_process
     training = upload(api, tmp_path / "train.jsonl", counting_chats(40))
@@ -156,8 +177,13 @@ def test_pause_checkpoints_and_resume_continues_to_the_same_weights(tiny_llama: 
         api = client(url, key)
         training = upload(api, tmp_path / "train.jsonl", counting_chats(40))
         job = api.fine_tuning.jobs.create(model="tiny", training_file=training.id, seed=5)
-        while not list(api.fine_tuning.jobs.checkpoints.list(job.id)):
+        # Running, with an ETA, and a checkpoint saved.
+        while api.fine_tuning.jobs.retrieve(job.id).estimated_finish is None or not list(
+            api.fine_tuning.jobs.checkpoints.list(job.id)
+        ):
             time.sleep(0.05)
+        with pytest.raises(openai.ConflictError):  # its file is still needed (resume reads it again)
+            api.files.delete(training.id)
         assert api.fine_tuning.jobs.pause(job.id).status == "paused"
         deadline = time.monotonic() + 60
         while _worker_pids(job.id):  # it saves its checkpoint, then exits

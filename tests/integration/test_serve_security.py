@@ -22,7 +22,7 @@ LIMIT_MB = 0.05  # 52,428 bytes
 
 @pytest.fixture(scope="module")
 def served(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    config = serve_config(tmp_path_factory.mktemp("serve"), tiny_llama, max_upload_mb=LIMIT_MB)
+    config = serve_config(tmp_path_factory.mktemp("serve"), tiny_llama, max_upload_mb=LIMIT_MB, max_pending=1)
     with live_server(config) as (url, key):
         yield config, url, key
 
@@ -150,3 +150,10 @@ def test_unknown_models_files_and_jobs_in_openai_errors(served: Any, tmp_path: P
         api.chat.completions.create(model="ft:unknown", messages=[{"role": "user", "content": "hi"}])
     with pytest.raises(openai.BadRequestError):  # malformed body: 400 (not FastAPI's 422), OpenAI's shape
         api.chat.completions.create(model="tiny", messages=[])
+
+
+def test_a_full_queue_answers_429_which_the_client_maps(served: Any) -> None:
+    _, url, key = served
+    with pytest.raises(openai.RateLimitError) as caught:  # two answers asked, one may wait
+        client(url, key).completions.create(model="tiny", prompt="hi", n=2, max_tokens=2)
+    assert caught.value.code == "rate_limit_exceeded"

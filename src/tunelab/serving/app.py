@@ -35,7 +35,7 @@ def create_app(config: ServeConfig, runner: JobRunner | None = None) -> FastAPI:
     store = Store(config.database)
     supervisor = Supervisor(config, store, runner or make_runner(config))
     pool = ModelPool(config, store)
-    engine = Engine(pool, config.max_batch, config.batch_window_ms)
+    engine = Engine(pool, config.max_batch, config.batch_window_ms, config.max_pending)
     counts: Counter[tuple[str, int]] = Counter()
 
     @asynccontextmanager
@@ -56,7 +56,7 @@ def create_app(config: ServeConfig, runner: JobRunner | None = None) -> FastAPI:
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_key(store))])
     v1.include_router(files.router(store, config.root / "files", config.max_upload_bytes))
     v1.include_router(jobs_api.router(config, store, supervisor))
-    v1.include_router(inference_api.router(pool, engine))
+    v1.include_router(inference_api.router(pool, engine, config.log_prompts))
     app.include_router(v1)
 
     @app.middleware("http")
@@ -76,7 +76,7 @@ def create_app(config: ServeConfig, runner: JobRunner | None = None) -> FastAPI:
 
     @app.get("/metrics", response_class=PlainTextResponse)
     def metrics() -> str:
-        return _prometheus(counts, store, engine)
+        return _prometheus(counts, store, engine, pool)
 
     return app
 
@@ -89,7 +89,7 @@ def make_runner(config: ServeConfig) -> JobRunner:
     return LocalRunner()
 
 
-def _prometheus(counts: Counter[tuple[str, int]], store: Store, engine: Engine) -> str:
+def _prometheus(counts: Counter[tuple[str, int]], store: Store, engine: Engine, pool: ModelPool) -> str:
     """Prometheus' text format, written out: a dozen lines do not need prometheus_client's registry."""
     lines = ["# TYPE tunelab_http_requests_total counter"]
     lines += [f'tunelab_http_requests_total{{route="{route}",status="{status}"}} {n}'
@@ -99,6 +99,9 @@ def _prometheus(counts: Counter[tuple[str, int]], store: Store, engine: Engine) 
         lines.append(f'tunelab_jobs{{status="{status}"}} {len(store.jobs_with_status(status))}')
     lines += ["# TYPE tunelab_generate_batches_total counter", f"tunelab_generate_batches_total {engine.batches}",
               "# TYPE tunelab_generate_rows_total counter", f"tunelab_generate_rows_total {engine.rows}"]  # fmt: skip
+    bases, adapters = pool.loaded()
+    lines += ["# TYPE tunelab_loaded_bases gauge", f"tunelab_loaded_bases {bases}",
+              "# TYPE tunelab_loaded_adapters gauge", f"tunelab_loaded_adapters {adapters}"]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

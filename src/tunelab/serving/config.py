@@ -44,11 +44,15 @@ class ServeConfig(BaseModel):
     job_defaults: dict[str, Any] = Field(default_factory=dict, description="Recipe settings for every job.")
     max_upload_mb: float = Field(512, gt=0)
     concurrent_jobs: int = Field(1, ge=1, description="Jobs trained at once (one per device by default).")
+    worker_restarts: int = Field(
+        2, ge=0, description="Times a job's worker killed by a signal (OOM killer, lost node) is restarted."
+    )
     runner: Literal["local", "ray"] = "local"
     ray_address: str | None = Field(None, description="runner ray: the cluster's dashboard address.")
     ray_num_gpus: float = Field(0.0, ge=0, description="runner ray: GPUs each job asks the cluster for.")
     max_batch: int = Field(16, ge=1, description="Chat requests decoded together in one forward pass.")
     batch_window_ms: float = Field(5.0, ge=0, description="How long a batch waits for more requests.")
+    max_pending: int = Field(256, ge=1, description="Answers waiting for the engine before 429.")
     log_prompts: bool = Field(False, description="Log request bodies (prompts); off by default.")
     poll_s: float = Field(0.5, gt=0, description="How often the job supervisor looks at its jobs.")
 

@@ -27,6 +27,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from tunelab.generation import decoding, left_pad, stop_token_ids
+from tunelab.serving.errors import APIError
 from tunelab.serving.models import ModelPool, Served
 
 
@@ -62,8 +63,9 @@ class Row:
 
 
 class Engine:
-    def __init__(self, pool: ModelPool, max_batch: int, window_ms: float):
+    def __init__(self, pool: ModelPool, max_batch: int, window_ms: float, max_pending: int = 256):
         self.pool, self.max_batch, self.window_s = pool, max_batch, window_ms / 1000
+        self.max_pending = max_pending
         self._queue: queue.Queue[Row | None] = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name="tunelab-engine", daemon=True)
         self.batches = 0  # generate calls so far (exposed in /metrics)
@@ -76,8 +78,14 @@ class Engine:
         self._queue.put(None)
         self._thread.join(timeout=10)
 
-    def submit(self, row: Row) -> None:
-        self._queue.put(row)
+    def submit(self, rows: list[Row]) -> None:
+        """Queue a request's rows, or refuse them all (429) when the queue is full: a client told to
+        retry later is better than one whose request waits past its timeout."""
+        if self._queue.qsize() + len(rows) > self.max_pending:
+            raise APIError(429, f"The server is busy: {self._queue.qsize()} answers are waiting; retry later",
+                           code="rate_limit_exceeded")  # fmt: skip
+        for row in rows:
+            self._queue.put(row)
 
     def _loop(self) -> None:
         while True:

@@ -19,6 +19,7 @@ from starlette.datastructures import UploadFile
 
 from tunelab.errors import TunelabError
 from tunelab.serving.errors import APIError, not_found
+from tunelab.serving.jobs import ACTIVE
 from tunelab.serving.store import Store, new_id, now
 
 PURPOSES = ("fine-tune", "fine-tune-results", "batch", "assistants", "vision", "user_data", "evals")
@@ -89,6 +90,12 @@ def router(store: Store, files_dir: Path, max_bytes: int) -> APIRouter:
     @api.delete("/files/{file_id}")
     def delete_file(file_id: str) -> dict[str, Any]:
         row = _file(store, file_id)
+        # A job that has not ended may still read it (validation, a resume after a restart).
+        users = [job["id"] for job in store.jobs_with_status(*ACTIVE)
+                 if file_id in (job["body"].get("training_file"), job["body"].get("validation_file"))]  # fmt: skip
+        if users:
+            raise APIError(409, f"{file_id} is used by {', '.join(users)}, which has not ended; "
+                           "delete it after the job", param="file_id", code="file_in_use")  # fmt: skip
         store.delete_file(file_id)
         Path(row["path"]).unlink(missing_ok=True)
         return {"object": "file", "id": file_id, "deleted": True}

@@ -8,8 +8,11 @@ Generation goes through the batching engine; streams are OpenAI's SSE chunks end
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import logging
 import secrets
+import struct
 import time
 from collections.abc import AsyncIterator
 from typing import Any, Literal
@@ -23,6 +26,7 @@ from tunelab.serving.engine import Engine, Row, Sampling
 from tunelab.serving.errors import APIError
 from tunelab.serving.models import ModelPool, Served
 
+log = logging.getLogger("tunelab.serve")
 DEFAULT_MAX_TOKENS = 256  # OpenAI's default is "until the context ends"; a bound keeps CPU servers usable
 
 
@@ -62,14 +66,18 @@ class CompletionRequest(_Sampled):
 class TextsRequest(BaseModel):
     model: str
     input: str | list[str]
-    encoding_format: Literal["float"] = "float"
+    encoding_format: Literal["float", "base64"] = "float"  # the openai client asks for base64
 
     def texts(self) -> list[str]:
         return [self.input] if isinstance(self.input, str) else list(self.input)
 
 
-def router(pool: ModelPool, engine: Engine) -> APIRouter:
+def router(pool: ModelPool, engine: Engine, log_prompts: bool = False) -> APIRouter:
     api = APIRouter()
+
+    def logged(kind: str, request: BaseModel) -> None:
+        if log_prompts:  # users' data: only when the server's settings ask for it
+            log.info("%s %s", kind, request.model_dump_json(exclude_none=True))
 
     @api.get("/models")
     def list_models() -> dict[str, Any]:
@@ -81,6 +89,7 @@ def router(pool: ModelPool, engine: Engine) -> APIRouter:
 
     @api.post("/chat/completions")
     async def chat(request: ChatRequest) -> Any:
+        logged("chat", request)
         served = await _generative(pool, request.model)
         prompt = encode_chat(served.tokenizer, _messages(served, request.messages))
         sampling = request.sampling(request.max_completion_tokens)
@@ -88,6 +97,7 @@ def router(pool: ModelPool, engine: Engine) -> APIRouter:
 
     @api.post("/completions")
     async def completions(request: CompletionRequest) -> Any:
+        logged("completion", request)
         served = await _generative(pool, request.model)
         texts = [request.prompt] if isinstance(request.prompt, str) else request.prompt
         prompts = [served.tokenizer(text)["input_ids"] for text in texts]
@@ -98,7 +108,10 @@ def router(pool: ModelPool, engine: Engine) -> APIRouter:
         from tunelab.serving.scoring import embed
 
         vectors, tokens = await asyncio.to_thread(embed, pool, request.model, request.texts())
-        data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]
+        encoded: list[Any] = vectors
+        if request.encoding_format == "base64":  # little-endian float32, as OpenAI sends it
+            encoded = [base64.b64encode(struct.pack(f"<{len(v)}f", *v)).decode() for v in vectors]
+        data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(encoded)]
         usage = {"prompt_tokens": tokens, "total_tokens": tokens}
         return {"object": "list", "data": data, "model": request.model, "usage": usage}
 
@@ -152,12 +165,10 @@ async def _answer(
     chat: bool,
 ) -> Any:
     loop = asyncio.get_running_loop()
-    rows = []
-    for prompt in prompts:
-        for _ in range(request.n):
-            row = Row(served, prompt, sampling, loop, asyncio.Queue())
-            engine.submit(row)
-            rows.append(row)
+    rows = [
+        Row(served, prompt, sampling, loop, asyncio.Queue()) for prompt in prompts for _ in range(request.n)
+    ]
+    engine.submit(rows)
     reply = _Reply(request.model, chat, sum(len(p) for p in prompts))
     if request.stream:
         usage = bool(request.stream_options and request.stream_options.include_usage)

@@ -110,6 +110,12 @@ class ModelPool:
                 self._encoders[name] = (model, AutoTokenizer.from_pretrained(entry.path))
             return self._encoders[name]
 
+    def loaded(self) -> tuple[int, int]:
+        """(models held in memory, adapters attached to a shared base): each own load counts as one."""
+        own = sum(1 for served in self._served.values() if served.shared is None)
+        adapters = sum(1 for served in self._served.values() if served.adapter is not None)
+        return len(self._bases) + own, adapters
+
     def lock_for(self, served: Served) -> Any:
         return served.shared.lock if served.shared is not None else nullcontext()
 

@@ -55,8 +55,8 @@ def _log_events(store: Store, job_id: str, log: Path, offset: int) -> int:
         handle.seek(offset)
         chunk = handle.read()
     complete = chunk[: chunk.rfind(b"\n") + 1]
-    for raw in complete.decode("utf-8", errors="replace").splitlines():
-        line = raw.strip()
+    for raw in complete.decode("utf-8", errors="replace").split("\n"):
+        line = raw.split("\r")[-1].strip()  # a progress bar redraws with \r: its last state is the line
         if line:
             level = "error" if line.startswith(("error:", "Traceback")) else "info"
             store.add_event(job_id, line, level=level)

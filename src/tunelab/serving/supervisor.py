@@ -11,6 +11,7 @@ checkpoint (runs/resume: the same weights as an uninterrupted run).
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from pathlib import Path
@@ -23,6 +24,8 @@ from tunelab.serving.errors import APIError
 from tunelab.serving.jobs import FINISHED, fine_tuned_name
 from tunelab.serving.runners import JobRunner, train_command
 from tunelab.serving.store import Store, now
+
+log = logging.getLogger("tunelab.serve")
 
 
 class Supervisor:
@@ -55,8 +58,8 @@ class Supervisor:
         while not self._stop.is_set():
             try:
                 self.tick()
-            except Exception as exc:  # one bad tick must not end supervision of every job
-                print(f"tunelab serve: job supervisor: {type(exc).__name__}: {exc}", flush=True)
+            except Exception:  # one bad tick must not end supervision of every job
+                log.exception("job supervisor tick failed")
             self._stop.wait(self.config.poll_s)
 
     def tick(self) -> None:
@@ -142,6 +145,12 @@ class Supervisor:
             self.store.add_event(job["id"], f"Fine-tuning job paused at step {state.get('step', 0)}")
         elif code == 0 and state.get("run_dir") and (Path(state["run_dir"]) / "final").is_dir():
             self._succeed(job)
+        elif code < 0 and state.get("restarts", 0) < self.config.worker_restarts:
+            # Killed from outside (the OOM killer, a lost node), not by an error of the run: go on
+            # from the newest checkpoint, as after a server restart.
+            self.store.update_job(job["id"], "queued", resume=True, restarts=state.get("restarts", 0) + 1)
+            self.store.add_event(job["id"], f"The worker was killed (signal {-code}); the job resumes from "
+                                 "its newest checkpoint", level="warn")  # fmt: skip
         else:
             self._fail(job, {"code": "training_failed", "param": None,
                              "message": progress.failure_reason(state, code)})  # fmt: skip
