@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +15,10 @@ import openai
 import pytest
 
 from tests.conftest import CHATS
-from tests.serving import client, counting_chats, live_server, serve_config, upload, wait_for
+from tests.serving import FINISHED, client, counting_chats, live_server, serve_config, upload, wait_for
 from tunelab.generation import encode_chat, generate_batch
 from tunelab.models.restore import load_trained
+from tunelab.runs.registry import list_runs
 
 pytestmark = pytest.mark.slow
 
@@ -50,6 +52,27 @@ def test_a_job_trains_and_reports_as_openai_does(server: openai.OpenAI, finished
     summary = json.loads((Path(job.tunelab["run_dir"]) / "summary.json").read_text())
     assert summary["status"] == "completed" and job.trained_tokens == summary["tokens"] > 0
     assert summary["steps"] == 12  # 24 rows, batch 4, 2 epochs: an ordinary run of the job's recipe
+    runs = list_runs(Path(job.tunelab["run_dir"]).parent)  # and it is in the run registry
+    assert [r["run_id"] for r in runs if r["run_id"] == Path(job.tunelab["run_dir"]).name]
+    assert Path(job.tunelab["report"]).is_file()
+
+
+def test_one_job_trains_at_a_time_and_the_rest_queue(server: openai.OpenAI, tmp_path: Path) -> None:
+    training = upload(server, tmp_path / "small.jsonl", counting_chats(8))
+    method = {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1}}}
+    jobs = [
+        server.fine_tuning.jobs.create(model="tiny", training_file=training.id, method=method)
+        for _ in range(2)
+    ]
+    seen: set[tuple[str, str]] = set()
+    while True:
+        statuses = tuple(server.fine_tuning.jobs.retrieve(j.id).status for j in jobs)
+        assert statuses.count("running") <= 1, statuses
+        seen.add(statuses)
+        if all(s in FINISHED for s in statuses):
+            break
+        time.sleep(0.02)
+    assert ("running", "queued") in seen and statuses == ("succeeded", "succeeded")
 
 
 def test_events_stream_the_loop_and_checkpoints_carry_metrics(
@@ -71,6 +94,9 @@ def test_events_stream_the_loop_and_checkpoints_carry_metrics(
     assert last.id.startswith("ftckpt_") and last.fine_tuned_model_checkpoint.endswith(":ckpt-step-12")
     by_step = {d["step"]: d["train_loss"] for d in steps}
     assert last.metrics.train_loss == pytest.approx(by_step[12]) and last.metrics.valid_loss is not None
+    assert (
+        last.metrics.full_valid_loss == last.metrics.valid_loss
+    )  # the last step evaluates, on the whole split
 
 
 def test_the_result_file_is_the_step_metrics_csv(server: openai.OpenAI, finished_job: Any) -> None:

@@ -149,7 +149,9 @@ def _metrics_at(lines: list[dict[str, Any]], step: int) -> dict[str, Any]:
             metrics["train_loss"] = values["loss"]
         if "val_loss" in values:
             metrics["valid_loss"] = values["val_loss"]
-    return metrics
+            # tunelab's validation is always a pass over the whole split: at this step, it is full.
+            metrics["full_valid_loss"] = values["val_loss"] if values["step"] == step else None
+    return {key: value for key, value in metrics.items() if value is not None}
 
 
 def failure_reason(state: dict[str, Any], code: int) -> str:
