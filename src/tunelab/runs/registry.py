@@ -231,7 +231,7 @@ def _with_live_status(run: dict[str, Any]) -> dict[str, Any]:
     except (OSError, ValueError, TunelabError):
         return run
     pid, host = summary.pid, summary.host
-    if not isinstance(pid, int) or host != socket.gethostname() or _alive(pid):
+    if not isinstance(pid, int) or host != socket.gethostname() or process_alive(pid):
         return run  # alive, or on another machine: this one cannot tell
     checkpoint = summary.last_checkpoint
     return {
@@ -245,7 +245,8 @@ def _with_live_status(run: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this machine (someone else's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

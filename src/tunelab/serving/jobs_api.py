@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import re
 import shutil
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -56,23 +57,23 @@ def router(config: ServeConfig, store: Store, supervisor: Supervisor) -> APIRout
     def retrieve_job(fine_tuning_job_id: str) -> dict[str, Any]:
         return job_object(job_or_404(fine_tuning_job_id))
 
-    @api.post("/{fine_tuning_job_id}/cancel")
-    def cancel_job(fine_tuning_job_id: str) -> dict[str, Any]:
-        job_or_404(fine_tuning_job_id)
-        supervisor.cancel(fine_tuning_job_id)
-        return job_object(job_or_404(fine_tuning_job_id))
+    def verb_route(act: Callable[[str], None]) -> Callable[[str], dict[str, Any]]:
+        def route(fine_tuning_job_id: str) -> dict[str, Any]:
+            job_or_404(fine_tuning_job_id)
+            act(fine_tuning_job_id)
+            return job_object(job_or_404(fine_tuning_job_id))
 
-    @api.post("/{fine_tuning_job_id}/pause")
-    def pause_job(fine_tuning_job_id: str) -> dict[str, Any]:
-        job_or_404(fine_tuning_job_id)
-        supervisor.pause(fine_tuning_job_id)
-        return job_object(job_or_404(fine_tuning_job_id))
+        return route
 
-    @api.post("/{fine_tuning_job_id}/resume")
-    def resume_job(fine_tuning_job_id: str) -> dict[str, Any]:
-        job_or_404(fine_tuning_job_id)
-        supervisor.resume(fine_tuning_job_id)
-        return job_object(job_or_404(fine_tuning_job_id))
+    # cancel, pause, resume: the same shape, the supervisor's verb in the middle.
+    for verb, act in (
+        ("cancel", supervisor.cancel),
+        ("pause", supervisor.pause),
+        ("resume", supervisor.resume),
+    ):
+        api.add_api_route(
+            f"/{{fine_tuning_job_id}}/{verb}", verb_route(act), methods=["POST"], name=f"{verb}_job"
+        )
 
     @api.get("/{fine_tuning_job_id}/events")
     def list_events(fine_tuning_job_id: str, after: str | None = None, limit: int = 20) -> dict[str, Any]:

@@ -20,6 +20,8 @@ import sys
 from pathlib import Path
 from typing import Protocol
 
+from tunelab.runs.registry import process_alive
+
 PR_SET_PDEATHSIG = 1
 
 
@@ -77,7 +79,7 @@ class LocalRunner:
     def exit_code(self, handle: str) -> int | None:
         child = self._children.get(handle)
         if child is None:  # started by an earlier server: gone with it (parent-death signal)
-            return None if _alive(int(handle)) else -signal.SIGKILL
+            return None if process_alive(int(handle)) else -signal.SIGKILL
         code = child.poll()
         if code is not None:
             del self._children[handle]
@@ -96,13 +98,3 @@ class LocalRunner:
 def _signal(pid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, sig)  # the worker leads its own session: its helpers get the signal too
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
