@@ -64,6 +64,8 @@ from tunelab.training.resume import checkpoint_to_resume
 from tunelab.training.setup import TrainingSetup, attach_method, build_training, load_for_training
 from tunelab.training.stopping import stop_on_sigterm
 
+ValidationCallback = Callable[[int, dict[str, float]], None]
+
 
 @dataclass
 class TrainResult:
@@ -83,10 +85,17 @@ class Prepared:
     loaded: LoadedModel
 
 
-def train(recipe: Recipe, *, resume: Path | None = None, console: Console | None = None) -> TrainResult:
+def train(
+    recipe: Recipe,
+    *,
+    resume: Path | None = None,
+    console: Console | None = None,
+    on_validation: ValidationCallback | None = None,
+) -> TrainResult:
     """Train as `recipe` says, into a new run folder (or continue `resume`, a run folder, from its last
     checkpoint). Baselines and the before-training score come first, then the loop with its
-    evaluations and checkpoints, then the test split, final/ and the report."""
+    evaluations and checkpoints, then the test split, final/ and the report. `on_validation` sees
+    each validation pass of the loop (step, metrics); raising RunPruned there ends the run `pruned`."""
     started = time.time()
     set_seed(recipe.train.seed)  # before loading: the new head and LoRA weights are drawn from it
     precision = precision_for(recipe)
@@ -124,7 +133,7 @@ def train(recipe: Recipe, *, resume: Path | None = None, console: Console | None
         if baseline_answers:  # in the folder from the start: a resumed run has no base model to ask
             write_generations(run_dir / GENERATIONS_FILE, ask(_scored_chats(prepared)), baseline_answers)
     try:
-        _train_in_run_dir(recipe, model, prepared, accelerator, run, resume_from, console)
+        _train_in_run_dir(recipe, model, prepared, accelerator, run, resume_from, console, on_validation)
     except BaseException as exc:
         run.fail(exc)
         raise
@@ -245,6 +254,7 @@ def _train_in_run_dir(
     run: RunFolder,
     resume_from: Path | None,
     console: Console,
+    on_validation: ValidationCallback | None = None,
 ) -> None:
     data, tokenizer, summary = prepared.data, prepared.loaded.tokenizer, run.summary
     setup = build_training(recipe, model, data, tokenizer.pad_token_id, accelerator)
@@ -267,7 +277,8 @@ def _train_in_run_dir(
         console.print(f"resumed from {resume_from} (step {setup.state.step} of {setup.steps})")
     else:
         _score_before_training(data, run_eval, run, console)
-    _fit(recipe, setup, data, run, run_eval, accelerator, console, resumed=resume_from is not None)
+    _fit(recipe, setup, data, run, run_eval, accelerator, console, resumed=resume_from is not None,
+         on_validation=on_validation)  # fmt: skip
     metrics = _score_after_training(recipe, setup, prepared, run, run_eval, reference, accelerator, console)
     if accelerator.is_main_process:
         save_final(
@@ -307,6 +318,7 @@ def _fit(
     console: Console,
     *,
     resumed: bool,
+    on_validation: ValidationCallback | None = None,
 ) -> None:
     """The loop, with its metrics log, progress bar, evaluations and recorded checkpoints."""
     cfg, state = recipe.train, setup.state
@@ -331,6 +343,8 @@ def _fit(
         log=log_step,
         progress=lambda step, loss, tps: progress.update(bar, completed=step, loss=loss, tps=tps),
     )
+    if on_validation is not None:
+        hooks.after_validation = on_validation
     with progress, stop_on_sigterm() as stop:
         hooks.stop_requested = _agreed(stop, accelerator)
         fit(setup.model, setup.optimizer, setup.scheduler, setup.objective, setup.batches, cfg, setup.steps, state,

@@ -15,6 +15,7 @@ from tunelab.cli.common import (
     friendly_errors,
     out,
 )
+from tunelab.errors import TunelabError
 from tunelab.runs.summary import RunSummary
 
 
@@ -34,6 +35,13 @@ def validate(
     from tunelab.models.load import check_sequence_length, model_source
 
     loaded = load_recipe(recipe, set_ or [])
+    if loaded.search is not None:  # the space against the recipe itself: every problem at once
+        from tunelab.tuning.study import search_problems
+
+        problems = search_problems(loaded)
+        if problems:
+            raise TunelabError(f"{recipe}: the search has {len(problems)} problem(s)", problems=problems,
+                               fix="correct search: (paths are recipe paths, values what those fields accept)")  # fmt: skip
     if host:
         check_host(loaded)
     _, local = model_source(loaded.model.name)  # a missing folder fails here, as train would

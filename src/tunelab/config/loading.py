@@ -63,6 +63,8 @@ def recipe_to_yaml(recipe: Recipe) -> str:
     """Every setting spelled out (a run's recipe.yaml), except a section the task does not use: the
     preference loss of a non-preference recipe, which reading it back would refuse."""
     skip = {"preference"} if recipe.task != "preference" else set()
+    if recipe.search is None:
+        skip.add("search")  # an ordinary run's recipe.yaml stays as it was before searches existed
     return yaml.safe_dump(recipe.model_dump(mode="json", exclude=skip), sort_keys=False, allow_unicode=True)
 
 

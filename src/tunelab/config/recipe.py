@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
+from tunelab.config.search import SearchConfig
 from tunelab.config.sections import (
     DataConfig,
     EvalConfig,
@@ -48,6 +49,9 @@ class Recipe(Section):
     train: TrainConfig = Field(default_factory=TrainConfig, description="The training loop's settings.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Baselines scored beside the result.")
     output: OutputConfig = Field(default_factory=OutputConfig, description="Where run folders go.")
+    search: SearchConfig | None = Field(
+        None, description="`tunelab tune`: the hyper-parameters to search, the sampler and the metric."
+    )
 
     @model_validator(mode="after")
     def _cross_field_checks(self) -> Recipe:

@@ -397,6 +397,16 @@ class EvalConfig(Section):
 
 class OutputConfig(Section):
     dir: str = Field("runs", description="Parent folder of run folders (runs/<name>-<timestamp>/).")
+    tags: dict[str, str] = Field(
+        default_factory=dict,
+        description="Labels kept with the run in summary.json and the registry (`tunelab runs list --tag "
+        "k=v`); `tunelab tune` tags each trial with its study and number.",
+    )
+
+    @field_validator("tags", mode="before")
+    @classmethod
+    def _tag_values_as_text(cls, value: Any) -> Any:
+        return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else value
 
 
 class PreferenceConfig(Section):

@@ -51,7 +51,7 @@ class RunFolder:
         """Ctrl-C is not a failure: the run can be resumed from its last checkpoint. `steps` is the
         live count record_progress kept."""
         summary = self.summary
-        summary.status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        summary.status = failure_status(exc)
         summary.error, summary.wall_s, summary.peak_mem_mb = (
             describe_failure(exc),
             self.wall(),
@@ -124,6 +124,7 @@ def initial_summary(
         before_training_split=previous.before_training_split,
         baselines=previous.baselines,
         forgetting_before=previous.forgetting_before,
+        tags=dict(recipe.output.tags),
     )
 
 
@@ -133,6 +134,15 @@ def peak_memory_mb() -> float:
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def failure_status(exc: BaseException) -> str:
+    """interrupted (Ctrl-C, SIGTERM: resumable), pruned (a search stopped it), else failed."""
+    from tunelab.training.stopping import RunPruned
+
+    if isinstance(exc, RunPruned):
+        return "pruned"
+    return "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
 
 
 def describe_failure(exc: BaseException) -> str:

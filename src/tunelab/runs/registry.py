@@ -33,7 +33,7 @@ from tunelab.runs.rundir import read_summary
 from tunelab.runs.summary import RunSummary
 
 REGISTRY = "registry.sqlite"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: tags_json
 BUSY_TIMEOUT_S = 30.0
 # Keys of the resolved recipe that differ between any two runs (or never matter) in a comparison.
 IGNORED_RECIPE_KEYS = frozenset({"name", "output.dir"})
@@ -63,7 +63,8 @@ CREATE TABLE IF NOT EXISTS runs (
     metrics_json TEXT,
     baseline_json TEXT,
     error TEXT,
-    recipe_yaml TEXT
+    recipe_yaml TEXT,
+    tags_json TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_by_start ON runs (started_unix DESC, run_id DESC);
 """
@@ -93,6 +94,7 @@ _COLUMNS = (
     "baseline_json",
     "error",
     "recipe_yaml",
+    "tags_json",
 )
 # On conflict most columns take the newest summary's value; these two keep what the first call knew:
 # the commit the run started from (the tree may move on while it trains) and the data hash (the
@@ -189,6 +191,7 @@ def _row_values(
         "baseline_json": json.dumps(summary.before_training or {}),
         "error": summary.error,
         "recipe_yaml": recipe_yaml,
+        "tags_json": json.dumps(summary.tags or {}),
     }
     return tuple(row[column] for column in _COLUMNS)
 
@@ -416,6 +419,9 @@ def _ensure_schema(conn: sqlite3.Connection) -> None:
     # queue on busy_timeout instead of one failing when it upgrades a read to a write.
     conn.execute("BEGIN IMMEDIATE")
     try:
+        if _schema_version(conn) == 1:  # a registry from before tags: the column is added, rows kept
+            conn.execute("ALTER TABLE runs ADD COLUMN tags_json TEXT")
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
         for statement in filter(str.strip, _SCHEMA.split(";")):
             conn.execute(statement)
         conn.execute(
@@ -450,4 +456,5 @@ def _decode(row: sqlite3.Row) -> dict[str, Any]:
     run.pop("started_unix")
     run["metrics"] = json.loads(run.pop("metrics_json") or "{}")
     run["before_training"] = json.loads(run.pop("baseline_json") or "{}")  # the column keeps its first name
+    run["tags"] = json.loads(run.pop("tags_json") or "{}")
     return run

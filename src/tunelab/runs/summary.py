@@ -54,6 +54,7 @@ class RunSummary:
     metrics: dict[str, Any] = field(default_factory=dict)  # the fine-tuned model's
     error: str | None = None
     report: str | None = None  # report.html, once written
+    tags: dict[str, str] = field(default_factory=dict)  # the recipe's output.tags (a study, a trial)
     extra: dict[str, Any] = field(default_factory=dict)  # keys of a newer or older summary.json
 
     @classmethod

@@ -252,6 +252,8 @@ class Hooks:
     log: Callable[[int, dict[str, float]], None]
     progress: Callable[[int, float, float], None]  # (step, loss, tokens/s)
     stop_requested: Callable[[], bool] = lambda: False  # checked after each step (training/stopping.py)
+    # Called with (step, validation metrics) after each validation pass; a search's pruner raises here.
+    after_validation: Callable[[int, dict[str, float]], None] = lambda step, metrics: None
 
 
 def fit(
@@ -351,6 +353,7 @@ def _evaluate_and_maybe_stop(hooks: Hooks, cfg: TrainConfig, state: TrainState) 
     metrics = hooks.evaluate()
     state.last_metrics = metrics
     hooks.log(state.step, metrics)
+    hooks.after_validation(state.step, metrics)
     stopping = cfg.early_stopping
     if stopping is None:
         return

@@ -48,3 +48,12 @@ def stop_on_sigterm() -> Iterator[StopFlag]:
         yield flag
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+class RunPruned(Exception):
+    """Raised from a validation callback (a hyper-parameter search's pruner): the run ends `pruned`,
+    a verdict on its hyper-parameters, not an error."""
+
+    def __init__(self, step: int, reason: str):
+        super().__init__(f"pruned at step {step}: {reason}")
+        self.step = step
