@@ -78,6 +78,12 @@ def test_every_trial_is_a_run_in_the_registry_tagged_with_the_study(study: Any) 
     loaded, runs, _ = study
     tagged = [r for r in list_runs(runs) if r["tags"].get("study") == "tiny-sft"]
     assert sorted(int(r["tags"]["trial"]) for r in tagged) == list(range(6))
+    listed = runner.invoke(
+        app, ["runs", "list", "--dir", str(runs), "--tag", "study=tiny-sft", "--limit", "50"]
+    )
+    assert sorted(line.split()[0] for line in listed.stdout.splitlines()[2:]) == sorted(
+        r["run_id"] for r in tagged
+    )
     by_trial = {int(r["tags"]["trial"]): r["status"] for r in tagged}
     expected = {"COMPLETE": "completed", "PRUNED": "pruned"}
     assert by_trial == {t.number: expected[t.state.name] for t in loaded.get_trials()}

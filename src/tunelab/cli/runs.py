@@ -24,18 +24,29 @@ RunsDir = Annotated[Path, typer.Option("--dir", help="The output.dir whose regis
 def runs_list(
     runs_dir: RunsDir = Path("runs"),
     limit: Annotated[int, typer.Option(help="Show at most this many, newest first.")] = 20,
+    tag: Annotated[
+        list[str] | None, typer.Option("--tag", help="Only runs with this tag, k=v (study=NAME); repeatable.")
+    ] = None,
     debug: DebugOption = False,
 ) -> None:
     """Runs, newest first, with status, cost and the main metric."""
+    from tunelab.errors import TunelabError
     from tunelab.runs.registry import format_table, list_runs
 
+    wanted = dict(item.partition("=")[::2] for item in tag or [])
+    if any(not key or not value for key, value in wanted.items()):
+        raise TunelabError(f"--tag {tag}: expected KEY=VALUE")
     rows = []
-    for run in list_runs(runs_dir, limit=limit):
+    for run in list_runs(runs_dir, limit=None if wanted else limit):
+        if any(run.get("tags", {}).get(key) != value for key, value in wanted.items()):
+            continue
         metrics = run.get("metrics") or {}
         main = next(
             (k for k in ("test_accuracy", "val_accuracy", "test_loss", "val_loss") if k in metrics), None
         )
         rows.append({**run, "metric": f"{main} {metrics[main]:.4f}" if main else "-"})
+        if len(rows) == limit:
+            break
     columns = ("run_id", "status", "task", "method", "steps", "wall_s", "metric")
     for line in format_table(rows, columns) if rows else [f"no runs recorded in {runs_dir}"]:
         out.print(line)
