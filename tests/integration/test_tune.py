@@ -147,3 +147,44 @@ def test_two_workers_share_one_study_without_running_a_trial_twice(tiny_llama: P
     assert len({t.user_attrs["run_dir"] for t in done}) == 8  # eight runs, none trained twice
     assert all(f"trial {n}:" in "".join(outputs) for n in range(8))
     assert all(o.count("trial ") >= 1 for o in outputs)  # both workers trained
+
+
+def test_ctrl_c_ends_the_trial_cleanly_and_resume_finishes_the_study(
+    tiny_llama: Path, tmp_path: Path
+) -> None:
+    import signal
+    import time
+
+    search = {**SEARCH, "trials": 3, "sampler": "random", "pruner": "none", "enqueue": []}
+    recipe = _search_recipe(tmp_path, tiny_llama, search, epochs=8)
+    storage = f"sqlite:///{(tmp_path / 'runs').resolve() / 'studies.sqlite'}"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "tunelab", "tune", str(recipe)]
+    first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    while True:  # interrupt the second trial while it trains
+        assert first.poll() is None and time.monotonic() < deadline
+        try:
+            trials = optuna.load_study(study_name="tiny-sft", storage=storage).get_trials()
+        except Exception:  # no database, or no study in it, yet
+            trials = []
+        running = [
+            t for t in trials if t.state == optuna.trial.TrialState.RUNNING and t.user_attrs.get("values")
+        ]
+        if len(trials) >= 2 and running and running[0].number == 1:
+            break
+        time.sleep(0.05)
+    time.sleep(1.5)  # into its training loop
+    first.send_signal(signal.SIGINT)
+    output = first.communicate(timeout=120)[0]
+    assert first.returncode == 130 and "interrupted" in output, output
+    trials = optuna.load_study(study_name="tiny-sft", storage=storage).get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL"]  # nothing left RUNNING
+    interrupted = list((tmp_path / "runs").glob("tiny-sft-t001-*"))
+    assert len(interrupted) == 1
+    assert json.loads((interrupted[0] / "summary.json").read_text())["status"] == "interrupted"
+    assert (tmp_path / "runs" / "tiny-sft-study" / "study.html").is_file()  # the report so far
+    resumed = subprocess.run([*command, "--resume"], env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    states = [t.state.name for t in optuna.load_study(study_name="tiny-sft", storage=storage).get_trials()]
+    assert states == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
