@@ -56,6 +56,7 @@ from tunelab.models.methods import count_parameters, is_adapter
 from tunelab.runs.lifecycle import RunFolder, initial_summary
 from tunelab.runs.rundir import MetricsLog, create_run_dir, write_text_atomic
 from tunelab.runs.summary import RunSummary
+from tunelab.runs.trackers import check_trackers, open_trackers
 from tunelab.training import checkpoint
 from tunelab.training.loop import Hooks, eval_batches, fit
 from tunelab.training.objectives import collate_for
@@ -152,6 +153,7 @@ def _prepare(recipe: Recipe, precision: Precision, console: Console) -> Prepared
     """The machine, the model's positions, the data stage (or its cache) and the model, in that order."""
     check_host(recipe)
     check_sequence_length(recipe)
+    check_trackers(recipe.output.trackers)
     tokenizer = load_tokenizer(recipe.model, recipe.task)
     cache_key = data_cache.cache_key(recipe, tokenizer)  # before the data stage gives it a chat template
     data, records, cached_files = _prepare_data(recipe, tokenizer, cache_key, console)
@@ -322,9 +324,10 @@ def _fit(
 ) -> None:
     """The loop, with its metrics log, progress bar, evaluations and recorded checkpoints."""
     cfg, state = recipe.train, setup.state
-    log = MetricsLog(
-        run.run_dir, enabled=accelerator.is_main_process, resume_step=state.step if resumed else None
-    )
+    main = accelerator.is_main_process
+    trackers = open_trackers(recipe, run.run_dir, resumed) if main else []
+    log = MetricsLog(run.run_dir, enabled=main, resume_step=state.step if resumed else None,
+                     tensorboard="tensorboard" in recipe.output.trackers, trackers=trackers)  # fmt: skip
     progress = _progress_bar(console, accelerator.is_main_process)
     bar = progress.add_task("train", total=setup.steps, completed=state.step, loss=float("nan"), tps=0.0)
 
@@ -345,10 +348,14 @@ def _fit(
     )
     if on_validation is not None:
         hooks.after_validation = on_validation
-    with progress, stop_on_sigterm() as stop:
-        hooks.stop_requested = _agreed(stop, accelerator)
-        fit(setup.model, setup.optimizer, setup.scheduler, setup.objective, setup.batches, cfg, setup.steps, state,
-            accelerator, hooks)  # fmt: skip
+    try:
+        with progress, stop_on_sigterm() as stop:
+            hooks.stop_requested = _agreed(stop, accelerator)
+            fit(setup.model, setup.optimizer, setup.scheduler, setup.objective, setup.batches, cfg, setup.steps,
+                state, accelerator, hooks)  # fmt: skip
+    except BaseException as exc:  # a pruned, interrupted or failed run closes its trackers too, as such
+        log.close(error=exc)
+        raise
     log.close()
 
 

@@ -395,12 +395,23 @@ class EvalConfig(Section):
         return {str(k): v for k, v in value.items()} if isinstance(value, dict) else value
 
 
+Tracker = Literal["tensorboard", "mlflow", "wandb"]
+
+
 class OutputConfig(Section):
     dir: str = Field("runs", description="Parent folder of run folders (runs/<name>-<timestamp>/).")
     tags: dict[str, str] = Field(
         default_factory=dict,
         description="Labels kept with the run in summary.json and the registry (`tunelab runs list --tag "
         "k=v`); `tunelab tune` tags each trial with its study and number.",
+    )
+    trackers: list[Tracker] = Field(
+        default_factory=lambda: list[Tracker](["tensorboard"]),
+        description="Where the loop's metrics also go: tensorboard (the run folder), mlflow (output.mlflow_uri), "
+        "wandb (offline without WANDB_API_KEY). mlflow and wandb need their package installed.",
+    )
+    mlflow_uri: str | None = Field(
+        None, description="MLflow tracking URI (a server, or sqlite:///...); default <output.dir>/mlflow.db."
     )
 
     @field_validator("tags", mode="before")

@@ -58,18 +58,28 @@ def read_summary(run_dir: Path) -> RunSummary:
 class MetricsLog:
     """One JSON line per log step in metrics.jsonl, mirrored to TensorBoard."""
 
-    def __init__(self, run_dir: Path, enabled: bool = True, resume_step: int | None = None):
+    def __init__(
+        self,
+        run_dir: Path,
+        enabled: bool = True,
+        resume_step: int | None = None,
+        *,
+        tensorboard: bool = True,
+        trackers: list[Any] | None = None,
+    ):
         self.enabled = enabled
         self.path = run_dir / "metrics.jsonl"
         self.writer: Any = None
+        self.trackers = trackers or []  # accelerate trackers (runs/trackers.py): mlflow, wandb
         if not enabled:
             return
         if resume_step is not None:
             self._drop_lines_after(resume_step)  # the interrupted run logged past its last checkpoint
-        from torch.utils.tensorboard import SummaryWriter  # imported late: it is slow to import
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter  # imported late: it is slow to import
 
-        purge = None if resume_step is None else resume_step + 1
-        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=purge)
+            purge = None if resume_step is None else resume_step + 1
+            self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=purge)
 
     def _drop_lines_after(self, step: int) -> None:
         if not self.path.is_file():
@@ -83,11 +93,20 @@ class MetricsLog:
             return
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps({"step": step, **values}) + "\n")
+        for tracker in self.trackers:
+            tracker.log(values, step=step)
+        if self.writer is None:
+            return
         for key, value in values.items():
             split = key.split("_", 1)[0]
             tag = key.replace("_", "/", 1) if split in ("val", "test") else f"train/{key}"
             self.writer.add_scalar(tag, value, step)
 
-    def close(self) -> None:
+    def close(self, error: BaseException | None = None) -> None:
         if self.writer is not None:
             self.writer.close()
+        if self.trackers:
+            from tunelab.runs.trackers import finish
+
+            for tracker in self.trackers:
+                finish(tracker, error)
