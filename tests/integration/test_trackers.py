@@ -48,3 +48,28 @@ def test_a_missing_tracker_package_is_named_before_the_run(monkeypatch: pytest.M
     with pytest.raises(TunelabError, match="wandb, which is not installed") as caught:
         trackers.check_trackers(["tensorboard", "wandb"])
     assert "pip install wandb" in str(caught.value)
+
+
+def test_an_interrupted_run_is_killed_in_mlflow_and_its_resume_continues_the_same_run(
+    tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from tests.conftest import crash_at_checkpoint
+
+    recipe = load_recipe(make_recipe(tmp_path, tiny_llama, "sft", output={
+        "dir": str(tmp_path / "runs"), "trackers": ["mlflow"]}))  # fmt: skip
+    crash_at_checkpoint(monkeypatch, KeyboardInterrupt(), at_step=2)
+    with pytest.raises(KeyboardInterrupt):
+        train(recipe)
+    monkeypatch.undo()
+    client = MlflowClient(tracking_uri=trackers.mlflow_uri(recipe))
+    experiment = client.get_experiment_by_name(recipe.name)
+    (interrupted,) = client.search_runs([experiment.experiment_id])
+    assert interrupted.info.status == "KILLED"
+    run_dir = next((tmp_path / "runs").glob("tiny-sft-*"))
+    assert not (run_dir / "tensorboard").exists()  # only the trackers asked for
+    train(recipe, resume=run_dir)
+    (resumed,) = client.search_runs([experiment.experiment_id])  # the same MLflow run, continued
+    assert resumed.info.run_id == interrupted.info.run_id and resumed.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(resumed.info.run_id, "loss")] == [1, 2, 3, 4]
