@@ -188,3 +188,14 @@ def test_ctrl_c_ends_the_trial_cleanly_and_resume_finishes_the_study(
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     states = [t.state.name for t in optuna.load_study(study_name="tiny-sft", storage=storage).get_trials()]
     assert states == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
+
+
+def test_a_trial_that_would_not_fit_is_skipped_before_it_trains(tiny_llama: Path, tmp_path: Path) -> None:
+    search = {**SEARCH, "trials": 2, "sampler": "random", "pruner": "none", "enqueue": [], "memory": "100MB"}
+    result = runner.invoke(app, ["tune", str(_search_recipe(tmp_path, tiny_llama, search))])
+    assert result.exit_code == 1 and "2 trials failed (the last: needs about" in result.output, result.output
+    storage = f"sqlite:///{(tmp_path / 'runs').resolve() / 'studies.sqlite'}"
+    trials = optuna.load_study(study_name="tiny-sft", storage=storage).get_trials()
+    assert [t.state.name for t in trials] == ["FAIL", "FAIL"]
+    assert all("--memory has 0.1" in t.user_attrs["reason"] for t in trials)
+    assert not list((tmp_path / "runs").glob("tiny-sft-t*"))  # no run folder: nothing started

@@ -68,6 +68,16 @@ def recipe_to_yaml(recipe: Recipe) -> str:
     return yaml.safe_dump(recipe.model_dump(mode="json", exclude=skip), sort_keys=False, allow_unicode=True)
 
 
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested sections as dotted recipe paths: {"train": {"lr": 1}} -> {"train.lr": 1}."""
+    if not isinstance(value, dict):
+        return {prefix: value}
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        out.update(flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise RecipeError(f"recipe not found: {path.resolve()}", fix="check the path to the YAML file")

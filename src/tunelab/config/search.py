@@ -74,6 +74,11 @@ class SearchConfig(Section):
         default_factory=list, description="Trials to run first, as {path: value} (known good settings)."
     )
     study_name: str | None = Field(None, description="Default: the recipe's name.")
+    memory: str | None = Field(
+        None,
+        description="Memory each trial must fit in, e.g. 24GB (default: the GPU's, or the RAM): "
+        "`tunelab plan` estimates each trial first and skips one that would not fit.",
+    )
 
     @model_validator(mode="after")
     def _something_to_search(self) -> SearchConfig:

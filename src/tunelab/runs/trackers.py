@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tunelab.config.loading import flatten
 from tunelab.errors import TunelabError
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ def open_trackers(recipe: Recipe, run_dir: Path, resumed: bool) -> list[Any]:
     if "wandb" in recipe.output.trackers:
         trackers.append(_wandb(recipe, run_dir, experiment))
     if trackers and not resumed:
-        config = _flat(json.loads(recipe.model_dump_json(exclude={"search"})))
+        config = flatten(json.loads(recipe.model_dump_json(exclude={"search"})))
         for tracker in trackers:
             tracker.store_init_configuration(config)
     (run_dir / STATE).write_text(json.dumps(saved), encoding="utf-8")
@@ -97,12 +98,3 @@ def _wandb(recipe: Recipe, run_dir: Path, experiment: str) -> Any:
 def _read_state(run_dir: Path) -> dict[str, Any]:
     path = run_dir / STATE
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-
-
-def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(value, dict):
-        return {prefix: value}
-    out: dict[str, Any] = {}
-    for key, item in value.items():
-        out.update(_flat(item, f"{prefix}.{key}" if prefix else str(key)))
-    return out

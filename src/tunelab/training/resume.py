@@ -9,6 +9,7 @@ import yaml
 from rich.console import Console
 
 from tunelab.config import Recipe, migrate, recipe_to_yaml
+from tunelab.config.loading import flatten
 from tunelab.errors import TunelabError
 from tunelab.runs.rundir import read_summary, write_text_atomic
 from tunelab.training import checkpoint
@@ -52,16 +53,7 @@ def checkpoint_to_resume(run_dir: Path, recipe: Recipe, console: Console) -> Pat
 def recipe_changes(saved: dict[str, Any], recipe: Recipe) -> dict[str, tuple[Any, Any]]:
     """Dotted recipe paths whose value differs between a run's saved recipe and `recipe`."""
     now = yaml.safe_load(recipe_to_yaml(recipe))
-
-    def flat(value: Any, prefix: str = "") -> dict[str, Any]:
-        if not isinstance(value, dict):
-            return {prefix: value}
-        out: dict[str, Any] = {}
-        for key, item in value.items():
-            out.update(flat(item, f"{prefix}.{key}" if prefix else str(key)))
-        return out
-
-    before, after = flat(saved or {}), flat(now)
+    before, after = flatten(saved or {}), flatten(now)
     return {
         p: (before.get(p), after.get(p))
         for p in sorted(before.keys() | after.keys())

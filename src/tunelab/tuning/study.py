@@ -99,6 +99,13 @@ def _metric_problems(recipe: Recipe, search: SearchConfig) -> list[str]:
     if not search.metric.startswith("val_"):
         problems.append(f"search.metric: {search.metric!r} is not a validation metric (val_...): a study "
                         "chooses on validation, and the test split is scored once, for the best trial")  # fmt: skip
+    if search.memory:
+        from tunelab.plan import parse_memory
+
+        try:
+            parse_memory(search.memory)
+        except TunelabError as exc:
+            problems.append(f"search.memory: {exc.message}")
     data = recipe.data
     if data.validation is None and not data.split.validation:
         problems.append("data: a study needs a validation split (data.validation, or data.split.validation)")
@@ -165,8 +172,15 @@ def _optuna_params(item: dict[str, Any], search: SearchConfig) -> dict[str, Any]
 
 
 def run_trials(work: Study, console: Console) -> None:
-    """Trials until the study has its number of finished ones, over every worker sharing it."""
+    """Trials until the study has its number of finished ones, over every worker sharing it; a study
+    whose trials keep failing (none fits, a broken data file) stops instead of trying for ever."""
     while _counted(work.study) < work.search.trials:
+        failed = work.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))
+        if len(failed) >= work.search.trials:
+            last = failed[-1].user_attrs.get("reason") or failed[-1].system_attrs.get("fail_reason")
+            raise TunelabError(
+                f"{len(failed)} trials failed (the last: {last})", fix="see study.html's trials"
+            )
         work.study.optimize(
             lambda trial: _objective(trial, work, console), n_trials=1, catch=(TrialSkipped,),
             gc_after_trial=True,
@@ -189,7 +203,7 @@ def _objective(trial: optuna.Trial, work: Study, console: Console) -> float:
     values = space.suggest(trial, work.search)
     recipe = _trial_recipe(work, trial.number, values)
     trial.set_user_attr("values", values)
-    _check_fits(trial, recipe)
+    _check_fits(trial, recipe, work.search)
     console.print(f"trial {trial.number}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                                        for k, v in values.items()))  # fmt: skip
     try:
@@ -219,11 +233,12 @@ def _trial_recipe(work: Study, number: int, values: dict[str, Any]) -> Recipe:
         raise TrialSkipped(f"the trial's recipe is refused: {exc}") from None
 
 
-def _check_fits(trial: optuna.Trial, recipe: Recipe) -> None:
+def _check_fits(trial: optuna.Trial, recipe: Recipe, search: SearchConfig) -> None:
     """`tunelab plan`'s estimate (no probe): a trial that cannot fit is skipped before it loads data."""
-    from tunelab.plan import plan
+    from tunelab.plan import parse_memory, plan
 
-    verdict = plan(recipe, None, probe_steps=0)
+    budget = parse_memory(search.memory) if search.memory else None
+    verdict = plan(recipe, budget, probe_steps=0)
     trial.set_user_attr("planned_peak_mb", round(verdict.needed / 2**20))
     if not verdict.fits:
         reason = f"needs about {verdict.needed / 2**30:.1f} GiB, {verdict.budget_source} has {verdict.budget / 2**30:.1f}"
