@@ -395,3 +395,19 @@ def test_format_table_aligns_columns() -> None:
         "b              running         -       5",
     ]
     assert format_table([], ["run_id"]) == ["run_id", "------"]
+
+
+def test_a_version_1_registry_gains_the_tags_column_and_keeps_its_rows(out: Path) -> None:
+    import sqlite3
+
+    path = registry.registry_path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    v1_schema = registry._SCHEMA.replace(",\n    tags_json TEXT", "")
+    with sqlite3.connect(path) as conn:
+        conn.executescript(v1_schema)
+        conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', '1')")
+        conn.execute("INSERT INTO runs (run_id, name, status) VALUES ('old-run', 'old', 'completed')")
+    (old,) = registry.list_runs(out)
+    assert old["run_id"] == "old-run" and old["tags"] == {}
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("2",)
