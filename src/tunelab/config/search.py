@@ -55,7 +55,11 @@ class SearchConfig(Section):
     direction: Literal["minimize", "maximize"] | None = Field(
         None, description="Default: minimize losses and perplexities, maximize everything else."
     )
-    sampler: Literal["tpe", "random", "grid"] = "tpe"
+    sampler: Literal["tpe", "random", "grid"] = Field(
+        "tpe",
+        description="tpe (Bayesian, Optuna's default), random, or grid (every combination of lists "
+        "and stepped ranges).",
+    )
     trials: int = Field(20, ge=1, description="Trials in the study, over all workers.")
     pruner: Literal["hyperband", "median", "none"] = Field(
         "hyperband", description="Stops trials whose validation passes lag; a diverged loss always stops."

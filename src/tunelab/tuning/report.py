@@ -24,8 +24,8 @@ from tunelab.tuning import space
 
 HONESTY = (
     "The best trial was chosen by its validation score, so that score is biased upward: it is the best "
-    "of {n} tries on the same data. The test score below was computed once, for the best trial only, "
-    "after the search; it is the estimate to quote."
+    "of {n} trials on the same validation data ({complete} ran to the end). The test score below was "
+    "computed once, for the best trial only, after the search; it is the estimate to quote."
 )
 
 
@@ -46,7 +46,8 @@ def finish(
         summary["best"] = {**_trial_row(best), "best_yaml": str(folder / "best.yaml"),
                            "test": _test_score(best.user_attrs.get("run_dir"), test_file, raw)}  # fmt: skip
     write_text_atomic(folder / "study.json", json.dumps(summary, indent=2, default=str) + "\n")
-    html = _TEMPLATE.render(s=summary, honesty=HONESTY.format(n=len(complete)), plots=_plots(study))
+    honesty = HONESTY.format(n=len(trials), complete=len(complete))
+    html = _TEMPLATE.render(s=summary, honesty=honesty, plots=_plots(study))
     write_text_atomic(folder / "study.html", html)
     return summary
 
@@ -138,7 +139,7 @@ table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;font-
 <p>Best recipe: <code>{{ s.best.best_yaml }}</code> (<code>tunelab train {{ s.best.best_yaml }}</code>);
 its run folder: <code>{{ s.best.run_dir }}</code> (baselines in its report.html).</p>{% endif %}
 {% for name, png in plots.items() %}<h2>{{ name }}</h2><img src="data:image/png;base64,{{ png }}">{% endfor %}
-<h2>Trials</h2><table><tr><th>#</th><th>state</th><th>value</th><th>values</th><th>steps</th><th>seconds</th><th>why</th><th>run</th></tr>
+<h2>Trials</h2><table><tr><th>#</th><th>state</th><th>value (a pruned trial's: its last validation pass)</th><th>values</th><th>steps</th><th>seconds</th><th>why</th><th>run</th></tr>
 {% for t in s.trials %}<tr><td>{{ t.number }}{% if t.starting_recipe %} (start){% endif %}</td><td>{{ t.state }}</td>
 <td>{% if t.value is not none %}{{ '%.4f' % t.value }}{% endif %}</td><td>{{ t["values"] }}</td><td>{{ t.steps if t.steps is not none else '' }}</td>
 <td>{% if t.wall_s is not none %}{{ '%.0f' % t.wall_s }}{% endif %}</td><td>{{ t.reason or '' }}</td><td>{{ t.run_dir or '' }}</td></tr>{% endfor %}

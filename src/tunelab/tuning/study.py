@@ -210,6 +210,7 @@ def _objective(trial: optuna.Trial, work: Study, console: Console) -> float:
         result = train(recipe, console=console, on_validation=_reporter(trial, work.search.metric))
     except RunPruned as exc:
         _record_run(trial, recipe)
+        trial.set_user_attr("reason", str(exc))
         raise optuna.TrialPruned(str(exc)) from None
     finally:
         _release_memory()
