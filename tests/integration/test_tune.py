@@ -106,6 +106,9 @@ def test_best_yaml_trains_and_the_report_keeps_test_apart(study: Any) -> None:
     }
     html = (folder / "study.html").read_text()
     assert "biased upward" in html and "computed once" in html and html.count("data:image/png;base64,") >= 2
+    assert (
+        set(summary["best"]["baselines"]) == {"zero_shot", "few_shot"} and "The base model, untrained" in html
+    )
     result = train(best)
     assert result.summary.status == "completed" and "test_loss" in result.summary.metrics
 

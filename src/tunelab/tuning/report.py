@@ -44,7 +44,8 @@ def finish(
         best_raw = _best_recipe(raw, best, search, study.study_name, test_file)
         write_text_atomic(folder / "best.yaml", yaml.safe_dump(best_raw, sort_keys=False, allow_unicode=True))
         summary["best"] = {**_trial_row(best), "best_yaml": str(folder / "best.yaml"),
-                           "test": _test_score(best.user_attrs.get("run_dir"), test_file, raw)}  # fmt: skip
+                           "test": _test_score(best.user_attrs.get("run_dir"), test_file, raw),
+                           "baselines": _baselines(best.user_attrs.get("run_dir"))}  # fmt: skip
     write_text_atomic(folder / "study.json", json.dumps(summary, indent=2, default=str) + "\n")
     honesty = HONESTY.format(n=len(trials), complete=len(complete))
     html = _TEMPLATE.render(s=summary, honesty=honesty, plots=_plots(study))
@@ -81,6 +82,19 @@ def _best_recipe(raw: dict[str, Any], best: optuna.trial.FrozenTrial, search: Se
     if test_file:
         out["data"]["test"] = test_file  # the final run scores the test split, as the recipe asked
     return out
+
+
+def _baselines(run_dir: str | None) -> dict[str, Any]:
+    """The base model's scores (zero- and few-shot) the best trial's run recorded, to set the search's
+    gain beside what no training at all gives."""
+    path = Path(run_dir) / "summary.json" if run_dir else None
+    if path is None or not path.is_file():
+        return {}
+    recorded = json.loads(path.read_text(encoding="utf-8")).get("baselines") or {}
+    return {
+        name: {k: v for k, v in scores.items() if isinstance(v, int | float)}
+        for name, scores in recorded.items()
+    }
 
 
 def _test_score(run_dir: str | None, test_file: str | None, raw: dict[str, Any]) -> dict[str, Any] | None:
@@ -133,6 +147,8 @@ table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;font-
 <tr><td>best (trial {{ s.best.number }})</td><td>{{ '%.4f' % s.best.value }}</td><td>{{ s.best["values"] }}</td></tr>
 {% if s.start %}<tr><td>starting recipe (trial {{ s.start.number }})</td><td>{% if s.start.value is not none %}{{ '%.4f' % s.start.value }}{% else %}{{ s.start.state }}{% endif %}</td><td>{{ s.start["values"] }}</td></tr>{% endif %}
 </table>
+{% if s.best.baselines %}<h3>The base model, untrained (the best trial's baselines, on its validation split)</h3>
+<table>{% for name, scores in s.best.baselines.items() %}<tr><td>{{ name }}</td><td>{% for k, v in scores.items() %}{{ k }} {{ '%.4f' % v }}{% if not loop.last %}, {% endif %}{% endfor %}</td></tr>{% endfor %}</table>{% endif %}
 {% if s.best.test %}<h3>Test score of the best trial (computed once, after the search)</h3>
 <table>{% for k, v in s.best.test.items() %}<tr><td>{{ k }}</td><td>{{ '%.4f' % v }}</td></tr>{% endfor %}</table>
 {% else %}<p>No test file in the recipe: no unbiased score was computed.</p>{% endif %}
