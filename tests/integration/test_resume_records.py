@@ -62,6 +62,7 @@ def test_resume_refuses_changes_that_would_make_another_run_and_records_the_safe
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # 400 epochs in two segments: 25 s alone, past 300 s on a loaded 2-core machine
 def test_after_kill_9_the_run_keeps_its_before_score_time_and_steps(tmp_path: Path, tiny_llama: Path) -> None:
     recipe = make_recipe(
         tmp_path, tiny_llama, "sft", train={"epochs": 400, "save_every": 2, "eval_every": 1000}
