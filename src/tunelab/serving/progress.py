@@ -42,8 +42,12 @@ def ingest(store: Store, job: dict[str, Any], runs_dir: Path) -> dict[str, Any]:
     run_dir = run_dir_of(runs_dir, job["id"])
     if run_dir is not None:
         updates["run_dir"] = str(run_dir)
-        updates.update(_metric_events(store, job, run_dir))
-        _checkpoint_objects(store, job, run_dir)
+        # Checkpoints first, lines second: a checkpoint's metrics are logged before it is saved, so
+        # the lines read after the listing hold them (read before, a new checkpoint could miss them).
+        saved = list_checkpoints(run_dir / "checkpoints")
+        lines = _metric_lines(run_dir)
+        updates.update(_metric_events(store, job, run_dir, lines))
+        _checkpoint_objects(store, job, saved, lines)
     return store.update_job(job["id"], **updates)
 
 
@@ -63,7 +67,9 @@ def _log_events(store: Store, job_id: str, log: Path, offset: int) -> int:
     return offset + len(complete)
 
 
-def _metric_events(store: Store, job: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+def _metric_events(
+    store: Store, job: dict[str, Any], run_dir: Path, lines: list[dict[str, Any]]
+) -> dict[str, Any]:
     """metrics.jsonl lines not seen yet, as OpenAI's `metrics` events; the step, total and ETA.
 
     A line is known by its step and its keys (a step logs its training and its validation line
@@ -72,7 +78,7 @@ def _metric_events(store: Store, job: dict[str, Any], run_dir: Path) -> dict[str
     summary = read_summary(run_dir)
     total = summary.total_steps
     seen_step, seen = state.get("metrics_step", -1), set(state.get("metrics_seen", []))
-    for values in _metric_lines(run_dir):
+    for values in lines:
         step, key = int(values["step"]), ",".join(sorted(values))
         if step < seen_step or (step == seen_step and key in seen):
             continue
@@ -120,11 +126,12 @@ def _eta(state: dict[str, Any], step: int, total: int) -> int | None:
     return int(time.time() + per_step * max(total - step, 0))
 
 
-def _checkpoint_objects(store: Store, job: dict[str, Any], run_dir: Path) -> None:
+def _checkpoint_objects(
+    store: Store, job: dict[str, Any], saved: list[Path], lines: list[dict[str, Any]]
+) -> None:
     from tunelab.serving.jobs import fine_tuned_name
 
-    lines = _metric_lines(run_dir)
-    for path in list_checkpoints(run_dir / "checkpoints"):
+    for path in saved:
         match = CHECKPOINT.match(path.name)
         assert match is not None
         step = int(match.group(1))

@@ -8,7 +8,7 @@ language. Tied parameters are not suggested: they follow the value they are tied
 from __future__ import annotations
 
 import copy
-import itertools
+import math
 from typing import Any
 
 from pydantic import ValidationError
@@ -130,4 +130,4 @@ def space_size(search: SearchConfig) -> int | None:
         1 if search.paired else 0
     ):
         return None
-    return len(list(itertools.product(*lists.values())))
+    return math.prod(len(values) for values in lists.values())
