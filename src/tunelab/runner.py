@@ -169,6 +169,10 @@ def _trainable(recipe: Recipe, prepared: Prepared, precision: Precision, console
     if loaded.new_modules:
         console.print(f"new (randomly initialised, trained in full): {', '.join(loaded.new_modules)}")
     model = attach_method(recipe, loaded, precision, prepared.data)
+    if recipe.train.privacy is not None:  # before the run folder: a refused layer leaves none
+        from tunelab.training.privacy import check_private_model
+
+        check_private_model(model)
     trainable, total = count_parameters(model)
     console.print(
         f"parameters: {trainable:,} trainable / {total:,} total ({100 * trainable / total:.2f}%) "
@@ -263,8 +267,14 @@ def _train_in_run_dir(
     summary.total_steps = setup.steps  # known from here on: progress and ETAs read it while it trains
     if setup.mixed is not None:
         summary.mix = setup.mixed.describe()
+    if setup.class_weights is not None and data.label_map is not None:
+        weights = ", ".join(f"{label} {setup.class_weights[i]:.3f}" for label, i in data.label_map.items())
+        summary.notes.append(f"class weights (train.class_weights: auto): {weights}")
+        console.print(f"[yellow]note:[/] {summary.notes[-1]}")
     run.save()
     accelerator.register_for_checkpointing(setup.scheduler, setup.state)
+    if setup.privacy is not None:  # the accountant's history: a resumed run counts every step spent
+        accelerator.register_for_checkpointing(setup.privacy)
     accelerator.register_save_state_pre_hook(checkpoint.keep_only_trainable_weights)
     run_eval = _Evaluator(recipe, setup, data, tokenizer.pad_token_id, accelerator)
     reference = load_reference(recipe.eval.reference) if recipe.eval.reference else None
@@ -287,6 +297,13 @@ def _train_in_run_dir(
             accelerator.unwrap_model(setup.model), tokenizer, run.run_dir, recipe, data, summary.precision
         )
     state = setup.state
+    if setup.privacy is not None:
+        summary.privacy = setup.privacy.describe()
+        metrics["epsilon"] = summary.privacy["epsilon"]
+        console.print(
+            f"privacy: epsilon {summary.privacy['epsilon']:.3f} spent of {summary.privacy['target_epsilon']} "
+            f"(delta {summary.privacy['delta']:.2e}, noise multiplier {summary.privacy['noise_multiplier']:.3f})"
+        )
     run.complete(
         steps=state.step,
         total_steps=setup.steps,
@@ -338,6 +355,8 @@ def _fit(
 
     def log_step(step: int, values: dict[str, float]) -> None:
         run.record_progress(step, state.tokens)  # the live counts, written at the next checkpoint or stop
+        if setup.privacy is not None and "loss" in values:
+            values["epsilon"] = setup.privacy.epsilon()
         log.log(step, values)
 
     hooks = Hooks(
@@ -352,7 +371,7 @@ def _fit(
         with progress, stop_on_sigterm() as stop:
             hooks.stop_requested = _agreed(stop, accelerator)
             fit(setup.model, setup.optimizer, setup.scheduler, setup.objective, setup.batches, cfg, setup.steps,
-                state, accelerator, hooks)  # fmt: skip
+                state, accelerator, hooks, setup.privacy.accumulate if setup.privacy else None)  # fmt: skip
     except BaseException as exc:  # a pruned, interrupted or failed run closes its trackers too, as such
         log.close(error=exc)
         raise

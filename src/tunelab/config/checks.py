@@ -159,6 +159,47 @@ def check_data_sources(recipe: Recipe) -> list[Problem]:
     return problems
 
 
+PRIVATE_TASKS = ("classify", "sft", "pretrain")
+PRIVATE_METHODS = ("full", "freeze", "lora")
+
+
+def check_privacy(recipe: Recipe) -> list[Problem]:
+    """What DP-SGD (training/privacy.py) cannot honour, each named: a packed row would hold several
+    people's data, recomputed or compiled blocks would confuse the per-example gradient hooks, fp16's
+    loss scale would scale the clipped gradients, and Poisson sampling draws from one dataset."""
+    train = recipe.train
+    if train.privacy is None:
+        return []
+    refusals = [
+        ("task", recipe.task not in PRIVATE_TASKS, f"is {recipe.task}; DP runs {', '.join(PRIVATE_TASKS)}"),
+        (
+            "method.name",
+            recipe.method.name not in PRIVATE_METHODS,
+            f"is {recipe.method.name}; DP runs {', '.join(PRIVATE_METHODS)}",
+        ),
+        ("train.packing", recipe.packing, "packing puts several examples (people) in one row; set it false"),
+        ("train.gradient_checkpointing", train.gradient_checkpointing, "is not supported with train.privacy"),
+        ("train.compile", train.compile, "is not supported with train.privacy"),
+        (
+            "train.precision",
+            train.precision == "fp16",
+            "fp16's loss scaling would scale the clipped gradients",
+        ),
+        (
+            "data.train",
+            recipe.data.multi_source,
+            "DP samples one dataset; mixtures and replay are not supported",
+        ),
+    ]
+    return [Problem(path, f"{message} (train.privacy)") for path, refused, message in refusals if refused]
+
+
+def check_class_weights(recipe: Recipe) -> list[Problem]:
+    if recipe.train.class_weights != "none" and recipe.task != "classify":
+        return [Problem("train.class_weights", "applies to task: classify only")]
+    return []
+
+
 CHECKS: list[Check] = [
     check_early_stopping,
     check_reference,
@@ -167,6 +208,8 @@ CHECKS: list[Check] = [
     check_preference_section,
     check_method_fits_task,
     check_data_sources,
+    check_privacy,
+    check_class_weights,
 ]
 
 

@@ -293,6 +293,24 @@ class EarlyStopping(Section):
     min_delta: float = Field(0.0, ge=0, description="Smallest change that counts as an improvement.")
 
 
+class PrivacyConfig(Section):
+    """DP-SGD through Opacus (training/privacy.py): each example's gradient is clipped, Gaussian noise is
+    added to their sum, and an accountant turns the noise and the sampling rate into (epsilon, delta)."""
+
+    target_epsilon: float = Field(gt=0, description="The privacy budget epsilon the whole run may spend.")
+    target_delta: float | None = Field(
+        None, gt=0, lt=1, description="The delta of (epsilon, delta)-DP; null: 1 / the training examples."
+    )
+    max_grad_norm: float = Field(
+        1.0,
+        gt=0,
+        description="Each example's gradient is clipped to this L2 norm (replaces train.max_grad_norm).",
+    )
+    accountant: Literal["prv", "rdp", "gdp"] = Field(
+        "prv", description="Opacus' privacy accountant: prv (tightest), rdp (Renyi DP) or gdp (Gaussian DP)."
+    )
+
+
 class TrainConfig(Section):
     epochs: float = Field(3, gt=0, description="Passes over the training data (ignored if max_steps).")
     max_steps: int | None = Field(None, gt=0, description="Optimizer steps to run; overrides epochs.")
@@ -325,6 +343,16 @@ class TrainConfig(Section):
         description="Stop when a validation metric stops improving, e.g. {metric: val_loss, patience: 3}.",
     )
     seed: int = Field(42, description="Seed for initialisation, data order and dropout.")
+    privacy: PrivacyConfig | None = Field(
+        None,
+        description="Differential privacy (DP-SGD), e.g. {target_epsilon: 8}: batches are Poisson-sampled "
+        "(batch_size x grad_accum examples expected per step, batch_size at most per micro-batch).",
+    )
+    class_weights: Literal["none", "auto"] = Field(
+        "none",
+        description="classify: auto weighs each class's loss by its inverse frequency in train (counted "
+        "after data.balance), so a rare class counts as much as a common one.",
+    )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto",
         description="Matmul precision (autocast; trainable weights stay float32). auto: bf16 where the "

@@ -82,9 +82,10 @@ def _timed_steps(
     from tunelab.training.loop import TrainState, accumulate_gradients, optimizer_step
 
     model, batches = setup.model, setup.batches
+    accumulate = setup.privacy.accumulate if setup.privacy is not None else accumulate_gradients
     longest = batches.collate(_longest_rows(data.splits["train"], recipe.train.batch_size))
     for _ in range(2):
-        accumulate_gradients(model, setup.objective, [longest], accelerator)
+        accumulate(model, setup.objective, [longest], accelerator)
         optimizer_step(model, setup.optimizer, setup.scheduler, recipe.train, accelerator)
     state, elapsed, tokens = TrainState(), 0.0, 0
     for i in range(steps):
@@ -94,7 +95,7 @@ def _timed_steps(
         state.epoch, state.batch_in_epoch = 0, min(position, batches.per_epoch - 1)
         micro = batches.next_step(state)
         started = time.perf_counter()
-        result = accumulate_gradients(model, setup.objective, micro, accelerator)
+        result = accumulate(model, setup.objective, micro, accelerator)
         optimizer_step(model, setup.optimizer, setup.scheduler, recipe.train, accelerator)
         if cuda:
             torch.cuda.synchronize()

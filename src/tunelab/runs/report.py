@@ -33,6 +33,7 @@ SECTIONS = (
     "confusion",
     "entities",
     "forgetting",
+    "privacy",
     "data",
     "cost",
 )
@@ -57,6 +58,7 @@ def write_report(run_dir: str | Path) -> Path:
         "confusion": _confusion_section(evaluation),
         "entities": _entities_section(evaluation),
         "forgetting": _forgetting_section(evaluation),
+        "privacy": _privacy_section(summary),
         "data": _data_section(data, summary.examples) if data else None,
         "cost": _cost_section(summary, metrics),
     }
@@ -243,6 +245,21 @@ def _forgetting_section(evaluation: dict[str, Any]) -> dict[str, Any] | None:
         ("tolerance", _fmt(check.get("tolerance"))),
     ]
     return {"rows": rows, "warning": bool(check.get("warning")), "metric": metric}
+
+
+def _privacy_section(summary: RunSummary) -> Rows | None:
+    """train.privacy: the epsilon spent (the accountant's, recomputed) beside the target."""
+    dp = summary.privacy
+    if not dp:
+        return None
+    return [
+        ("epsilon spent / target", f"{_fmt(dp['epsilon'], 3)} / {dp['target_epsilon']}"),
+        ("delta", f"{dp['delta']:.3g}"),
+        ("accountant", str(dp["accountant"])),
+        ("noise multiplier", _fmt(dp["noise_multiplier"], 4)),
+        ("per-example clip norm", _fmt(dp["max_grad_norm"], 4)),
+        ("sampling rate (expected batch)", f"{_fmt(dp['sample_rate'], 5)} ({dp['expected_batch']})"),
+    ]
 
 
 def _data_section(report: dict[str, Any], trained: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -439,6 +456,9 @@ img{max-width:100%;height:auto}
 reference set changed by more than the tolerance: the model may have lost some of what it knew before fine-tuning.</div>{% endif %}
 {{ kv(forgetting.rows) }}
 {% else %}{{ missing("A forgetting check is") }}{% endif %}</section>
+
+<section id="privacy"><h2>Differential privacy</h2>
+{% if privacy %}{{ kv(privacy) }}{% else %}{{ missing("Differential privacy (train.privacy) is") }}{% endif %}</section>
 
 <section id="data"><h2>Data</h2>
 {% if data %}{% for w in data.warnings %}<div class="warning">{{ w }}</div>{% endfor %}

@@ -51,6 +51,8 @@ class RunSummary:
     baselines: dict[str, dict[str, Any]] = field(default_factory=dict)
     forgetting_before: float | None = None  # full/freeze: the reference scored before the first step
     forgetting: dict[str, Any] | None = None
+    # train.privacy: the target and the epsilon spent (from the accountant), the noise and sampling rate
+    privacy: dict[str, Any] | None = None
     metrics: dict[str, Any] = field(default_factory=dict)  # the fine-tuned model's
     error: str | None = None
     report: str | None = None  # report.html, once written

@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -141,6 +141,19 @@ class MicroBatches:
         return self.collate_fn(examples, self.pad_token_id)
 
 
+class StepBatches(Protocol):
+    """What `fit` draws from: MicroBatches, or under DP training/privacy.py's PoissonBatches."""
+
+    @property
+    def per_epoch(self) -> int: ...
+
+    def next_step(self, state: TrainState) -> list[Batch]: ...
+
+    def take_mix(self) -> dict[str, float]: ...
+
+    def collate(self, examples: list[Example]) -> Batch: ...
+
+
 GROUP_SPAN = 50  # global batches per sorted group: HF's LengthGroupedSampler uses the same multiple
 
 
@@ -243,6 +256,9 @@ def _sum_over_processes(accelerator: Any, *counts: int) -> tuple[int, ...]:
     return tuple(int(x) for x in accelerator.reduce(local, "sum").tolist())
 
 
+Accumulate = Callable[[Any, Objective, list[Batch], Any], StepResult]
+
+
 @dataclass
 class Hooks:
     """What the loop reports to and asks of the outside world (run folder, progress bar)."""
@@ -261,13 +277,17 @@ def fit(
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     objective: Objective,
-    batches: MicroBatches,
+    batches: StepBatches,
     cfg: TrainConfig,
     total_steps: int,
     state: TrainState,
     accelerator: Any,
     hooks: Hooks,
+    accumulate: Accumulate | None = None,
 ) -> TrainState:
+    """Steps until `total_steps` (or early stopping). `accumulate` replaces `accumulate_gradients`: DP's
+    per-example clipping (training/privacy.py) plugs in there."""
+    accumulate = accumulate or accumulate_gradients
     model.train()
     window: list[StepResult] = []
     window_start, window_tokens = time.perf_counter(), 0
@@ -275,7 +295,7 @@ def fit(
     grad_norm: torch.Tensor | None = None
     while state.step < total_steps and not state.stopped_early:
         micro = batches.next_step(state)
-        result = accumulate_gradients(model, objective, micro, accelerator)
+        result = accumulate(model, objective, micro, accelerator)
         grad_norm = optimizer_step(model, optimizer, scheduler, cfg, accelerator)
         state.step += 1
         state.tokens += result.tokens
@@ -311,7 +331,7 @@ def optimizer_step(
 ) -> torch.Tensor | None:
     """Clip, step, schedule. The gradient norm comes back as a device tensor, unread."""
     grad_norm = None
-    if cfg.max_grad_norm is not None:
+    if cfg.max_grad_norm is not None and cfg.privacy is None:  # DP clips each example instead
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
     optimizer.step()
     scheduler.step()

@@ -85,6 +85,20 @@ def classification(model: Any, batch: Batch) -> Output:
     return Output(loss_sum=loss_sum, logits=logits)
 
 
+def weighted_classification(weights: list[float]) -> Callable[[Any, Batch], Output]:
+    """train.class_weights: each example's cross-entropy times its class's weight. The weights average 1
+    over train ("balanced"), so the loss stays a sum over examples and is normalised by their count,
+    as the unweighted loss is (torch's weighted mean would divide by the weights instead)."""
+
+    def loss(model: Any, batch: Batch) -> Output:
+        logits = model(**model_inputs(batch)).logits
+        per_example = F.cross_entropy(logits.float(), batch["labels"], reduction="none")
+        weight = torch.tensor(weights, device=logits.device)[batch["labels"]]
+        return Output(loss_sum=(per_example * weight).sum(), logits=logits)
+
+    return loss
+
+
 def classification_targets(batch: Batch) -> int:
     return int(batch["labels"].numel())
 
@@ -160,9 +174,14 @@ def collate_for(task: str) -> Callable[[list[dict[str, Any]], int], Batch]:
     return collate
 
 
-def build_objective(task: str, preference: PreferenceConfig, model: Any) -> Objective:
+def build_objective(
+    task: str, preference: PreferenceConfig, model: Any, class_weights: list[float] | None = None
+) -> Objective:
     """The task's loss. DPO and IPO compare against a reference: the same model with its adapter
-    switched off (no second copy), or for full/freeze a frozen copy of the weights before training."""
+    switched off (no second copy), or for full/freeze a frozen copy of the weights before training.
+    `class_weights` (classify) weighs each example's loss by its class."""
+    if class_weights is not None:
+        return Objective(loss=weighted_classification(class_weights), count_targets=classification_targets)
     if task == "reward":
         from tunelab.training.preference import reward_objective
 

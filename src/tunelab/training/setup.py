@@ -9,11 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from tunelab.data.mixture import MixedOrder
 from tunelab.data.packing import check_packing_supported, collate_packed
+from tunelab.errors import TunelabError
 from tunelab.models.load import LoadedModel, load_model, quantisation_for
 from tunelab.models.methods import apply_method
-from tunelab.training.loop import MicroBatches, TrainState
+from tunelab.training.loop import MicroBatches, StepBatches, TrainState
 from tunelab.training.objectives import Objective, build_objective, collate_for
 from tunelab.training.precision import Precision, upcast_trainable
 from tunelab.training.schedule import build_optimizer, build_scheduler, total_steps
@@ -22,6 +25,7 @@ from tunelab.training.speed import compile_blocks, enable_gradient_checkpointing
 if TYPE_CHECKING:
     from tunelab.config import Recipe
     from tunelab.data.pipeline import PreparedData
+    from tunelab.training.privacy import Privacy
 
 
 @dataclass
@@ -30,10 +34,12 @@ class TrainingSetup:
     optimizer: Any
     scheduler: Any
     objective: Objective
-    batches: MicroBatches
+    batches: StepBatches
     steps: int  # optimizer steps in the run
     state: TrainState
     mixed: MixedOrder | None = None  # a multi-dataset run's order
+    privacy: Privacy | None = None  # train.privacy: Opacus' engine, DP optimizer and budget
+    class_weights: list[float] | None = None  # train.class_weights: auto, one per label id
 
 
 def load_for_training(
@@ -102,12 +108,58 @@ def build_training(
     """Objective, batches, the run's length, AdamW and its schedule, with the model and optimizer
     prepared by accelerate (the scheduler is not: accelerate's wrapper would step it once per process)."""
     cfg = recipe.train
-    objective = build_objective(recipe.task, recipe.preference, model)
-    batches, mixed = train_batches(recipe, data, pad_id, accelerator)
+    weights = class_weights(recipe, data) if cfg.class_weights == "auto" else None
+    objective = build_objective(recipe.task, recipe.preference, model, class_weights=weights)
+    batches: StepBatches
+    if cfg.privacy is not None:
+        batches, mixed = private_batches(recipe, data, pad_id, model), None
+    else:
+        batches, mixed = train_batches(recipe, data, pad_id, accelerator)
     steps = total_steps(cfg, batches.per_epoch)
     if mixed is not None:  # a progressive schedule ramps over the steps the run really takes
         mixed.epochs = steps * cfg.grad_accum / batches.per_epoch
-    optimizer = build_optimizer(model, cfg)
+    optimizer, privacy = build_optimizer(model, cfg), None
+    if cfg.privacy is not None:
+        from tunelab.training.privacy import PoissonBatches, make_private
+
+        assert isinstance(batches, PoissonBatches)
+        if accelerator.num_processes > 1:
+            raise TunelabError("train.privacy runs on one process", fix="train without --nproc")
+        privacy = make_private(model, optimizer, batches, steps, recipe.task, accelerator.device, weights)
+        optimizer = privacy.optimizer
     model, optimizer = accelerator.prepare(model, optimizer)
     scheduler = build_scheduler(optimizer, cfg, steps)
-    return TrainingSetup(model, optimizer, scheduler, objective, batches, steps, TrainState(), mixed)
+    return TrainingSetup(
+        model, optimizer, scheduler, objective, batches, steps, TrainState(), mixed, privacy, weights
+    )
+
+
+def private_batches(recipe: Recipe, data: PreparedData, pad_id: int, model: Any) -> StepBatches:
+    """DP's Poisson-sampled batches, with per-row positions for models whose forward takes them."""
+    import inspect
+
+    from tunelab.training.privacy import PoissonBatches
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    takes_positions = "position_ids" in inspect.signature(base.forward).parameters
+    return PoissonBatches(
+        data.splits["train"], recipe.train, pad_id, collate_for(recipe.task), position_ids=takes_positions
+    )
+
+
+def class_weights(recipe: Recipe, data: PreparedData) -> list[float]:
+    """train.class_weights: auto: scikit-learn's "balanced" weights, n / (classes x count), from the
+    train split as it is trained on (after data.balance), one per label id."""
+    from sklearn.utils.class_weight import compute_class_weight
+
+    assert data.label_map is not None
+    labels = [int(e["label"]) for e in data.splits["train"]]
+    classes = sorted(data.label_map.values())
+    present = sorted(set(labels))
+    if present != classes:
+        missing = sorted(set(classes) - set(present))
+        raise TunelabError(
+            f"train.class_weights: auto needs every class in train; label ids {missing} never occur",
+            fix="add examples of those classes or set train.class_weights: none",
+        )
+    return [float(w) for w in compute_class_weight("balanced", classes=np.array(classes), y=labels)]
