@@ -8,6 +8,7 @@ from tunelab.config.preflight import check_host, host_problems
 from tunelab.config.recipe import CAUSAL_TASKS, TASKS, Recipe, source_name
 from tunelab.config.sections import (
     BASELINES,
+    ContentScreen,
     DataConfig,
     EarlyStopping,
     EvalConfig,
@@ -38,6 +39,7 @@ __all__ = [
     "CHECKS",
     "TASKS",
     "AdapterMethod",
+    "ContentScreen",
     "DataConfig",
     "DoraMethod",
     "EarlyStopping",

@@ -7,11 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, Field, field_validator
 
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+from tunelab.config.base import Section
+from tunelab.config.safety import ContentScreen, PrivacyConfig
 
 
 def _existing_file(value: str) -> str:
@@ -251,6 +250,11 @@ class DataConfig(Section):
         description="sft rows over train.max_seq_len: prompt cuts the user turns first and keeps the answer "
         "(the answer's end is cut only when it alone does not fit); end cuts the row's end.",
     )
+    content_screen: ContentScreen | None = Field(
+        None,
+        description="Score every text for offensive content and name each flagged row by file:line, e.g. "
+        "{action: drop, threshold: 0.8}; null: off.",
+    )
     balance: Literal["none", "oversample", "undersample"] = Field(
         "none", description="classify: even out label counts in train by repeating or leaving out examples."
     )
@@ -291,24 +295,6 @@ class EarlyStopping(Section):
     )
     patience: int = Field(3, ge=1, description="Evaluations without improvement before stopping.")
     min_delta: float = Field(0.0, ge=0, description="Smallest change that counts as an improvement.")
-
-
-class PrivacyConfig(Section):
-    """DP-SGD through Opacus (training/privacy.py): each example's gradient is clipped, Gaussian noise is
-    added to their sum, and an accountant turns the noise and the sampling rate into (epsilon, delta)."""
-
-    target_epsilon: float = Field(gt=0, description="The privacy budget epsilon the whole run may spend.")
-    target_delta: float | None = Field(
-        None, gt=0, lt=1, description="The delta of (epsilon, delta)-DP; null: 1 / the training examples."
-    )
-    max_grad_norm: float = Field(
-        1.0,
-        gt=0,
-        description="Each example's gradient is clipped to this L2 norm (replaces train.max_grad_norm).",
-    )
-    accountant: Literal["prv", "rdp", "gdp"] = Field(
-        "prv", description="Opacus' privacy accountant: prv (tightest), rdp (Renyi DP) or gdp (Gaussian DP)."
-    )
 
 
 class TrainConfig(Section):

@@ -151,6 +151,10 @@ def _prepare_source(
             splits.pop("train"), ratios, seed=stage.seed, stratify=stratify
         )
         splits.update(held)
+    if stage.data.content_screen is not None:  # after the split: held-out rows are reported, not dropped
+        from tunelab.data.screen import screen_splits
+
+        screen_splits(stage.data.content_screen, splits, report)
     return splits
 
 
@@ -485,5 +489,9 @@ def describe(report: dict[str, Any]) -> str:
     hits = sum(sum(split["hits"].values()) for split in report.get("pii", {}).values())
     if "pii" in report:
         parts.append(f"{hits} PII hits ({next(iter(report['pii'].values()))['policy']})")
+    if report.get("content_screen"):
+        from tunelab.data.screen import describe_screen
+
+        parts.append(describe_screen(report["content_screen"]))
     kept = ", ".join(f"{split} {n:,}" for split, n in report.get("records", {}).items())
     return f"data: {'; '.join(parts)} -> {kept}"

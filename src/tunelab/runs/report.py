@@ -286,7 +286,24 @@ def _data_section(report: dict[str, Any], trained: dict[str, Any] | None = None)
         "labels": [(str(label), _fmt(n)) for label, n in labels.get("counts", {}).items()],
         "imbalance": _fmt(labels.get("imbalance_ratio"), 2),
         "warnings": [str(w) for w in report.get("warnings", [])],
+        **_screen_rows(report.get("content_screen") or {}),
     }
+
+
+SCREEN_ROWS_SHOWN = 20  # flagged rows shown per split; report.json lists them all
+
+
+def _screen_rows(screen: dict[str, Any]) -> dict[str, Any]:
+    """data.content_screen: per split, the flagged count and share; the flagged rows by file:line."""
+    if not screen:
+        return {"screen": None, "screen_flagged": None}
+    keys = ("scorer", "threshold", "action", "flagged", "flagged_share", "dropped")
+    flagged = [
+        [split, str(row["source"]), _fmt(row["score"], 3), str(row["where"])]
+        for split, step in screen.items()
+        for row in step["flagged_rows"][:SCREEN_ROWS_SHOWN]
+    ]
+    return {"screen": _by_split(screen, keys), "screen_flagged": flagged}
 
 
 def _cost_section(summary: RunSummary, metrics: list[dict[str, Any]]) -> Rows | None:
@@ -468,6 +485,8 @@ reference set changed by more than the tolerance: the model may have lost some o
 {% if data.leakage %}<h3>leakage into held-out splits</h3>
 <p>policy: {{ data.leakage.policy }}; removed from train: {{ data.leakage.removed }}</p>
 {% if data.overlap %}{{ grid(["split", "exact overlap", "near overlap"], data.overlap) }}{% endif %}{% endif %}
+{% if data.screen %}<h3>content screen</h3>{{ grid(["split", "scorer", "threshold", "action", "flagged rows", "flagged share", "dropped"], data.screen) }}
+{% if data.screen_flagged %}{{ grid(["split", "row", "score", "where"], data.screen_flagged) }}{% endif %}{% endif %}
 {% if data.labels %}<h3>label balance (train)</h3>
 <p>imbalance ratio (largest / smallest class): {{ data.imbalance }}</p>{{ kv(data.labels) }}{% endif %}
 {% else %}{{ missing("A data report (data/report.json) is") }}{% endif %}</section>

@@ -188,7 +188,9 @@ class Privacy:
             self.optimizer.signal_skip_step(do_skip=not last)
             losses = self.loss(model, batch) * batch[WEIGHT]
             # The mean, as Opacus' loss_reduction="mean" expects: its hooks multiply by the rows back.
-            accelerator.backward(losses.mean())
+            with warnings.catch_warnings():  # the first hooked layer's inputs need no gradient: fine
+                warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                accelerator.backward(losses.mean())
             loss_sum += losses.detach().sum()
             if not last:
                 self.optimizer.step()  # clip and add up; no update
@@ -244,7 +246,6 @@ def make_private(
         steps=steps,
         accountant=cfg.accountant,
     )
-    engine = PrivacyEngine(accountant=cfg.accountant)
     model.train()  # Opacus validates a model in training mode; the before-training score left it in eval
     noise = torch.Generator(device=device)
     # Opacus reads the sample rate off a data loader: one of the same length stands in for ours.
@@ -253,6 +254,7 @@ def make_private(
     )
     with warnings.catch_warnings():  # "secure RNG turned off": said in this module's docstring
         warnings.filterwarnings("ignore", message="Secure RNG turned off")
+        engine = PrivacyEngine(accountant=cfg.accountant)
         hooks, dp_optimizer, loader = engine.make_private(
             module=model,
             optimizer=optimizer,
