@@ -34,6 +34,8 @@ from tunelab.data.pipeline import (
 )
 from tunelab.data.tokenize import Example
 from tunelab.data.written import write_prepared
+from tunelab.evaluation.canaries import audit, describe_audit
+from tunelab.evaluation.canaries import metrics_of as canary_metrics
 from tunelab.evaluation.forgetting import load_reference
 from tunelab.evaluation.forgetting import score as score_reference
 from tunelab.evaluation.generative import GENERATIONS_FILE, ask, read_generations, write_generations
@@ -419,6 +421,13 @@ def _score_after_training(
         pad_id = prepared.loaded.tokenizer.pad_token_id
         scored = tagging_eval(recipe, model, data, summary, pad_id, accelerator) or {}
         metrics.update(scored.get("fine_tuned", {}))
+    if recipe.eval.canaries is not None:
+        tokenizer = prepared.loaded.tokenizer
+        scored["canaries"] = audit(
+            accelerator.unwrap_model(model), tokenizer, recipe.eval.canaries, recipe.task
+        )
+        metrics.update(canary_metrics(scored["canaries"]))
+        console.print(describe_audit(scored["canaries"]))
     if reference is not None:
         forgetting = forgetting_check(
             recipe, model, prepared.loaded.tokenizer, reference, summary, accelerator

@@ -194,6 +194,21 @@ def check_privacy(recipe: Recipe) -> list[Problem]:
     return [Problem(path, f"{message} (train.privacy)") for path, refused, message in refusals if refused]
 
 
+def check_canaries(recipe: Recipe) -> list[Problem]:
+    if recipe.eval.canaries is None:
+        return []
+    problems = []
+    if recipe.task not in ("sft", "pretrain"):
+        problems.append(
+            Problem("eval.canaries", f"is for task sft or pretrain (generation), not {recipe.task}")
+        )
+    if recipe.data.multi_source:
+        problems.append(
+            Problem("eval.canaries", "is for one training dataset; mixtures and replay are not supported")
+        )
+    return problems
+
+
 def check_class_weights(recipe: Recipe) -> list[Problem]:
     if recipe.train.class_weights != "none" and recipe.task != "classify":
         return [Problem("train.class_weights", "applies to task: classify only")]
@@ -210,6 +225,7 @@ CHECKS: list[Check] = [
     check_data_sources,
     check_privacy,
     check_class_weights,
+    check_canaries,
 ]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from tunelab.config.base import Section
 
@@ -52,3 +52,30 @@ class ContentScreen(Section):
         None, description="scorer openai: the API base URL (default OPENAI_BASE_URL, else api.openai.com/v1)."
     )
     model: str = Field("omni-moderation-latest", description="scorer openai: the moderation model.")
+
+
+class Canaries(Section):
+    """evaluation/canaries.py: the Secret Sharer's memorisation audit (Carlini et al., 2019)."""
+
+    repetitions: list[int] = Field(
+        default_factory=lambda: [1, 4, 16],
+        min_length=1,
+        description="How many times each group of canaries is put in train; a group of the same size is "
+        "never put in, as the control.",
+    )
+    per_repetition: int = Field(2, ge=1, le=50, description="Canaries in each group.")
+    digits: int = Field(6, ge=3, le=12, description="Length of each canary's random secret, in digits.")
+    candidates: int = Field(
+        500,
+        ge=10,
+        description="Random secrets each canary is ranked against: exposure = log2(candidates + 1) - "
+        "log2(rank), so this caps the exposure that can be measured.",
+    )
+    seed: int = Field(0, description="Draws the secrets, the candidates and where the canaries go in train.")
+
+    @field_validator("repetitions")
+    @classmethod
+    def _positive(cls, value: list[int]) -> list[int]:
+        if any(n < 1 for n in value) or len(set(value)) != len(value):
+            raise ValueError("repetitions are distinct counts of 1 or more, e.g. [1, 4, 16]")
+        return sorted(value)

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, Field, field_validator
 
 from tunelab.config.base import Section
-from tunelab.config.safety import ContentScreen, PrivacyConfig
+from tunelab.config.safety import Canaries, ContentScreen, PrivacyConfig
 
 
 def _existing_file(value: str) -> str:
@@ -400,6 +400,11 @@ class EvalConfig(Section):
     max_new_tokens: int = Field(128, ge=1, description="Longest generated answer eval.metrics scores.")
     show_examples: int = Field(
         1, ge=0, description="Answers printed before and after training (a seeded draw, not the best)."
+    )
+    canaries: Canaries | None = Field(
+        None,
+        description="sft/pretrain: a memorisation audit. Random secrets are put in train at chosen repetition "
+        "counts; after training each one's exposure and whether greedy decoding recites it are measured.",
     )
 
     @field_validator("label_descriptions", mode="before")

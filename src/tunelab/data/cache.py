@@ -53,6 +53,7 @@ def cache_key(recipe: Recipe, tokenizer: Any) -> str:
         "max_seq_len": recipe.train.max_seq_len,
         "packing": recipe.packing,
         "seed": recipe.train.seed,  # splits and balancing draw from it
+        "canaries": recipe.eval.canaries.model_dump() if recipe.eval.canaries else None,  # put in train
         "tokenizer": tokenizer_fingerprint(tokenizer),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]

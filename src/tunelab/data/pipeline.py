@@ -13,12 +13,14 @@ from typing import Any
 
 from tunelab.config import DataConfig, Recipe, source_name
 from tunelab.data import quality
+from tunelab.data.canaries import insert_canaries
 from tunelab.data.clean import NearDupConfig
 from tunelab.data.formats import RECORD_KIND, Columns, load_split
 from tunelab.data.labels import build_label_map, check_labels_known
 from tunelab.data.mixture import REPLAY
 from tunelab.data.packing import pack_examples
 from tunelab.data.records import Chat, Labeled, Preference, Record, Tagged, Text
+from tunelab.data.screen import describe_screen, screen_splits
 from tunelab.data.tagged import tag_map_of, tokenize_tagged
 from tunelab.data.templates import add_marker_tokens, ensure_chat_template, split_markers
 from tunelab.data.tokenize import (
@@ -123,6 +125,10 @@ def load_records(recipe: Recipe) -> Records:
         label_map = _labels(stage, splits, report)
     elif stage.task == "token_classify":
         label_map = tag_map_of(splits, report)
+    if recipe.eval.canaries is not None:  # after every cleaning step: their copies are deliberate
+        splits["train"], report["canaries"] = insert_canaries(
+            splits["train"], recipe.eval.canaries, stage.task
+        )
     report["records"] = {split: len(records) for split, records in splits.items()}
     return Records(splits=splits, label_map=label_map, report=report)
 
@@ -152,8 +158,6 @@ def _prepare_source(
         )
         splits.update(held)
     if stage.data.content_screen is not None:  # after the split: held-out rows are reported, not dropped
-        from tunelab.data.screen import screen_splits
-
         screen_splits(stage.data.content_screen, splits, report)
     return splits
 
@@ -490,8 +494,6 @@ def describe(report: dict[str, Any]) -> str:
     if "pii" in report:
         parts.append(f"{hits} PII hits ({next(iter(report['pii'].values()))['policy']})")
     if report.get("content_screen"):
-        from tunelab.data.screen import describe_screen
-
         parts.append(describe_screen(report["content_screen"]))
     kept = ", ".join(f"{split} {n:,}" for split, n in report.get("records", {}).items())
     return f"data: {'; '.join(parts)} -> {kept}"

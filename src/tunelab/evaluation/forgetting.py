@@ -84,7 +84,7 @@ def _choice_accuracy(
     order = sorted(range(len(pairs)), key=lambda j: len(pairs[j][2]) + len(pairs[j][3]))
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
-        values = _continuation_logliks(model, tokenizer, [(pairs[j][2], pairs[j][3]) for j in chunk])
+        values = continuation_logliks(model, tokenizer, [(pairs[j][2], pairs[j][3]) for j in chunk])
         for j, value in zip(chunk, values, strict=True):
             loglik[j] = value
     best: dict[int, tuple[float, int]] = {}
@@ -94,9 +94,7 @@ def _choice_accuracy(
     return sum(best[q][1] == item.answer for q, item in enumerate(questions)) / len(questions)
 
 
-def _continuation_logliks(
-    model: Any, tokenizer: Any, items: list[tuple[list[int], list[int]]]
-) -> list[float]:
+def continuation_logliks(model: Any, tokenizer: Any, items: list[tuple[list[int], list[int]]]) -> list[float]:
     """Sum of log P(continuation token | everything before it), per (context, continuation)."""
     rows = [ctx + cont for ctx, cont in items]
     width = max(len(r) for r in rows)

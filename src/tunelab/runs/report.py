@@ -20,6 +20,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from tunelab.errors import TunelabError
+from tunelab.runs.report_safety import by_split as _by_split
+from tunelab.runs.report_safety import canaries_section, privacy_section, screen_rows
+from tunelab.runs.report_safety import fmt as _fmt
 from tunelab.runs.rundir import read_summary, write_text_atomic
 from tunelab.runs.summary import RunSummary
 
@@ -34,6 +37,7 @@ SECTIONS = (
     "entities",
     "forgetting",
     "privacy",
+    "canaries",
     "data",
     "cost",
 )
@@ -58,7 +62,8 @@ def write_report(run_dir: str | Path) -> Path:
         "confusion": _confusion_section(evaluation),
         "entities": _entities_section(evaluation),
         "forgetting": _forgetting_section(evaluation),
-        "privacy": _privacy_section(summary),
+        "privacy": privacy_section(summary),
+        "canaries": canaries_section(evaluation),
         "data": _data_section(data, summary.examples) if data else None,
         "cost": _cost_section(summary, metrics),
     }
@@ -100,25 +105,6 @@ def _series(metrics: list[dict[str, Any]], key: str) -> tuple[list[float], list[
 
 # ---------------------------------------------------------------------------------------------
 # formatting
-
-
-def _fmt(value: Any, digits: int = 4) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    if isinstance(value, dict):  # counts by kind, e.g. PII hits {"EMAIL": 3}
-        return ", ".join(f"{k} {_fmt(n)}" for k, n in value.items()) or "none"
-    return str(value)
-
-
-def _by_split(table: dict[str, dict[str, Any]], keys: tuple[str, ...]) -> list[list[str]]:
-    """One row per split: the split's name, then each key's value."""
-    return [[split, *(_fmt(row.get(key)) for key in keys)] for split, row in table.items()]
 
 
 def _duration(seconds: float) -> str:
@@ -247,21 +233,6 @@ def _forgetting_section(evaluation: dict[str, Any]) -> dict[str, Any] | None:
     return {"rows": rows, "warning": bool(check.get("warning")), "metric": metric}
 
 
-def _privacy_section(summary: RunSummary) -> Rows | None:
-    """train.privacy: the epsilon spent (the accountant's, recomputed) beside the target."""
-    dp = summary.privacy
-    if not dp:
-        return None
-    return [
-        ("epsilon spent / target", f"{_fmt(dp['epsilon'], 3)} / {dp['target_epsilon']}"),
-        ("delta", f"{dp['delta']:.3g}"),
-        ("accountant", str(dp["accountant"])),
-        ("noise multiplier", _fmt(dp["noise_multiplier"], 4)),
-        ("per-example clip norm", _fmt(dp["max_grad_norm"], 4)),
-        ("sampling rate (expected batch)", f"{_fmt(dp['sample_rate'], 5)} ({dp['expected_batch']})"),
-    ]
-
-
 def _data_section(report: dict[str, Any], trained: dict[str, Any] | None = None) -> dict[str, Any]:
     """`trained`: summary.json's examples per split, after tokenisation (and packing: rows), which can
     be fewer than the rows kept by cleaning. Both are shown, each under its own name."""
@@ -286,24 +257,8 @@ def _data_section(report: dict[str, Any], trained: dict[str, Any] | None = None)
         "labels": [(str(label), _fmt(n)) for label, n in labels.get("counts", {}).items()],
         "imbalance": _fmt(labels.get("imbalance_ratio"), 2),
         "warnings": [str(w) for w in report.get("warnings", [])],
-        **_screen_rows(report.get("content_screen") or {}),
+        **screen_rows(report.get("content_screen") or {}),
     }
-
-
-SCREEN_ROWS_SHOWN = 20  # flagged rows shown per split; report.json lists them all
-
-
-def _screen_rows(screen: dict[str, Any]) -> dict[str, Any]:
-    """data.content_screen: per split, the flagged count and share; the flagged rows by file:line."""
-    if not screen:
-        return {"screen": None, "screen_flagged": None}
-    keys = ("scorer", "threshold", "action", "flagged", "flagged_share", "dropped")
-    flagged = [
-        [split, str(row["source"]), _fmt(row["score"], 3), str(row["where"])]
-        for split, step in screen.items()
-        for row in step["flagged_rows"][:SCREEN_ROWS_SHOWN]
-    ]
-    return {"screen": _by_split(screen, keys), "screen_flagged": flagged}
 
 
 def _cost_section(summary: RunSummary, metrics: list[dict[str, Any]]) -> Rows | None:
@@ -476,6 +431,12 @@ reference set changed by more than the tolerance: the model may have lost some o
 
 <section id="privacy"><h2>Differential privacy</h2>
 {% if privacy %}{{ kv(privacy) }}{% else %}{{ missing("Differential privacy (train.privacy) is") }}{% endif %}</section>
+
+<section id="canaries"><h2>Memorisation audit</h2>
+{% if canaries %}<p>Exposure of each group's secrets, ranked among {{ canaries.candidates }} random ones (at most
+{{ canaries.max }} bits; about 1 to 2 for a secret never seen, as the controls show). Recited: greedy decoding of the
+canary's prompt gives its secret.</p>{{ grid(["put in train", "canaries", "mean exposure (bits)", "recited"], canaries.rows) }}
+{% else %}{{ missing("A canary audit (eval.canaries) is") }}{% endif %}</section>
 
 <section id="data"><h2>Data</h2>
 {% if data %}{% for w in data.warnings %}<div class="warning">{{ w }}</div>{% endfor %}
