@@ -41,6 +41,7 @@ from tunelab.evaluation.forgetting import score as score_reference
 from tunelab.evaluation.generative import GENERATIONS_FILE, ask, read_generations, write_generations
 from tunelab.evaluation.metrics import evaluate
 from tunelab.evaluation.scoring import (
+    bias_eval,
     chat_records,
     classification_eval,
     describe_forgetting,
@@ -56,7 +57,7 @@ from tunelab.models.final import save_final
 from tunelab.models.load import LoadedModel, check_sequence_length, load_tokenizer
 from tunelab.models.methods import count_parameters, is_adapter
 from tunelab.runs.lifecycle import RunFolder, initial_summary
-from tunelab.runs.rundir import MetricsLog, create_run_dir, write_text_atomic
+from tunelab.runs.rundir import MetricsLog, create_run_dir, last_train_loss, write_text_atomic
 from tunelab.runs.summary import RunSummary
 from tunelab.runs.trackers import check_trackers, open_trackers
 from tunelab.training import checkpoint
@@ -302,10 +303,7 @@ def _train_in_run_dir(
     if setup.privacy is not None:
         summary.privacy = setup.privacy.describe()
         metrics["epsilon"] = summary.privacy["epsilon"]
-        console.print(
-            f"privacy: epsilon {summary.privacy['epsilon']:.3f} spent of {summary.privacy['target_epsilon']} "
-            f"(delta {summary.privacy['delta']:.2e}, noise multiplier {summary.privacy['noise_multiplier']:.3f})"
-        )
+        console.print(setup.privacy.spent_line())
     run.complete(
         steps=state.step,
         total_steps=setup.steps,
@@ -406,7 +404,7 @@ def _score_after_training(
     """The run's metrics: the last train loss and validation pass, the test split, a classifier's
     per-class scores and the forgetting check (both also in eval.json)."""
     data, summary, model = prepared.data, run.summary, setup.model
-    metrics = {"train_loss_last": _last_train_loss(run.run_dir), **setup.state.last_metrics}
+    metrics = {"train_loss_last": last_train_loss(run.run_dir), **setup.state.last_metrics}
     if "test" in data.splits:
         metrics.update(run_eval("test"))
     if recipe.eval.metrics:
@@ -417,6 +415,16 @@ def _score_after_training(
         scored = classification_eval(recipe, model, data, summary, metrics, pad_id, accelerator) or {}
         if scored:
             metrics[f"{scored['split_prefix']}_macro_f1"] = scored["classification"]["macro"]["f1"]
+        if recipe.eval.bias is not None:
+            scored["bias"] = bias_eval(
+                recipe, model, data, prepared.records, prepared.cached_files, pad_id, accelerator
+            )
+            for warning in [
+                *scored["bias"]["data"]["warnings"],
+                *scored["bias"].get("model", {}).get("warnings", []),
+            ]:
+                summary.notes.append(f"bias: {warning}")
+                console.print(f"[yellow]bias:[/] {warning}")
     elif recipe.task == "token_classify":
         pad_id = prepared.loaded.tokenizer.pad_token_id
         scored = tagging_eval(recipe, model, data, summary, pad_id, accelerator) or {}
@@ -474,14 +482,6 @@ def _per_dataset(examples: list[Example]) -> list[tuple[str, list[Example]]]:
     if not names:
         return []
     return [(name, [e for e in examples if e.get("dataset") == name]) for name in dict.fromkeys(names)]
-
-
-def _last_train_loss(run_dir: Path) -> float | None:
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return None
-    losses = [row["loss"] for row in map(json.loads, path.read_text().splitlines()) if "loss" in row]
-    return losses[-1] if losses else None
 
 
 def _progress_bar(console: Console, enabled: bool) -> Progress:

@@ -210,9 +210,14 @@ def check_canaries(recipe: Recipe) -> list[Problem]:
 
 
 def check_class_weights(recipe: Recipe) -> list[Problem]:
+    problems = []
     if recipe.train.class_weights != "none" and recipe.task != "classify":
-        return [Problem("train.class_weights", "applies to task: classify only")]
-    return []
+        problems.append(Problem("train.class_weights", "applies to task: classify only"))
+    if recipe.eval.bias is not None and recipe.task != "classify":
+        problems.append(
+            Problem("eval.bias", "applies to task: classify only (labels against identity terms)")
+        )
+    return problems
 
 
 CHECKS: list[Check] = [

@@ -79,3 +79,24 @@ class Canaries(Section):
         if any(n < 1 for n in value) or len(set(value)) != len(value):
             raise ValueError("repetitions are distinct counts of 1 or more, e.g. [1, 4, 16]")
         return sorted(value)
+
+
+class BiasConfig(Section):
+    """evaluation/bias.py: identity terms against labels (data) and against the classifier's errors."""
+
+    terms: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Subgroups to add, or whose terms to replace, over the built-in list (evaluation/bias.py "
+        "TERMS), e.g. {vegan: [vegan, vegans]}; matched as whole words, any case.",
+    )
+    max_gap: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="Warn when P(label | subgroup) differs from P(label) by more, or when a subgroup's "
+        "accuracy or AUC is this much below the overall figure.",
+    )
+    min_mentions: int = Field(20, ge=1, description="Rows a subgroup needs before a warning is given.")
+    positive_label: str | None = Field(
+        None, description="The class the AUCs rank by probability; default: the second of two classes."
+    )

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, Field, field_validator
 
 from tunelab.config.base import Section
-from tunelab.config.safety import Canaries, ContentScreen, PrivacyConfig
+from tunelab.config.safety import BiasConfig, Canaries, ContentScreen, PrivacyConfig
 
 
 def _existing_file(value: str) -> str:
@@ -400,6 +400,11 @@ class EvalConfig(Section):
     max_new_tokens: int = Field(128, ge=1, description="Longest generated answer eval.metrics scores.")
     show_examples: int = Field(
         1, ge=0, description="Answers printed before and after training (a seeded draw, not the best)."
+    )
+    bias: BiasConfig | None = Field(
+        None,
+        description="classify: a bias report: identity-term mentions against labels in train, and per-subgroup "
+        "accuracy and AUCs (subgroup, BPSN, BNSP) of the fine-tuned model on the held-out split.",
     )
     canaries: Canaries | None = Field(
         None,

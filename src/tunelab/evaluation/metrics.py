@@ -73,6 +73,21 @@ def predicted_labels(model: Any, batches: Iterable[Batch], accelerator: Any) -> 
     return [t for t, _ in gathered], [p for _, p in gathered]
 
 
+def class_probabilities(model: Any, batches: Iterable[Batch]) -> tuple[list[int], list[list[float]]]:
+    """(true class ids, softmax probabilities) per example, in batch order (one process)."""
+    was_training = model.training
+    model.eval()
+    truth: list[int] = []
+    probs: list[list[float]] = []
+    with torch.no_grad():
+        for batch in batches:
+            logits = model(**model_inputs(batch)).logits.float()
+            truth += batch["labels"].tolist()
+            probs += torch.softmax(logits, dim=-1).tolist()
+    model.train(was_training)
+    return truth, probs
+
+
 def perplexity(mean_loss: float) -> float:
     """exp(mean token loss), with the loss capped at MAX_LOG_PERPLEXITY; NaN stays NaN."""
     if math.isnan(mean_loss):

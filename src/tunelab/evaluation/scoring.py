@@ -12,7 +12,7 @@ from rich.console import Console
 from tunelab.config import Recipe
 from tunelab.data.formats import load_split
 from tunelab.data.pipeline import PreparedData, Records
-from tunelab.data.records import Chat
+from tunelab.data.records import Chat, record_text
 from tunelab.data.tokenize import LengthPolicy
 from tunelab.evaluation import generative
 from tunelab.evaluation.baselines import chat_baselines, encoder_baselines, few_shot_chats
@@ -258,6 +258,39 @@ def classification_eval(
         "confusion_matrix": scores["confusion_matrix"],
         "labels": names,
     }
+
+
+def bias_eval(
+    recipe: Recipe,
+    model: Any,
+    data: PreparedData,
+    records: Records | None,
+    cached_files: Path | None,
+    pad_id: int,
+    accelerator: Accelerator,
+) -> dict[str, Any]:
+    """eval.bias: identity terms against labels in train, and per subgroup the fine-tuned model's
+    accuracy and AUCs on the held-out split (test, else validation)."""
+    from tunelab.evaluation.bias import data_bias, model_bias
+    from tunelab.evaluation.metrics import class_probabilities
+
+    assert recipe.eval.bias is not None and data.label_map is not None
+    train = split_records(records, cached_files, "train", data)
+    result: dict[str, Any] = {
+        "data": data_bias([record_text(r) for r in train], [r.label for r in train], recipe.eval.bias)
+    }
+    split = held_out_split(data)
+    if split is not None and accelerator.num_processes == 1:
+        rows = split_records(records, cached_files, split, data)
+        batches = eval_batches(data.splits[split], recipe.train.batch_size, pad_id, accelerator)
+        y_true, probs = class_probabilities(model, batches)
+        assert len(rows) == len(y_true), "held-out records and examples out of step"
+        names = sorted(data.label_map, key=data.label_map.__getitem__)
+        result["model"] = {
+            "split": split,
+            **model_bias([record_text(r) for r in rows], y_true, probs, names, recipe.eval.bias),
+        }
+    return result
 
 
 def generative_eval(

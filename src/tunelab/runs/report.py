@@ -20,8 +20,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from tunelab.errors import TunelabError
+from tunelab.runs.report_safety import bias_section, canaries_section, privacy_section, screen_rows
 from tunelab.runs.report_safety import by_split as _by_split
-from tunelab.runs.report_safety import canaries_section, privacy_section, screen_rows
 from tunelab.runs.report_safety import fmt as _fmt
 from tunelab.runs.rundir import read_summary, write_text_atomic
 from tunelab.runs.summary import RunSummary
@@ -38,6 +38,7 @@ SECTIONS = (
     "forgetting",
     "privacy",
     "canaries",
+    "bias",
     "data",
     "cost",
 )
@@ -64,6 +65,7 @@ def write_report(run_dir: str | Path) -> Path:
         "forgetting": _forgetting_section(evaluation),
         "privacy": privacy_section(summary),
         "canaries": canaries_section(evaluation),
+        "bias": bias_section(evaluation),
         "data": _data_section(data, summary.examples) if data else None,
         "cost": _cost_section(summary, metrics),
     }
@@ -437,6 +439,12 @@ reference set changed by more than the tolerance: the model may have lost some o
 {{ canaries.max }} bits; about 1 to 2 for a secret never seen, as the controls show). Recited: greedy decoding of the
 canary's prompt gives its secret.</p>{{ grid(["put in train", "canaries", "mean exposure (bits)", "recited"], canaries.rows) }}
 {% else %}{{ missing("A canary audit (eval.canaries) is") }}{% endif %}</section>
+
+<section id="bias"><h2>Bias</h2>
+{% if bias %}{% for w in bias.warnings %}<div class="warning">{{ w }}</div>{% endfor %}
+<h3>identity terms against labels (train)</h3>{% if bias.data %}{{ grid(["subgroup", "rows mentioning it", "label furthest from its overall share", "P(label | subgroup) - P(label)"], bias.data) }}{% else %}<p>No train row mentions a subgroup.</p>{% endif %}
+{% if bias.model %}<h3>the fine-tuned model by subgroup ({{ bias.split }})</h3>{{ grid(["subgroup", "rows", "accuracy", "subgroup AUC", "BPSN AUC", "BNSP AUC"], bias.model) }}{% endif %}
+{% else %}{{ missing("A bias report (eval.bias, classify) is") }}{% endif %}</section>
 
 <section id="data"><h2>Data</h2>
 {% if data %}{% for w in data.warnings %}<div class="warning">{{ w }}</div>{% endfor %}

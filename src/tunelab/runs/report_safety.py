@@ -44,6 +44,28 @@ def privacy_section(summary: RunSummary) -> Rows | None:
     ]
 
 
+def bias_section(evaluation: dict[str, Any]) -> dict[str, Any] | None:
+    """eval.bias: subgroups against labels in train; per-subgroup accuracy and AUCs held out."""
+    bias = evaluation.get("bias")
+    if not bias:
+        return None
+    data = [
+        [g["subgroup"], fmt(g["rows"]), str(g.get("gap_label", "—")), fmt(g["largest_gap"], 3)]
+        for g in bias["data"]["subgroups"]
+        if g["rows"]
+    ]
+    model = bias.get("model") or {}
+    keys = ("rows", "accuracy", "subgroup_auc", "bpsn_auc", "bnsp_auc")
+    held = [
+        [g["subgroup"], *(fmt(g.get(k), 3) for k in keys)] for g in model.get("subgroups", []) if g["rows"]
+    ]
+    overall = model.get("overall")
+    if overall:
+        held.insert(0, ["(all rows)", *(fmt(overall.get(k), 3) for k in keys)])
+    warnings = [*bias["data"]["warnings"], *model.get("warnings", [])]
+    return {"data": data, "model": held, "split": model.get("split"), "warnings": warnings}
+
+
 def canaries_section(evaluation: dict[str, Any]) -> dict[str, Any] | None:
     """eval.canaries: mean exposure and secrets recited per repetition count (0: the controls)."""
     audit = evaluation.get("canaries")

@@ -110,3 +110,12 @@ class MetricsLog:
 
             for tracker in self.trackers:
                 finish(tracker, error)
+
+
+def last_train_loss(run_dir: Path) -> float | None:
+    """The last train loss metrics.jsonl logged; None before the first log line."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    losses = [row["loss"] for row in map(json.loads, path.read_text().splitlines()) if "loss" in row]
+    return losses[-1] if losses else None

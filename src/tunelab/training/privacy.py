@@ -167,6 +167,12 @@ class Privacy:
             "expected_batch": self.expected_batch,
         }
 
+    def spent_line(self) -> str:
+        return (
+            f"privacy: epsilon {self.epsilon():.3f} spent of {self.config.target_epsilon} (delta "
+            f"{self.delta:.2e}, noise multiplier {self.noise_multiplier:.3f}, {self.config.accountant} accountant)"
+        )
+
     # Checkpointed (accelerator.register_for_checkpointing): the accountant's (noise, rate, steps) history.
     def state_dict(self) -> dict[str, Any]:
         return {"history": [list(entry) for entry in self.engine.accountant.history]}
