@@ -23,11 +23,11 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from tunelab.config import Recipe, check_host, load_recipe
 from tunelab.data import cache as data_cache
+from tunelab.data.describe import describe
 from tunelab.data.pipeline import (
     CHAT_TASKS,
     PreparedData,
     Records,
-    describe,
     load_records,
     prepare_chat_tokenizer,
     tokenize_records,

@@ -213,6 +213,17 @@ def check_class_weights(recipe: Recipe) -> list[Problem]:
     problems = []
     if recipe.train.class_weights != "none" and recipe.task != "classify":
         problems.append(Problem("train.class_weights", "applies to task: classify only"))
+    augment = recipe.data.augment
+    if augment is not None and recipe.task != "classify":
+        problems.append(Problem("data.augment", "applies to task: classify only (label-preserving rewrites)"))
+    if (
+        augment is not None
+        and augment.method == "paraphrase"
+        and (augment.model is None) == (augment.endpoint is None)
+    ):
+        problems.append(
+            Problem("data.augment", "paraphrase needs one of data.augment.model or data.augment.endpoint")
+        )
     if recipe.eval.bias is not None and recipe.task != "classify":
         problems.append(
             Problem("eval.bias", "applies to task: classify only (labels against identity terms)")

@@ -1,5 +1,6 @@
-"""The recipe's privacy and safety settings: DP-SGD (`train.privacy`) and the content screen
-(`data.content_screen`)."""
+"""The recipe's privacy, safety and balance settings: DP-SGD (`train.privacy`), the content screen
+(`data.content_screen`), the canary audit (`eval.canaries`), the bias report (`eval.bias`) and
+augmentation (`data.augment`)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,11 @@ class PrivacyConfig(Section):
     """DP-SGD through Opacus (training/privacy.py): each example's gradient is clipped, Gaussian noise is
     added to their sum, and an accountant turns the noise and the sampling rate into (epsilon, delta)."""
 
-    target_epsilon: float = Field(gt=0, description="The privacy budget epsilon the whole run may spend.")
+    target_epsilon: float = Field(
+        gt=0,
+        le=100,
+        description="The privacy budget epsilon the whole run may spend (over 100 guarantees nothing).",
+    )
     target_delta: float | None = Field(
         None, gt=0, lt=1, description="The delta of (epsilon, delta)-DP; null: 1 / the training examples."
     )
@@ -100,3 +105,34 @@ class BiasConfig(Section):
     positive_label: str | None = Field(
         None, description="The class the AUCs rank by probability; default: the second of two classes."
     )
+
+
+class AugmentConfig(Section):
+    """data/augment.py: new classify train rows that keep their source row's label."""
+
+    method: Literal["eda", "paraphrase"] = Field(
+        "eda",
+        description="eda: random swap, deletion and insertion of the row's words (Wei and Zou, 2019); "
+        "paraphrase: an instruction model rewrites the row (data.augment.model or .endpoint).",
+    )
+    copies: int = Field(1, ge=1, le=16, description="New rows made from each train row (before the gates).")
+    swap: float = Field(0.1, ge=0, le=1, description="eda: words swapped, as a share of the row's words.")
+    delete: float = Field(0.1, ge=0, lt=1, description="eda: each word's chance of being left out.")
+    insert: float = Field(
+        0.1, ge=0, le=1, description="eda: words inserted (copies of the row's own), as a share."
+    )
+    model: str | None = Field(
+        None,
+        description="paraphrase: a local instruction model (a folder or .gguf file) run on this machine.",
+    )
+    endpoint: str | None = Field(
+        None, description="paraphrase: an OpenAI-compatible API base URL instead (key: OPENAI_API_KEY)."
+    )
+    endpoint_model: str = Field("gpt-4o-mini", description="paraphrase with endpoint: the model asked.")
+    prompt: str = Field(
+        "Rewrite this sentence in other words. Keep its meaning and its tone. Answer with the sentence only."
+        "\n\n{text}",
+        description="paraphrase: the instruction, with {text} for the row's text.",
+    )
+    temperature: float = Field(0.7, ge=0, le=2, description="paraphrase: sampling temperature (0: greedy).")
+    max_new_tokens: int = Field(64, ge=1, description="paraphrase: longest rewrite, in tokens.")

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, Field, field_validator
 
 from tunelab.config.base import Section
-from tunelab.config.safety import BiasConfig, Canaries, ContentScreen, PrivacyConfig
+from tunelab.config.safety import AugmentConfig, BiasConfig, Canaries, ContentScreen, PrivacyConfig
 
 
 def _existing_file(value: str) -> str:
@@ -254,6 +254,11 @@ class DataConfig(Section):
         None,
         description="Score every text for offensive content and name each flagged row by file:line, e.g. "
         "{action: drop, threshold: 0.8}; null: off.",
+    )
+    augment: AugmentConfig | None = Field(
+        None,
+        description="classify: new train rows made from each one, keeping its label (eda, or paraphrase by "
+        "a model); deduplicated and leak-checked, never in validation or test.",
     )
     balance: Literal["none", "oversample", "undersample"] = Field(
         "none", description="classify: even out label counts in train by repeating or leaving out examples."

@@ -13,6 +13,7 @@ from typing import Any
 
 from tunelab.config import DataConfig, Recipe, source_name
 from tunelab.data import quality
+from tunelab.data.augment import augment_train
 from tunelab.data.canaries import insert_canaries
 from tunelab.data.clean import NearDupConfig
 from tunelab.data.formats import RECORD_KIND, Columns, load_split
@@ -20,7 +21,7 @@ from tunelab.data.labels import build_label_map, check_labels_known
 from tunelab.data.mixture import REPLAY
 from tunelab.data.packing import pack_examples
 from tunelab.data.records import Chat, Labeled, Preference, Record, Tagged, Text
-from tunelab.data.screen import describe_screen, screen_splits
+from tunelab.data.screen import screen_splits
 from tunelab.data.tagged import tag_map_of, tokenize_tagged
 from tunelab.data.templates import add_marker_tokens, ensure_chat_template, split_markers
 from tunelab.data.tokenize import (
@@ -123,6 +124,9 @@ def load_records(recipe: Recipe) -> Records:
     label_map = None
     if stage.task == "classify":
         label_map = _labels(stage, splits, report)
+        if stage.data.augment is not None:  # after the split and the balancing: train rows only
+            near = near_config(stage.data)
+            splits["train"], report["augment"] = augment_train(splits, stage.data.augment, near, stage.seed)
     elif stage.task == "token_classify":
         label_map = tag_map_of(splits, report)
     if recipe.eval.canaries is not None:  # after every cleaning step: their copies are deliberate
@@ -477,23 +481,3 @@ def _preflight(
         notes.append(
             f"{split}: {len(sources)} of {stats.examples} examples left out ({reason}; first: {sources[0]})"
         )
-
-
-def describe(report: dict[str, Any]) -> str:
-    """One line on what the data stage did, for the terminal; report.json has the details."""
-    rows = sum(s["rows"] for s in report.get("splits", {}).values())
-    bad = sum(s["bad_rows"] for s in report.get("splits", {}).values())
-    parts = [f"{rows:,} rows read ({bad} bad)"]
-    dedup = report.get("dedup")
-    if dedup:
-        parts.append(f"{dedup['exact_removed']} exact + {dedup['near_removed']} near duplicates removed")
-    leakage = report.get("leakage", {})
-    if leakage.get("overlap"):
-        parts.append(f"{leakage['removed_from_train']} train rows overlapping held-out data removed")
-    hits = sum(sum(split["hits"].values()) for split in report.get("pii", {}).values())
-    if "pii" in report:
-        parts.append(f"{hits} PII hits ({next(iter(report['pii'].values()))['policy']})")
-    if report.get("content_screen"):
-        parts.append(describe_screen(report["content_screen"]))
-    kept = ", ".join(f"{split} {n:,}" for split, n in report.get("records", {}).items())
-    return f"data: {'; '.join(parts)} -> {kept}"
