@@ -161,7 +161,11 @@ def test_dp_run_spends_its_budget_and_reports_it(tmp_path: Path, tiny_llama: Pat
     spent = [line["epsilon"] for line in lines if "epsilon" in line]
     assert spent == sorted(spent) and spent[-1] == pytest.approx(privacy["epsilon"])
     report = (result.run_dir / "report.html").read_text()
-    assert "epsilon" in report and "4.0" in report
+    assert "epsilon spent / target" in report and f"{privacy['epsilon']:.3f} / 4.0" in report
+    from tunelab.runs.registry import list_runs
+
+    (row,) = list_runs(tmp_path / "runs")
+    assert row["metrics"]["epsilon"] == privacy["epsilon"]  # the registry has it, for runs compare
 
 
 def test_dp_resume_equals_uninterrupted(
@@ -238,3 +242,26 @@ def test_class_weights_are_for_classify_only(tmp_path: Path, tiny_llama: Path) -
     recipe = make_recipe(tmp_path, tiny_llama, "sft", train={"class_weights": "auto"})
     with pytest.raises(RecipeError, match=r"train\.class_weights: applies to task: classify only"):
         load_recipe(recipe)
+
+
+@pytest.mark.parametrize(
+    ("task", "method"), [("classify", "lora"), ("sft", "full")], ids=["bert-lora-classify", "llama-full-sft"]
+)
+def test_dp_trains_the_other_family_and_method_pairs_in_bf16(
+    task: str, method: str, tmp_path: Path, tiny_llama: Path, tiny_bert: Path
+) -> None:
+    """The one-step test covers BERT in full and Llama with LoRA in fp32; these are the other two pairs,
+    under bf16 autocast (RMSNorm goes through Opacus' functorch path). Each spends its budget and moves
+    only what the method trains."""
+    from safetensors.torch import load_file
+
+    model = tiny_bert if task == "classify" else tiny_llama
+    settings = {**DP_TRAIN, "precision": "bf16", "max_steps": 3, "save_every": 100}
+    recipe = make_recipe(tmp_path, model, task, method={"name": method}, train=settings)
+    result = train(load_recipe(recipe))
+    assert result.summary.status == "completed" and 3.0 < result.summary.privacy["epsilon"] <= 4.0
+    final = result.run_dir / "final"
+    weights = load_file(next(final.glob("*.safetensors")))
+    assert all(torch.isfinite(t.float()).all() for t in weights.values())
+    if method == "lora":
+        assert all("lora_" in k or "classifier" in k or "score" in k for k in weights)
