@@ -4,17 +4,15 @@ endpoint is driven over HTTP on loopback."""
 
 from __future__ import annotations
 
-import json
 import random
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import LABELED, make_recipe
+from tests.http_stub import json_endpoint
 from tunelab.config import load_recipe
 from tunelab.config.safety import AugmentConfig
 from tunelab.data.augment import eda
@@ -74,34 +72,17 @@ def test_a_rewrite_that_copies_a_held_out_row_is_dropped(
 
 @pytest.fixture
 def paraphraser() -> Iterator[tuple[str, list[dict]]]:
-    seen: list[dict] = []
+    """/v1/chat/completions answering "balance please" (a validation row) for balance rows, else a
+    quoted rewrite with a line of chatter after it."""
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            seen.append(body)
-            text = body["messages"][0]["content"].split("\n\n")[-1]
-            answer = (
-                "balance please"
-                if "balance" in text or "how much" in text
-                else f'"REWRITTEN: {text}"\nHope it helps!'
-            )
-            payload = json.dumps(
-                {"choices": [{"message": {"role": "assistant", "content": answer}}]}
-            ).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
+    def respond(path: str, body: dict) -> dict:
+        text = body["messages"][0]["content"].split("\n\n")[-1]
+        leak = "balance" in text or "how much" in text
+        answer = "balance please" if leak else f'"REWRITTEN: {text}"\nHope it helps!'
+        return {"choices": [{"message": {"role": "assistant", "content": answer}}]}
 
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}/v1", seen
-    server.shutdown()
+    with json_endpoint(respond) as served:
+        yield served
 
 
 def test_augment_settings_are_checked(tmp_path: Path, tiny_bert: Path, tiny_llama: Path) -> None:

@@ -6,15 +6,14 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import CHATS, VAL_CHATS, make_recipe, write_jsonl
+from tests.http_stub import json_endpoint
 from tunelab.config import load_recipe
 from tunelab.data.pipeline import load_records
 from tunelab.errors import DataError
@@ -111,29 +110,13 @@ def test_a_preference_set_that_prefers_flagged_answers_is_refused(tmp_path: Path
 @pytest.fixture
 def moderation_server() -> Iterator[tuple[str, list[dict]]]:
     """An OpenAI-style /v1/moderations on 127.0.0.1: flags texts holding 'refund' (a stand-in rule)."""
-    seen: list[dict] = []
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            seen.append({"path": self.path, "auth": self.headers.get("Authorization"), **body})
-            scores = [
-                {"harassment": 0.9 if "refund" in text else 0.01, "violence": 0.02} for text in body["input"]
-            ]
-            payload = json.dumps({"results": [{"category_scores": s} for s in scores]}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
+    def respond(path: str, body: dict) -> dict:
+        scores = [{"harassment": 0.9 if "refund" in t else 0.01, "violence": 0.02} for t in body["input"]]
+        return {"results": [{"category_scores": s} for s in scores]}
 
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}/v1", seen
-    server.shutdown()
+    with json_endpoint(respond) as served:
+        yield served
 
 
 def test_an_openai_compatible_moderation_endpoint_scores_rows(
@@ -157,7 +140,7 @@ def test_an_openai_compatible_moderation_endpoint_scores_rows(
     records = load_records(screened_recipe(tmp_path, tiny_llama, screen, rows))
     (flagged,) = records.report["content_screen"]["train"]["flagged_rows"]
     assert Path(flagged["source"]).name == "train.jsonl:9" and flagged["score"] == 0.9
-    assert seen[0]["path"] == "/v1/moderations" and seen[0]["auth"] == "Bearer sk-test"
+    assert seen[0]["_path"] == "/v1/moderations" and seen[0]["_auth"] == "Bearer sk-test"
     assert seen[0]["model"] == "omni-moderation-latest"
 
 
