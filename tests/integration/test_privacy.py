@@ -127,11 +127,25 @@ def one_private_step(
     return {"grads": seen, "drawn": drawn, "privacy": privacy}
 
 
-@pytest.mark.parametrize("task", ["classify", "sft"])
+def tiny_lora_classifier(tmp_path: Path) -> Any:
+    """LoRA on the BERT classifier, its new head trained in full through peft's modules_to_save."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    config = LoraConfig(
+        task_type=TaskType.SEQ_CLS, r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["query", "value"]
+    )
+    return get_peft_model(tiny_classifier(tmp_path), config)
+
+
+MODELS = {"bert-full-classify": tiny_classifier, "bert-lora-classify": tiny_lora_classifier}
+
+
+@pytest.mark.parametrize("case", ["bert-full-classify", "bert-lora-classify", "llama-lora-sft"])
 def test_one_dp_step_equals_clipping_and_seeded_noise_by_hand(
-    task: str, tmp_path: Path, tiny_llama: Path
+    case: str, tmp_path: Path, tiny_llama: Path
 ) -> None:
-    model = tiny_classifier(tmp_path) if task == "classify" else tiny_lora_llama(tiny_llama)
+    task = case.split("-")[-1]
+    model = MODELS[case](tmp_path) if task == "classify" else tiny_lora_llama(tiny_llama)
     examples = classify_examples() if task == "classify" else random_labelled_examples(16, seed=4)
     cfg = TrainConfig(**DP_TRAIN, precision="fp32")
     reference_model = copy.deepcopy(model)  # before Opacus' hooks
