@@ -152,6 +152,8 @@ def test_one_dp_step_equals_clipping_and_seeded_noise_by_hand(
     got = one_private_step(model, examples, task, cfg)
     privacy = got["privacy"]
     assert privacy.expected_batch == 8 and privacy.sample_rate == 0.5
+    # LoRA (and a new linear head) trains Linear layers only: ghost clipping; full fine-tuning does not
+    assert privacy.clipping == ("per-example" if "full" in case else "ghost")
     expected = reference_gradient(
         reference_model, got["drawn"], task, cfg, privacy.noise_multiplier, 8, step_seed(3, 0) ^ 0x5EED
     )

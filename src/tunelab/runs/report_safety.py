@@ -39,7 +39,10 @@ def privacy_section(summary: RunSummary) -> Rows | None:
         ("delta", f"{dp['delta']:.3g}"),
         ("accountant", str(dp["accountant"])),
         ("noise multiplier", fmt(dp["noise_multiplier"], 4)),
-        ("per-example clip norm", fmt(dp["max_grad_norm"], 4)),
+        (
+            "per-example clip norm",
+            f"{fmt(dp['max_grad_norm'], 4)} ({dp.get('clipping', 'per-example')} clipping)",
+        ),
         ("sampling rate (expected batch)", f"{fmt(dp['sample_rate'], 5)} ({dp['expected_batch']})"),
     ]
 

@@ -148,6 +148,7 @@ class Privacy:
     noise_multiplier: float
     sample_rate: float
     expected_batch: int
+    clipping: str = "per-example"  # or "ghost": per-example norms without per-example gradients
 
     def epsilon(self) -> float:
         """The epsilon spent so far, from the accountant's history (0 before the first step)."""
@@ -165,6 +166,7 @@ class Privacy:
             "max_grad_norm": self.config.max_grad_norm,
             "sample_rate": self.sample_rate,
             "expected_batch": self.expected_batch,
+            "clipping": self.clipping,
         }
 
     def spent_line(self) -> str:
@@ -179,6 +181,17 @@ class Privacy:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.engine.accountant.history = [tuple(entry) for entry in state["history"]]
+
+    def backward(self, losses: torch.Tensor, accelerator: Any) -> None:
+        """Per-example clipping: Opacus' hooks keep each example's gradient. Ghost clipping: a first
+        backward gives each example's gradient norm alone, a second the clipped sum (Opacus'
+        DPTensorFastGradientClipping), so memory does not grow with the batch."""
+        if self.clipping == "ghost":
+            from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
+
+            DPTensorFastGradientClipping(self.hooks, self.optimizer, losses, "mean").backward()
+        else:
+            accelerator.backward(losses.mean())
 
     def accumulate(
         self, model: Any, objective: Objective, micro: list[Batch], accelerator: Any
@@ -196,7 +209,7 @@ class Privacy:
             # The mean, as Opacus' loss_reduction="mean" expects: its hooks multiply by the rows back.
             with warnings.catch_warnings():  # the first hooked layer's inputs need no gradient: fine
                 warnings.filterwarnings("ignore", message="Full backward hook is firing")
-                accelerator.backward(losses.mean())
+                self.backward(losses, accelerator)
             loss_sum += losses.detach().sum()
             if not last:
                 self.optimizer.step()  # clip and add up; no update
@@ -258,10 +271,11 @@ def make_private(
     stand_in = DataLoader(
         TensorDataset(torch.arange(n)), batch_size=batches.cfg.batch_size * batches.cfg.grad_accum
     )
+    clipping = "ghost" if ghost_applies(model) else "per-example"
     with warnings.catch_warnings():  # "secure RNG turned off": said in this module's docstring
         warnings.filterwarnings("ignore", message="Secure RNG turned off")
         engine = PrivacyEngine(accountant=cfg.accountant)
-        hooks, dp_optimizer, loader = engine.make_private(
+        made = engine.make_private(
             module=model,
             optimizer=optimizer,
             data_loader=stand_in,
@@ -271,7 +285,9 @@ def make_private(
             noise_generator=noise,
             loss_reduction="mean",
             wrap_model=False,
+            grad_sample_mode="ghost" if clipping == "ghost" else "hooks",
         )
+    hooks, dp_optimizer, loader = made[0], made[1], made[-1]  # ghost mode also returns a criterion: unused
     assert math.isclose(loader.sample_rate, batches.sample_rate), "Opacus and tunelab disagree on q"
     batches.noise = noise
     return Privacy(
@@ -284,4 +300,15 @@ def make_private(
         noise_multiplier=float(sigma),
         sample_rate=batches.sample_rate,
         expected_batch=int(dp_optimizer.expected_batch_size),
+        clipping=clipping,
     )
+
+
+def ghost_applies(model: Any) -> bool:
+    """Ghost clipping needs a norm sampler for every trainable layer: Opacus has them for Linear and
+    Embedding, so LoRA (and a new linear head) qualifies, and full fine-tuning (norms) does not."""
+    from opacus.grad_sample import GradSampleModuleFastGradientClipping
+    from opacus.utils.module_utils import trainable_modules
+
+    samplers = GradSampleModuleFastGradientClipping.NORM_SAMPLERS
+    return all(type(module) in samplers for _, module in trainable_modules(model))
