@@ -250,14 +250,11 @@ def make_private(
 ) -> Privacy:
     """Opacus' DP optimizer around `optimizer` and its hooks on `model` (left unwrapped), with the noise
     calibrated so that `steps` steps at the batches' sample rate spend the target epsilon."""
-    from opacus import PrivacyEngine
     from opacus.accountants.utils import get_noise_multiplier
-    from torch.utils.data import DataLoader, TensorDataset
 
     cfg = batches.cfg.privacy
     assert cfg is not None
-    n = len(batches.examples)
-    delta = cfg.target_delta if cfg.target_delta is not None else 1 / n
+    delta = cfg.target_delta if cfg.target_delta is not None else 1 / len(batches.examples)
     sigma = get_noise_multiplier(
         target_epsilon=cfg.target_epsilon,
         target_delta=delta,
@@ -266,30 +263,9 @@ def make_private(
         accountant=cfg.accountant,
     )
     model.train()  # Opacus validates a model in training mode; the before-training score left it in eval
-    noise = torch.Generator(device=device)
-    # Opacus reads the sample rate off a data loader: one of the same length stands in for ours.
-    stand_in = DataLoader(
-        TensorDataset(torch.arange(n)), batch_size=batches.cfg.batch_size * batches.cfg.grad_accum
-    )
+    batches.noise = torch.Generator(device=device)
     clipping = "ghost" if ghost_applies(model) else "per-example"
-    with warnings.catch_warnings():  # "secure RNG turned off": said in this module's docstring
-        warnings.filterwarnings("ignore", message="Secure RNG turned off")
-        engine = PrivacyEngine(accountant=cfg.accountant)
-        made = engine.make_private(
-            module=model,
-            optimizer=optimizer,
-            data_loader=stand_in,
-            noise_multiplier=sigma,
-            max_grad_norm=cfg.max_grad_norm,
-            poisson_sampling=True,
-            noise_generator=noise,
-            loss_reduction="mean",
-            wrap_model=False,
-            grad_sample_mode="ghost" if clipping == "ghost" else "hooks",
-        )
-    hooks, dp_optimizer, loader = made[0], made[1], made[-1]  # ghost mode also returns a criterion: unused
-    assert math.isclose(loader.sample_rate, batches.sample_rate), "Opacus and tunelab disagree on q"
-    batches.noise = noise
+    engine, hooks, dp_optimizer = _opacus(model, optimizer, batches, float(sigma), clipping)
     return Privacy(
         engine=engine,
         optimizer=dp_optimizer,
@@ -302,6 +278,39 @@ def make_private(
         expected_batch=int(dp_optimizer.expected_batch_size),
         clipping=clipping,
     )
+
+
+def _opacus(
+    model: Any, optimizer: torch.optim.Optimizer, batches: PoissonBatches, sigma: float, clipping: str
+) -> tuple[Any, Any, Any]:
+    """Opacus' PrivacyEngine.make_private: (engine, hooks on the model, DP optimizer)."""
+    from opacus import PrivacyEngine
+    from torch.utils.data import DataLoader, TensorDataset
+
+    cfg = batches.cfg
+    assert cfg.privacy is not None
+    # Opacus reads the sample rate off a data loader: one of the same length stands in for ours.
+    stand_in = DataLoader(
+        TensorDataset(torch.arange(len(batches.examples))), batch_size=cfg.batch_size * cfg.grad_accum
+    )
+    with warnings.catch_warnings():  # "secure RNG turned off": said in this module's docstring
+        warnings.filterwarnings("ignore", message="Secure RNG turned off")
+        engine = PrivacyEngine(accountant=cfg.privacy.accountant)
+        made = engine.make_private(
+            module=model,
+            optimizer=optimizer,
+            data_loader=stand_in,
+            noise_multiplier=sigma,
+            max_grad_norm=cfg.privacy.max_grad_norm,
+            poisson_sampling=True,
+            noise_generator=batches.noise,
+            loss_reduction="mean",
+            wrap_model=False,
+            grad_sample_mode="ghost" if clipping == "ghost" else "hooks",
+        )
+    hooks, dp_optimizer, loader = made[0], made[1], made[-1]  # ghost mode also returns a criterion: unused
+    assert math.isclose(loader.sample_rate, batches.sample_rate), "Opacus and tunelab disagree on q"
+    return engine, hooks, dp_optimizer
 
 
 def ghost_applies(model: Any) -> bool:
