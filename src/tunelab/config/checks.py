@@ -209,13 +209,19 @@ def check_canaries(recipe: Recipe) -> list[Problem]:
     return problems
 
 
-def check_class_weights(recipe: Recipe) -> list[Problem]:
-    problems = []
-    if recipe.train.class_weights != "none" and recipe.task != "classify":
-        problems.append(Problem("train.class_weights", "applies to task: classify only"))
+def check_classify_only(recipe: Recipe) -> list[Problem]:
+    """Settings that only make sense with labels: class weights, label-preserving augmentation, bias."""
+    settings = [
+        ("train.class_weights", recipe.train.class_weights != "none", ""),
+        ("data.augment", recipe.data.augment is not None, " (label-preserving rewrites)"),
+        ("eval.bias", recipe.eval.bias is not None, " (labels against identity terms)"),
+    ]
+    problems = [
+        Problem(path, f"applies to task: classify only{why}")
+        for path, written, why in settings
+        if written and recipe.task != "classify"
+    ]
     augment = recipe.data.augment
-    if augment is not None and recipe.task != "classify":
-        problems.append(Problem("data.augment", "applies to task: classify only (label-preserving rewrites)"))
     if (
         augment is not None
         and augment.method == "paraphrase"
@@ -223,10 +229,6 @@ def check_class_weights(recipe: Recipe) -> list[Problem]:
     ):
         problems.append(
             Problem("data.augment", "paraphrase needs one of data.augment.model or data.augment.endpoint")
-        )
-    if recipe.eval.bias is not None and recipe.task != "classify":
-        problems.append(
-            Problem("eval.bias", "applies to task: classify only (labels against identity terms)")
         )
     return problems
 
@@ -240,7 +242,7 @@ CHECKS: list[Check] = [
     check_method_fits_task,
     check_data_sources,
     check_privacy,
-    check_class_weights,
+    check_classify_only,
     check_canaries,
 ]
 

@@ -17,17 +17,14 @@ or another new row) and near duplicates of held-out rows are dropped, and counte
 
 from __future__ import annotations
 
-import json
-import os
 import random
-import urllib.request
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from tunelab.data import quality
 from tunelab.data.clean import NearDupConfig, dedup_key
+from tunelab.data.endpoint import post_json
 from tunelab.data.records import Labeled, record_text
-from tunelab.errors import DataError
 
 if TYPE_CHECKING:
     from tunelab.config.safety import AugmentConfig
@@ -91,10 +88,6 @@ def _local_answers(prompts: list[str], cfg: AugmentConfig, seed: int) -> list[st
 
 def _endpoint_answers(prompts: list[str], cfg: AugmentConfig) -> list[str]:
     assert cfg.endpoint is not None
-    url = f"{cfg.endpoint.rstrip('/')}/chat/completions"
-    headers = {"Content-Type": "application/json"}
-    if os.environ.get("OPENAI_API_KEY"):
-        headers["Authorization"] = f"Bearer {os.environ['OPENAI_API_KEY']}"
     answers = []
     for prompt in prompts:
         body = {
@@ -103,15 +96,15 @@ def _endpoint_answers(prompts: list[str], cfg: AugmentConfig) -> list[str]:
             "temperature": cfg.temperature,
             "max_tokens": cfg.max_new_tokens,
         }
-        request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers)
-        try:
-            with urllib.request.urlopen(request, timeout=120) as response:
-                answers.append(json.load(response)["choices"][0]["message"]["content"] or "")
-        except OSError as exc:
-            raise DataError(
-                f"data.augment: the endpoint {cfg.endpoint} failed: {exc}",
-                fix="check data.augment.endpoint and OPENAI_API_KEY, or use data.augment.model",
-            ) from None
+        answer = post_json(
+            cfg.endpoint,
+            "chat/completions",
+            body,
+            setting="data.augment",
+            fix="check data.augment.endpoint and OPENAI_API_KEY, or use data.augment.model",
+            timeout=120,
+        )
+        answers.append(answer["choices"][0]["message"]["content"] or "")
     return answers
 
 

@@ -16,13 +16,12 @@ is an error (a warning with `action: report`).
 
 from __future__ import annotations
 
-import json
 import os
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from tunelab.data.endpoint import post_json
 from tunelab.data.records import Chat, Labeled, Preference, Record, Tagged, Text
 from tunelab.errors import DataError
 
@@ -57,24 +56,20 @@ def _detoxify(texts: list[str], cfg: ContentScreen) -> list[float]:
 
 
 def _openai(texts: list[str], cfg: ContentScreen) -> list[float]:
-    """POST {endpoint}/moderations, 32 texts a request; the key comes from OPENAI_API_KEY."""
-    endpoint = (cfg.endpoint or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1").rstrip("/")
-    headers = {"Content-Type": "application/json"}
-    if os.environ.get("OPENAI_API_KEY"):
-        headers["Authorization"] = f"Bearer {os.environ['OPENAI_API_KEY']}"
+    """POST {endpoint}/moderations, 32 texts a request; a text's score is its highest category's."""
+    endpoint = cfg.endpoint or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
     scores: list[float] = []
     for start in range(0, len(texts), 32):
-        body = json.dumps({"model": cfg.model, "input": texts[start : start + 32]}).encode()
-        request = urllib.request.Request(f"{endpoint}/moderations", data=body, headers=headers)
-        try:
-            with urllib.request.urlopen(request, timeout=60) as response:
-                results = json.load(response)["results"]
-        except OSError as exc:
-            raise DataError(
-                f"data.content_screen: the moderation endpoint {endpoint} failed: {exc}",
-                fix="check data.content_screen.endpoint and OPENAI_API_KEY, or use scorer: profanity",
-            ) from None
-        scores += [max(r["category_scores"].values(), default=0.0) for r in results]
+        answer = post_json(
+            endpoint,
+            "moderations",
+            {"model": cfg.model, "input": texts[start : start + 32]},
+            setting="data.content_screen",
+            fix="check data.content_screen.endpoint and OPENAI_API_KEY, or use scorer: profanity",
+            timeout=60,
+            what="the moderation endpoint",
+        )
+        scores += [max(r["category_scores"].values(), default=0.0) for r in answer["results"]]
     return scores
 
 

@@ -129,7 +129,7 @@ def _scores(
     score = [p[positive] for p in probs]
     is_pos = [t == positive for t in y_true]
     background = [not m for m in mask]
-    out["subgroup_auc"] = _auc([i for i in inside], is_pos, score)
+    out["subgroup_auc"] = _auc(inside, is_pos, score)
     out["bpsn_auc"] = _auc(
         [i for i in range(len(mask)) if (mask[i] and not is_pos[i]) or (background[i] and is_pos[i])],
         is_pos,

@@ -85,16 +85,26 @@ def classification(model: Any, batch: Batch) -> Output:
     return Output(loss_sum=loss_sum, logits=logits)
 
 
+def classification_losses(
+    model: Any, batch: Batch, class_weights: list[float] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(each example's cross-entropy, times its class's weight when given; the logits). The weighted
+    loss and DP's per-example loss (training/privacy.py) both start here."""
+    logits = model(**model_inputs(batch)).logits
+    losses = F.cross_entropy(logits.float(), batch["labels"], reduction="none")
+    if class_weights is not None:
+        losses = losses * torch.tensor(class_weights, device=losses.device)[batch["labels"]]
+    return losses, logits
+
+
 def weighted_classification(weights: list[float]) -> Callable[[Any, Batch], Output]:
     """train.class_weights: each example's cross-entropy times its class's weight. The weights average 1
     over train ("balanced"), so the loss stays a sum over examples and is normalised by their count,
     as the unweighted loss is (torch's weighted mean would divide by the weights instead)."""
 
     def loss(model: Any, batch: Batch) -> Output:
-        logits = model(**model_inputs(batch)).logits
-        per_example = F.cross_entropy(logits.float(), batch["labels"], reduction="none")
-        weight = torch.tensor(weights, device=logits.device)[batch["labels"]]
-        return Output(loss_sum=(per_example * weight).sum(), logits=logits)
+        losses, logits = classification_losses(model, batch, weights)
+        return Output(loss_sum=losses.sum(), logits=logits)
 
     return loss
 

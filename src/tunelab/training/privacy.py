@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from tunelab.data.tokenize import IGNORE_INDEX, Example
 from tunelab.errors import TunelabError
 from tunelab.training.loop import StepResult
-from tunelab.training.objectives import Batch, causal_logits, count_input_tokens, model_inputs
+from tunelab.training.objectives import Batch, causal_logits, classification_losses, count_input_tokens
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -118,11 +118,7 @@ def per_example_loss(task: str, class_weights: list[float] | None) -> Callable[[
 
 
 def _classification_losses(model: Any, batch: Batch, class_weights: list[float] | None) -> torch.Tensor:
-    logits = model(**model_inputs(batch)).logits
-    losses = F.cross_entropy(logits.float(), batch["labels"], reduction="none")
-    if class_weights is not None:
-        losses = losses * torch.tensor(class_weights, device=losses.device)[batch["labels"]]
-    return losses
+    return classification_losses(model, batch, class_weights)[0]
 
 
 def _causal_losses(model: Any, batch: Batch) -> torch.Tensor:
