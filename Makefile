@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install lock quickstart quickstart-classify test lint format clean bench ray ray-lock
+.PHONY: install lock quickstart quickstart-classify test lint format clean bench ray ray-lock screenshots
 
 install: $(STAMP)
 
@@ -93,6 +93,11 @@ ray-lock: $(STAMP)
 
 test: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+# The dashboard's pictures in docs/dashboard/ (linked from README.md): the browser tests, keeping the
+# screenshot each takes at 1280 px wide. Needs chromium (apt-get install chromium).
+screenshots: install
+	TUNELAB_SCREENSHOTS=docs/dashboard HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests/browser
 
 lint: install
 	$(VENV)/bin/ruff check src tests

@@ -94,10 +94,13 @@ def generate_batch(
     batch_size: int = 8,
     streamer: Any = None,
     extra_stops: Sequence[int] = (),
+    top_p: float | None = None,
+    top_k: int | None = None,
 ) -> list[str]:
-    """One answer per encoded prompt, in input order: greedy (temperature 0) or sampled, stopping at
-    `stop_token_ids` (and `extra_stops`), decoded without special tokens and stripped. A `streamer`
-    (transformers' TextStreamer) sees the tokens as they come; it needs one prompt at a time."""
+    """One answer per encoded prompt, in input order: greedy (temperature 0) or sampled (with `top_p`
+    and `top_k` where given, else the model's generation_config), stopping at `stop_token_ids` (and
+    `extra_stops`), decoded without special tokens and stripped. A `streamer` (transformers'
+    TextStreamer) sees the tokens as they come; it needs one prompt at a time."""
     if batch_size < 1 or max_new_tokens < 1 or temperature < 0:
         raise ValueError(
             f"batch_size ({batch_size}) and max_new_tokens ({max_new_tokens}) must be >= 1, and "
@@ -124,7 +127,7 @@ def generate_batch(
                 input_ids=input_ids.to(device),
                 attention_mask=attention_mask.to(device),
                 streamer=streamer,
-                **decoding(max_new_tokens, temperature, stops, pad_id),
+                **decoding(max_new_tokens, temperature, stops, pad_id, top_p, top_k),
             )
             new = output[:, 1:] if encoder_decoder else output[:, input_ids.shape[1] :]
             for i, new_tokens in zip(rows, new.tolist(), strict=True):

@@ -38,7 +38,8 @@ def serve(
     port: Annotated[int | None, typer.Option("--port", help="Port (default 8000).")] = None,
     debug: DebugOption = False,
 ) -> None:
-    """Serve the OpenAI-compatible files, fine-tuning jobs and inference API (an API key is required)."""
+    """Serve the OpenAI-compatible files, fine-tuning jobs and inference API (an API key is required),
+    and the web dashboard: runs, jobs, studies, a playground and the Review page for rating."""
     import logging
 
     import uvicorn
@@ -56,6 +57,7 @@ def serve(
         console.print(f"[yellow]note:[/] listening on {settings.host}: reachable beyond this machine")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     console.print(f"tunelab serve: http://{settings.host}:{settings.port}/v1 (root {settings.root})")
+    console.print(f"  dashboard: http://{settings.host}:{settings.port}/ (log in with an API key)")
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
 
 

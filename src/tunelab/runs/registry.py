@@ -307,6 +307,11 @@ def compare_runs(output_dir: str | Path, run_ids: Sequence[str]) -> dict[str, An
     }
 
 
+def recipe_fields(run: dict[str, Any]) -> dict[str, Any]:
+    """A recorded run's recipe as dotted paths (`train.lr`), for showing recipes side by side."""
+    return _flatten(_load_recipe(run))
+
+
 def _load_recipe(run: dict[str, Any]) -> dict[str, Any]:
     try:
         loaded = yaml.safe_load(run.get("recipe_yaml") or "")

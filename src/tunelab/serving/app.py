@@ -1,5 +1,5 @@
 """`tunelab serve`'s application: the OpenAI-compatible routes under /v1 (all behind an API key), and
-the open /health and /metrics.
+the open /health and /metrics, and the web dashboard (serving/dashboard/: a login, then a session).
 
 Built by `create_app(config)` so tests start the real app on 127.0.0.1 with the real uvicorn. The job
 supervisor and the batching engine are background threads started and stopped with the app.
@@ -17,9 +17,10 @@ from typing import Any
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import PlainTextResponse
 
-from tunelab.serving import files, inference_api, jobs_api
+from tunelab.serving import dashboard, files, inference_api, jobs_api
 from tunelab.serving.auth import require_key
 from tunelab.serving.config import ServeConfig
+from tunelab.serving.dashboard.pages_jobs import NEW_JOB_PATH
 from tunelab.serving.engine import Engine
 from tunelab.serving.errors import install_handlers
 from tunelab.serving.files import TooLarge
@@ -49,15 +50,16 @@ def create_app(config: ServeConfig, runner: JobRunner | None = None) -> FastAPI:
     app = FastAPI(title="tunelab serve", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.store, app.state.supervisor, app.state.pool, app.state.engine = store, supervisor, pool, engine
     install_handlers(app)
-    app.add_middleware(
-        _BodyLimit, path="/v1/files", max_bytes=config.max_upload_bytes + files.MULTIPART_OVERHEAD
-    )
+    # Uploads: the API's and the dashboard's new-job form.
+    app.add_middleware(_BodyLimit, paths=("/v1/files", NEW_JOB_PATH),
+                       max_bytes=config.max_upload_bytes + files.MULTIPART_OVERHEAD)  # fmt: skip
 
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_key(store))])
     v1.include_router(files.router(store, config.root / "files", config.max_upload_bytes))
     v1.include_router(jobs_api.router(config, store, supervisor))
     v1.include_router(inference_api.router(pool, engine, config.log_prompts))
     app.include_router(v1)
+    dashboard.mount(app, config, store, supervisor, pool, engine)  # the web pages: a session, not a key
 
     @app.middleware("http")
     async def access_log(request: Request, call_next: Any) -> Any:
@@ -106,14 +108,14 @@ def _prometheus(counts: Counter[tuple[str, int]], store: Store, engine: Engine, 
 
 
 class _BodyLimit:
-    """ASGI middleware: a request body to `path` longer than `max_bytes` stops being read. The route
-    sees TooLarge from its form parser and answers 413; nothing was stored."""
+    """ASGI middleware: a request body to one of `paths` longer than `max_bytes` stops being read. The
+    route sees TooLarge from its form parser and answers 413; nothing was stored."""
 
-    def __init__(self, app: Any, path: str, max_bytes: int):
-        self.app, self.path, self.max_bytes = app, path, max_bytes
+    def __init__(self, app: Any, paths: tuple[str, ...], max_bytes: int):
+        self.app, self.paths, self.max_bytes = app, paths, max_bytes
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["path"] != self.path:
+        if scope["type"] != "http" or scope["path"] not in self.paths:
             await self.app(scope, receive, send)
             return
         seen = 0

@@ -62,7 +62,7 @@ def router(store: Store, files_dir: Path, max_bytes: int) -> APIRouter:
         if purpose not in PURPOSES:
             raise APIError(400, f"purpose: expected one of {', '.join(PURPOSES)}", param="purpose")
         try:
-            row = _store_upload(upload, str(purpose), files_dir, max_bytes)
+            row = store_upload(upload, str(purpose), files_dir, max_bytes)
         finally:
             await form.close()
         return file_object(store.add_file(row))
@@ -115,7 +115,7 @@ def _too_large(max_bytes: int) -> APIError:
                     param="file", code="file_too_large")  # fmt: skip
 
 
-def _store_upload(upload: UploadFile, purpose: str, files_dir: Path, max_bytes: int) -> dict[str, Any]:
+def store_upload(upload: UploadFile, purpose: str, files_dir: Path, max_bytes: int) -> dict[str, Any]:
     """Copy the upload to a hidden temp name, check its size and contents, then rename it into place."""
     file_id = new_id("file-")
     name = upload.filename or "upload.jsonl"

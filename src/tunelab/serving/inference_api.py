@@ -90,10 +90,7 @@ def router(pool: ModelPool, engine: Engine, log_prompts: bool = False) -> APIRou
     @api.post("/chat/completions")
     async def chat(request: ChatRequest) -> Any:
         logged("chat", request)
-        served = await _generative(pool, request.model)
-        prompt = encode_chat(served.tokenizer, _messages(served, request.messages))
-        sampling = request.sampling(request.max_completion_tokens)
-        return await _answer(engine, served, [prompt], sampling, request, chat=True)
+        return await chat_completion(pool, engine, request)
 
     @api.post("/completions")
     async def completions(request: CompletionRequest) -> Any:
@@ -124,6 +121,17 @@ def router(pool: ModelPool, engine: Engine, log_prompts: bool = False) -> APIRou
         return {"object": "list", "data": data, "model": request.model}
 
     return api
+
+
+async def chat_completion(pool: ModelPool, engine: Engine, request: ChatRequest) -> Any:
+    """A chat completion (a stream when asked); the dashboard's playground calls it too."""
+    served = await _generative(pool, request.model)
+    if getattr(served.tokenizer, "chat_template", None) is None:  # a base model without one: say so, not 500
+        raise APIError(400, f"{request.model} has no chat template: use /v1/completions, or a model fine-tuned "
+                       "with a template", param="model", code="no_chat_template")  # fmt: skip
+    prompt = encode_chat(served.tokenizer, _messages(served, request.messages))
+    sampling = request.sampling(request.max_completion_tokens)
+    return await _answer(engine, served, [prompt], sampling, request, chat=True)
 
 
 async def _generative(pool: ModelPool, name: str) -> Served:

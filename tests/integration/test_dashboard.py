@@ -1,0 +1,151 @@
+"""The dashboard over HTTP, on a live server: every page needs a session, every POST a CSRF token, and
+each page shows what the library holds. (The browser tests, tests/browser/, click through it.)"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import httpx2 as httpx
+import pytest
+
+from tests.dashboard import PROMPTS, csrf_of, forms, login, seed_pairs, train_runs
+from tests.serving import live_server, serve_config
+from tunelab.feedback.store import FeedbackStore
+from tunelab.serving.app import create_app
+from tunelab.serving.auth import create_key
+from tunelab.serving.store import Store
+
+pytestmark = pytest.mark.slow
+OPEN = ("/login", "/health", "/metrics", "/static")  # the only paths served without a session
+
+
+@pytest.fixture(scope="module")
+def served(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    root = tmp_path_factory.mktemp("dash")
+    runs = train_runs(root, tiny_llama)
+    config = serve_config(root, tiny_llama)
+    seed_pairs(config)
+    with live_server(config) as (url, key):
+        yield config, url.removesuffix("/v1"), key, [r.name for r in runs]
+
+
+def _dashboard_routes(config: Any) -> list[tuple[str, str]]:
+    """(method, path) of every dashboard route, from the app's own route table."""
+    app = create_app(config)
+    return [(method, route.path) for route in app.state.dashboard_routes
+            if hasattr(route, "methods") and not route.path.startswith(("/v1/", *OPEN))
+            for method in sorted(route.methods - {"HEAD"})]  # fmt: skip
+
+
+def _concrete(path: str, runs: list[str]) -> str:
+    return path.replace("{run_id}", runs[0]).replace("{name}", "none").replace("{job_id}", "ftjob-none")
+
+
+def test_without_a_session_every_page_redirects_to_login(served: Any) -> None:
+    config, base, _, runs = served
+    routes = _dashboard_routes(config)
+    gets = [path for method, path in routes if method == "GET"]
+    assert {"/runs", "/runs/{run_id}", "/compare", "/jobs", "/studies", "/playground", "/review"} <= set(gets)
+    for path in gets:
+        for cookies in ({}, {"tl_session": "forged"}):
+            answer = httpx.get(base + _concrete(path, runs), cookies=cookies)
+            assert answer.status_code == 303, (path, answer.status_code)
+            assert answer.headers["location"].startswith("/login?next=/"), path
+    # A bearer key is not a session either: the pages are for browsers (the API is /v1).
+    assert httpx.get(base + "/runs", headers={"Authorization": f"Bearer {served[2]}"}).status_code == 303
+
+
+def test_every_post_needs_the_sessions_csrf_token(served: Any) -> None:
+    config, base, key, runs = served
+    http = login(base, key, "rater-csrf")
+    posts = [path for method, path in _dashboard_routes(config) if method == "POST"]
+    assert {"/logout", "/jobs/new", "/review", "/review/export", "/playground/chat"} <= set(posts)
+    for path in posts:
+        for token in ({}, {"csrf": "wrong"}):
+            answer = http.post(_concrete(path, runs), data=token)
+            assert answer.status_code == 403, (path, answer.status_code, answer.text[:200])
+    # And nothing happened: the session still works, no rating was stored, no job started.
+    assert http.get("/runs").status_code == 200
+    assert FeedbackStore(config.database).progress()["ratings"] == 0
+    assert Store(config.database).list_jobs(after=None, limit=5, metadata={}) == []
+    # Without any session, a POST goes to login too.
+    assert httpx.post(base + "/review", data={"csrf": "x"}).status_code == 303
+
+
+def test_every_form_on_every_page_carries_the_token(served: Any) -> None:
+    _, base, key, runs = served
+    http = login(base, key, "rater-forms")
+    token = csrf_of(http.get("/runs").text)
+    pages = ["/runs", f"/runs/{runs[0]}", f"/compare?run={runs[0]}&run={runs[1]}", "/jobs", "/studies",
+             "/playground", "/review"]  # fmt: skip
+    seen = 0
+    for path in pages:
+        answer = http.get(path)
+        assert answer.status_code == 200, (path, answer.text[:300])
+        for form in forms(answer.text):
+            if form["method"] == "post":
+                assert "csrf" in form["hidden"], (path, form)
+                seen += 1
+        assert f'name="csrf" value="{token}"' in answer.text or "<form" not in answer.text
+    assert seen >= 7  # logout on each page, the job form, rating, export
+
+
+def test_login_refuses_bad_keys_and_a_revoked_key_ends_the_session(served: Any) -> None:
+    config, base, _, _ = served
+    http = httpx.Client(base_url=base)
+    token = csrf_of(http.get("/login").text)
+    wrong = http.post("/login", data={"key": "tl-wrong", "csrf": token, "next": "/runs"})
+    assert wrong.status_code == 200 and "not a live key" in wrong.text
+    forged = httpx.post(base + "/login", data={"key": "tl-wrong", "csrf": "guess", "next": "/"})
+    assert forged.status_code == 403  # no login-CSRF cookie: a cross-site login attempt
+    key, row = create_key(Store(config.database), "short-lived")
+    session = login(base, key)
+    assert session.get("/runs").status_code == 200
+    Store(config.database).revoke_key(row["id"])
+    assert session.get("/runs").status_code == 303
+
+
+def test_login_goes_back_to_the_page_asked_for_but_never_off_site(served: Any) -> None:
+    _, base, key, _ = served
+    first = httpx.get(base + "/jobs")
+    assert first.headers["location"] == "/login?next=/jobs"
+    http = httpx.Client(base_url=base)
+    for asked, landed in (("/jobs", "/jobs"), ("//evil.example/x", "/"), ("https://evil.example", "/")):
+        token = csrf_of(http.get("/login").text)
+        answer = http.post("/login", data={"key": key, "csrf": token, "next": asked})
+        assert answer.headers["location"] == landed
+
+
+def test_pages_show_the_registry_the_diff_and_the_pairs(served: Any) -> None:
+    _, base, key, runs = served
+    http = login(base, key, "rater-pages")
+
+    def linked(html: str) -> set[str]:
+        return set(re.findall(r'<a href="/runs/([^"/]+)">', html))
+
+    assert linked(http.get("/runs").text) == set(runs)
+    # Two runs started in the same second are x and x-2: filter by the longer id, which only one has.
+    longer = max(runs, key=len)
+    assert linked(http.get("/runs", params={"q": longer}).text) == {longer}
+    assert linked(http.get("/runs", params={"task": "classify"}).text) == set()
+    by_name = http.get("/runs", params={"sort": "steps", "order": "asc"})
+    assert by_name.status_code == 200 and linked(by_name.text) == set(runs)
+    compare = http.get("/compare", params=[("run", runs[0]), ("run", runs[1])]).text
+    differing = re.findall(r'<tr class="differs" data-field="([^"]+)"', compare)
+    assert "train.lr" in differing and "train.seed" not in differing
+    run_page = http.get(f"/runs/{runs[0]}").text
+    assert "report.html" in run_page and "loss-chart" in run_page
+    report = http.get(f"/runs/{runs[0]}/report.html")
+    assert report.status_code == 200 and "data:image/png;base64" in report.text
+    review = http.get("/review").text
+    assert any(prompt in review for prompt in PROMPTS) and "A is better" in review
+
+
+def test_the_live_metrics_stream_sends_every_line_then_ends(served: Any) -> None:
+    config, base, key, runs = served
+    http = login(base, key, "rater-stream")
+    lines = (config.runs_dir / runs[0] / "metrics.jsonl").read_text().splitlines()
+    stream = http.get(f"/runs/{runs[0]}/metrics").text
+    assert stream.count('data: {"') == len(lines) and stream.rstrip().endswith("event: end\ndata: {}")
