@@ -85,6 +85,30 @@ def save_tiny_llama(folder: Path, *, seed: int = 0) -> Path:
     return folder
 
 
+def save_plain_llama(folder: Path, like: Path) -> Path:
+    """A tiny Llama shaped like the one in `like`, whose tokenizer has only <unk> <pad> <s> </s> as special
+    tokens and one embedding row per token (300): a chat template's markers must be added as tokens,
+    and the embeddings grow."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import AutoConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    config = AutoConfig.from_pretrained(like)
+    config.vocab_size = 300
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<pad>", "<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)  # fmt: skip
+    bpe.train_from_iterator(CORPUS * 4, trainer=trainer)
+    PreTrainedTokenizerFast(
+        tokenizer_object=bpe, unk_token="<unk>", pad_token="<pad>", bos_token="<s>", eos_token="</s>"
+    ).save_pretrained(folder)
+    return folder
+
+
 def save_tiny_bert(folder: Path, *, seed: int = 0, dropout: float = 0.1) -> Path:
     """A bare encoder (no classification head), like the quickstart's MiniLM: the head is new."""
     import torch

@@ -309,6 +309,14 @@ def _description(info: dict[str, Any], weights: str) -> str:
     text = (
         f"`{info['task']}` fine-tune of `{info['base_model']}`, made with tunelab. This folder holds {what}."
     )
+    merged_from = info.get("base_adapter")
+    if merged_from and weights == "adapter":
+        # Plain peft over the raw base would run without the first stage (model.adapter): say so.
+        text += (
+            f" It was trained over the {merged_from['method']} adapter of a {merged_from['task']} run, merged"
+            " into the base first (a copy is in base_adapter/): load it with tunelab, or export with --merge"
+            " for weights that stand alone."
+        )
     if info["method"] == "qlora" and weights == "merged":
         text += (
             " The adapter was trained on a 4-bit quantised base and is merged here into the full-precision"

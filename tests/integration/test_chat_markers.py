@@ -11,7 +11,7 @@ import pytest
 from safetensors import safe_open
 from typer.testing import CliRunner
 
-from tests.conftest import CORPUS, make_recipe, only_run_dir, write_jsonl
+from tests.conftest import CORPUS, make_recipe, only_run_dir, save_plain_llama, write_jsonl
 from tunelab.cli import app
 from tunelab.export import export_run
 from tunelab.generation import end_of_turn_ids, stop_token_ids
@@ -24,27 +24,8 @@ MARKERS = ["<|im_start|>", "<|im_end|>"]
 
 @pytest.fixture(scope="module")
 def plain_model(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> Path:
-    """A tiny Llama whose tokenizer has only <unk> <pad> <s> </s> as special tokens, and one embedding
-    row per token (300): adding tokens must grow the embeddings."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import AutoConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    model_dir = tmp_path_factory.mktemp("plain") / "model"
-    config = AutoConfig.from_pretrained(tiny_llama)
-    config.vocab_size = 300
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(model_dir)
-    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<pad>", "<s>", "</s>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)  # fmt: skip
-    bpe.train_from_iterator(CORPUS * 4, trainer=trainer)
-    PreTrainedTokenizerFast(
-        tokenizer_object=bpe, unk_token="<unk>", pad_token="<pad>", bos_token="<s>", eos_token="</s>"
-    ).save_pretrained(model_dir)
-    return model_dir
+    """The markers of ChatML are not in its tokenizer (conftest.save_plain_llama)."""
+    return save_plain_llama(tmp_path_factory.mktemp("plain") / "model", tiny_llama)
 
 
 def _same_answer_chats(prompts: list[str]) -> list[dict]:

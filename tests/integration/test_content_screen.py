@@ -107,6 +107,37 @@ def test_a_preference_set_that_prefers_flagged_answers_is_refused(tmp_path: Path
     assert not any("teaches toward" in w for w in report.get("warnings", []))
 
 
+def test_a_kto_set_whose_desirable_answers_are_flagged_more_is_refused(
+    tmp_path: Path, tiny_llama: Path
+) -> None:
+    def recipe(toxic_desirable: int, toxic_undesirable: int) -> Any:
+        path = make_recipe(
+            tmp_path,
+            tiny_llama,
+            "preference",
+            data={"content_screen": {"action": "drop", "threshold": 0.9}},
+            preference={"objective": "kto"},
+        )
+        rows = [
+            {"prompt": f"Where is order {i}?", "completion": f"Order {i} ships today.", "label": i % 2 == 0}
+            for i in range(8)
+        ]
+        for i in [0, 2, 4, 6][:toxic_desirable] + [1, 3, 5, 7][:toxic_undesirable]:
+            rows[i]["completion"] = "Shut the fuck up, you idiot."
+        write_jsonl(tmp_path / "train.jsonl", rows)
+        write_jsonl(tmp_path / "val.jsonl", [{"prompt": "Hi?", "completion": "Hello.", "label": True}])
+        return load_recipe(path)
+
+    with pytest.raises(
+        DataError, match=r"50\.0% of desirable completions are flagged, against 25\.0% of undesirable"
+    ):
+        load_records(recipe(2, 1))
+    # Flagged undesirable answers are what a KTO set should look like: dropped under `drop`, no complaint.
+    report = load_records(recipe(0, 2)).report["content_screen"]["train"]
+    assert report["rated"] == {"desirable_flagged_rate": 0.0, "undesirable_flagged_rate": 0.5}
+    assert report["dropped"] == 2 and report["flagged_rows"][0]["where"] == "completion"
+
+
 @pytest.fixture
 def moderation_server() -> Iterator[tuple[str, list[dict]]]:
     """An OpenAI-style /v1/moderations on 127.0.0.1: flags texts holding 'refund' (a stand-in rule)."""

@@ -4,6 +4,8 @@ each page shows what the library holds. (The browser tests, tests/browser/, clic
 from __future__ import annotations
 
 import re
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ import pytest
 from tests.dashboard import PROMPTS, csrf_of, forms, login, seed_pairs, train_runs
 from tests.serving import live_server, serve_config
 from tunelab.feedback.store import FeedbackStore
+from tunelab.runs.registry import connect
 from tunelab.serving.app import create_app
 from tunelab.serving.auth import create_key
 from tunelab.serving.store import Store
@@ -149,3 +152,43 @@ def test_the_live_metrics_stream_sends_every_line_then_ends(served: Any) -> None
     lines = (config.runs_dir / runs[0] / "metrics.jsonl").read_text().splitlines()
     stream = http.get(f"/runs/{runs[0]}/metrics").text
     assert stream.count('data: {"') == len(lines) and stream.rstrip().endswith("event: end\ndata: {}")
+
+
+def test_the_stream_follows_a_running_run_line_by_line_until_it_ends(served: Any) -> None:
+    config, base, key, runs = served
+    run_id, metrics = runs[1], config.runs_dir / runs[1] / "metrics.jsonl"
+    before = metrics.read_text()
+    # The run is trained in this process, so its recorded pid is alive: "running" stays running.
+    _set_status(config.database, run_id, "running")
+
+    def write_as_a_run_does() -> None:
+        time.sleep(1.0)
+        with metrics.open("a") as out:
+            out.write('{"step": 100, "loss": 1.5}\n{"step": 101, "lo')  # a line half written...
+            out.flush()
+            time.sleep(1.2)
+            out.write('ss": 1.25}\n')  # ...is sent only once it is whole
+        time.sleep(1.0)
+        _set_status(config.database, run_id, "completed")
+
+    writer = threading.Thread(target=write_as_a_run_does)
+    try:
+        http = login(base, key, "rater-live")
+        writer.start()
+        started = time.monotonic()
+        with http.stream("GET", f"/runs/{run_id}/metrics") as answer:
+            lines = [line for line in answer.iter_lines() if line]
+        took = time.monotonic() - started
+    finally:
+        writer.join()
+        metrics.write_text(before)
+        _set_status(config.database, run_id, "completed")
+    data = [line.removeprefix("data: ") for line in lines if line.startswith("data: ")]
+    assert data[: len(before.splitlines())] == before.splitlines()
+    assert data[-3:] == ['{"step": 100, "loss": 1.5}', '{"step": 101, "loss": 1.25}', "{}"]
+    assert lines[-2] == "event: end" and took >= 3  # it waited for the run, then ended
+
+
+def _set_status(database: Path, run_id: str, status: str) -> None:
+    with connect(database) as conn:
+        conn.execute("UPDATE runs SET status = ? WHERE run_id = ?", (status, run_id))

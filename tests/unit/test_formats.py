@@ -10,8 +10,9 @@ import pytest
 
 from tests.conftest import write_jsonl
 from tunelab.data.formats import Columns, load_split
+from tunelab.data.inspect import inspect_file
 from tunelab.data.labels import build_label_map
-from tunelab.data.records import Chat, Labeled, Message, Preference, Text
+from tunelab.data.records import Chat, Labeled, Message, Preference, Rated, Text
 from tunelab.errors import DataError
 
 
@@ -101,6 +102,91 @@ def test_preference_pairs_plain_and_hh_rlhf(tmp_path: Path) -> None:
     assert records[1] == Preference(
         (Message("user", "hi"), Message("assistant", "hello"), Message("user", "joke?")), "A pun.", "No."
     )
+
+
+KTO_ROWS = [
+    # As tunelab's feedback exporter and TRL's conversational unpaired format write them.
+    {
+        "prompt": [{"role": "user", "content": "Where is my order?"}],
+        "completion": [{"role": "assistant", "content": "It was due on Monday."}],
+        "label": True,
+    },
+    {"prompt": "Hello there!", "completion": "Bye.", "label": False},
+]
+
+
+@pytest.mark.parametrize("kind", [None, "rated"])
+def test_prompt_completion_rows_with_a_label_are_kto_rows(tmp_path: Path, kind: str | None) -> None:
+    split = load_split(write_jsonl(tmp_path / "k.jsonl", KTO_ROWS), kind=kind)
+    assert split.format == "kto"  # not prompt_completion, nor labeled: the label is not a class
+    assert split.records == [
+        Rated((Message("user", "Where is my order?"),), "It was due on Monday.", True),
+        Rated((Message("user", "Hello there!"),), "Bye.", False),
+    ]
+    # `tunelab data inspect` counts the two kinds (desirable_weight is there to balance them).
+    assert inspect_file(tmp_path / "k.jsonl")["labels"]["counts"] == {"desirable": 1, "undesirable": 1}
+    # The same fields without a label, or with a label that is not true/false, are prompt/completion.
+    rows = [{"prompt": "Hello there!", "completion": "Bye."}]
+    assert load_split(write_jsonl(tmp_path / "pc.jsonl", rows), kind="chat").format == "prompt_completion"
+    rows = [{"prompt": "Hello there!", "completion": "Bye.", "label": "greeting"}]
+    assert load_split(write_jsonl(tmp_path / "pl.jsonl", rows), kind="chat").format == "prompt_completion"
+
+
+@pytest.mark.parametrize(
+    ("kind", "why"), [("chat", "task sft would learn every completion"), ("preference", "no pairs")]
+)
+def test_kto_rows_are_refused_where_sft_or_a_pair_objective_would_read_them(
+    tmp_path: Path, kind: str, why: str
+) -> None:
+    with pytest.raises(DataError) as err:
+        load_split(write_jsonl(tmp_path / "k.jsonl", KTO_ROWS), kind=kind)
+    assert f"these are KTO rows (prompt, completion, label: true/false): {why}" in str(err.value)
+    assert "preference.objective: kto" in str(err.value)
+    # Asked for by name, the rows are read as the format says.
+    rows = [{**row, "prompt": "Q?", "completion": "A."} for row in KTO_ROWS]
+    path = write_jsonl(tmp_path / "k2.jsonl", rows)
+    assert len(load_split(path, fmt="prompt_completion", kind="chat").records) == 2
+
+
+def test_a_kto_label_that_is_not_a_boolean_is_a_named_bad_row(tmp_path: Path) -> None:
+    rows = [
+        *KTO_ROWS,
+        {"prompt": "Q?", "completion": "A.", "label": "yes"},
+        {"prompt": "Q?", "completion": "A.", "label": 1},
+        {"prompt": "Q?", "completion": [{"role": "user", "content": "A."}], "label": True},
+    ]
+    path = write_jsonl(tmp_path / "k.jsonl", rows)
+    with pytest.raises(DataError) as err:
+        load_split(path)
+    text = str(err.value)
+    assert "3 bad row(s) out of 5 (kto format)" in text
+    assert f"{path}:3: label: expected true (desirable) or false (undesirable), got 'yes'" in text
+    assert f"{path}:4: label: expected true (desirable) or false (undesirable), got 1" in text
+    assert (
+        f"{path}:5: completion: expected text or a list of one {{role: assistant, content}} message" in text
+    )
+
+
+def test_hh_transcripts_read_as_chats_from_a_renamed_column(tmp_path: Path) -> None:
+    pair = {
+        "chosen": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: joke?\n\nAssistant: A pun.",
+        "rejected": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: joke?\n\nAssistant: No.",
+    }
+    path = write_jsonl(tmp_path / "hh.jsonl", [pair])
+    chat = one(path, fmt="hh_dialogue", columns=Columns(rename={"dialogue": "chosen"}))
+    assert chat == Chat(
+        (
+            Message("user", "hi"),
+            Message("assistant", "hello"),
+            Message("user", "joke?"),
+            Message("assistant", "A pun."),
+        )
+    )
+    with pytest.raises(DataError, match=r"hh\.jsonl:1: dialogue: missing"):
+        load_split(path, fmt="hh_dialogue")  # without the column named, there is no `dialogue`
+    empty = write_jsonl(tmp_path / "empty.jsonl", [{"dialogue": "\n\nHuman: hi\n\nAssistant: "}])
+    with pytest.raises(DataError, match=r"empty\.jsonl:1: dialogue turn 2 \(assistant\): empty"):
+        load_split(empty, fmt="hh_dialogue")
 
 
 def test_columns_rename_source_fields(tmp_path: Path) -> None:

@@ -46,6 +46,10 @@ def validate(
         check_host(loaded)
     _, local = model_source(loaded.model.name)  # a missing folder fails here, as train would
     check_sequence_length(loaded)
+    if loaded.model.adapter is not None:  # the run it starts from: finished, an adapter, the same base
+        from tunelab.models.base_adapter import resolve_adapter
+
+        resolve_adapter(loaded.model, loaded.task)
     # The data stage up to tokenisation: every file read, bad rows named, cleaned, split, leak-checked.
     counts = load_records(loaded).report["records"]
     out.print(f"{recipe}: ok ({loaded.task}, {loaded.method.name}, model {loaded.model.name})")

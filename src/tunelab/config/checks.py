@@ -96,11 +96,46 @@ def check_prompt_template(recipe: Recipe) -> list[Problem]:
     return []
 
 
+KTO_ONLY = ("desirable_weight", "undesirable_weight")
+
+
 def check_preference_section(recipe: Recipe) -> list[Problem]:
     # Written, not merely defaulted: `preference: {beta: 0.1}` in an sft recipe is a mistake too.
-    written = sorted(recipe.preference.model_fields_set)
+    preference = recipe.preference
+    written = sorted(preference.model_fields_set)
     if written and recipe.task != "preference":
         return [Problem(f"preference.{written[0]}", "applies to task: preference only")]
+    if preference.objective != "kto":
+        return [
+            Problem(f"preference.{name}", "applies to preference.objective: kto only")
+            for name in KTO_ONLY
+            if name in written
+        ]
+    if recipe.train.batch_size < 2:
+        # KTO's reference point is read from the batch's mismatched rows; with one row, prompt and
+        # completion are its own, and the "KL" is the row's own reward (TRL refuses this too).
+        return [
+            Problem(
+                "train.batch_size", "kto needs 2 or more examples per micro-batch to estimate its KL term"
+            )
+        ]
+    return []
+
+
+def check_adapter(recipe: Recipe) -> list[Problem]:
+    """model.adapter's run is checked when the model loads (it may not exist yet); what the recipe alone
+    says is checked here: merging into a quantised base would round the adapter into 4 or 8 bits."""
+    if recipe.model.adapter is None:
+        return []
+    quantised = method_spec(recipe.method.name).quantised_base or recipe.model.load_in_8bit
+    if quantised:
+        return [
+            Problem(
+                "model.adapter",
+                "cannot be merged into a quantised base (qlora, model.load_in_8bit); use lora over the "
+                "full-precision base",
+            )
+        ]
     return []
 
 
@@ -239,6 +274,7 @@ CHECKS: list[Check] = [
     check_generative_metrics,
     check_prompt_template,
     check_preference_section,
+    check_adapter,
     check_method_fits_task,
     check_data_sources,
     check_privacy,

@@ -60,11 +60,14 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
 
 
 def recipe_to_yaml(recipe: Recipe) -> str:
-    """Every setting spelled out (a run's recipe.yaml), except a section the task does not use: the
-    preference loss of a non-preference recipe, which reading it back would refuse."""
-    skip = {"preference"} if recipe.task != "preference" else set()
+    """Every setting spelled out (a run's recipe.yaml), except what the recipe does not use and reading
+    it back would refuse: the preference loss of a non-preference recipe, KTO's weights under another
+    objective."""
+    skip: dict[str, Any] = {"preference": True} if recipe.task != "preference" else {}
+    if recipe.task == "preference" and recipe.preference.objective != "kto":
+        skip["preference"] = {"desirable_weight", "undesirable_weight"}
     if recipe.search is None:
-        skip.add("search")  # an ordinary run's recipe.yaml stays as it was before searches existed
+        skip["search"] = True  # an ordinary run's recipe.yaml stays as it was before searches existed
     return yaml.safe_dump(recipe.model_dump(mode="json", exclude=skip), sort_keys=False, allow_unicode=True)
 
 

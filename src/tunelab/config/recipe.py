@@ -33,7 +33,7 @@ class Recipe(Section):
     task: Literal["sft", "classify", "pretrain", "preference", "reward", "token_classify", "seq2seq"] = Field(
         description="sft: chat/instruction tuning, loss on assistant tokens. classify: sequence classification. "
         "pretrain: continued pre-training on text, loss on every token. preference: DPO/IPO/ORPO on chosen "
-        "and rejected answers. reward: a scalar reward model trained on preference pairs. token_classify: "
+        "and rejected answers, or KTO on answers rated desirable or not. reward: a scalar reward model trained on preference pairs. token_classify: "
         "a tag per word (NER), scored by entity precision, recall and F1. seq2seq: an encoder-decoder "
         "(T5, BART, Marian) learns a target text from a source text."
     )
@@ -44,7 +44,8 @@ class Recipe(Section):
         "a registered method (tunelab.methods.register_method)."
     )
     preference: PreferenceConfig = Field(
-        default_factory=PreferenceConfig, description="task preference: the loss (dpo, ipo, orpo) and beta."
+        default_factory=PreferenceConfig,
+        description="task preference: the loss (dpo, ipo, orpo, kto) and beta.",
     )
     train: TrainConfig = Field(default_factory=TrainConfig, description="The training loop's settings.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Baselines scored beside the result.")

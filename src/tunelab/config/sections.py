@@ -77,6 +77,14 @@ class ModelConfig(Section):
     load_in_8bit: bool = Field(
         False, description="Load the frozen base in 8-bit (bitsandbytes; needs CUDA) under an adapter method."
     )
+    # Not checked for existence here, unlike data files: the run it names may be the one a first
+    # recipe is about to make. Loading the model checks it (models/base_adapter.py).
+    adapter: str | None = Field(
+        None,
+        description="A finished run of model.name (its folder or final/) whose adapter (lora, dora, ia3) is "
+        "merged into the weights as they load, before this run's method attaches: DPO or KTO from an sft "
+        "run, which is then also their reference model. Its saved tokenizer is used.",
+    )
 
 
 DataFormat = Literal[
@@ -90,6 +98,8 @@ DataFormat = Literal[
     "multiple_choice",
     "preference",
     "openai_preference",  # OpenAI's DPO rows: {input: {messages}, preferred_output, non_preferred_output}
+    "kto",  # {prompt, completion, label: true|false} rows (preference.objective: kto)
+    "hh_dialogue",  # an HH-RLHF transcript in `dialogue` as a chat (data.columns: {dialogue: chosen})
     "tagged",  # {tokens, tags} rows (token_classify)
     "conll",  # a token and its tags per line, sentences between blank lines (token_classify)
 ]
@@ -327,7 +337,7 @@ class TrainConfig(Section):
     group_by_length: bool = Field(
         True,
         description="Unpacked batches: put examples of similar length together (less padding); the order "
-        "of batches stays random.",
+        "of batches stays random. Not for kto, whose KL estimate needs batches of mixed examples.",
     )
     early_stopping: EarlyStopping | None = Field(
         None,
@@ -452,7 +462,18 @@ class OutputConfig(Section):
 class PreferenceConfig(Section):
     """task preference's loss; a section of its own, so setting it for another task is an error."""
 
-    objective: Literal["dpo", "ipo", "orpo"] = Field(
-        "dpo", description="dpo (sigmoid), ipo (squared, length-averaged) or orpo (no reference model)."
+    objective: Literal["dpo", "ipo", "orpo", "kto"] = Field(
+        "dpo",
+        description="dpo (sigmoid), ipo (squared, length-averaged), orpo (no reference model) or kto "
+        "(answers rated desirable or not, unpaired; pairs are read as one of each).",
     )
     beta: float = Field(0.1, gt=0, description="Strength of the pull towards the reference (orpo: lambda).")
+    desirable_weight: float = Field(
+        1.0,
+        gt=0,
+        description="kto: weight of each desirable example's loss; raise the rarer kind's weight so that "
+        "weight x count is within 1:1 to 4:3 of the other's (the KTO paper's advice).",
+    )
+    undesirable_weight: float = Field(
+        1.0, gt=0, description="kto: weight of each undesirable example's loss (see desirable_weight)."
+    )

@@ -43,7 +43,7 @@ def data_files(data: DataConfig) -> list[str]:
 
 def cache_key(recipe: Recipe, tokenizer: Any) -> str:
     """Everything the prepared data depends on: the files' bytes, the data section, and the few other
-    settings the data stage reads (task, length, packing, seed), so any change to them misses."""
+    settings the data stage reads (task, KTO, length, packing, seed), so any change to them misses."""
     parts = {
         "version": __version__,
         "format": CACHE_FORMAT,
@@ -56,6 +56,8 @@ def cache_key(recipe: Recipe, tokenizer: Any) -> str:
         "canaries": recipe.eval.canaries.model_dump() if recipe.eval.canaries else None,  # put in train
         "tokenizer": tokenizer_fingerprint(tokenizer),
     }
+    if recipe.preference.objective == "kto":  # the same pairs tokenise into other examples for KTO
+        parts["unpaired"] = True
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
 

@@ -1,8 +1,10 @@
 """Detect a file's format and convert each row, once, into a canonical record.
 
 Formats: OpenAI chat (`messages`), ShareGPT (`conversations`), Alpaca (`instruction`/`input`/
-`output`), prompt/completion, plain text, labelled text, multiple choice (MMLU style) and preference
-pairs (`prompt`/`chosen`/`rejected`, or HH-RLHF dialogues). Every bad row becomes a
+`output`), prompt/completion, plain text, labelled text, multiple choice (MMLU style), preference
+pairs (`prompt`/`chosen`/`rejected`, or HH-RLHF dialogues), KTO's rated rows (`prompt`/`completion`/
+`label`) and HH-RLHF transcripts as chats (pair_formats.py holds the last three kinds' converters).
+Every bad row becomes a
 `file:where: reason` line; `on_error` decides whether they stop the run (fail) or are left out and
 counted (skip). Nothing is dropped silently.
 """
@@ -16,16 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.data import hub
+from tunelab.data.fields import RowError
+from tunelab.data.fields import text_value as _content
+from tunelab.data.pair_formats import from_hh_dialogue, from_kto, from_openai_preference, from_preference
 from tunelab.data.readers import ReadResult, Row, read_file
-from tunelab.data.records import ROLES, Chat, Labeled, Message, Preference, Record, Tagged, Text
+from tunelab.data.records import ROLES, Chat, Labeled, Message, Preference, Rated, Record, Tagged, Text
 from tunelab.data.tagged import tagged_from_fields
 from tunelab.errors import DataError
 
 MAX_LISTED = 20
-
-
-class RowError(Exception):
-    """One row cannot become a record; the message is the reason shown to the user."""
 
 
 @dataclass(frozen=True)
@@ -56,16 +57,6 @@ class LoadedSplit:
 
 # ---------------------------------------------------------------------------------------------
 # Converters: fields -> record, raising RowError with the reason
-
-
-def _content(value: Any, where: str, *, required: bool) -> str:
-    if value is None:
-        raise RowError(f"{where}: missing")
-    if not isinstance(value, str):
-        raise RowError(f"{where}: expected text, got {type(value).__name__}")
-    if required and not value.strip():
-        raise RowError(f"{where}: empty")
-    return value
 
 
 def chat_from_messages(
@@ -163,7 +154,7 @@ def with_system_prompt(record: Record, system: str | None) -> Record:
         return record
     if isinstance(record, Chat) and not any(m.role == "system" for m in record.messages):
         return replace(record, messages=(Message("system", system), *record.messages))
-    if isinstance(record, Preference) and not any(m.role == "system" for m in record.prompt):
+    if isinstance(record, Preference | Rated) and not any(m.role == "system" for m in record.prompt):
         return replace(record, prompt=(Message("system", system), *record.prompt))
     return record
 
@@ -207,70 +198,6 @@ def from_multiple_choice(fields: dict[str, Any], columns: Columns) -> Labeled:
     return Labeled(text=f"{question}\n{options}", label=label)
 
 
-HH_TURN = re.compile(r"\n\n(Human|Assistant): ")
-
-
-def parse_hh_dialogue(text: str) -> list[Message]:
-    """'\\n\\nHuman: ...\\n\\nAssistant: ...' -> messages (HH-RLHF's whole-dialogue format)."""
-    parts = HH_TURN.split(text)
-    if parts[0].strip() or len(parts) < 3:
-        raise RowError("expected a dialogue of '\\n\\nHuman: ' / '\\n\\nAssistant: ' turns")
-    roles = {"Human": "user", "Assistant": "assistant"}
-    return [Message(roles[speaker], body) for speaker, body in zip(parts[1::2], parts[2::2], strict=True)]
-
-
-def from_preference(fields: dict[str, Any], columns: Columns) -> Preference:
-    chosen, rejected, prompt = fields.get("chosen"), fields.get("rejected"), fields.get("prompt")
-    if prompt is None and isinstance(chosen, str) and isinstance(rejected, str):
-        # HH-RLHF: both are whole dialogues; the shared prompt is everything before the final answer.
-        chosen_turns, rejected_turns = parse_hh_dialogue(chosen), parse_hh_dialogue(rejected)
-        if chosen_turns[-1].role != "assistant" or rejected_turns[-1].role != "assistant":
-            raise RowError("chosen and rejected must both end with an Assistant turn")
-        if chosen_turns[:-1] != rejected_turns[:-1]:
-            raise RowError("chosen and rejected differ before their final Assistant turn (no shared prompt)")
-        prompt_messages = tuple(chosen_turns[:-1])
-        chosen, rejected = chosen_turns[-1].content, rejected_turns[-1].content
-    else:
-        prompt_messages = preference_prompt(prompt)
-        chosen, rejected = _final_answer(chosen, "chosen"), _final_answer(rejected, "rejected")
-    chosen = _content(chosen, "chosen", required=True)
-    rejected = _content(rejected, "rejected", required=True)
-    if chosen == rejected:
-        raise RowError("chosen and rejected are the same answer: nothing to prefer")
-    return Preference(prompt=prompt_messages, chosen=chosen, rejected=rejected)
-
-
-def from_openai_preference(fields: dict[str, Any], columns: Columns) -> Preference:
-    """OpenAI's DPO rows: {input: {messages}, preferred_output: [message], non_preferred_output: [...]}."""
-    given = fields.get("input")
-    if not isinstance(given, dict) or not isinstance(given.get("messages"), list):
-        raise RowError("input: expected {messages: [{role, content}, ...]}")
-    pair = {"prompt": given["messages"], "chosen": fields.get("preferred_output")}
-    return from_preference({**pair, "rejected": fields.get("non_preferred_output")}, columns)
-
-
-def preference_prompt(prompt: Any) -> tuple[Message, ...]:
-    """A `prompt` field: one user message as text, or a list of {role, content} messages."""
-    if isinstance(prompt, str):
-        return (Message("user", _content(prompt, "prompt", required=True)),)
-    if isinstance(prompt, list) and prompt:
-        return tuple(_prompt_message(m, i) for i, m in enumerate(prompt))
-    raise RowError("prompt: missing (a string or a list of messages)")
-
-
-def _prompt_message(message: Any, i: int) -> Message:
-    if not isinstance(message, dict) or message.get("role") not in ROLES:
-        raise RowError(f"prompt[{i}]: expected {{role, content}} with role one of {', '.join(ROLES)}")
-    return Message(message["role"], _content(message.get("content"), f"prompt[{i}].content", required=True))
-
-
-def _final_answer(value: Any, name: str) -> Any:
-    """An answer given as a message list (UltraFeedback style) is its last assistant message."""
-    if isinstance(value, list) and value and isinstance(value[-1], dict):
-        return value[-1].get("content")
-    return value
-
-
 def from_tagged(fields: dict[str, Any], columns: Columns) -> Tagged:
     try:
         return tagged_from_fields(fields.get("tokens"), fields.get("tags"))
@@ -289,14 +216,39 @@ CONVERTERS: dict[str, Converter] = {
     "multiple_choice": from_multiple_choice,
     "preference": from_preference,
     "openai_preference": from_openai_preference,
+    "kto": from_kto,
+    "hh_dialogue": from_hh_dialogue,
     "tagged": from_tagged,
 }
 FORMATS = tuple(CONVERTERS)
 RECORD_KIND = {
     "chat": "chat", "sharegpt": "chat", "alpaca": "chat", "prompt_completion": "chat", "text": "text",
     "labeled": "labeled", "multiple_choice": "labeled", "preference": "preference",
-    "openai_preference": "preference", "tagged": "tagged",
+    "openai_preference": "preference", "kto": "rated", "hh_dialogue": "chat", "tagged": "tagged",
 }  # fmt: skip
+RECORD_KIND_FOR_TASK = {
+    "sft": "chat", "classify": "labeled", "pretrain": "text", "preference": "preference", "reward": "preference",
+    "token_classify": "tagged", "seq2seq": "chat",
+}  # fmt: skip
+# Replay data (general data mixed in against forgetting) may be plain text under instruction tuning.
+REPLAY_KINDS = {"sft": ("chat", "text"), "pretrain": ("text",)}
+FORMATS_FOR_KIND = {
+    "chat": "chat (messages), sharegpt (conversations), alpaca (instruction/output), prompt/completion, "
+    "or HH-RLHF transcripts (data.format: hh_dialogue)",
+    "labeled": "labeled text (text + label columns) or multiple choice (question/choices/answer)",
+    "text": "plain text (.txt, or a text column)",
+    "preference": "preference pairs (prompt, chosen, rejected; or OpenAI's input/preferred_output)",
+    "rated": "KTO rows (prompt, completion, label: true or false; with preference.objective: kto)",
+    "tagged": "CoNLL (a token and its tag per line) or {tokens, tags} rows",
+}
+
+
+def record_kinds(task: str, objective: str = "dpo") -> tuple[str, ...]:
+    """The record kinds a task trains on. KTO (`preference.objective: kto`) reads rated rows and preference
+    pairs alike (pairs are split into two rated examples when tokenised: data/rated.py)."""
+    if task == "preference" and objective == "kto":
+        return ("rated", "preference")
+    return (RECORD_KIND_FOR_TASK[task],)
 
 
 def detect_format(rows: list[Row], columns: Columns, kind: str | None = None) -> str | None:
@@ -315,6 +267,9 @@ def detect_format(rows: list[Row], columns: Columns, kind: str | None = None) ->
         ("openai_preference", {"input", "preferred_output", "non_preferred_output"}),
         ("tagged", {"tokens", "tags"}),
         ("alpaca", {"instruction", "output"}),
+        # Before prompt_completion and labeled, whose fields a KTO row also has: its label says whether
+        # the completion is one to learn at all. (hh_dialogue is never detected: DialogSum has `dialogue` too.)
+        ("kto", {"prompt", "completion", "label"}),
         ("prompt_completion", {"completion"} if columns.prompt_template else {"prompt", "completion"}),
         ("multiple_choice", {"question", "choices", "answer"}),
         ("labeled", {columns.text, columns.label}),
@@ -387,6 +342,8 @@ def _format_of(read: ReadResult, fmt: str, columns: Columns, kind: str | None) -
             fix="set task: token_classify to train a tagger on it, or data.format: text to read each "
             "line as plain text anyway",
         )
+    if fmt == "auto" and kind in ("chat", "preference") and name in (None, "prompt_completion"):
+        _refuse_kto_rows(read, columns, kind)
     if name is None and kind == "labeled":
         name = "labeled"  # so the missing column is named below
     if name is None:
@@ -395,6 +352,28 @@ def _format_of(read: ReadResult, fmt: str, columns: Columns, kind: str | None) -
             fix=f"set data.format to one of {', '.join(FORMATS)} (and data.text_column / label_column)",
         )
     return name
+
+
+def _refuse_kto_rows(read: ReadResult, columns: Columns, kind: str) -> None:
+    """KTO rows (a true/false label) where sft or a pair objective reads the file: sft would learn the
+    undesirable completions as well, and a pair objective finds no pairs. Both say what to set."""
+    rows = read.parsed[:50]
+    if detect_format(rows, columns) != "kto" or not any(
+        isinstance(r.fields.get("label"), bool) for r in rows
+    ):
+        return
+    reading = (
+        "task sft would learn every completion, the undesirable ones too" if kind == "chat" else "no pairs"
+    )
+    raise DataError(
+        f"{read.path}: these are KTO rows (prompt, completion, label: true/false): {reading}",
+        fix="train them with task: preference and preference.objective: kto"
+        + (
+            ", or set data.format: prompt_completion to learn every completion anyway"
+            if kind == "chat"
+            else ""
+        ),
+    )
 
 
 def _converted(read: ReadResult, name: str, columns: Columns) -> LoadedSplit:

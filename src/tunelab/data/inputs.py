@@ -20,10 +20,10 @@ from tunelab.data.formats import (
     alpaca_prompt,
     chat_from_messages,
     labeled_text,
-    preference_prompt,
     sharegpt_messages,
     templated_prompt,
 )
+from tunelab.data.pair_formats import preference_prompt
 from tunelab.data.readers import read_file
 from tunelab.data.records import Message
 from tunelab.errors import DataError

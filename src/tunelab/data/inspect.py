@@ -10,7 +10,7 @@ from typing import Any
 from tunelab.data.clean import NearDupConfig, exact_duplicates, find_pii, near_duplicates
 from tunelab.data.formats import Columns, load_split
 from tunelab.data.readers import read_file
-from tunelab.data.records import Chat, Labeled, Text, record_text
+from tunelab.data.records import Chat, Labeled, Rated, Text, record_text
 from tunelab.data.templates import ensure_chat_template, render_chat
 from tunelab.errors import DataError
 
@@ -62,9 +62,10 @@ def inspect_file(
     summary["exact_duplicates"] = sum(d is not None for d in exact_duplicates(texts))
     summary["near_duplicates"] = sum(d is not None for d in near_duplicates(texts, near or NearDupConfig()))
     summary["pii"] = dict(sorted(Counter(m.kind for t in texts for m in find_pii(t)).items()))
-    labeled = [r for r in records if isinstance(r, Labeled)]
-    if labeled:
-        counts = Counter(r.label for r in labeled)
+    # Classes, or KTO's desirable / undesirable answers (whose balance desirable_weight corrects).
+    counts = Counter(r.label for r in records if isinstance(r, Labeled))
+    counts.update("desirable" if r.label else "undesirable" for r in records if isinstance(r, Rated))
+    if counts:
         summary["labels"] = {
             "counts": dict(sorted(counts.items())),
             "imbalance_ratio": round(max(counts.values()) / min(counts.values()), 3),

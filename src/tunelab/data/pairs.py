@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from tunelab.data.records import Chat, Message, Preference
+from tunelab.data.records import Chat, Message, Preference, Rated
 from tunelab.data.templates import render_chat
 from tunelab.data.tokenize import (
     IGNORE_INDEX,
@@ -22,8 +22,8 @@ from tunelab.data.tokenize import (
     collate,
     count_causal_targets,
     length_verdict,
+    require_fast,
 )
-from tunelab.errors import DataError
 
 Encoded = tuple[list[int], list[int]]  # (input ids, labels)
 
@@ -32,24 +32,14 @@ def tokenize_preferences(
     tokenizer: Any, records: list[Preference], policy: LengthPolicy
 ) -> tuple[list[Example], TokenizeStats]:
     """Tokenise both sides of each pair; the length policy judges a pair by its longer sequence."""
-    _require_fast(tokenizer)
+    require_fast(tokenizer, "to map the loss mask")  # the answer spans become tokens through offsets
     stats = TokenizeStats()
     examples: list[Example] = []
     for record in records:
-        stats.examples += 1
-        chosen = _encode(tokenizer, _answer_chat(record, record.chosen))
-        rejected = _encode(tokenizer, _answer_chat(record, record.rejected))
-        longest = max(len(chosen[0]), len(rejected[0]))
-        if (reason := length_verdict(longest, policy)) is not None:
-            stats.drop(reason, record.source)
+        encoded = encode_pair(tokenizer, record, policy, stats)
+        if encoded is None:
             continue
-        if longest > policy.max_seq_len:
-            stats.truncated += 1  # once per pair, even when both sides are cut
-            chosen, rejected = _truncate(chosen, policy.max_seq_len), _truncate(rejected, policy.max_seq_len)
-        # A pair is only informative when both answers keep something to score.
-        if count_causal_targets(chosen[1]) == 0 or count_causal_targets(rejected[1]) == 0:
-            stats.drop("no_targets", record.source)
-            continue
+        chosen, rejected = encoded
         examples.append(
             {
                 "chosen_input_ids": chosen[0],
@@ -59,6 +49,31 @@ def tokenize_preferences(
             }
         )
     return examples, stats
+
+
+def encode_pair(
+    tokenizer: Any, record: Preference, policy: LengthPolicy, stats: TokenizeStats
+) -> tuple[Encoded, Encoded] | None:
+    """Both answers after the prompt, encoded and cut to fit; None (counted in `stats`) when the pair is
+    left out. KTO's rows from a pair (data/rated.py) come from here too, so they are cut alike."""
+    stats.examples += 1
+    chosen = encode_answer(tokenizer, record, record.chosen)
+    rejected = encode_answer(tokenizer, record, record.rejected)
+    longest = max(len(chosen[0]), len(rejected[0]))
+    if (reason := length_verdict(longest, policy)) is not None:
+        stats.drop(reason, record.source)
+        return None
+    if longest > policy.max_seq_len:
+        stats.truncated += 1  # once per pair, even when both sides are cut
+        chosen, rejected = (
+            truncate_keep_end(chosen, policy.max_seq_len),
+            truncate_keep_end(rejected, policy.max_seq_len),
+        )
+    # A pair is only informative when both answers keep something to score.
+    if count_causal_targets(chosen[1]) == 0 or count_causal_targets(rejected[1]) == 0:
+        stats.drop("no_targets", record.source)
+        return None
+    return chosen, rejected
 
 
 def collate_pairs(examples: list[Example], pad_token_id: int) -> dict[str, torch.Tensor]:
@@ -72,7 +87,12 @@ def collate_pairs(examples: list[Example], pad_token_id: int) -> dict[str, torch
     return collate(rows, pad_token_id)
 
 
-def _answer_chat(record: Preference, answer: str) -> Chat:
+def encode_answer(tokenizer: Any, record: Preference | Rated, answer: str) -> Encoded:
+    """The record's prompt with `answer` as its last assistant turn, encoded; labels on the answer only."""
+    return _encode(tokenizer, _answer_chat(record, answer))
+
+
+def _answer_chat(record: Preference | Rated, answer: str) -> Chat:
     """The prompt with `answer` as the final assistant turn, which alone carries the loss mask."""
     # Assistant turns inside the prompt are shared history, identical on both sides: scoring them
     # would add the same number to both log-probabilities, so weight 0 leaves them out of the labels.
@@ -93,7 +113,7 @@ def _encode(tokenizer: Any, chat: Chat) -> Encoded:
     return list(ids), labels
 
 
-def _truncate(encoded: Encoded, max_len: int) -> Encoded:
+def truncate_keep_end(encoded: Encoded, max_len: int) -> Encoded:
     """Keep the end: the prompt loses its oldest tokens, the answer is kept (cut from the right only
     when it alone is longer than max_len). Cutting from the right, as sft does, would often remove the
     answer, which is all a preference pair is about (TRL's DPO keeps the end of the prompt likewise)."""
@@ -101,12 +121,3 @@ def _truncate(encoded: Encoded, max_len: int) -> Encoded:
     answer_start = next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), len(ids))
     start = min(max(0, len(ids) - max_len), answer_start)
     return ids[start : start + max_len], labels[start : start + max_len]
-
-
-def _require_fast(tokenizer: Any) -> None:
-    # Same check as tokenize_chats: the answer spans are mapped to tokens through offsets.
-    if not getattr(tokenizer, "is_fast", False):
-        raise DataError(
-            "the tokenizer has no fast (Rust) implementation, which tunelab needs to map the loss mask",
-            fix="use a model whose tokenizer ships tokenizer.json",
-        )

@@ -16,7 +16,15 @@ from tunelab.data import quality
 from tunelab.data.augment import augment_train
 from tunelab.data.canaries import insert_canaries
 from tunelab.data.clean import NearDupConfig
-from tunelab.data.formats import RECORD_KIND, Columns, load_split
+from tunelab.data.formats import (
+    FORMATS_FOR_KIND,
+    RECORD_KIND,
+    RECORD_KIND_FOR_TASK,
+    REPLAY_KINDS,
+    Columns,
+    load_split,
+    record_kinds,
+)
 from tunelab.data.labels import build_label_map, check_labels_known
 from tunelab.data.mixture import REPLAY
 from tunelab.data.packing import pack_examples
@@ -36,19 +44,6 @@ from tunelab.errors import DataError
 from tunelab.methods import method_spec, methods_where
 
 SPLITS = ("train", "validation", "test")
-RECORD_KIND_FOR_TASK = {
-    "sft": "chat", "classify": "labeled", "pretrain": "text", "preference": "preference", "reward": "preference",
-    "token_classify": "tagged", "seq2seq": "chat",
-}  # fmt: skip
-# Replay data (general data mixed in against forgetting) may be plain text under instruction tuning.
-REPLAY_KINDS = {"sft": ("chat", "text"), "pretrain": ("text",)}
-FORMATS_FOR_KIND = {
-    "chat": "chat (messages), sharegpt (conversations), alpaca (instruction/output), prompt/completion",
-    "labeled": "labeled text (text + label columns) or multiple choice (question/choices/answer)",
-    "text": "plain text (.txt, or a text column)",
-    "preference": "preference pairs (prompt, chosen, rejected; or OpenAI's input/preferred_output)",
-    "tagged": "CoNLL (a token and its tag per line) or {tokens, tags} rows",
-}
 CHAT_TASKS = ("sft", "preference", "reward")  # tasks whose records are rendered with a chat template
 
 
@@ -117,7 +112,7 @@ def load_records(recipe: Recipe) -> Records:
     report: dict[str, Any] = {"splits": {}}
     files = {split: getattr(data, split) for split in SPLITS if getattr(data, split)}
     shares = {s: getattr(data.split, s) for s in ("validation", "test")}
-    kinds = (RECORD_KIND_FOR_TASK[stage.task],)
+    kinds = record_kinds(recipe.task, recipe.preference.objective)
     splits = _prepare_source(stage, files, data.format, kinds, report, shares, stage.task == "classify")
     splits["train"], report["leakage"] = _check_leakage(data, splits)
     _check_not_empty(splits, report)  # before labels are counted: an empty train has none
@@ -395,7 +390,9 @@ def tokenize_records(recipe: Recipe, records: Records, tokenizer: Any) -> Prepar
     for split, items in records.splits.items():
         examples, stats = [], TokenizeStats()
         for name, group in _groups(items, records.datasets.get(split)):
-            group_examples, group_stats = _tokenize(tokenizer, group, records.label_map, policy, recipe.task)
+            group_examples, group_stats = _tokenize(
+                tokenizer, group, records.label_map, policy, recipe.task, recipe.preference.objective == "kto"
+            )
             if name:
                 for example in group_examples:
                     example["dataset"] = name
@@ -433,9 +430,18 @@ def _groups(items: list[Any], tags: list[str] | None) -> list[tuple[str, list[An
 
 
 def _tokenize(
-    tokenizer: Any, items: list[Any], label_map: dict[str, int] | None, policy: LengthPolicy, task: str
+    tokenizer: Any,
+    items: list[Any],
+    label_map: dict[str, int] | None,
+    policy: LengthPolicy,
+    task: str,
+    unpaired: bool = False,
 ) -> tuple[list[Example], TokenizeStats]:
     first = items[0]
+    if unpaired:  # KTO: rated rows, and pairs split into a desirable and an undesirable example
+        from tunelab.data.rated import tokenize_rated
+
+        return tokenize_rated(tokenizer, items, policy)
     if task == "seq2seq":
         from tunelab.data.seq2seq import tokenize_seq2seq
 

@@ -21,7 +21,7 @@ from tunelab.data.clean import (
     near_duplicates,
     normalize_text,
 )
-from tunelab.data.records import Chat, Labeled, Message, Preference, Record, Tagged, Text, record_text
+from tunelab.data.records import Chat, Labeled, Message, Preference, Rated, Record, Tagged, Text, record_text
 from tunelab.errors import DataError
 
 EXAMPLES_SHOWN = 5
@@ -38,6 +38,9 @@ def map_text(record: Record, fn: Callable[[str], str]) -> Record:
     if isinstance(record, Preference):
         prompt = tuple(Message(m.role, fn(m.content), m.weight) for m in record.prompt)
         return replace(record, prompt=prompt, chosen=fn(record.chosen), rejected=fn(record.rejected))
+    if isinstance(record, Rated):
+        prompt = tuple(Message(m.role, fn(m.content), m.weight) for m in record.prompt)
+        return replace(record, prompt=prompt, completion=fn(record.completion))
     if isinstance(record, Tagged):  # word by word: the tags stay aligned with the words
         return replace(record, tokens=tuple(fn(token) or token for token in record.tokens))
     assert isinstance(record, Text)

@@ -47,6 +47,16 @@ class Preference:
 
 
 @dataclass(frozen=True)
+class Rated:
+    """One answer judged on its own (KTO's unpaired rows): desirable (label True) or undesirable."""
+
+    prompt: tuple[Message, ...]  # the conversation before the answer
+    completion: str
+    label: bool
+    source: str = field(default="", compare=False)
+
+
+@dataclass(frozen=True)
 class Tagged:
     """A sentence as words, each with its tag (token classification: B-PER, I-PER, O, ...)."""
 
@@ -55,7 +65,7 @@ class Tagged:
     source: str = field(default="", compare=False)
 
 
-Record = Chat | Text | Labeled | Preference | Tagged
+Record = Chat | Text | Labeled | Preference | Rated | Tagged
 
 
 def record_text(record: Record) -> str:
@@ -66,6 +76,8 @@ def record_text(record: Record) -> str:
         return record.text if record.text_pair is None else f"{record.text}\n{record.text_pair}"
     if isinstance(record, Preference):
         return "\n".join([*(m.content for m in record.prompt), record.chosen, record.rejected])
+    if isinstance(record, Rated):  # the label is not text: two rows differing only in it are duplicates
+        return "\n".join([*(m.content for m in record.prompt), record.completion])
     if isinstance(record, Tagged):
         return " ".join(record.tokens)
     return record.text

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tunelab.data.endpoint import post_json
-from tunelab.data.records import Chat, Labeled, Preference, Record, Tagged, Text
+from tunelab.data.records import Chat, Labeled, Preference, Rated, Record, Tagged, Text
 from tunelab.errors import DataError
 
 if TYPE_CHECKING:
@@ -85,6 +85,9 @@ def row_texts(record: Record) -> list[tuple[str, str]]:
     if isinstance(record, Preference):
         prompt = [(f"prompt turn {i + 1} ({m.role})", m.content) for i, m in enumerate(record.prompt)]
         return [*prompt, ("chosen", record.chosen), ("rejected", record.rejected)]
+    if isinstance(record, Rated):
+        prompt = [(f"prompt turn {i + 1} ({m.role})", m.content) for i, m in enumerate(record.prompt)]
+        return [*prompt, ("completion", record.completion)]
     if isinstance(record, Labeled):
         return [("text", record.text)] + ([("text_pair", record.text_pair)] if record.text_pair else [])
     if isinstance(record, Tagged):
@@ -157,6 +160,9 @@ def screen_split(
     if records and isinstance(records[0], Preference):
         step["pairs"], warning = _pair_balance(records, screened, cfg)
         warnings += [warning] if warning else []
+    if any(isinstance(r, Rated) for r in records):
+        step["rated"], warning = _rated_balance(records, screened, cfg)
+        warnings += [warning] if warning else []
     if split != "train":
         return records, step, warnings
     if share > cfg.max_flagged_share:
@@ -208,3 +214,29 @@ def _pair_balance(
             message, problems=only_chosen[:20], fix="fix those pairs (chosen and rejected swapped?)"
         )
     return pairs, message
+
+
+def _rated_balance(
+    records: list[Record], screened: Screened, cfg: ContentScreen
+) -> tuple[dict[str, Any], str | None]:
+    """KTO's rows, unpaired: a flagged completion labelled desirable is taught, one labelled undesirable
+    is taught against. A larger flagged share among desirable completions than among undesirable ones
+    teaches toward flagged content, as a set preferring flagged answers does."""
+    rows = [(i, r.label) for i, r in enumerate(records) if isinstance(r, Rated)]
+    flagged = {i for i, _ in rows if screened.parts[i]["completion"] >= cfg.threshold}
+    desirable = [i for i, label in rows if label]
+    undesirable = [i for i, label in rows if not label]
+    flagged_desirable = [records[i].source for i in desirable if i in flagged]
+    rates = [
+        sum(i in flagged for i in side) / len(side) if side else 0.0 for side in (desirable, undesirable)
+    ]
+    rated = {"desirable_flagged_rate": round(rates[0], 6), "undesirable_flagged_rate": round(rates[1], 6)}
+    if rates[0] <= rates[1]:
+        return rated, None
+    message = (
+        f"content screen: {100 * rates[0]:.1f}% of desirable completions are flagged, against "
+        f"{100 * rates[1]:.1f}% of undesirable ones: this KTO set teaches toward flagged content"
+    )
+    if cfg.action != "report":
+        raise DataError(message, problems=flagged_desirable[:20], fix="fix those rows (labels swapped?)")
+    return rated, message

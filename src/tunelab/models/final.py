@@ -34,6 +34,7 @@ def save_final(
     else:
         model.save_pretrained(str(tmp))  # safetensors
     tokenizer.save_pretrained(str(tmp))  # carries the chat template used, so inference renders alike
+    merged_from = _keep_base_adapter(model, recipe, tmp)
     info = {
         "task": recipe.task,
         "method": recipe.method.name,
@@ -45,6 +46,7 @@ def save_final(
         "prompt_template": recipe.data.prompt_template,
         "added_tokens": data.added_tokens,  # the base needs rows for them (resize_token_embeddings)
         "precision": precision,
+        "base_adapter": merged_from,  # model.adapter: the run merged into the base (a copy in base_adapter/)
     }
     (tmp / "tunelab.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     if data.label_map is not None:
@@ -52,3 +54,18 @@ def save_final(
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     return final
+
+
+def _keep_base_adapter(model: Any, recipe: Recipe, tmp: Path) -> dict[str, str] | None:
+    """model.adapter's final/, copied into final/base_adapter/ when this run's weights are an adapter
+    over it, so restoring needs this folder only. Full weights already hold the merged adapter."""
+    if recipe.model.adapter is None:
+        return None
+    from tunelab.models.base_adapter import BASE_ADAPTER, resolve_adapter
+    from tunelab.models.restore import read_info
+
+    source = resolve_adapter(recipe.model)
+    if is_bottleneck(model) or is_adapter(model):
+        shutil.copytree(source, tmp / BASE_ADAPTER)
+    info = read_info(source)
+    return {"from": str(source.resolve()), "task": info["task"], "method": info["method"]}

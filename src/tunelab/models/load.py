@@ -48,9 +48,11 @@ def load_model(
 
     `quantisation` loads the frozen base through bitsandbytes ("4bit": qlora; "8bit"); by default it
     follows `cfg.load_in_8bit`. See `quantisation_for`. `dtype` overrides `cfg.dtype` (training
-    resolves it with the method and precision: training/precision.py).
+    resolves it with the method and precision: training/precision.py). `cfg.adapter`, another run's
+    adapter, is merged into the weights (models/base_adapter.py), with that run's tokenizer.
     """
     source, local = model_source(cfg.name)
+    adapter = _resolved_adapter(cfg, task)  # refused before any weights are read
     common: dict[str, Any] = {
         "trust_remote_code": cfg.trust_remote_code,
         "revision": cfg.revision,
@@ -58,6 +60,8 @@ def load_model(
     }
     quantisation = quantisation or ("8bit" if cfg.load_in_8bit else None)
     try:
+        if tokenizer is None and adapter is not None:
+            tokenizer = _adapter_tokenizer(adapter)
         tokenizer = tokenizer or AutoTokenizer.from_pretrained(source, **common, **tokenizer_options(task))
         weights_options = {**common, **quantisation_options(quantisation, task)}
         model, info = _load_weights(
@@ -66,7 +70,11 @@ def load_model(
     except (OSError, ValueError) as exc:
         raise _not_loadable(cfg.name, source, local, exc, task) from None
     _ensure_pad_token(tokenizer, model)
-    _fit_embeddings_to(tokenizer, model)
+    if adapter is not None:
+        from tunelab.models.base_adapter import merge_base_adapter
+
+        model = merge_base_adapter(model, adapter)
+    _fit_embeddings_to(tokenizer, model)  # after the merge: this run may add tokens of its own
     new_modules = sorted({key.rsplit(".", 1)[0] for key in info.get("missing_keys", [])})
     return LoadedModel(model=model, tokenizer=tokenizer, source=source, new_modules=new_modules)
 
@@ -125,8 +133,12 @@ def tokenizer_options(task: str | None) -> dict[str, Any]:
 
 
 def load_tokenizer(cfg: ModelConfig, task: str | None = None) -> Any:
-    """The tokenizer alone (for data inspection and preparation: no weights are read)."""
+    """The tokenizer alone (for data inspection and preparation: no weights are read); with
+    model.adapter, that run's saved tokenizer (its chat template and added tokens)."""
     source, local = model_source(cfg.name)
+    adapter = _resolved_adapter(cfg, task)
+    if adapter is not None:
+        return _adapter_tokenizer(adapter)
     try:
         tokenizer = AutoTokenizer.from_pretrained(
             source,
@@ -231,6 +243,20 @@ def model_source(name: str) -> tuple[str, bool]:
             fix="point model.name at a folder holding config.json and the weights, or at a Hub id (org/name)",
         )
     return name, False
+
+
+def _resolved_adapter(cfg: ModelConfig, task: str | None) -> Path | None:
+    if cfg.adapter is None:
+        return None
+    from tunelab.models.base_adapter import resolve_adapter
+
+    return resolve_adapter(cfg, task)
+
+
+def _adapter_tokenizer(final: Path) -> Any:
+    from tunelab.models.base_adapter import adapter_tokenizer
+
+    return adapter_tokenizer(final)
 
 
 def _offline() -> bool:

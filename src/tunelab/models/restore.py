@@ -8,6 +8,9 @@ chat template used in training, an optional `labels.json`, and the weights in on
 - a bottleneck adapter (`bottleneck_adapter.json` + weights): inserted into its base by
   `tunelab.models.adapters.load_bottleneck`.
 
+A run trained over another run's adapter (`model.adapter`) keeps that run's final/ in `base_adapter/`;
+it is merged into the base before this run's adapter goes on (models/base_adapter.py).
+
 Evaluation, export and inference all load through `load_trained`, so they see the same model.
 """
 
@@ -24,6 +27,7 @@ from transformers import AutoTokenizer
 
 from tunelab.config import ModelConfig
 from tunelab.errors import TunelabError
+from tunelab.models.base_adapter import BASE_ADAPTER
 from tunelab.models.load import load_model
 from tunelab.training.precision import COMPUTE_DTYPES, Precision, resolve_weights, weights_dtype
 
@@ -151,10 +155,10 @@ def load_trained(path: str | Path, *, dtype: Dtype = "auto", precision: str = "t
     else:
         # With the run's tokenizer, the base grows rows for any tokens training added (a template's
         # markers); the adapter holds what those rows learned.
-        base = load_model(
-            model_config(info["base_model"], run_dir), head, label_map, tokenizer, dtype=weights
-        )
-        base = base.model
+        config = model_config(info["base_model"], run_dir)
+        if (final / BASE_ADAPTER).is_dir():  # trained over another run's adapter: merged in first
+            config = config.model_copy(update={"adapter": str(final / BASE_ADAPTER)})
+        base = load_model(config, head, label_map, tokenizer, dtype=weights).model
         # Under autocast the trained weights were float32 masters over the base's dtype.
         trainable_dtype = torch.float32 if chosen.compute != "fp32" else None
         model = _attach_adapter(base, final, kind, trainable_dtype)

@@ -152,6 +152,10 @@ class ModelPool:
     def _can_share(self, final: Path, base_path: str, tokenizer: Any) -> bool:
         import json
 
+        from tunelab.models.base_adapter import BASE_ADAPTER
+
+        if (final / BASE_ADAPTER).is_dir():  # trained over another run's merged adapter: not the raw base
+            return False
         config = json.loads((final / "adapter_config.json").read_text(encoding="utf-8"))
         base = self._base(base_path)
         same_vocab = len(tokenizer) == len(base.trained.tokenizer)

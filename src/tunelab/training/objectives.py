@@ -170,8 +170,13 @@ OBJECTIVES: dict[str, Objective] = {
 
 
 def collate_for(task: str) -> Callable[[list[dict[str, Any]], int], Batch]:
-    """The collator of a task's examples: preference pairs stack chosen and rejected rows."""
-    if task in ("preference", "reward"):
+    """The collator of a task's examples: preference pairs stack chosen and rejected rows; KTO's rated
+    examples (task preference too) add their mismatched rows."""
+    if task == "preference":
+        from tunelab.data.rated import collate_preference
+
+        return collate_preference
+    if task == "reward":
         from tunelab.data.pairs import collate_pairs
 
         return collate_pairs
@@ -187,7 +192,7 @@ def collate_for(task: str) -> Callable[[list[dict[str, Any]], int], Batch]:
 def build_objective(
     task: str, preference: PreferenceConfig, model: Any, class_weights: list[float] | None = None
 ) -> Objective:
-    """The task's loss. DPO and IPO compare against a reference: the same model with its adapter
+    """The task's loss. DPO, IPO and KTO compare against a reference: the same model with its adapter
     switched off (no second copy), or for full/freeze a frozen copy of the weights before training.
     `class_weights` (classify) weighs each example's loss by its class."""
     if class_weights is not None:
@@ -202,10 +207,15 @@ def build_objective(
     from tunelab.training.preference import (
         adapter_disabled_reference,
         frozen_copy_reference,
+        kto_objective,
         preference_objective,
     )
 
     reference = None
     if preference.objective != "orpo":
         reference = adapter_disabled_reference() if is_adapter(model) else frozen_copy_reference(model)
+    if preference.objective == "kto":
+        assert reference is not None
+        weights = preference.desirable_weight, preference.undesirable_weight
+        return kto_objective(preference.beta, reference, *weights)
     return preference_objective(preference.objective, preference.beta, reference)

@@ -1,8 +1,9 @@
-"""Preference objectives: DPO, IPO, ORPO on a causal LM, and a Bradley–Terry reward model.
+"""Preference objectives: DPO, IPO, ORPO and KTO on a causal LM, and a Bradley–Terry reward model.
 
-Batches come from `data.pairs.collate_pairs`: 2B rows, chosen answers first (0..B-1), rejected after
-(B..2B-1), so one forward pass scores both halves. As with every tunelab objective, the loss is a
-*sum* over targets, here pairs, and the loop divides by the pair count of the whole step.
+Pair batches come from `data.pairs.collate_pairs`: 2B rows, chosen answers first (0..B-1), rejected
+after (B..2B-1), so one forward pass scores both halves. KTO's come from `data.rated.collate_rated`:
+B rated examples, then B mismatched rows for its KL estimate. As with every tunelab objective, the
+loss is a *sum* over targets (pairs; KTO: examples), and the loop divides by the step's target count.
 
 The losses are pure functions of per-pair tensors so they can be checked against hand-computed
 numbers; the objectives only run the model and feed them.
@@ -18,13 +19,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from tunelab.data.rated import DESIRABLE
 from tunelab.data.tokenize import IGNORE_INDEX
 from tunelab.training.objectives import Batch, Objective, Output, causal_logits, model_inputs
 
 # (model, batch) -> (summed log-probs [2B], target token counts [2B]), computed without gradients.
 Reference = Callable[[Any, Batch], tuple[torch.Tensor, torch.Tensor]]
 
-PREFERENCE_KINDS = ("dpo", "ipo", "orpo")
+PREFERENCE_KINDS = ("dpo", "ipo", "orpo")  # the pair objectives; kto has kto_objective
 
 
 # ---------------------------------------------------------------------------------------------
@@ -99,6 +101,33 @@ def orpo_loss(chosen_avg_logp: torch.Tensor, rejected_avg_logp: torch.Tensor, be
         _log1mexp(chosen_avg_logp) - _log1mexp(rejected_avg_logp)
     )
     return -chosen_avg_logp - beta * F.logsigmoid(log_odds)
+
+
+def kto_loss(
+    policy: torch.Tensor,
+    reference: torch.Tensor,
+    kl: torch.Tensor,
+    desirable: torch.Tensor,
+    beta: float,
+    desirable_weight: float = 1.0,
+    undesirable_weight: float = 1.0,
+) -> torch.Tensor:
+    """KTO (Ethayarajh et al. 2024, eq. 7), per example: with r = policy − reference (summed log-probs of
+    the completion) and z the KL estimate (`kto_kl`), a desirable answer costs w_d · (1 − σ(β(r − z))),
+    an undesirable one w_u · (1 − σ(β(z − r))). As TRL's KTOTrainer computes it (loss_type "kto")."""
+    logratio = policy - reference
+    return torch.where(
+        desirable,
+        desirable_weight * (1 - torch.sigmoid(beta * (logratio - kl))),
+        undesirable_weight * (1 - torch.sigmoid(beta * (kl - logratio))),
+    )
+
+
+def kto_kl(policy_mismatched: torch.Tensor, reference_mismatched: torch.Tensor) -> torch.Tensor:
+    """KTO's reference point z: the mean log-ratio of mismatched prompt/completion rows, clamped at 0 (a
+    KL divergence is not negative) and detached (the paper treats it as a constant; no gradient flows
+    through it)."""
+    return (policy_mismatched - reference_mismatched).mean().detach().clamp(min=0)
 
 
 def bradley_terry_loss(chosen_scores: torch.Tensor, rejected_scores: torch.Tensor) -> torch.Tensor:
@@ -210,6 +239,63 @@ def preference_objective(kind: str, beta: float, reference: Reference | None) ->
         return Output(loss_sum=losses.sum(), stats=reward_stats(*halves(rewards)))
 
     return Objective(loss=loss, count_targets=count_pairs)
+
+
+def kto_objective(
+    beta: float, reference: Reference, desirable_weight: float = 1.0, undesirable_weight: float = 1.0
+) -> Objective:
+    """KTO on rated examples; one target per example (not per row: the mismatched rows are not trained).
+
+    Where tunelab differs from TRL's KTOTrainer:
+    - The loss is summed over examples and divided by the step's example count (TRL: the mean of each
+      micro-batch). The KL estimate is still per micro-batch, as in TRL, so with gradient accumulation
+      KTO is not exactly its full-batch self: z comes from each micro-batch's own mismatched rows. Under
+      several processes tunelab keeps each process's own z; TRL averages z over processes.
+    - The mismatched rows pair prompt i with completion (i + 1) mod B of the batch actually drawn
+      (data/rated.py). TRL pairs them when it maps the dataset, in chunks of the batch size, before
+      shuffling, so its mismatched completions are usually from other batches.
+    - Rewards are reported as sums over the examples of a step, divided by all of them (like every
+      tunelab stat): `reward_desirable / desirable_share` is the mean reward of desirable answers.
+    """
+
+    def loss(model: Any, batch: Batch) -> Output:
+        desirable = batch[DESIRABLE]
+        b = desirable.size(0)
+        rows = {k: v for k, v in batch.items() if k != DESIRABLE}
+        ref_logps, _ = reference(model, rows)  # the reference first: its activations go before backward
+        with torch.no_grad():  # z is a constant of the loss: its rows need no activations kept
+            mismatched_logps, _ = causal_logps(model, {k: v[b:] for k, v in rows.items()})
+        logps, _ = causal_logps(model, {k: v[:b] for k, v in rows.items()})
+        ref_matched, ref_mismatched = halves(ref_logps)
+        kl = kto_kl(mismatched_logps, ref_mismatched)
+        losses = kto_loss(logps, ref_matched, kl, desirable, beta, desirable_weight, undesirable_weight)
+        return Output(
+            loss_sum=losses.sum(), stats=kto_stats(logps.detach(), ref_matched, kl, desirable, beta)
+        )
+
+    return Objective(loss=loss, count_targets=count_rated)
+
+
+def kto_stats(
+    logps: torch.Tensor, ref_logps: torch.Tensor, kl: torch.Tensor, desirable: torch.Tensor, beta: float
+) -> dict[str, torch.Tensor]:
+    """Sums over the examples (the loop divides by their count). `reward_accuracy`: examples on the
+    right side of the reference point (a desirable answer's log-ratio above z, an undesirable one's
+    below), i.e. whose loss is under half its weight."""
+    logratio = logps - ref_logps
+    rewards = beta * logratio
+    right_side = torch.where(desirable, logratio > kl, logratio < kl)
+    return {
+        "kl": kl * desirable.numel(),  # each example's step carries its micro-batch's z
+        "reward_accuracy": right_side.float().sum(),
+        "reward_desirable": (rewards * desirable).sum(),
+        "reward_undesirable": (rewards * ~desirable).sum(),
+        "desirable_share": desirable.float().sum(),
+    }
+
+
+def count_rated(batch: Batch) -> int:
+    return int(batch[DESIRABLE].numel())
 
 
 def _orpo(model: Any, batch: Batch, beta: float) -> Output:

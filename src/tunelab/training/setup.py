@@ -96,7 +96,9 @@ def train_batches(
         accelerator,
         collate_fn=collate_packed if data.packed else collate_for(recipe.task),
         order_fn=mixed,
-        group_by_length=cfg.group_by_length and not data.packed,
+        # Not for KTO: sorted by length, short answers (often the undesirable ones) share batches, and a
+        # batch of one kind reads its KL reference point off that kind's own rewards: no signal is left.
+        group_by_length=cfg.group_by_length and not data.packed and recipe.preference.objective != "kto",
         grad_accum=cfg.grad_accum,
     )
     return batches, mixed
