@@ -19,10 +19,10 @@ helpfulness or harmlessness, so the win-rate says whether DPO moved SmolLM2 towa
 wording, nothing more.
 
 Prompts: HH rows are split at their last "\\n\\nAssistant:" into the dialogue (the prompt, as chat
-messages), the chosen and the rejected answer. The rating prompts come from rows 2150 on and the
-held-out prompts from rows 2250 on (the shipped HH recipes train on rows 0-1999 and test on
-2000-2099), keeping dialogues of at most --max-prompt-chars characters so prompt plus answer fit
-max_seq_len. Sized for ~25 minutes on 2 CPU cores (answers of 48 tokens).
+messages), the chosen and the rejected answer. Three disjoint slices: SFT learns from rows before
+--rating-start (default 1000), the rating prompts come from there on, and the held-out prompts from
+--held-out-start (default 2000) on; dialogues of at most --max-prompt-chars characters, so prompt
+plus answer fit max_seq_len. The defaults take about 6 minutes on 2 CPU cores (answers of 48 tokens).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 HH = REPO.parent / "shared" / "data" / "hh_rlhf" / "harmless_base_test.jsonl"
 RATER = "scripted-rougeL (not a human)"
-SFT_ROWS, RATING_START, HELD_OUT_START = 2000, 2150, 2250  # HH rows: SFT trains on [0, SFT_ROWS)
+RATING_START, HELD_OUT_START = 1000, 2000  # HH rows: SFT [0, rating), rating [rating, ...), held out
 RESULT = BENCH / "results" / f"{date(2026, 12, 2).isoformat()}-feedback-loop.json"
 
 
@@ -152,9 +152,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--set", dest="sets", action="append", default=[], help="an override for both recipes"
     )
+    parser.add_argument("--format", choices=("trl", "openai", "kto"), default="trl",
+                        help="the export the preference run trains on (kto: with the KTO recipe)")  # fmt: skip
     parser.add_argument("--dpo-set", dest="dpo_sets", action="append", default=[], help="an override for DPO")
-    parser.add_argument("--prompts", type=int, default=48)
-    parser.add_argument("--held-out", type=int, default=32)
+    parser.add_argument("--prompts", type=int, default=64, help="rating prompts")
+    parser.add_argument("--held-out", type=int, default=48, help="held-out prompts for the win-rate")
+    parser.add_argument(
+        "--rating-start", type=int, default=RATING_START, help="first HH row of the rating prompts"
+    )
+    parser.add_argument("--held-out-start", type=int, default=HELD_OUT_START, help="first HH row held out")
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--max-prompt-chars", type=int, default=500)
     parser.add_argument("--hh", type=Path, default=HH)
@@ -189,13 +195,17 @@ def loop(args: argparse.Namespace) -> dict[str, Any]:
     db = work / "feedback.sqlite"
     db.unlink(missing_ok=True)
     sets = [f"model.name={args.model or packaged_smollm2()}", *args.sets]
-    rating = hh_prompts(args.hh, RATING_START, args.prompts, args.max_prompt_chars)
-    held = hh_prompts(args.hh, HELD_OUT_START, args.held_out, args.max_prompt_chars)
+    rating = hh_prompts(args.hh, args.rating_start, args.prompts, args.max_prompt_chars)
+    held = hh_prompts(args.hh, args.held_out_start, args.held_out, args.max_prompt_chars)
+    if {json.dumps(i["messages"]) for i in rating} & {json.dumps(i["messages"]) for i in held}:
+        raise SystemExit(
+            "the rating prompts reach the held-out rows: lower --prompts or raise --held-out-start"
+        )
     rating_file, held_file = (
         write_prompts(rating, work / "prompts.jsonl"),
         write_prompts(held, work / "held.jsonl"),
     )
-    sft_sets = [*sets, *_hh_slice(args.sft_recipe, args.hh, work)]
+    sft_sets = [*sets, *_hh_slice(args.sft_recipe, args.hh, args.rating_start, work)]
     sft = args.sft_run or train_run(args.sft_recipe, sft_sets, _fresh(work / "runs-sft"))
     _step(timings, "train_sft", t)
     t = time.perf_counter()
@@ -203,13 +213,14 @@ def loop(args: argparse.Namespace) -> dict[str, Any]:
     sampled = sample(sft, rating_file, settings=drawn, database=db)
     print(f"sampled {sampled.samples} answers, {sampled.pairs} pairs", flush=True)
     clicks = rate_samples(db, rating)
-    exported = export_feedback(db, "trl", work / "pairs.trl.jsonl", held_out=held_file)
+    pairs_file = work / f"pairs.{args.format}.jsonl"
+    exported = export_feedback(db, args.format, pairs_file, held_out=held_file)
     print(
         f"exported {exported['rows']} rows: {exported['ratings_by_fate']} {exported['warnings']}", flush=True
     )
     _step(timings, "sample_rate_export", t)
     t = time.perf_counter()
-    dpo_sets = [*sets, f"model.adapter={sft}", f"data.train={work / 'pairs.trl.jsonl'}", *args.dpo_sets]
+    dpo_sets = [*sets, f"model.adapter={sft}", f"data.train={pairs_file}", *args.dpo_sets]
     dpo = train_run(args.dpo_recipe, dpo_sets, _fresh(work / "runs-dpo"))
     _step(timings, "train_dpo", t)
     t = time.perf_counter()
@@ -226,14 +237,14 @@ def loop(args: argparse.Namespace) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _hh_slice(recipe: Path, hh: Path, work: Path) -> list[str]:
-    """An HH recipe (data.format hh_dialogue) learns from rows 0-1999 only, never from the rows the rating
-    and held-out prompts come from (2150 on): the override that says so, or none for another recipe."""
+def _hh_slice(recipe: Path, hh: Path, end: int, work: Path) -> list[str]:
+    """An HH recipe (data.format hh_dialogue) learns from rows before `end` only, never from the rows the
+    rating and held-out prompts come from: the override that says so, or none for another recipe."""
     import yaml
 
     if yaml.safe_load(recipe.read_text(encoding="utf-8"))["data"].get("format") != "hh_dialogue":
         return []
-    rows = hh.read_text(encoding="utf-8").splitlines(keepends=True)[:SFT_ROWS]
+    rows = hh.read_text(encoding="utf-8").splitlines(keepends=True)[:end]
     (work / "hh_train.jsonl").write_text("".join(rows), encoding="utf-8")
     return [f"data.train={work / 'hh_train.jsonl'}"]
 
@@ -253,7 +264,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     compare = result["compare"]
     low, high = compare["ci95"]
     print(
-        f"DPO vs SFT on {compare['n_prompts']} held-out prompts: win-rate {compare['win_rate']:.3f} "
+        f"{args.dpo_recipe.stem} vs SFT on {compare['n_prompts']} held-out prompts: win-rate {compare['win_rate']:.3f} "
         f"(95% CI {low:.3f}-{high:.3f}; {compare['wins']} wins, {compare['ties']} ties, {compare['losses']} "
         f"losses), judged by a SCRIPTED rater (ROUGE-L to HH's chosen vs rejected answer), not by people"
     )

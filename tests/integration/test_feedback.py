@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
-from transformers import AutoTokenizer
 from typer.testing import CliRunner
 
 from tests.conftest import make_recipe, write_jsonl
 from tunelab.cli import app
 from tunelab.config import load_recipe
-from tunelab.data.templates import CHATML
 from tunelab.errors import TunelabError
 from tunelab.feedback.sample import Settings, model_id, sample
 from tunelab.feedback.store import FeedbackStore
@@ -31,17 +28,6 @@ PAIRS = [
     for i in range(8)
 ]
 FAST = {"max_steps": 2, "eval_every": 1000, "save_every": 1000, "log_every": 1}
-
-
-@pytest.fixture(scope="module")
-def chat_llama(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny Llama with a chat template of its own, as an instruct base ships: `--against base`."""
-    folder = tmp_path_factory.mktemp("fb-chat-llama") / "model"
-    shutil.copytree(tiny_llama, folder)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    tokenizer.chat_template = CHATML
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

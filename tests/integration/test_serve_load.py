@@ -3,16 +3,13 @@ forward passes. (Throughput with and without batching is measured in bench/serve
 
 from __future__ import annotations
 
-import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx2 as httpx
 import pytest
-from transformers import AutoTokenizer
 
 from tests.serving import client, live_server, serve_config
-from tunelab.data.templates import CHATML
 
 pytestmark = pytest.mark.slow
 CLIENTS, REQUESTS = 8, 32
@@ -21,17 +18,6 @@ CLIENTS, REQUESTS = 8, 32
 def _metric(base: str, name: str) -> float:
     line = next(li for li in httpx.get(f"{base}/metrics").text.splitlines() if li.startswith(name + " "))
     return float(line.split()[1])
-
-
-@pytest.fixture(scope="module")
-def chat_llama(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny Llama with a chat template of its own, as an instruct model ships."""
-    folder = tmp_path_factory.mktemp("chat-llama") / "model"
-    shutil.copytree(tiny_llama, folder)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    tokenizer.chat_template = CHATML
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 def test_concurrent_clients_share_batches_and_get_their_own_answers(chat_llama: Path, tmp_path: Path) -> None:
