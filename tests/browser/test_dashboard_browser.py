@@ -157,6 +157,8 @@ def test_studies_show_their_trials(browser_page: Any, served: dict[str, Any]) ->
     page.click("a[href^='/studies/']")
     sync_api.expect(page.locator("table.trials tbody tr")).to_have_count(3)
     _shot(page, "study")
+    page.click("table.trials a[href^='/runs/']")  # a trial is an ordinary run, with its own page
+    sync_api.expect(page.locator("#run-status")).to_have_text("completed")
     page.goto(served["base"] + "/studies")
     _shot(page, "studies")
 
