@@ -3,6 +3,7 @@ each page shows what the library holds. (The browser tests, tests/browser/, clic
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -13,7 +14,7 @@ import httpx2 as httpx
 import pytest
 
 from tests.dashboard import PROMPTS, csrf_of, forms, login, seed_pairs, train_runs
-from tests.serving import live_server, serve_config
+from tests.serving import JOB_DEFAULTS, counting_chats, live_server, serve_config
 from tunelab.feedback.store import FeedbackStore
 from tunelab.runs.registry import connect
 from tunelab.serving.app import create_app
@@ -192,3 +193,47 @@ def test_the_stream_follows_a_running_run_line_by_line_until_it_ends(served: Any
 def _set_status(database: Path, run_id: str, status: str) -> None:
     with connect(database) as conn:
         conn.execute("UPDATE runs SET status = ? WHERE run_id = ?", (status, run_id))
+
+
+def test_a_job_started_paused_resumed_and_cancelled_from_its_pages(tiny_llama: Path, tmp_path: Path) -> None:
+    # Long enough to be caught running: 40 rows, batch 1, 5 epochs (the recovery tests' job).
+    slow = {**JOB_DEFAULTS, "train": {**JOB_DEFAULTS["train"], "batch_size": 1, "epochs": 5, "save_every": 5}}
+    config = serve_config(tmp_path / "serve", tiny_llama, job_defaults=slow)
+    data = tmp_path / "chats.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in counting_chats(40)), encoding="utf-8")
+    with live_server(config) as (url, key):
+        http = login(url.removesuffix("/v1"), key, "rater-jobs")
+        token = csrf_of(http.get("/jobs").text)
+        with data.open("rb") as handle:
+            started = http.post("/jobs/new", data={"csrf": token, "model": "tiny", "method": "supervised"},
+                                files={"file": ("chats.jsonl", handle, "application/jsonl")})  # fmt: skip
+        assert started.status_code == 303, started.text[:300]
+        job_id = started.headers["location"].removeprefix("/jobs/")
+        store = Store(config.database)
+        _wait(
+            lambda: (
+                store.get_job(job_id)["status"] == "running"
+                and store.list_checkpoints(job_id, after=None, limit=1)
+            )
+        )
+        for verb, expected in (
+            ("pause", {"paused"}),
+            ("resume", {"queued", "running"}),
+            ("cancel", {"cancelled"}),
+        ):
+            if verb == "cancel":
+                _wait(lambda: store.get_job(job_id)["status"] == "running")
+            answer = http.post(f"/jobs/{job_id}/{verb}", data={"csrf": token})
+            assert answer.status_code == 303, (verb, answer.text[:300])
+            assert store.get_job(job_id)["status"] in expected, verb  # resumed: the supervisor may start it
+        page = http.get(f"/jobs/{job_id}").text
+        assert 'id="job-status">cancelled<' in page and "/cancel" not in page  # no verbs left to offer
+        again = http.post(f"/jobs/{job_id}/resume", data={"csrf": token})
+        assert again.status_code == 409 and "already cancelled" in again.text
+
+
+def _wait(condition: Any, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
