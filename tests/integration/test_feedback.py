@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.conftest import make_recipe, write_jsonl
+from tests.unit.test_feedback_export import rated_store
 from tunelab.cli import app
 from tunelab.config import load_recipe
 from tunelab.errors import TunelabError
@@ -126,7 +127,13 @@ def test_cli_sample_rate_export_and_compare(
         side = "left" if job.left.model == model_id(sft_run) else "right"
         store.rate(job.pair_id, "alice", left_id=job.left.id, choice=side)
     out = tmp_path / "pairs.jsonl"
+    # Two steps of training leave the run's seeded samples the same text as its base's: nothing to prefer.
     exported = runner.invoke(app, ["feedback", "export", "--format", "trl", "--db", str(db), "-o", str(out)])
+    assert exported.exit_code == 1 and "identical: 3" in exported.output and not out.exists()
+    rated = rated_store(tmp_path / "hand-rated")  # distinct answers, rated by hand (tests/unit)
+    exported = runner.invoke(
+        app, ["feedback", "export", "--format", "trl", "--db", str(rated), "-o", str(out)]
+    )
     assert exported.exit_code == 0, exported.output
     assert "wrote 3 trl rows" in exported.output and len(out.read_text().splitlines()) == 3
     report = tmp_path / "win.json"

@@ -172,3 +172,13 @@ def test_bad_options_and_nothing_to_export_are_clear_errors(tmp_path: Path) -> N
         _export(db, "trl", tmp_path / "o.jsonl")
     assert empty.value.problems == ["tie: 1"]
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_a_pair_of_identical_answers_is_dropped_and_counted(tmp_path: Path) -> None:
+    same = [("Say yes", "Yes.", "Yes. ", [("alice", "a")]), ("Say no", "No.", "Nope.", [("alice", "b")])]
+    db = rated_store(tmp_path, same)
+    for fmt in ("trl", "kto"):  # kto would call "Yes." both desirable and undesirable
+        report = _export(db, fmt, tmp_path / f"{fmt}.jsonl")
+        assert report["dropped_pairs"]["identical"] == 1 and report["pairs"] == 1
+        texts = {json.dumps(row) for row in _rows(tmp_path / f"{fmt}.jsonl")}
+        assert not any("Yes." in text for text in texts)

@@ -9,7 +9,8 @@ From ratings to pairs, every rating lands in exactly one count:
 - a `both_bad` verdict: two negative rows in KTO (each answer is undesirable on its own); left out
   of TRL and OpenAI rows, which need one answer better than the other.
 Then the pairs pass the gates `tunelab train` runs (data/quality.py, data/screen.py): exact
-duplicates, leakage of prompts into `--held-out` prompts (drop or fail, as data.leakage), the
+duplicates, pairs whose two answers are the same text (sampled answers can be; there is nothing to
+prefer, and KTO would call one text both good and bad), leakage of prompts into `--held-out` prompts (drop or fail, as data.leakage), the
 content screen, and a check that the chosen answer is not simply the longer one.
 """
 
@@ -147,8 +148,11 @@ def gate(
     screen: str,
     screen_threshold: float,
 ) -> tuple[list[Decided], dict[str, Any]]:
-    """Dedup, leakage, content screen and the length check; what each did goes into the report."""
+    """Identical answers, dedup, leakage, content screen and the length check; what each did goes
+    into the report."""
     report: dict[str, Any] = {"dropped_pairs": {}, "warnings": []}
+    same = {id(d) for d in items if not d.both_bad and d.pair.chosen.strip() == d.pair.rejected.strip()}
+    items, report["dropped_pairs"]["identical"] = [d for d in items if id(d) not in same], len(same)
     kept, report["dedup"] = quality.dedup([d.pair for d in items], exact=True, near=None)
     items, report["dropped_pairs"]["duplicate"] = _kept(items, kept), len(items) - len(kept)
     if held_out is not None:
