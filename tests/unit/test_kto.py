@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 import torch
-from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 
+from tests.unit.test_preference import lora_policy as dpo_lora_policy
 from tunelab.data.pairs import encode_answer, tokenize_preferences
 from tunelab.data.rated import DESIRABLE, collate_preference, collate_rated, mismatched, tokenize_rated
 from tunelab.data.records import Message, Preference, Rated
@@ -135,16 +135,8 @@ def test_a_mismatched_row_is_no_longer_than_its_two_examples() -> None:
 
 
 def lora_policy(folder: Path, *, init_lora_weights: bool = False) -> Any:
-    torch.manual_seed(0)
-    base = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    config = LoraConfig(
-        r=4,
-        lora_alpha=8,
-        target_modules="all-linear",
-        init_lora_weights=init_lora_weights,
-        task_type="CAUSAL_LM",
-    )
-    return get_peft_model(base, config).eval()
+    """DPO's tests' policy (the same seeded adapter), in eval mode: KTO's numbers are checked without dropout."""
+    return dpo_lora_policy(folder, init_lora_weights=init_lora_weights).eval()
 
 
 @pytest.fixture(scope="module")

@@ -26,10 +26,8 @@ NEW_JOB_PATH = "/jobs/new"
 
 def routes(router: APIRouter, dash: Dashboard) -> None:
     @router.get("/jobs")
-    def jobs(request: Request, error: str = "", _session: Any = dash.view) -> Response:
-        rows = [job_object(job) for job in dash.store.list_jobs(after=None, limit=200, metadata={})]
-        return page(request, "jobs.html", here="jobs", jobs=rows, models=_trainable(dash), error=error,
-                    max_mb=dash.config.max_upload_mb)  # fmt: skip
+    def jobs(request: Request, _session: Any = dash.view) -> Response:
+        return _jobs_page(request, dash)
 
     @router.get("/jobs/{job_id}")
     def job(request: Request, job_id: str, _session: Any = dash.view) -> Response:
@@ -46,10 +44,8 @@ def routes(router: APIRouter, dash: Dashboard) -> None:
     async def new_job(request: Request, _session: Any = dash.post) -> Response:
         try:
             job_id = await _start_job(request, dash)
-        except APIError as exc:
-            return page(request, "jobs.html", code=exc.status, here="jobs", error=exc.message,
-                        jobs=[job_object(j) for j in dash.store.list_jobs(after=None, limit=200, metadata={})],
-                        models=_trainable(dash), max_mb=dash.config.max_upload_mb)  # fmt: skip
+        except APIError as exc:  # the form's page again, saying why
+            return _jobs_page(request, dash, exc.message, exc.status)
         return RedirectResponse(f"/jobs/{job_id}", status_code=303)
 
     for verb in VERBS:
@@ -71,8 +67,11 @@ def _verb_route(dash: Dashboard, verb: str) -> Any:
     return route
 
 
-def _trainable(dash: Dashboard) -> list[str]:
-    return [name for name, model in dash.config.models.items() if model.kind == "generate"]
+def _jobs_page(request: Request, dash: Dashboard, error: str = "", code: int = 200) -> Response:
+    rows = [job_object(job) for job in dash.store.list_jobs(after=None, limit=200, metadata={})]
+    trainable = [name for name, model in dash.config.models.items() if model.kind == "generate"]
+    return page(request, "jobs.html", code=code, here="jobs", jobs=rows, models=trainable, error=error,
+                max_mb=dash.config.max_upload_mb)  # fmt: skip
 
 
 async def _start_job(request: Request, dash: Dashboard) -> str:

@@ -35,9 +35,9 @@ def _list_routes(router: APIRouter, dash: Dashboard) -> None:
     @router.get("/runs")
     def runs(request: Request, q: str = "", task: str = "", status: str = "", sort: str = "started",
              order: str = "desc", _session: Any = dash.view) -> Response:  # fmt: skip
-        rows = filtered(list_runs(runs_dir), q, task, status)
-        rows = sorted_runs(rows, sort if sort in SORTS else "started", descending=order != "asc")
         every = list_runs(runs_dir)
+        rows = filtered(every, q, task, status)
+        rows = sorted_runs(rows, sort if sort in SORTS else "started", descending=order != "asc")
         return page(request, "runs.html", here="runs", runs=rows, q=q, task=task, status=status, sort=sort,
                     order=order, tasks=sorted({r["task"] or "" for r in every}),
                     statuses=sorted({r["status"] or "" for r in every}), sorts=SORTS,
@@ -103,15 +103,16 @@ def _compare_page(request: Request, runs_dir: Path, run: list[str]) -> Response:
         return page(request, "error.html", code=400, title="Compare",
                     message="Tick two or more runs on the Runs page to compare them.")  # fmt: skip
     try:
-        table = compare_runs(runs_dir, run)
-        fields = [recipe_fields(get_run(runs_dir, run_id)) for run_id in table["runs"]]
+        runs = [get_run(runs_dir, run_id) for run_id in run]  # prefixes resolved once, here
     except TunelabError as exc:
         return page(request, "error.html", code=404, title="Compare", message=str(exc))
+    table = compare_runs(runs_dir, [r["run_id"] for r in runs])
+    fields = [recipe_fields(r) for r in runs]
     keys = list(dict.fromkeys(key for f in fields for key in f))
     recipe = [(key, [f.get(key) for f in fields], key in table["recipe_differences"]) for key in keys]
     recipe.sort(key=lambda row: not row[2])  # the fields that differ first, then the shared ones
     return page(request, "compare.html", here="runs", table=table, recipe=recipe,
-                names=[get_run(runs_dir, r)["name"] for r in table["runs"]])  # fmt: skip
+                names=[r["name"] for r in runs])  # fmt: skip
 
 
 def filtered(rows: list[dict[str, Any]], q: str, task: str, status: str) -> list[dict[str, Any]]:
@@ -160,7 +161,7 @@ async def _follow(request: Request, path: Path, runs_dir: Path, run_id: str) -> 
     """
     offset = 0
     while not await request.is_disconnected():
-        chunk = path.read_bytes()[offset:] if path.is_file() else b""
+        chunk = _read_from(path, offset)
         complete = chunk[: chunk.rfind(b"\n") + 1]
         offset += len(complete)
         for line in complete.decode("utf-8").splitlines():
@@ -170,6 +171,16 @@ async def _follow(request: Request, path: Path, runs_dir: Path, run_id: str) -> 
             yield "event: end\ndata: {}\n\n"
             return
         await asyncio.sleep(0 if complete else LIVE_POLL_S)
+
+
+def _read_from(path: Path, offset: int) -> bytes:
+    """What the file holds past `offset` (nothing while it does not exist): only the new bytes are read."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(offset)
+            return handle.read()
+    except FileNotFoundError:
+        return b""
 
 
 def _storage_url(runs_dir: Path) -> str | None:
