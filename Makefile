@@ -34,15 +34,19 @@ $(STAMP): $(LOCK) $(MODELS) pyproject.toml
 # Re-resolve both locks to the newest releases pyproject.toml allows, then run the tests on them:
 # `make lock test`. The resolution is for Python 3.11 on x86_64 Linux (this project's machines and
 # CI); each pinned version lists the hashes of all its files, so other platforms' wheels verify too.
-# torch resolves to its CPU build (its metadata names no CUDA packages) from TORCH_WHEELS.
+# torch resolves to its CPU build (its metadata names no CUDA packages) from TORCH_WHEELS, in both
+# locks: lock.txt leaves torch out (--no-emit-package), so constraining the bench lock by it alone let
+# torch float to PyPI's newest release, a CUDA build on Linux whose wheel pulls triton, cuda-toolkit
+# and 15 nvidia-* packages (a 6.5 GB venv).
 TORCH_WHEELS ?= /opt/wheels
+TORCH_CONSTRAINT := $(VENV)/torch-constraint.txt
 UV_COMPILE := $(VENV)/bin/uv pip compile pyproject.toml --quiet --generate-hashes --universal \
 	--python-version 3.11 --find-links $(TORCH_WHEELS) --no-emit-package torch \
-	--custom-compile-command "make lock"
+	--constraint $(TORCH_CONSTRAINT) --custom-compile-command "make lock"
 
 lock: $(STAMP)
-	echo "torch==$(TORCH_VERSION)+cpu" > $(VENV)/torch-constraint.txt
-	$(UV_COMPILE) --extra dev --constraint $(VENV)/torch-constraint.txt --upgrade -o $(LOCK)
+	echo "torch==$(TORCH_VERSION)+cpu" > $(TORCH_CONSTRAINT)
+	$(UV_COMPILE) --extra dev --upgrade -o $(LOCK)
 	$(UV_COMPILE) --extra dev --extra bench --constraint $(LOCK) -o $(BENCH_LOCK)
 	rm -f $(STAMP) $(BENCH_STAMP)
 	$(MAKE) install

@@ -5,7 +5,10 @@
 Every package in LOCK must be installed at its locked version. Any other installed package is an
 error too, unless an --allow lock lists it (the bench extras beside the dev lock). torch is installed
 outside the lock (its build depends on the machine: CPU here, a CUDA build on a GPU box), so only its
-version is checked, ignoring the local build label (2.13.0+cpu is 2.13.0). Exit 1 with every mismatch.
+version is checked, ignoring the local build label (2.13.0+cpu is 2.13.0). A CUDA build brings its CUDA
+runtime packages (nvidia-*, cuda-*, triton), also outside the lock; beside a CPU build of torch they are
+an error, as they are dead weight (several GB) that a lock resolved against the wrong torch pulled in.
+Exit 1 with every mismatch.
 """
 
 from __future__ import annotations
@@ -17,9 +20,12 @@ from importlib import metadata
 from pathlib import Path
 
 # Installed beside the lock on purpose: the project itself, pip (the venv's own), and torch (above)
-# with, for a CUDA build, the CUDA runtime packages it brings.
-NOT_LOCKED = {"tunelab", "pip", "torch", "triton"}
-TORCH_RUNTIME_PREFIXES = ("nvidia-", "cuda-")
+# with, for a CUDA build only, the CUDA runtime packages it brings.
+NOT_LOCKED = {"tunelab", "pip", "torch"}
+CUDA_RUNTIME_PREFIXES = ("nvidia-", "cuda-")
+CUDA_RUNTIME_NAMES = {"triton"}
+# torch/version.py, written when torch is built: `cuda: Optional[str] = None` in a build without CUDA.
+TORCH_CUDA_LINE = re.compile(r"^cuda\s*(?::[^=]*)?=\s*(\S+)\s*$", re.MULTILINE)
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)\s*(?:;\s*([^\\]+?))?\s*\\?$")
 
 
@@ -46,7 +52,35 @@ def installed() -> dict[str, str]:
     return {normalise(d.metadata["Name"]): d.version for d in metadata.distributions() if d.metadata["Name"]}
 
 
-def problems(lock: dict[str, str], allowed: dict[str, str], have: dict[str, str], torch: str | None) -> list[str]:
+def is_cpu_build(torch_version: str, version_py: str | None) -> bool:
+    """PyTorch's CPU wheels carry a `+cpu` label; any build without CUDA (from source, ROCm) says so in
+    torch/version.py. Neither known (no label, no file): not a CPU build, so CUDA packages stay allowed."""
+    if torch_version.partition("+")[2].startswith("cpu"):
+        return True
+    match = TORCH_CUDA_LINE.search(version_py or "")
+    return match is not None and match.group(1) == "None"
+
+
+def installed_torch_is_cpu_build() -> bool:
+    """Read from torch's files, not by importing it: seconds saved, and a broken build cannot fail this."""
+    try:
+        torch = metadata.distribution("torch")
+    except metadata.PackageNotFoundError:
+        return False
+    version_py = Path(str(torch.locate_file("torch/version.py")))
+    text = version_py.read_text(encoding="utf-8") if version_py.is_file() else None
+    return is_cpu_build(torch.version, text)
+
+
+def is_cuda_runtime(name: str) -> bool:
+    return name in CUDA_RUNTIME_NAMES or name.startswith(CUDA_RUNTIME_PREFIXES)
+
+
+def problems(
+    lock: dict[str, str], allowed: dict[str, str], have: dict[str, str], torch: str | None, *, cpu_torch: bool
+) -> list[str]:
+    """Every difference between the venv (`have`) and the locks; `cpu_torch`: the installed torch is a
+    CPU build, so a CUDA runtime package is an error even where a lock lists it."""
     found = []
     for name, version in sorted(lock.items()):
         if name not in have:
@@ -54,7 +88,13 @@ def problems(lock: dict[str, str], allowed: dict[str, str], have: dict[str, str]
         elif have[name] != version:
             found.append(f"{name} is {have[name]}, the lock says {version}")
     for name, version in sorted(have.items()):
-        if name in lock or name in NOT_LOCKED or name.startswith(TORCH_RUNTIME_PREFIXES):
+        if is_cuda_runtime(name):
+            if cpu_torch:
+                found.append(
+                    f"{name}=={version} is a CUDA package beside torch {have.get('torch')}, a CPU build"
+                )
+            continue
+        if name in lock or name in NOT_LOCKED:
             continue
         if name not in allowed:
             found.append(f"{name}=={version} is installed but not in the lock")
@@ -75,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     for path in args.allow:
         if path.is_file():
             allowed.update(read_lock(path))
-    found = problems(read_lock(args.lock), allowed, installed(), args.torch)
+    cpu_torch = installed_torch_is_cpu_build()
+    found = problems(read_lock(args.lock), allowed, installed(), args.torch, cpu_torch=cpu_torch)
     for line in found:
         print(f"{args.lock}: {line}", file=sys.stderr)
     if found:
