@@ -13,7 +13,10 @@ One thread keeps errors and Ctrl-C where the caller sees them, and decoding goes
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import re
 import string
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -30,7 +33,17 @@ from tunelab.generation import encode_chat, encode_prompt, generate_batch, is_en
 from tunelab.models.restore import Trained
 from tunelab.runs.rundir import write_text_atomic
 
-RESET, EXIT = "/reset", "/exit"  # chat commands
+# Chat commands. A line whose first word is / and letters is a command, never a message to the model.
+HELP, RESET, EXIT = "/help", "/reset", "/exit"
+_COMMAND_WORD = re.compile(r"/[A-Za-z]+")
+STOPPED = "[stopped; this question and its partial answer are not kept]"
+CHAT_HELP = (
+    "commands:\n"
+    "  /help   list these commands\n"
+    "  /reset  forget the conversation so far\n"
+    "  /exit   end the chat (so does Ctrl-D)\n"
+    "Ctrl-C stops an answer and keeps the chat; start a message with // to send one that starts with /\n"
+)
 
 Messages = list[dict[str, str]]
 
@@ -165,7 +178,11 @@ def chat_loop(
 ) -> Messages:
     """Read user turns with `input_fn` until /exit or end of input; stream each answer to `output_fn`.
 
-    The whole history is rendered with the training template every turn. `/reset` forgets it.
+    The whole history is rendered with the training template every turn. `/reset` forgets it, `/help`
+    lists the commands; any other /word is refused with that list. Ctrl-C while an answer streams stops
+    that answer only: it and its question are dropped, so the history stays as it was before the
+    question (as ollama drops an interrupted answer) and never holds two user turns in a row, which
+    some templates refuse. Ctrl-C at the prompt ends the chat, as it always did.
     `output_fn` gets pieces of text (no newline added); returns the history at exit.
     """
     _require_generative(trained)
@@ -176,29 +193,79 @@ def chat_loop(
             line = input_fn(prompt).strip()
         except EOFError:
             break
-        if not line:
-            continue
-        if line == EXIT:
+        command = _command(line)
+        if command == EXIT:
             break
-        if line == RESET:
+        if command == RESET:
             history = _conversation(system, [])
             output_fn("(history cleared)\n")
-            continue
-        history.append({"role": "user", "content": line})
+        elif command is not None:
+            output_fn(command)  # /help, or why the line is not a command, with the list
+        elif line:
+            text = line[1:] if line.startswith("//") else line  # "//help" sends "/help"
+            history = _answer_turn(
+                trained, history, {"role": "user", "content": text}, output_fn, max_new_tokens, temperature
+            )
+    return history
+
+
+def _command(line: str) -> str | None:
+    """RESET or EXIT; the text to show for /help or a refused /word; None for a message (or nothing)."""
+    word, *rest = line.split(maxsplit=1) or [""]
+    if not _COMMAND_WORD.fullmatch(word):
+        return None
+    if word not in (HELP, RESET, EXIT):
+        return f"unknown command {word!r}\n{CHAT_HELP}"
+    if rest:
+        return f"{word} takes no argument\n{CHAT_HELP}"
+    return CHAT_HELP if word == HELP else word
+
+
+def _answer_turn(
+    trained: Trained,
+    history: Messages,
+    turn: dict[str, str],
+    output_fn: Callable[[str], None],
+    max_new_tokens: int,
+    temperature: float,
+) -> Messages:
+    """The history with `turn` and its streamed answer; the history unchanged when Ctrl-C stopped it."""
+    asked = [*history, turn]
+    try:
         answer = _generate(
             trained,
-            _encode(trained, history),
+            _encode(trained, asked),
             max_new_tokens=max_new_tokens,
             temperature=temperature,
             streamer=_CallbackStreamer(trained.tokenizer, output_fn),
         )
-        output_fn("\n")
-        history.append({"role": "assistant", "content": answer})
-    return history
+    except KeyboardInterrupt:
+        # Raised inside generate (its streamer callback, a forward pass): generate_batch restored the
+        # model's mode on the way out and each answer gets a fresh streamer, so nothing is left half-done.
+        output_fn(f"\n{STOPPED}\n")
+        return history
+    output_fn("\n")
+    return [*asked, {"role": "assistant", "content": answer}]
 
 
 # ---------------------------------------------------------------------------------------------
 # Predictions for a file
+
+
+PREDICTED = "pred_"  # the prefix of every prediction column, so none can overwrite an input column
+OUTPUT_FORMATS = (".csv", ".tsv", ".jsonl", ".json")
+
+
+def output_format(out_file: str | Path) -> str:
+    """The format `predict` writes `out_file` in, read off its suffix; any other suffix is refused."""
+    suffix = Path(out_file).suffix.lower()
+    if suffix not in OUTPUT_FORMATS:
+        named = repr(suffix) if suffix else "a file without a suffix"
+        raise TunelabError(
+            f"{out_file}: predictions cannot be written as {named}",
+            fix="name the output .csv, .tsv, .jsonl or .json (one JSON array); the format follows the suffix",
+        )
+    return suffix
 
 
 def predict_file(
@@ -209,37 +276,99 @@ def predict_file(
     max_new_tokens: int = 128,
     max_seq_len: int | None = None,
     columns: Columns | None = None,
+    keep: Sequence[str] | None = None,
 ) -> int:
-    """One JSON line per input row, in input order; returns the number of rows.
+    """One output row per input row, in input order, in the format `out_file`'s suffix names (CSV, TSV,
+    JSON lines or a JSON array); returns the number of rows.
 
     Rows are read through `columns` (default: the run's data.columns and text columns), so the run's
-    own training file predicts as is.
-
-    classify: {label, probabilities (by label name)}; reward: {score}; generative runs: {answer} to
-    each row's prompt (a conversation without its last assistant turn, a prompt, or an instruction).
-    A row's `id` field, if any, is copied. Texts are truncated to `max_seq_len` tokens (default: the
-    run's train.max_seq_len). Every bad row is reported (file:line: reason) and nothing
-    is written; the output file appears complete or not at all.
+    own training file predicts as is. Each output row holds its input row's columns (all, or those
+    `keep` names) and, beside them, the prediction's, each named pred_<what>:
+    classify: pred_label, pred_probabilities (by label name); reward: pred_score; token_classify:
+    pred_tokens, pred_tags, pred_entities; generative runs: pred_answer to each row's prompt (a
+    conversation without its last assistant turn, a prompt, or an instruction). CSV and TSV spread
+    the probabilities over a column per label (pred_probabilities.<label>) and write lists as JSON.
+    Texts are truncated to `max_seq_len` tokens (default: the run's train.max_seq_len). Every bad row
+    is reported (file:line: reason) and nothing is written; the output file appears complete or not
+    at all.
     """
+    suffix = output_format(out_file)
     if batch_size < 1:
         raise TunelabError(f"batch_size must be >= 1, got {batch_size}")
     run = DataSettings.of_run(trained.recipe_dir)  # a classifier sees at most what it was trained on
     tagging = trained.task == "token_classify"
-    inputs = read_inputs(data_file, columns or run.columns, generative=trained.generative, tagging=tagging)
+    inputs = read_inputs(
+        data_file, columns or run.columns, generative=trained.generative, tagging=tagging, keep=keep
+    )
+    _refuse_overwritten(Path(data_file), inputs)
     if trained.generative:
         predictions = _predict_answers(trained, inputs, batch_size, max_new_tokens)
     elif tagging:
         predictions = _predict_tags(trained, inputs, batch_size, max_seq_len or run.max_seq_len)
     else:
         predictions = predict_scores(trained, inputs, batch_size, max_seq_len or run.max_seq_len)
-    lines = [
-        json.dumps({**item.copied, **prediction}, ensure_ascii=False)
+    rows = [
+        {**item.copied, **{PREDICTED + name: value for name, value in prediction.items()}}
         for item, prediction in zip(inputs, predictions, strict=True)
     ]
     out = Path(out_file)
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out, "\n".join(lines) + "\n")
-    return len(lines)
+    write_text_atomic(out, _written(rows, suffix))
+    return len(rows)
+
+
+def _refuse_overwritten(data_file: Path, inputs: list[PredictInput]) -> None:
+    """An input column named like a prediction (a predictions file fed back in) is refused before any
+    work: it would be overwritten, or written twice."""
+    taken = dict.fromkeys(name for item in inputs for name in item.copied if name.startswith(PREDICTED))
+    if taken:
+        raise TunelabError(
+            f"{data_file}: the column(s) {', '.join(taken)} would be overwritten: prediction columns "
+            f"start with {PREDICTED}",
+            fix="--keep the columns to carry (e.g. --keep id,text), or rename those columns",
+        )
+
+
+def _written(rows: list[dict[str, Any]], suffix: str) -> str:
+    # default=str: a column JSON has no type for (a parquet timestamp) is written as its text.
+    as_json = [json.dumps(row, ensure_ascii=False, default=str) for row in rows]
+    if suffix == ".jsonl":
+        return "".join(f"{line}\n" for line in as_json)
+    if suffix == ".json":
+        return "[\n" + ",\n".join(as_json) + "\n]\n"
+    return _delimited(rows, "\t" if suffix == ".tsv" else ",")
+
+
+def _delimited(rows: list[dict[str, Any]], delimiter: str) -> str:
+    """CSV or TSV: the input columns (all rows' columns, first seen first), then the predictions'.
+    csv quotes a cell holding the delimiter, a quote or a newline, so every cell reads back as it was."""
+    flat = [_flattened(row) for row in rows]
+    names = list(dict.fromkeys(name for row in flat for name in row))
+    header = [n for n in names if not n.startswith(PREDICTED)] + [n for n in names if n.startswith(PREDICTED)]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, delimiter=delimiter, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows([_cell(row.get(name)) for name in header] for row in flat)
+    return buffer.getvalue()
+
+
+def _flattened(row: dict[str, Any]) -> dict[str, Any]:
+    """A prediction's mapping (a classifier's probabilities) as a column per key, `name.key`, the way
+    pandas.json_normalize names them; anything else stays one cell."""
+    flat: dict[str, Any] = {}
+    for name, value in row.items():
+        if name.startswith(PREDICTED) and isinstance(value, dict):
+            flat.update({f"{name}.{key}": item for key, item in value.items()})
+        else:
+            flat[name] = value
+    return flat
+
+
+def _cell(value: Any) -> str:
+    # Text as is; a missing value empty; numbers, lists and mappings as JSON (floats exactly, by repr).
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
 
 
 def _predict_answers(

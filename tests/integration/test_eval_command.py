@@ -101,7 +101,7 @@ def test_eval_reads_and_cuts_a_file_as_the_run_did(tmp_path: Path, tiny_llama: P
         ["predict", str(run.run_dir), "--data", str(val), "--out", str(predictions), "--max-new-tokens", "6"],
     )
     assert predicted.exit_code == 0, predicted.output
-    answers = [json.loads(line)["answer"] for line in predictions.read_text().splitlines()]
+    answers = [json.loads(line)["pred_answer"] for line in predictions.read_text().splitlines()]
     assert len(answers) == len(VAL_CHATS)
 
     # Several references per row: each example scores its best one. With the model's own answer among

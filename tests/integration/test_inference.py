@@ -187,12 +187,9 @@ def test_predict_a_generator_answers_each_prompt(chat_run: Path, tmp_path: Path)
     )
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert written == 4
-    assert lines == [
-        {"id": "a", "answer": HELLO_ANSWER},
-        {"answer": HELLO_ANSWER},
-        {"id": 3, "answer": HOW_ANSWER},
-        {"answer": HELLO_ANSWER},
-    ]
+    # Each row's own fields come first, as the file has them, then the prediction's (pred_*).
+    answers = [HELLO_ANSWER, HELLO_ANSWER, HOW_ANSWER, HELLO_ANSWER]
+    assert lines == [{**row, "pred_answer": answer} for row, answer in zip(rows, answers, strict=True)]
 
 
 def test_predict_a_classifier_gives_labels_and_probabilities(classify_run: Path, tmp_path: Path) -> None:
@@ -206,16 +203,16 @@ def test_predict_a_classifier_gives_labels_and_probabilities(classify_run: Path,
 
     assert len(batched) == len(texts)
     for row, alone in zip(batched, single, strict=True):
-        probabilities = row["probabilities"]
+        probabilities = row["pred_probabilities"]
         assert list(probabilities) == ["balance", "card", "transfer"]
         assert sum(probabilities.values()) == pytest.approx(1.0, abs=1e-6)
-        assert row["label"] == max(probabilities, key=probabilities.__getitem__)
-        assert alone["probabilities"] == pytest.approx(probabilities, abs=1e-6)
+        assert row["pred_label"] == max(probabilities, key=probabilities.__getitem__)
+        assert alone["pred_probabilities"] == pytest.approx(probabilities, abs=1e-6)
     # The probabilities are the model's: a plain forward pass on one text gives the same numbers.
     with torch.no_grad():
         logits = trained.model(**trained.tokenizer(texts[1], return_tensors="pt")).logits[0]
     expected = dict(zip(["balance", "card", "transfer"], torch.softmax(logits, -1).tolist(), strict=True))
-    assert batched[1]["probabilities"] == pytest.approx(expected, abs=1e-6)
+    assert batched[1]["pred_probabilities"] == pytest.approx(expected, abs=1e-6)
 
 
 def test_predict_names_every_bad_row_and_writes_nothing(classify_run: Path, tmp_path: Path) -> None:
@@ -309,4 +306,5 @@ def test_predict_a_reward_model_gives_scores(tmp_path: Path, tiny_bert: Path) ->
     scores = [json.loads(line) for line in (tmp_path / "scores.jsonl").read_text().splitlines()]
     with torch.no_grad():
         expected = trained.model(**trained.tokenizer("no", return_tensors="pt")).logits[0, 0].item()
-    assert list(scores[0]) == ["score"] and scores[1]["score"] == pytest.approx(expected, abs=1e-6)
+    assert list(scores[0]) == ["text", "pred_score"]
+    assert scores[1]["pred_score"] == pytest.approx(expected, abs=1e-6)

@@ -159,7 +159,7 @@ def test_a_merged_t5_export_loads_in_transformers_and_predict_answers_as_generat
     for row, pair in zip(got, PAIRS[:3], strict=True):
         ids = tokenizer(PROMPT.format(en=pair["en"]), return_tensors="pt")
         output = merged.generate(**ids, max_new_tokens=16, do_sample=False)
-        assert row["answer"] == tokenizer.decode(output[0], skip_special_tokens=True).strip()
+        assert row["pred_answer"] == tokenizer.decode(output[0], skip_special_tokens=True).strip()
     assert [row["id"] for row in got] == [0, 1, 2]
 
 

@@ -181,17 +181,19 @@ def test_a_tagger_trains_and_is_scored_beside_its_baselines(tmp_path: Path, tiny
     right = sum(
         g == t
         for row, r in zip(got, rows[: len(got)], strict=False)
-        for g, t in zip(row["tags"], r["tags"], strict=True)
+        for g, t in zip(row["pred_tags"], r["tags"], strict=True)
     )
     assert right / sum(len(r["tags"]) for r in rows) > 0.9 and got[0]["id"] == 0
     first = got[0]
-    spans = [(e["type"], e["text"]) for e in first["entities"]]
+    spans = [(e["type"], e["text"]) for e in first["pred_entities"]]
     assert spans == [
-        (t[2:], w) for w, t in zip(first["tokens"], first["tags"], strict=True) if t.startswith("B-")
+        (t[2:], w)
+        for w, t in zip(first["pred_tokens"], first["pred_tags"], strict=True)
+        if t.startswith("B-")
     ]
     long = got[-1]
-    assert len(long["tags"]) == 150 and long["untagged_words"] > 0 and long["tags"][-1] is None
-    assert long["tags"].count(None) == long["untagged_words"]
+    assert len(long["pred_tags"]) == 150 and long["pred_untagged_words"] > 0 and long["pred_tags"][-1] is None
+    assert long["pred_tags"].count(None) == long["pred_untagged_words"]
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "conll2003").is_dir(), reason="../shared/data/conll2003 is absent")

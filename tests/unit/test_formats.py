@@ -379,7 +379,7 @@ def test_prediction_rows_read_as_training_reads_them(tmp_path: Path) -> None:
 
     trained_on = load_split(write_jsonl(tmp_path / "train.jsonl", [alpaca])).records[0]
     assert inputs[0].messages == trained_on.messages[:1]  # the user turn training built
-    assert inputs[1].chat() == [{"role": "user", "content": "hi"}] and inputs[1].copied == {"id": 7}
+    assert inputs[1].chat() == [{"role": "user", "content": "hi"}] and inputs[1].copied["id"] == 7
     assert inputs[2].chat() == [
         {"role": "system", "content": "be brief"},
         {"role": "user", "content": "renamed prompt"},

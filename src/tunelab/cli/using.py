@@ -90,12 +90,16 @@ def chat_command(
     precision: PrecisionOption = "trained",
     debug: DebugOption = False,
 ) -> None:
-    """Chat with a trained model; answers stream as they are generated. /reset clears, /exit quits."""
+    """Chat with a trained model; answers stream as they are generated. /help lists the commands;
+    Ctrl-C stops an answer and keeps the chat; /exit or Ctrl-D quits."""
     from tunelab.inference import chat_loop, to_best_device
     from tunelab.models.restore import load_run_or_base
 
     trained = to_best_device(load_run_or_base(run, precision=precision))
-    console.print(f"chatting with {trained.final_dir} - /reset clears the history, /exit (or Ctrl-D) quits")
+    console.print(
+        f"chatting with {trained.final_dir} - /help lists the commands; Ctrl-C stops an answer, "
+        "/exit or Ctrl-D quits"
+    )
     chat_loop(
         trained, input, write_now, system=system, max_new_tokens=max_new_tokens, temperature=temperature
     )
@@ -106,24 +110,50 @@ def chat_command(
 def predict_command(
     run: ModelArgument,
     data: Annotated[Path, typer.Option("--data", help="Rows to predict (.jsonl, .json, .csv, ...).")],
-    out_file: Annotated[Path, typer.Option("--out", help="Where to write the predictions (JSON lines).")],
+    out_file: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            help="Where to write the predictions; its suffix picks the format: .csv, .tsv, .jsonl, .json.",
+        ),
+    ],
     batch_size: Annotated[int, typer.Option(help="Rows per batch.")] = 16,
     max_new_tokens: MaxNewTokens = 128,
     column: ColumnOption = None,
     text_column: TextColumnOption = None,
+    keep: Annotated[
+        str | None,
+        typer.Option(
+            "--keep", help="Input columns to carry into the output, e.g. id,text (default: all of them)."
+        ),
+    ] = None,
     precision: PrecisionOption = "trained",
     debug: DebugOption = False,
 ) -> None:
-    """Predict every row of a file: label and probabilities (classifiers) or the answer (generators).
-    Rows are read with the run's column mapping unless told otherwise."""
+    """Predict every row of a file: label and probabilities (classifiers) or the answer (generators),
+    in columns named pred_* beside the row's own. Rows are read with the run's column mapping unless
+    told otherwise."""
+    from tunelab.errors import TunelabError
     from tunelab.evaluation.settings import DataSettings
-    from tunelab.inference import predict_file, to_best_device
+    from tunelab.inference import output_format, predict_file, to_best_device
     from tunelab.models.restore import load_run_or_base
 
+    output_format(out_file)  # an unknown suffix is refused before the model loads
+    kept = [name.strip() for name in keep.split(",")] if keep is not None else None
+    if kept is not None and not all(kept):
+        raise TunelabError(
+            f"--keep {keep!r}: an empty column name", fix="name the columns, e.g. --keep id,text"
+        )
     trained = to_best_device(load_run_or_base(run, precision=precision))
     rename = dict(key_value(item) for item in column or [])
     columns = DataSettings.of_run(trained.recipe_dir).overridden(rename=rename, text=text_column).columns
     rows = predict_file(
-        trained, data, out_file, batch_size=batch_size, max_new_tokens=max_new_tokens, columns=columns
+        trained,
+        data,
+        out_file,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        columns=columns,
+        keep=kept,
     )
     out.print(f"{rows} prediction(s) written to {out_file}")

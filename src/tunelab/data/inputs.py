@@ -8,8 +8,8 @@ mapping applies, and a bad row gets the reason training would give it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from tunelab.data.formats import (
     templated_prompt,
 )
 from tunelab.data.pair_formats import preference_prompt
-from tunelab.data.readers import read_file
+from tunelab.data.readers import ReadResult, read_file
 from tunelab.data.records import Message
 from tunelab.errors import DataError
 
@@ -37,7 +37,8 @@ class PredictInput:
     words: tuple[str, ...] = ()  # a sentence to tag (token_classify)
     text: str = ""
     text_pair: str | None = None
-    copied: dict[str, Any] = field(default_factory=dict)  # the row's `id`, copied into its prediction
+    # The row's columns as the file has them (all, or those `keep` named), carried into its prediction.
+    copied: dict[str, Any] = field(default_factory=dict)
 
     def chat(self) -> list[dict[str, str]]:
         """The prompt as the {role, content} messages a chat template renders."""
@@ -55,35 +56,80 @@ ROW_HELP = {
 
 
 def read_inputs(
-    path: str | Path, columns: Columns, *, generative: bool, tagging: bool = False
+    path: str | Path,
+    columns: Columns,
+    *,
+    generative: bool,
+    tagging: bool = False,
+    keep: Sequence[str] | None = None,
 ) -> list[PredictInput]:
-    """Every row of `path` as an input, or a DataError naming each bad row as file:line: reason."""
+    """Every row of `path` as an input, or a DataError naming each bad row as file:line: reason.
+
+    Each input carries its row's columns as read, before the run's column mapping (so an output row
+    holds the file's own columns): all of them, or only those `keep` names. A `keep` name that no row
+    has is refused, and so is each row without one (a JSON lines row may lack a field).
+    """
     kind = "tagging" if tagging else "generative" if generative else "scoring"
     convert = {"tagging": _words_input, "generative": _prompt_input, "scoring": _scoring_input}[kind]
     read = read_file(path)
-    inputs, bad = [], []
+    if keep is not None:
+        _refuse_unknown_columns(read, keep)
+    inputs, bad, lacking = [], [], 0
+    unkept: list[str] = []
     for row in read.rows:
         try:
             if row.error is not None:
                 raise RowError(row.error)
-            inputs.append(convert(columns.apply(row.fields), columns))
+            item = convert(columns.apply(row.fields), columns)
         except RowError as exc:
             bad.append(f"{read.path}:{row.where}: {exc}")
+            continue
+        missing = [name for name in keep or () if name not in row.fields]
+        unkept.extend(f"{read.path}:{row.where}: no {name!r} column to keep" for name in missing)
+        lacking += bool(missing)
+        inputs.append(replace(item, copied=_kept(row.fields, keep)))
     if bad:
-        more = [f"... and {len(bad) - MAX_LISTED} more"] if len(bad) > MAX_LISTED else []
         raise DataError(
             f"{read.path}: {len(bad)} bad row(s) out of {len(read.rows)}; nothing was predicted",
-            problems=bad[:MAX_LISTED] + more,
+            problems=_listed(bad),
             fix=ROW_HELP[kind],
+        )
+    if unkept:
+        raise DataError(
+            f"{read.path}: {lacking} row(s) lack a column that --keep names; nothing was predicted",
+            problems=_listed(unkept),
+            fix="--keep only columns every row has, or add them to those rows",
         )
     if not inputs:
         raise DataError(f"{read.path}: no rows to predict")
     return inputs
 
 
+def _listed(problems: list[str]) -> list[str]:
+    more = [f"... and {len(problems) - MAX_LISTED} more"] if len(problems) > MAX_LISTED else []
+    return problems[:MAX_LISTED] + more
+
+
+def _refuse_unknown_columns(read: ReadResult, keep: Sequence[str]) -> None:
+    """A `keep` name that no row of the file has: a misspelt option, refused with the file's columns."""
+    found = dict.fromkeys(name for row in read.parsed for name in row.fields)
+    unknown = [name for name in keep if name not in found]
+    if unknown:
+        raise DataError(
+            f"--keep names {', '.join(map(repr, unknown))} but {read.path} has no such column",
+            fix=f"keep some of its columns: {', '.join(found) or '(none)'}",
+        )
+
+
+def _kept(fields: dict[str, Any], keep: Sequence[str] | None) -> dict[str, Any]:
+    if keep is None:
+        return dict(fields)
+    return {name: fields[name] for name in keep if name in fields}
+
+
 def _scoring_input(fields: dict[str, Any], columns: Columns) -> PredictInput:
     text, pair = labeled_text(fields, columns)
-    return PredictInput(text=text, text_pair=pair, copied=_copied(fields))
+    return PredictInput(text=text, text_pair=pair)
 
 
 def _words_input(fields: dict[str, Any], columns: Columns) -> PredictInput:
@@ -102,7 +148,7 @@ def _words_input(fields: dict[str, Any], columns: Columns) -> PredictInput:
         or not all(isinstance(t, str) and t.strip() for t in tokens)
     ):
         raise RowError("tokens: expected a non-empty list of words")
-    return PredictInput(words=tuple(tokens), copied=_copied(fields))
+    return PredictInput(words=tuple(tokens))
 
 
 def _prompt_input(fields: dict[str, Any], columns: Columns) -> PredictInput:
@@ -111,7 +157,7 @@ def _prompt_input(fields: dict[str, Any], columns: Columns) -> PredictInput:
         fields = {**fields, "prompt": templated_prompt(fields, columns)}
     if columns.system_prompt and not fields.get("system"):
         fields = {**fields, "system": columns.system_prompt}
-    return PredictInput(messages=prompt_messages(fields), copied=_copied(fields))
+    return PredictInput(messages=prompt_messages(fields))
 
 
 def prompt_messages(fields: dict[str, Any]) -> tuple[Message, ...]:
@@ -159,7 +205,3 @@ _PROMPT_READERS: dict[str, Callable[[dict[str, Any]], tuple[Message, ...]]] = {
     "instruction": lambda f: (Message("user", alpaca_prompt(f)),),
     "prompt": lambda f: preference_prompt(f["prompt"]),
 }
-
-
-def _copied(fields: dict[str, Any]) -> dict[str, Any]:
-    return {"id": fields["id"]} if "id" in fields else {}
