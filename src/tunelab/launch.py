@@ -78,4 +78,11 @@ def run(command: list[str], nproc: int) -> int:
     env = dict(os.environ)
     # Each process gets its share of the cores, instead of every process spinning threads on all of them.
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    return subprocess.run(command, env=env, check=False).returncode
+    launcher = subprocess.Popen(command, env=env)
+    while True:
+        try:
+            return launcher.wait()
+        except KeyboardInterrupt:
+            # The launcher and its processes had the same Ctrl-C (one process group): they checkpoint
+            # and stop. Killing the launcher here, as subprocess.run would, orphans them mid-step.
+            continue

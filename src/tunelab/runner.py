@@ -32,14 +32,13 @@ from tunelab.data.pipeline import (
     prepare_chat_tokenizer,
     tokenize_records,
 )
-from tunelab.data.tokenize import Example
 from tunelab.data.written import write_prepared
 from tunelab.evaluation.canaries import audit, describe_audit
 from tunelab.evaluation.canaries import metrics_of as canary_metrics
 from tunelab.evaluation.forgetting import load_reference
 from tunelab.evaluation.forgetting import score as score_reference
 from tunelab.evaluation.generative import GENERATIONS_FILE, ask, read_generations, write_generations
-from tunelab.evaluation.metrics import evaluate
+from tunelab.evaluation.passes import SplitEvaluator
 from tunelab.evaluation.scoring import (
     bias_eval,
     chat_records,
@@ -50,23 +49,21 @@ from tunelab.evaluation.scoring import (
     generative_eval,
     held_out_split,
     score_baselines,
-    split_prefix,
     tagging_eval,
 )
 from tunelab.models.final import save_final
-from tunelab.models.load import LoadedModel, check_sequence_length, load_tokenizer
+from tunelab.models.load import LoadedModel, check_model, check_sequence_length, load_tokenizer
 from tunelab.models.methods import count_parameters, is_adapter
 from tunelab.runs.lifecycle import RunFolder, initial_summary
 from tunelab.runs.rundir import MetricsLog, create_run_dir, last_train_loss, write_text_atomic
 from tunelab.runs.summary import RunSummary
 from tunelab.runs.trackers import check_trackers, open_trackers
 from tunelab.training import checkpoint
-from tunelab.training.loop import Hooks, eval_batches, fit
-from tunelab.training.objectives import collate_for
+from tunelab.training.loop import Hooks, fit
 from tunelab.training.precision import Precision, describe_precision, make_accelerator, precision_for
 from tunelab.training.resume import checkpoint_to_resume
 from tunelab.training.setup import TrainingSetup, attach_method, build_training, load_for_training
-from tunelab.training.stopping import stop_on_sigterm
+from tunelab.training.stopping import RunInterrupted, StopRequested, stop_on_signals
 
 ValidationCallback = Callable[[int, dict[str, float]], None]
 
@@ -130,6 +127,7 @@ def train(
     summary.precision = precision.as_dict()
     if baselines is not None:
         summary.baselines = baselines
+    summary.data_files = data_cache.file_digests(recipe.data)
     run = RunFolder(recipe, run_dir, summary, main=accelerator.is_main_process, started=started)
     run.start(data_cache.data_digest(recipe.data))
     if accelerator.is_main_process:
@@ -138,10 +136,19 @@ def train(
             write_generations(run_dir / GENERATIONS_FILE, ask(_scored_chats(prepared)), baseline_answers)
     try:
         _train_in_run_dir(recipe, model, prepared, accelerator, run, resume_from, console, on_validation)
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: resumable, and the CLI says how
+        run.fail(exc)
+        raise _interrupted(run, exc, accelerator.is_main_process) from exc
     except BaseException as exc:
         run.fail(exc)
         raise
     return TrainResult(run_dir=run_dir, summary=run.summary, is_main_process=accelerator.is_main_process)
+
+
+def _interrupted(run: RunFolder, exc: KeyboardInterrupt, main: bool) -> RunInterrupted:
+    summary = run.summary
+    graceful = isinstance(exc, StopRequested)  # the loop saved a checkpoint at this very step
+    return RunInterrupted(run.run_dir, summary.steps, summary.last_checkpoint, graceful=graceful, main=main)
 
 
 def load_and_train(path: str, overrides: list[str], resume: Path | None, console: Console) -> TrainResult:
@@ -155,6 +162,7 @@ def load_and_train(path: str, overrides: list[str], resume: Path | None, console
 def _prepare(recipe: Recipe, precision: Precision, console: Console) -> Prepared:
     """The machine, the model's positions, the data stage (or its cache) and the model, in that order."""
     check_host(recipe)
+    check_model(recipe.model)  # a damaged weight file is named before the data stage's work
     check_sequence_length(recipe)
     check_trackers(recipe.output.trackers)
     tokenizer = load_tokenizer(recipe.model, recipe.task)
@@ -223,38 +231,6 @@ def _shared_run_dir(recipe: Recipe, accelerator: Accelerator) -> Path:
 # In the run folder
 
 
-class _Evaluator:
-    """A split's metrics, then each dataset's own (val_<dataset>_loss) in a multi-dataset run."""
-
-    def __init__(
-        self, recipe: Recipe, setup: TrainingSetup, data: PreparedData, pad_id: int, accelerator: Any
-    ):
-        self.recipe, self.setup, self.data, self.pad_id, self.accelerator = (
-            recipe,
-            setup,
-            data,
-            pad_id,
-            accelerator,
-        )
-
-    def __call__(self, split: str) -> dict[str, float]:
-        examples, metrics = self.data.splits[split], {}
-        for name, subset in [("", examples), *_per_dataset(examples)]:
-            prefix = f"{split_prefix(split)}_{name}" if name else split_prefix(split)
-            batches = eval_batches(
-                subset,
-                self.recipe.train.batch_size,
-                self.pad_id,
-                self.accelerator,
-                collate_for(self.recipe.task),
-            )
-            scores = evaluate(
-                self.setup.model, batches, self.setup.objective, self.recipe.task, self.accelerator, prefix
-            )
-            metrics.update(scores)
-        return metrics
-
-
 def _train_in_run_dir(
     recipe: Recipe,
     model: Any,
@@ -279,7 +255,8 @@ def _train_in_run_dir(
     if setup.privacy is not None:  # the accountant's history: a resumed run counts every step spent
         accelerator.register_for_checkpointing(setup.privacy)
     accelerator.register_save_state_pre_hook(checkpoint.keep_only_trainable_weights)
-    run_eval = _Evaluator(recipe, setup, data, tokenizer.pad_token_id, accelerator)
+    run_eval = SplitEvaluator(setup.model, setup.objective, recipe.task, recipe.train.batch_size, data,
+                              tokenizer.pad_token_id, accelerator)  # fmt: skip
     reference = load_reference(recipe.eval.reference) if recipe.eval.reference else None
     if reference is not None and not is_adapter(setup.model) and resume_from is None:
         # full / freeze: "before" is the base model, i.e. these weights before the first step.
@@ -314,7 +291,7 @@ def _train_in_run_dir(
 
 
 def _score_before_training(
-    data: PreparedData, run_eval: _Evaluator, run: RunFolder, console: Console
+    data: PreparedData, run_eval: SplitEvaluator, run: RunFolder, console: Console
 ) -> None:
     """The same model before any training, on the split the headline after-score comes from: the test
     split, else validation (whose last pass, on the final weights, is the after-score)."""
@@ -332,7 +309,7 @@ def _fit(
     setup: TrainingSetup,
     data: PreparedData,
     run: RunFolder,
-    run_eval: _Evaluator,
+    run_eval: SplitEvaluator,
     accelerator: Accelerator,
     console: Console,
     *,
@@ -353,8 +330,11 @@ def _fit(
         run.record_progress(state.step, state.tokens, checkpoint=path.name)
         return path
 
-    def log_step(step: int, values: dict[str, float]) -> None:
+    def show_progress(step: int, loss: float, tokens_per_s: float) -> None:
         run.record_progress(step, state.tokens)  # the live counts, written at the next checkpoint or stop
+        progress.update(bar, completed=step, loss=loss, tps=tokens_per_s)
+
+    def log_step(step: int, values: dict[str, float]) -> None:
         if setup.privacy is not None and "loss" in values:
             values["epsilon"] = setup.privacy.epsilon()
         log.log(step, values)
@@ -363,12 +343,12 @@ def _fit(
         evaluate=(lambda: run_eval("validation")) if "validation" in data.splits else None,
         save_checkpoint=save_checkpoint,
         log=log_step,
-        progress=lambda step, loss, tps: progress.update(bar, completed=step, loss=loss, tps=tps),
+        progress=show_progress,
     )
     if on_validation is not None:
         hooks.after_validation = on_validation
     try:
-        with progress, stop_on_sigterm() as stop:
+        with progress, stop_on_signals(second_interrupt_aborts=accelerator.num_processes == 1) as stop:
             hooks.stop_requested = _agreed(stop, accelerator)
             fit(setup.model, setup.optimizer, setup.scheduler, setup.objective, setup.batches, cfg, setup.steps,
                 state, accelerator, hooks, setup.privacy.accumulate if setup.privacy else None)  # fmt: skip
@@ -379,7 +359,7 @@ def _fit(
 
 
 def _agreed(flag: Callable[[], bool], accelerator: Accelerator) -> Callable[[], bool]:
-    """Under DDP every rank must stop at the same step (a checkpoint is collective), but SIGTERM reaches
+    """Under DDP every rank must stop at the same step (a checkpoint is collective), but a signal reaches
     them at different moments: each step they agree, stopping when any rank was asked."""
     if accelerator.num_processes == 1:
         return flag
@@ -396,7 +376,7 @@ def _score_after_training(
     setup: TrainingSetup,
     prepared: Prepared,
     run: RunFolder,
-    run_eval: _Evaluator,
+    run_eval: SplitEvaluator,
     reference: Any,
     accelerator: Accelerator,
     console: Console,
@@ -475,13 +455,6 @@ def _generated_answers(
     if accelerator.is_main_process:
         write_generations(path, asked, answers)
     return scores
-
-
-def _per_dataset(examples: list[Example]) -> list[tuple[str, list[Example]]]:
-    names = [str(e["dataset"]) for e in examples if e.get("dataset")]
-    if not names:
-        return []
-    return [(name, [e for e in examples if e.get("dataset") == name]) for name in dict.fromkeys(names)]
 
 
 def _progress_bar(console: Console, enabled: bool) -> Progress:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -33,7 +34,7 @@ CASES = {
     ),
     "hub id not reachable offline": (
         ["--set", "model.name=nobody/no-such-model"],
-        ["model 'nobody/no-such-model' not found", "HF_HUB_OFFLINE=1", "fix:"],
+        ["model 'nobody/no-such-model' is not in the local Hugging Face cache", "HF_HUB_OFFLINE=1", "fix:"],
     ),
     "label column that does not exist": (
         ["--set", "data.label_column=intent"],
@@ -188,3 +189,53 @@ def test_validate_runs_the_data_checks_and_says_what_it_did_not_run(tmp_path: Pa
     assert bad_row.exit_code == 1 and "train.jsonl:9:" in bad_row.output
     missing = invoke("validate", str(recipe), "--set", f"model.name={tmp_path / 'nope'}")
     assert missing.exit_code == 1 and "model folder not found" in missing.output
+
+
+def test_validate_and_train_name_a_model_path_that_is_a_file(tmp_path: Path, tiny_bert: Path) -> None:
+    recipe = make_recipe(tmp_path, tiny_bert, "classify")
+    weights = tiny_bert / "model.safetensors"
+    for command in ("validate", "train"):
+        result = invoke(command, str(recipe), "--set", f"model.name={weights}")
+        assert result.exit_code == 1, result.output
+        assert f"model.name {weights} is a file, not a model folder" in result.output
+        assert f"point model.name at the folder that holds it ({tiny_bert})" in " ".join(
+            result.output.split()
+        )
+        assert "not found" not in result.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_validate_and_train_name_a_damaged_weights_file(tmp_path: Path, tiny_bert: Path) -> None:
+    model = tmp_path / "model"
+    shutil.copytree(tiny_bert, model)
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:5000])  # an interrupted download
+    recipe = make_recipe(tmp_path, model, "classify")
+    for command in ("validate", "train"):
+        result = invoke(command, str(recipe))
+        text = " ".join(result.output.split())
+        assert result.exit_code == 1, result.output
+        assert f"{weights} cannot be read: Error while deserializing header" in text
+        assert "The file is damaged or incomplete (5,000 bytes)" in text
+        assert "copy or download the model again" in text
+        assert "bug in tunelab" not in text
+    assert not (tmp_path / "runs").exists()
+
+
+def test_validate_refuses_a_hub_id_that_is_not_cached_while_offline(
+    tmp_path: Path, tiny_bert: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    recipe = make_recipe(tmp_path, tiny_bert, "classify")
+    result = invoke("validate", str(recipe), "--set", "model.name=nobody/no-such-model")
+    assert result.exit_code == 1, result.output
+    assert "model 'nobody/no-such-model' is not in the local Hugging Face cache" in result.output
+    assert "ok" not in result.output.split()
+
+
+def test_validate_prints_the_data_warnings(tmp_path: Path, tiny_bert: Path) -> None:
+    recipe = make_recipe(tmp_path, tiny_bert, "classify")
+    (tmp_path / "test.jsonl").write_text('{"text": "balance now", "label": "balance"}\n', encoding="utf-8")
+    result = invoke("validate", str(recipe), "--set", f"data.test={tmp_path / 'test.jsonl'}")
+    assert result.exit_code == 0, result.output
+    assert "note: test: 2 of the 3 training classes never occur" in result.output

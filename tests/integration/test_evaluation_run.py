@@ -141,3 +141,23 @@ def test_the_few_shot_baseline_says_how_many_shots_it_used(
         assert "no training conversation fits beside a scored one in max_seq_len 22" in few["note"]
     else:
         assert few["shots_mean"] == few["k"] == 3 and few["shots_min"] == 3 and "note" not in few
+
+
+def test_a_test_split_without_some_classes_is_named_in_the_output_notes_and_report(
+    tmp_path: Path, tiny_bert: Path
+) -> None:
+    recipe = make_recipe(tmp_path, tiny_bert, "classify", train={"epochs": 1})
+    only_balance = [{"text": f"balance number {i} please", "label": "balance"} for i in range(5)]
+    (tmp_path / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in only_balance), encoding="utf-8")
+    trained = runner.invoke(app, ["train", str(recipe), "--set", f"data.test={tmp_path / 'test.jsonl'}"])
+    assert trained.exit_code == 0, trained.output
+    warning = (
+        "test: 2 of the 3 training classes never occur ('card', 'transfer'); its accuracy only measures "
+        "the 1 that do, and macro-F1 counts the missing ones as 0"
+    )
+    assert warning in " ".join(trained.output.split())  # the terminal wraps long lines
+    (run_dir,) = [p for p in (tmp_path / "runs").iterdir() if p.is_dir() and not p.name.startswith(".")]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert any(note.startswith(warning) for note in summary["notes"])
+    assert "2 of the 3 training classes never occur" in (run_dir / "report.html").read_text()
+    assert not any("never occur" in note for note in summary["notes"] if note.startswith("validation"))

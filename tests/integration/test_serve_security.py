@@ -126,6 +126,10 @@ def test_a_malformed_file_fails_its_job_in_validating_files_with_file_and_line(
     assert failed.tunelab["run_dir"] is None  # it never trained
     events = [e.message for e in api.fine_tuning.jobs.list_events(job.id)]
     assert any(":2:" in m for m in events)
+    # The fix is one an API user can carry out: a request cannot set the recipe's data.on_error.
+    for told in (uploaded.status_details, failed.error.message):
+        assert "data.on_error" not in told
+        assert "fix: correct the rows named above in your file, upload it again (files.create)" in told
 
 
 def test_unknown_models_files_and_jobs_in_openai_errors(served: Any, tmp_path: Path) -> None:

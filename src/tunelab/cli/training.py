@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shlex
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -17,6 +19,9 @@ from tunelab.cli.common import (
 )
 from tunelab.errors import TunelabError
 from tunelab.runs.summary import RunSummary
+
+if TYPE_CHECKING:
+    from tunelab.training.stopping import RunInterrupted
 
 
 @app.command()
@@ -32,7 +37,7 @@ def validate(
     """Check a recipe, its data and its model's whereabouts; report every recipe problem at once."""
     from tunelab.config import check_host, load_recipe
     from tunelab.data.pipeline import load_records
-    from tunelab.models.load import check_sequence_length, model_source
+    from tunelab.models.load import check_model, check_sequence_length
 
     loaded = load_recipe(recipe, set_ or [])
     if loaded.search is not None:  # the space against the recipe itself: every problem at once
@@ -44,24 +49,35 @@ def validate(
                                fix="correct search: (paths are recipe paths, values what those fields accept)")  # fmt: skip
     if host:
         check_host(loaded)
-    _, local = model_source(loaded.model.name)  # a missing folder fails here, as train would
+    _, local = check_model(loaded.model)  # a missing folder, damaged weights, an uncached Hub id offline
     check_sequence_length(loaded)
     if loaded.model.adapter is not None:  # the run it starts from: finished, an adapter, the same base
         from tunelab.models.base_adapter import resolve_adapter
 
         resolve_adapter(loaded.model, loaded.task)
     # The data stage up to tokenisation: every file read, bad rows named, cleaned, split, leak-checked.
-    counts = load_records(loaded).report["records"]
+    report = load_records(loaded).report
+    counts = report["records"]
     out.print(f"{recipe}: ok ({loaded.task}, {loaded.method.name}, model {loaded.model.name})")
+    for warning in report.get("warnings", []):
+        out.print(f"  note: {warning}")
     shown = ", ".join(f"{split} {n:,}" for split, n in counts.items())
     out.print(
         f"  checked: the recipe; the data ({shown} rows after cleaning, split and the leakage check); "
-        f"the model {'folder' if local else 'id'} and its positions" + ("; this machine" if host else "")
+        f"the model {_model_checked(local)} and its positions" + ("; this machine" if host else "")
     )
     out.print(
         "  not checked here: tokenisation and the chat template, loading the weights, memory "
         "(`tunelab plan` runs those)" + ("" if host else "; this machine's GPU and libraries (--host)")
     )
+
+
+def _model_checked(local: bool) -> str:
+    from tunelab.models.load import hub_offline
+
+    if local:
+        return "folder (its config and weight files)"
+    return "id (in the local cache)" if hub_offline() else "id (not looked up: train downloads it)"
 
 
 @app.command()
@@ -81,10 +97,42 @@ def train(
     if nproc > 1 and not _launched():
         raise typer.Exit(_launch(recipe, set_ or [], resume, nproc, debug))
     from tunelab.runner import load_and_train  # heavy imports (torch, transformers) only when needed
+    from tunelab.training.stopping import RunInterrupted
 
-    result = load_and_train(str(recipe), set_ or [], resume, console)
+    try:
+        result = load_and_train(str(recipe), set_ or [], resume, console)
+    except RunInterrupted as stopped:
+        if stopped.main:
+            _print_interrupted(stopped, recipe, set_ or [])
+        raise typer.Exit(130) from None  # the shell's code for a Ctrl-C
     if result.is_main_process:
         _print_result(result.summary)
+
+
+def _print_interrupted(stopped: RunInterrupted, recipe: Path, overrides: list[str]) -> None:
+    """What was kept, and the exact command that continues the run."""
+    if stopped.checkpoint is None:
+        console.print(f"[bold red]interrupted[/] at step {stopped.step}, before any checkpoint: "
+                      f"nothing to resume ({stopped.run_dir} is recorded as interrupted); train again")  # fmt: skip
+        return
+    if stopped.graceful:
+        console.print(
+            f"[bold yellow]stopped[/] after step {stopped.step}; checkpoint {stopped.checkpoint} saved"
+        )
+    else:
+        console.print(f"[bold red]interrupted[/] at step {stopped.step}; the newest checkpoint is "
+                      f"{stopped.checkpoint} (the steps after it are lost)")  # fmt: skip
+    console.print(f"resume with:\n  {resume_command(recipe, overrides, stopped.run_dir)}")
+
+
+def resume_command(recipe: Path, overrides: list[str], run_dir: Path) -> str:
+    """`tunelab train` as it was run, plus --resume: the same recipe, the same --set overrides (resume
+    refuses a recipe that differs) and, under a launcher, the same number of processes."""
+    args = ["tunelab", "train", str(recipe), *(a for o in overrides for a in ("--set", o))]
+    processes = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun and accelerate launch
+    if processes > 1:
+        args += ["--nproc", str(processes)]
+    return shlex.join([*args, "--resume", str(run_dir)])
 
 
 def _launched() -> bool:

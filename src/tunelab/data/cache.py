@@ -9,6 +9,7 @@ code from) and are written atomically; a damaged entry is ignored and rebuilt.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -35,10 +36,29 @@ def cache_dir(output_dir: str | Path) -> Path:
 def data_files(data: DataConfig) -> list[str]:
     """Every file the data stage reads: training datasets, their held-out files, replay, contamination,
     and a chat template file (its bytes decide the tokens)."""
-    files = [f for s in data.sources for f in (s.path, s.validation, s.test)]
-    files += [data.replay.path if data.replay else None, data.validation, data.test, *data.contamination]
-    files.append(data.template if data.template not in BUILTIN_TEMPLATE_NAMES else None)
-    return [str(f) for f in files if f]
+    return list(data_file_roles(data).values())
+
+
+def data_file_roles(data: DataConfig) -> dict[str, str]:
+    """The same files by the recipe path that names each (`data.train`, `data.train[1].test`,
+    `data.contamination[0]`), so two runs' files can be compared role by role."""
+    single = isinstance(data.train, str)
+    roles: dict[str, str | None] = {}
+    for i, source in enumerate(data.sources):
+        where = "data.train" if single else f"data.train[{i}]"
+        roles[where if single else f"{where}.path"] = source.path
+        roles[f"{where}.validation"], roles[f"{where}.test"] = source.validation, source.test
+    roles["data.replay.path"] = data.replay.path if data.replay else None
+    roles["data.validation"], roles["data.test"] = data.validation, data.test
+    roles.update({f"data.contamination[{i}]": path for i, path in enumerate(data.contamination)})
+    roles["data.template"] = data.template if data.template not in BUILTIN_TEMPLATE_NAMES else None
+    return {role: str(path) for role, path in roles.items() if path}
+
+
+def file_digests(data: DataConfig) -> dict[str, str]:
+    """Each data file's sha256 by its recipe path (a Hub dataset: its id), recorded in summary.json: two
+    runs of one recipe on a file that changed in place are two runs on different data."""
+    return {role: _source_digest(path) for role, path in data_file_roles(data).items()}
 
 
 def cache_key(recipe: Recipe, tokenizer: Any) -> str:
@@ -80,7 +100,17 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
 
 def _source_digest(source: str) -> str:
     # A Hub dataset is keyed by its id: pin it with @revision for the cache to follow upstream changes.
-    return source if source.startswith("hf:") else file_sha256(Path(source))
+    if source.startswith("hf:"):
+        return source
+    stat = Path(source).stat()
+    return _file_digest(source, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _file_digest(path: str, _inode: int, _size: int, _mtime_ns: int) -> str:
+    """A file is hashed for the cache key, the registry and summary.json alike: once per process while
+    it is unchanged (the stat is part of the key, so a file rewritten in between is hashed again)."""
+    return file_sha256(Path(path))
 
 
 def load(root: Path, key: str) -> tuple[PreparedData, Path] | None:

@@ -25,7 +25,7 @@ from tunelab.data.formats import (
     load_split,
     record_kinds,
 )
-from tunelab.data.labels import build_label_map, check_labels_known
+from tunelab.data.labels import build_label_map, check_labels_known, missing_classes_warning
 from tunelab.data.mixture import REPLAY
 from tunelab.data.packing import pack_examples
 from tunelab.data.records import Chat, Labeled, Preference, Record, Tagged, Text
@@ -335,6 +335,9 @@ def _labels(stage: DataStage, splits: dict[str, list[Any]], report: dict[str, An
     for split in ("validation", "test"):
         if split in splits:
             check_labels_known(splits[split], label_map, split)
+            warning = missing_classes_warning(splits[split], label_map, split)
+            if warning:
+                report.setdefault("warnings", []).append(warning)
     report["labels"] = quality.label_balance(splits["train"])
     if stage.data.balance != "none":
         splits["train"], report["balance"] = quality.rebalance(

@@ -20,6 +20,7 @@ from transformers import (
 
 from tunelab.config import ModelConfig, Recipe
 from tunelab.errors import ModelLoadError
+from tunelab.models.files import check_hub_cache, check_model_folder
 from tunelab.models.gguf import converted_folder, gguf_file
 from tunelab.training.precision import resolve_weights
 
@@ -51,12 +52,12 @@ def load_model(
     resolves it with the method and precision: training/precision.py). `cfg.adapter`, another run's
     adapter, is merged into the weights (models/base_adapter.py), with that run's tokenizer.
     """
-    source, local = model_source(cfg.name)
+    source, local = check_model(cfg)
     adapter = _resolved_adapter(cfg, task)  # refused before any weights are read
     common: dict[str, Any] = {
         "trust_remote_code": cfg.trust_remote_code,
         "revision": cfg.revision,
-        "local_files_only": local or _offline(),
+        "local_files_only": local or hub_offline(),
     }
     quantisation = quantisation or ("8bit" if cfg.load_in_8bit else None)
     try:
@@ -144,7 +145,7 @@ def load_tokenizer(cfg: ModelConfig, task: str | None = None) -> Any:
             source,
             trust_remote_code=cfg.trust_remote_code,
             revision=cfg.revision,
-            local_files_only=local or _offline(),
+            local_files_only=local or hub_offline(),
             **tokenizer_options(task),
         )
     except (OSError, ValueError) as exc:
@@ -169,7 +170,7 @@ def position_limit(cfg: ModelConfig) -> int | None:
             source,
             trust_remote_code=cfg.trust_remote_code,
             revision=cfg.revision,
-            local_files_only=local or _offline(),
+            local_files_only=local or hub_offline(),
         )
     except (OSError, ValueError, ModelLoadError):
         return None  # loading the model reports why, with its own message
@@ -235,6 +236,12 @@ def model_source(name: str) -> tuple[str, bool]:
     path = Path(name).expanduser()
     if path.is_dir():
         return str(path), True
+    if path.is_file():
+        raise ModelLoadError(
+            f"model.name {path.resolve()} is a file, not a model folder",
+            fix=f"point model.name at the folder that holds it ({path.resolve().parent}), or at a .gguf file "
+            "or a Hub id (org/name)",
+        )
     # Hub ids are "name" or "org/name"; anything else that names a folder is a path that is missing.
     looks_like_path = name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
     if looks_like_path or path.exists():
@@ -243,6 +250,17 @@ def model_source(name: str) -> tuple[str, bool]:
             fix="point model.name at a folder holding config.json and the weights, or at a Hub id (org/name)",
         )
     return name, False
+
+
+def check_model(cfg: ModelConfig) -> tuple[str, bool]:
+    """model_source, and what can be checked without loading: a local folder's config and weight files
+    (a damaged file is named as such), or, offline, that the Hub id is in the local cache."""
+    source, local = model_source(cfg.name)
+    if local:
+        check_model_folder(Path(source))
+    elif hub_offline():
+        check_hub_cache(cfg.name, cfg.revision)
+    return source, local
 
 
 def _resolved_adapter(cfg: ModelConfig, task: str | None) -> Path | None:
@@ -259,7 +277,7 @@ def _adapter_tokenizer(final: Path) -> Any:
     return adapter_tokenizer(final)
 
 
-def _offline() -> bool:
+def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
 
 
@@ -301,7 +319,9 @@ def _not_loadable(
             f"model folder {source} could not be loaded: {reason}",
             fix="the folder needs config.json, the weights (*.safetensors) and the tokenizer files",
         )
-    where = "the local Hugging Face cache (HF_HUB_OFFLINE=1 is set)" if _offline() else "the Hugging Face Hub"
+    where = (
+        "the local Hugging Face cache (HF_HUB_OFFLINE=1 is set)" if hub_offline() else "the Hugging Face Hub"
+    )
     return ModelLoadError(
         f"model {name!r} not found: tried a local folder {Path(name).resolve()} (does not exist) "
         f"and {where}: {reason}",

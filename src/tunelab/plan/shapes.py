@@ -89,7 +89,7 @@ def meta_model(recipe: Recipe, label_map: dict[str, int] | None) -> tuple[Any, l
     options: dict[str, Any] = {
         "trust_remote_code": recipe.model.trust_remote_code,
         "revision": recipe.model.revision,
-        "local_files_only": local or load._offline(),
+        "local_files_only": local or load.hub_offline(),
         "device_map": "meta",
     }
     try:

@@ -42,6 +42,8 @@ class RunSummary:
     total_params: int = 0
     precision: dict[str, str] = field(default_factory=dict)
     examples: dict[str, int] = field(default_factory=dict)  # per split, after tokenisation (and packing)
+    # Each data file's sha256 by the recipe path naming it (data.train, data.test, ...), as trained on.
+    data_files: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     mix: dict[str, Any] | None = None  # a multi-dataset run's mixture
     # The same model before any training, scored on `before_training_split` (test, else validation).

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -63,3 +64,17 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException) -> Any:
         return error_response(exc.status_code, str(exc.detail))
+
+
+# Words in a fix that point at recipe settings: an API user has only the file and the request.
+_RECIPE_FIELDS = re.compile(r"\b(data|train|model|method|eval|preference)\.[a-z_]+")
+API_DATA_FIX = (
+    "correct the rows named above in your file, upload it again (files.create) and create a new job with "
+    "the new file id"
+)
+
+
+def api_error_text(exc: TunelabError) -> str:
+    """A data error as an API user reads it: what is wrong and where, and a fix that needs no recipe."""
+    fix = exc.fix if exc.fix and not _RECIPE_FIELDS.search(exc.fix) else API_DATA_FIX
+    return str(TunelabError(exc.message, problems=exc.problems, fix=fix))

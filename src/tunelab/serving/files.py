@@ -18,7 +18,7 @@ from fastapi.responses import FileResponse
 from starlette.datastructures import UploadFile
 
 from tunelab.errors import TunelabError
-from tunelab.serving.errors import APIError, not_found
+from tunelab.serving.errors import APIError, api_error_text, not_found
 from tunelab.serving.jobs import ACTIVE
 from tunelab.serving.store import Store, new_id, now
 
@@ -144,5 +144,5 @@ def _check_contents(path: Path, file_id: str, filename: str) -> tuple[str, str |
     try:
         load_split(path)
     except TunelabError as exc:
-        return "error", str(exc).replace(str(path), f"{file_id} ({filename})")
+        return "error", api_error_text(exc).replace(str(path), f"{file_id} ({filename})")
     return "processed", None

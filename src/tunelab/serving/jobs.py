@@ -116,6 +116,26 @@ def job_recipe(job_id: str, request: JobRequest, config: ServeConfig, store: Sto
     return recipe
 
 
+def fit_sequence_length(recipe: dict[str, Any]) -> str | None:
+    """A job's train.max_seq_len (the server's default, which no request can change) cut to what the
+    base model has positions for; the run would refuse it otherwise. The job's events say so."""
+    from tunelab.config import ModelConfig
+    from tunelab.models.load import position_limit
+
+    wanted = recipe["train"].get("max_seq_len")
+    limit = position_limit(ModelConfig.model_validate(recipe["model"]))
+    if limit is None or wanted is None:
+        return None
+    limit -= int(recipe.get("method", {}).get("num_virtual_tokens") or 0)  # prefix/prompt take positions
+    if wanted <= limit:
+        return None
+    recipe["train"]["max_seq_len"] = limit
+    return (
+        f"train.max_seq_len {wanted} is more than the base model has positions for; "
+        f"the job trains on sequences of up to {limit} tokens"
+    )
+
+
 def resolved_hyperparameters(recipe: dict[str, Any], request: JobRequest) -> dict[str, Any]:
     """The values the job really uses, as OpenAI reports them once a job is created."""
     lr_multiplier = _chosen(request.hyper().learning_rate_multiplier, 1.0)

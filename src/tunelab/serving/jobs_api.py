@@ -20,6 +20,7 @@ from tunelab.serving.jobs import (
     check_request,
     checkpoint_object,
     event_object,
+    fit_sequence_length,
     job_object,
     job_recipe,
     resolved_hyperparameters,
@@ -97,6 +98,7 @@ def create(request: JobRequest, config: ServeConfig, store: Store) -> str:
     check_request(request, config, store)
     job_id = new_id("ftjob-")
     recipe = job_recipe(job_id, request, config, store)
+    fitted = fit_sequence_length(recipe)
     seed = recipe["train"].setdefault("seed", random.randrange(2**31))
     path = write_recipe(config.root / "jobs" / job_id, recipe)
     try:
@@ -109,4 +111,6 @@ def create(request: JobRequest, config: ServeConfig, store: Store) -> str:
              "recipe": str(path), "job_dir": str(path.parent)}  # fmt: skip
     store.add_job(job_id, request.model_dump(exclude_none=True), state, "validating_files")
     store.add_event(job_id, f"Created fine-tuning job: {job_id}")
+    if fitted:
+        store.add_event(job_id, fitted)
     return job_id

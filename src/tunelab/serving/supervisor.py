@@ -20,7 +20,7 @@ from typing import Any
 from tunelab.errors import TunelabError
 from tunelab.serving import progress
 from tunelab.serving.config import ServeConfig
-from tunelab.serving.errors import APIError
+from tunelab.serving.errors import APIError, api_error_text
 from tunelab.serving.jobs import FINISHED, fine_tuned_name
 from tunelab.serving.runners import JobRunner, train_command
 from tunelab.serving.store import Store, now
@@ -107,8 +107,10 @@ class Supervisor:
         self.store.add_event(job["id"], "Files validated, moving job to queued state")
 
     def _file_error(self, job: dict[str, Any], exc: TunelabError) -> dict[str, Any]:
-        """The data stage's `file:line: reason`, with the server's paths shown as the file ids."""
-        message, param = str(exc), "training_file"
+        """The data stage's `file:line: reason`, with the server's paths shown as the file ids, and a fix an
+        API user can carry out: the data stage's own fix names recipe fields (data.on_error), which a job
+        request cannot set."""
+        message, param = api_error_text(exc), "training_file"
         for name in ("training_file", "validation_file"):
             file_id = job["body"].get(name)
             row = self.store.get_file(file_id) if file_id else None

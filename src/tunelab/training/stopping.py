@@ -1,16 +1,20 @@
-"""A graceful stop on SIGTERM: finish the step, save a checkpoint, stop as `interrupted`.
+"""A graceful stop on SIGTERM or Ctrl-C: finish the step, save a checkpoint, stop as `interrupted`.
 
 Schedulers (Slurm, Kubernetes, a spot-instance notice) and `tunelab serve`'s pause send SIGTERM and
-wait; a run that dies at once loses everything since its last checkpoint, one that checkpoints first
+wait; a person at the terminal presses Ctrl-C (SIGINT). A run that dies at once loses everything since
+its last checkpoint (with `save_every: 1000`, that can be all of it); one that checkpoints first
 resumes exactly where it stopped. A second SIGTERM is not special: the step in progress still ends.
+A second Ctrl-C is a person who will not wait for the step: it aborts at once, as Ctrl-C always did.
 """
 
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 
@@ -23,6 +27,17 @@ class StopRequested(KeyboardInterrupt):
         self.step = step
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """A run stopped by Ctrl-C or SIGTERM once its folder existed: what the CLI needs to say how to
+    resume it. `checkpoint` is the newest complete one (None: nothing to resume from); `graceful`: it
+    was saved at `step` itself. Under DDP every process raises it; only the main one should speak."""
+
+    def __init__(self, run_dir: Path, step: int, checkpoint: str | None, *, graceful: bool, main: bool):
+        super().__init__(f"interrupted at step {step}")
+        self.run_dir, self.step, self.checkpoint, self.graceful = run_dir, step, checkpoint, graceful
+        self.main = main
+
+
 class StopFlag:
     def __init__(self) -> None:
         self.requested = False
@@ -32,22 +47,40 @@ class StopFlag:
 
 
 @contextmanager
-def stop_on_sigterm() -> Iterator[StopFlag]:
-    """A flag SIGTERM sets while the block runs. Outside the main thread (a server's worker thread)
-    signals cannot be caught, and the flag simply never sets."""
+def stop_on_signals(*, second_interrupt_aborts: bool = True) -> Iterator[StopFlag]:
+    """A flag SIGTERM or a first Ctrl-C sets while the block runs; a second Ctrl-C raises
+    KeyboardInterrupt at once, unless `second_interrupt_aborts` is off: under torchrun the launcher
+    forwards the terminal's Ctrl-C to its processes, which have already had it, so a second SIGINT is
+    not a person's (torchrun kills them itself 30 s later). Outside the main thread (a server's worker
+    thread) signals cannot be caught, and the flag simply never sets."""
     flag = StopFlag()
     if threading.current_thread() is not threading.main_thread():
         yield flag
         return
 
-    def request(_signum: int, _frame: Any) -> None:
+    def on_sigterm(_signum: int, _frame: Any) -> None:
         flag.requested = True
 
-    previous = signal.signal(signal.SIGTERM, request)
+    def on_sigint(_signum: int, _frame: Any) -> None:
+        if flag.requested:
+            if second_interrupt_aborts:
+                raise KeyboardInterrupt
+            return
+        flag.requested = True
+        # Plain stderr, not rich: a signal handler may run in the middle of the progress bar's write.
+        sys.stderr.write(
+            "\nCtrl-C: finishing this step, then saving a checkpoint and stopping "
+            "(Ctrl-C again stops at once, losing the steps since the last checkpoint)\n"
+        )
+        sys.stderr.flush()
+
+    previous_term = signal.signal(signal.SIGTERM, on_sigterm)
+    previous_int = signal.signal(signal.SIGINT, on_sigint)
     try:
         yield flag
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, previous_term)
+        signal.signal(signal.SIGINT, previous_int)
 
 
 class RunPruned(Exception):
