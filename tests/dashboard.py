@@ -28,14 +28,24 @@ ANSWERS = {
 }
 
 
+# The two runs' own settings. The first scores generated answers (eval.metrics: its main metric is exact
+# match); the second logs and validates as a default recipe does (every 10 and 100 steps), so its 4 steps
+# leave one train loss and one validation loss, both at step 4: the shortest loss curve there is.
+RUNS = (
+    {"train": {"max_steps": 4, "eval_every": 2, "lr": 1e-2},
+     "eval": {"metrics": ["exact_match", "rouge"], "max_new_tokens": 6}},
+    {"train": {"max_steps": 4, "eval_every": 100, "log_every": 10, "lr": 3e-3}},
+)  # fmt: skip
+
+
 def train_runs(root: Path, model: Path) -> list[Path]:
-    """Two tiny sft runs in <root>/runs that differ in train.lr (what Compare must highlight)."""
+    """Two tiny sft runs in <root>/runs (RUNS) that differ in train.lr (what Compare must highlight).
+    Both score the base model's zero- and few-shot baselines first (eval.baselines' default)."""
     runs = []
-    for i, lr in enumerate((1e-2, 3e-3)):
+    for i, sections in enumerate(RUNS):
         folder = root / f"recipe-{i}"
         folder.mkdir(parents=True)
-        recipe = make_recipe(folder, model, "sft", train={"max_steps": 4, "eval_every": 2, "lr": lr},
-                             output={"dir": str(root / "runs")})  # fmt: skip
+        recipe = make_recipe(folder, model, "sft", **sections, output={"dir": str(root / "runs")})
         runs.append(train(load_recipe(recipe)).run_dir)
     return runs
 

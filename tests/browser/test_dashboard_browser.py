@@ -112,6 +112,28 @@ def test_open_a_run_with_its_report_and_plots(browser_page: Any, served: dict[st
     _shot(page, "run")
 
 
+def test_a_run_shorter_than_its_log_interval_shows_its_one_point(
+    browser_page: Any, served: dict[str, Any]
+) -> None:
+    # The second run logs every 10 steps and validates every 100 (the defaults) but trains 4: its one
+    # train loss and one validation loss are both at step 4. A one-point line has no length, so each
+    # point must be a dot, on an axis that ends at the step it was logged at.
+    page = browser_page
+    page.goto(served["base"] + f"/runs/{served['runs'][1]}")
+    chart = page.locator("#loss-chart")
+    sync_api.expect(chart).to_have_attribute("data-ended", "true")
+    assert chart.get_attribute("data-points") == "1"
+    labels = chart.locator("svg text").all_text_contents()
+    assert "step 4" in labels and "step 5" not in labels
+    for name in ("train", "val"):
+        dot = chart.locator(f"circle.{name}")
+        assert dot.count() == 1, name
+        sync_api.expect(dot).to_be_visible()
+        assert dot.get_attribute("cx") == "1190"  # the axis' right end: step 4 of 0..4
+        assert dot.evaluate("c => getComputedStyle(c).fill") not in ("none", "")
+    _shot(page, "run-short")
+
+
 def test_compare_two_runs_highlights_the_field_that_differs(
     browser_page: Any, served: dict[str, Any]
 ) -> None:

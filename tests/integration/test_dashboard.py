@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx2 as httpx
 import pytest
+from markupsafe import escape
 
 from tests.dashboard import PROMPTS, csrf_of, forms, login, seed_pairs, train_runs
 from tests.serving import JOB_DEFAULTS, counting_chats, live_server, serve_config
@@ -147,6 +148,62 @@ def test_pages_show_the_registry_the_diff_and_the_pairs(served: Any) -> None:
     assert any(prompt in review for prompt in PROMPTS) and "A is better" in review
 
 
+def _shown(value: float) -> str:
+    return f"{value:.4g}"  # the pages' `number` filter, for a float
+
+
+def _text(html: str) -> str:
+    return " ".join(re.sub(r"<[^>]+>", " ", html).split())
+
+
+def _score_table(html: str) -> tuple[list[str], dict[str, list[str]]]:
+    """The run page's metrics table: its column heads, and each metric's cells after the name."""
+    table = re.search(r'<table class="scores">(.*?)</table>', html, flags=re.S)
+    assert table, "no metrics table on the run page"
+    heads = re.findall(r"<th>(.*?)</th>", table.group(1))
+    rows = re.findall(r'<tr data-metric="([^"]+)"><td>[^<]*</td>(.*?)</tr>', table.group(1))
+    return heads, {metric: re.findall(r"<td[^>]*>(.*?)</td>", cells) for metric, cells in rows}
+
+
+def test_the_run_page_shows_the_baselines_beside_the_fine_tuned_scores(served: Any) -> None:
+    config, base, key, runs = served
+    http = login(base, key, "rater-scores")
+    for run_id in runs:
+        summary = json.loads((config.runs_dir / run_id / "summary.json").read_text())
+        html = http.get(f"/runs/{run_id}").text
+        heads, rows = _score_table(html)
+        assert heads == ["metric", "before training", "zero-shot", "few-shot", "fine-tuned"]
+        zero, few = summary["baselines"]["zero_shot"], summary["baselines"]["few_shot"]
+        columns = [summary["before_training"], zero, few, summary["metrics"]]
+        for metric, cells in rows.items():
+            expected = [_shown(c[metric]) if isinstance(c.get(metric), float) else "" for c in columns]
+            assert cells == expected, (run_id, metric)
+        # Every score is a row; a baseline's bookkeeping (rows scored, shots drawn) is not a score.
+        scored = [m for m in zero | few if m.startswith("val_")]
+        scores = {*summary["metrics"], *summary["before_training"], *scored}
+        assert set(rows) == scores and {"scored", "k", "shots_mean"}.isdisjoint(rows)
+        assert all(rows["val_loss"]) and all(rows["val_perplexity"])  # before, zero-shot, few-shot, tuned
+        assert f'<p class="meta note">few-shot: {escape(few["note"])}</p>' in html
+    # eval.metrics: the generated answers' scores, for the base model zero- and few-shot too.
+    zero, few = (json.loads((config.runs_dir / runs[0] / "summary.json").read_text())["baselines"][name]
+                 for name in ("zero_shot", "few_shot"))  # fmt: skip
+    _, rows = _score_table(http.get(f"/runs/{runs[0]}").text)
+    assert rows["val_exact_match"][1:3] == [_shown(zero["val_exact_match"]), _shown(few["val_exact_match"])]
+
+
+def test_the_runs_list_shows_each_runs_main_metric(served: Any) -> None:
+    config, base, key, runs = served
+    http = login(base, key, "rater-main")
+    html = http.get("/runs").text
+    assert "<th>main metric</th>" in html
+    row = r'<tr data-run="([^"]+)">.*?<td class="main-metric">(.*?)</td>'
+    cells = dict(re.findall(row, html, flags=re.S))
+    metrics = [json.loads((config.runs_dir / run / "summary.json").read_text())["metrics"] for run in runs]
+    # The first run scored generated answers (eval.metrics): exact match leads; the second only has losses.
+    assert _text(cells[runs[0]]) == f"val_exact_match {_shown(metrics[0]['val_exact_match'])}"
+    assert _text(cells[runs[1]]) == f"val_loss {_shown(metrics[1]['val_loss'])}"
+
+
 def test_the_live_metrics_stream_sends_every_line_then_ends(served: Any) -> None:
     config, base, key, runs = served
     http = login(base, key, "rater-stream")
@@ -237,3 +294,28 @@ def _wait(condition: Any, timeout: float = 120) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.1)
+
+
+def test_a_failed_jobs_error_keeps_its_lines_on_its_page(tiny_llama: Path, tmp_path: Path) -> None:
+    config = serve_config(tmp_path / "serve", tiny_llama)
+    data = tmp_path / "bad.jsonl"
+    good = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
+    data.write_text(f'{json.dumps(good)}\n{{not json\n{{"text": 1}}\n', encoding="utf-8")
+    with live_server(config) as (url, key):
+        http = login(url.removesuffix("/v1"), key, "rater-failed")
+        token = csrf_of(http.get("/jobs").text)
+        with data.open("rb") as handle:
+            started = http.post("/jobs/new", data={"csrf": token, "model": "tiny", "method": "supervised"},
+                                files={"file": ("bad.jsonl", handle, "application/jsonl")})  # fmt: skip
+        assert started.status_code == 303, started.text[:300]
+        job_id = started.headers["location"].removeprefix("/jobs/")
+        store = Store(config.database)
+        _wait(lambda: store.get_job(job_id)["status"] == "failed")
+        message = store.get_job(job_id)["state"]["error"]["message"]
+        page = http.get(f"/jobs/{job_id}").text
+        style = http.get("/static/style.css").text
+    assert message.count("\n") == 3  # the count, one line per bad row, then the fix
+    # Preformatted, so its lines stay lines; the stylesheet wraps it rather than widen the page.
+    assert f'<pre class="error" id="job-error">{escape(message)}</pre>' in page
+    rule = re.search(r"^\.error \{([^}]*)\}", style, flags=re.M)
+    assert rule and "white-space: pre-wrap" in rule.group(1) and "overflow-wrap: anywhere" in rule.group(1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -10,7 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from tests.conftest import crash_at_checkpoint, make_recipe, only_run_dir
@@ -18,8 +21,9 @@ from tunelab.cli import app
 from tunelab.config import load_recipe
 from tunelab.errors import TunelabError
 from tunelab.runner import train
-from tunelab.runs.registry import list_runs
+from tunelab.runs.registry import compare_runs, list_runs
 from tunelab.runs.rundir import read_summary
+from tunelab.training.stopping import stop_on_signals
 
 runner = CliRunner()
 
@@ -89,3 +93,83 @@ def test_after_kill_9_the_run_keeps_its_before_score_time_and_steps(tmp_path: Pa
     assert resumed.summary.status == "completed" and resumed.summary.segments == 2
     assert resumed.summary.before_training == killed.before_training
     assert resumed.summary.wall_s > killed.wall_s  # both segments' time, not the last one's
+
+
+def test_a_first_ctrl_c_asks_for_a_stop_and_a_second_one_aborts() -> None:
+    with stop_on_signals() as stop:
+        assert not stop()
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop()  # asked: the loop checkpoints after this step
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)  # the handler runs at the next bytecode; never reached
+    with stop_on_signals(second_interrupt_aborts=False) as stop:  # under torchrun, which forwards it
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+
+@pytest.mark.slow
+def test_ctrl_c_checkpoints_where_it_stopped_and_resume_equals_an_uninterrupted_run(
+    tmp_path: Path, tiny_llama: Path
+) -> None:
+    # save_every far beyond the run, as in the quickstart: before this fix Ctrl-C kept nothing.
+    settings = {"epochs": 40, "batch_size": 2, "grad_accum": 1, "save_every": 1000, "eval_every": 1000}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    recipe = make_recipe(tmp_path / "a", tiny_llama, "sft", train=settings)  # 160 steps
+    proc = subprocess.Popen([sys.executable, "-m", "tunelab", "train", str(recipe)], env=dict(os.environ),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.time() + 120
+    while _logged_steps(tmp_path / "a") < 3:
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    run_dir = only_run_dir(tmp_path / "a")
+    stopped = read_summary(run_dir)
+    assert stopped.status == "interrupted" and 3 <= stopped.steps < 160
+    assert stopped.last_checkpoint == f"step-{stopped.steps:08d}"  # saved at the step it stopped on
+    assert (run_dir / "checkpoints" / stopped.last_checkpoint).is_dir()
+    (row,) = list_runs(tmp_path / "a" / "runs")
+    assert row["status"] == "interrupted" and row["steps"] == stopped.steps
+    resume_line = f"tunelab train {shlex.quote(str(recipe))} --resume {shlex.quote(str(run_dir))}"
+    assert f"resume with:\n  {resume_line}" in stderr
+
+    resumed = train(load_recipe(recipe), resume=run_dir)
+    straight = train(load_recipe(make_recipe(tmp_path / "b", tiny_llama, "sft", train=settings)))
+    assert resumed.summary.status == "completed" and resumed.summary.steps == straight.summary.steps == 160
+    expected = load_file(straight.run_dir / "final" / "adapter_model.safetensors")
+    got = load_file(run_dir / "final" / "adapter_model.safetensors")
+    assert expected.keys() == got.keys()
+    for name, tensor in expected.items():
+        torch.testing.assert_close(got[name], tensor, atol=1e-6, rtol=0, msg=name)
+
+
+def _logged_steps(root: Path) -> int:
+    logs = list((root / "runs").glob("*/metrics.jsonl"))
+    return len(logs[0].read_text(encoding="utf-8").splitlines()) if logs else 0
+
+
+def test_runs_on_a_file_changed_in_place_differ_in_compare_by_its_content(
+    tmp_path: Path, tiny_bert: Path
+) -> None:
+    recipe = make_recipe(tmp_path, tiny_bert, "classify", train={"epochs": 1})
+    first = train(load_recipe(recipe))
+    data = tmp_path / "train.jsonl"
+    rows = data.read_text(encoding="utf-8").splitlines()
+    data.write_text("\n".join(rows[:-1]) + "\n", encoding="utf-8")  # the same path, one row fewer
+    second = train(load_recipe(recipe))
+
+    before, after = read_summary(first.run_dir).data_files, read_summary(second.run_dir).data_files
+    assert set(before) == {"data.train", "data.validation"}
+    assert before["data.validation"] == after["data.validation"]
+    assert before["data.train"] != after["data.train"]
+    ids = [first.run_dir.name, second.run_dir.name]
+    differences = compare_runs(tmp_path / "runs", ids)["recipe_differences"]
+    assert differences == {"data.train sha256": [before["data.train"], after["data.train"]]}
+    shown = runner.invoke(app, ["runs", "compare", *ids, "--dir", str(tmp_path / "runs")])
+    assert shown.exit_code == 0 and "data.train sha256" in shown.output
+    assert "the recipes are the same" not in shown.output

@@ -1,4 +1,5 @@
-"""report.html: every section present, self-contained (no network), escaped, and written atomically."""
+"""report.html: every section the run has, and only those, in its links; self-contained (no network),
+escaped, and written atomically."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from typing import Any
 
 import pytest
 
-from tunelab.runs.report import SECTIONS, write_report
+from tunelab.runs.report import OPTIONAL, SECTIONS, write_report
 
 MISSING = "not available for this run"
+CORE = [s for s in SECTIONS if s not in OPTIONAL]  # on every report, saying so when their data is missing
 VOID = {"img", "br", "meta", "hr", "input", "link", "source", "wbr"}
 
 
@@ -116,6 +118,13 @@ EVAL = {
     "labels": ["greeting", "refund"],
     "forgetting": {"metric": "accuracy", "before": 0.7, "after": 0.5, "change": -0.2, "tolerance": 0.05},
 }
+# eval.json's parts of other tasks and audits, as evaluation/ writes them (for the optional sections).
+ENTITIES = {"per_type": {"PER": {"precision": 1.0, "recall": 0.5, "f1": 0.667, "support": 2}},
+            "micro": {"precision": 1.0, "recall": 0.5, "f1": 0.667}}  # fmt: skip
+CANARIES = {"by_repetitions": {"0": {"canaries": 2, "mean_exposure": 1.5, "extracted": 0}},
+            "candidates": 100, "max_exposure": 6.64}  # fmt: skip
+BIAS = {"data": {"subgroups": [{"subgroup": "female", "rows": 2, "gap_label": "refund", "largest_gap": 0.5}],
+                 "warnings": []}}  # fmt: skip
 
 
 def make_run(
@@ -148,10 +157,43 @@ def full(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, Page]:
     return (run, *render(run))
 
 
-def test_every_section_is_present_in_order(full: tuple[Path, str, Page]) -> None:
+def _shown(page: Page) -> list[str]:
+    return [i for i in page.ids if i in SECTIONS]
+
+
+def _linked(page: Page) -> list[str]:
+    return [link.removeprefix("#") for link in page.links if link.startswith("#")]
+
+
+def test_the_sections_the_run_has_are_shown_and_linked_in_order(full: tuple[Path, str, Page]) -> None:
     _, html, page = full
-    assert [i for i in page.ids if i in SECTIONS] == list(SECTIONS)
+    expected = ["summary", "loss", "lr", "baselines", "confusion", "forgetting", "data", "cost"]
+    assert _shown(page) == expected  # a classify run: no answers, entities, privacy, canaries or bias
+    assert _linked(page) == expected
     assert html.index('id="summary"') < html.index('id="cost"')
+
+
+def test_an_sft_run_links_no_section_it_does_not_have(tmp_path: Path) -> None:
+    summary = _summary(task="sft", baseline={"val_loss": 2.0}, metrics={"val_loss": 1.2})
+    summary["baselines"] = {"zero_shot": {"val_loss": 2.4}, "few_shot": {"val_loss": 2.2}}
+    _, page = render(make_run(tmp_path, summary=summary))
+    assert _shown(page) == _linked(page) == CORE
+    for absent in ("confusion", "entities", "canaries", "bias", "privacy", "examples"):
+        assert absent not in page.ids and absent not in _linked(page)
+    assert "zero-shot 2.400 1.200 -1.200" in page.text["baselines"]
+
+
+def test_every_optional_section_is_shown_and_linked_when_the_run_has_it(tmp_path: Path) -> None:
+    privacy = {"epsilon": 3.2, "target_epsilon": 4.0, "delta": 1e-5, "accountant": "prv", "noise_multiplier": 1.1,
+               "max_grad_norm": 1.0, "sample_rate": 0.05, "expected_batch": 4}  # fmt: skip
+    summary = _summary(privacy=privacy)
+    run = make_run(tmp_path, summary=summary, **EVAL, entities=ENTITIES, canaries=CANARIES, bias=BIAS)
+    generation = {"source": "test.jsonl:1", "prompt": [{"role": "user", "content": "Hi?"}],
+                  "reference": "Hello.", "zero_shot": "Hm.", "fine_tuned": "Hello."}  # fmt: skip
+    (run / "generations.jsonl").write_text(json.dumps(generation) + "\n", encoding="utf-8")
+    _, page = render(run)
+    assert _shown(page) == _linked(page) == list(SECTIONS)
+    assert MISSING not in " ".join(page.text.values())
 
 
 @pytest.mark.parametrize("section", ["loss", "lr", "baselines", "confusion"])
@@ -204,12 +246,12 @@ def test_baselines_fall_back_to_summary_before_and_after(tmp_path: Path) -> None
     assert "train_loss_last" not in text  # no baseline for it
 
 
-def test_a_bare_failed_run_renders_every_section(tmp_path: Path) -> None:
+def test_a_bare_failed_run_renders_every_core_section(tmp_path: Path) -> None:
     summary = _summary(name="<script>alert(1)</script>", status="failed", error="CUDA out of memory <b>")
     summary.update(baseline={}, metrics={}, finished_at=None)
     html, page = render(make_run(tmp_path, summary=summary, metrics=False, data=False))
-    assert [i for i in page.ids if i in SECTIONS] == list(SECTIONS)
-    for section in ("loss", "lr", "baselines", "confusion", "forgetting", "data"):
+    assert _shown(page) == _linked(page) == CORE
+    for section in ("loss", "lr", "baselines", "forgetting", "data"):
         assert MISSING in page.text[section], section
         assert section not in page.images
     assert "error: CUDA out of memory <b>" in page.text["summary"]
@@ -226,7 +268,7 @@ def test_forgetting_warning_only_when_flagged(tmp_path: Path, warning: bool) -> 
     assert ("forgetting-warning" in page.ids) is warning
     assert ("Warning:" in page.text["forgetting"]) is warning
     assert "-0.2000" in page.text["forgetting"]
-    assert MISSING in page.text["confusion"]  # eval.json without a confusion matrix
+    assert "confusion" not in page.ids  # eval.json without a confusion matrix
 
 
 def test_written_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -31,7 +31,7 @@ def runs_list(
 ) -> None:
     """Runs, newest first, with status, cost and the main metric."""
     from tunelab.errors import TunelabError
-    from tunelab.runs.registry import format_table, list_runs
+    from tunelab.runs.registry import format_table, list_runs, main_metric
 
     wanted = dict(item.partition("=")[::2] for item in tag or [])
     if any(not key or not value for key, value in wanted.items()):
@@ -40,11 +40,8 @@ def runs_list(
     for run in list_runs(runs_dir, limit=None if wanted else limit):
         if any(run.get("tags", {}).get(key) != value for key, value in wanted.items()):
             continue
-        metrics = run.get("metrics") or {}
-        main = next(
-            (k for k in ("test_accuracy", "val_accuracy", "test_loss", "val_loss") if k in metrics), None
-        )
-        rows.append({**run, "metric": f"{main} {metrics[main]:.4f}" if main else "-"})
+        main = main_metric(run)  # the task's headline score, as the dashboard's runs list shows it
+        rows.append({**run, "metric": f"{main[0]} {main[1]:.4f}" if main else "-"})
         if len(rows) == limit:
             break
     columns = ("run_id", "status", "task", "method", "steps", "wall_s", "metric")

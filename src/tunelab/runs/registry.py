@@ -224,6 +224,23 @@ def list_runs(output_dir: str | Path, *, limit: int | None = None) -> list[dict[
         return [_with_live_status(_decode(row)) for row in conn.execute(query, params)]
 
 
+# Each task's headline scores, best first (eval.metrics' lead where a run has them); test, else validation.
+_GENERATED = ("exact_match", "rougeL", "bleu", "chrf", "loss")
+MAIN_METRICS = {"sft": _GENERATED, "seq2seq": _GENERATED, "pretrain": ("perplexity", "loss"),
+                "classify": ("accuracy", "macro_f1", "loss"), "token_classify": ("entity_f1", "accuracy", "loss"),
+                "preference": ("reward_accuracy", "loss"), "reward": ("reward_accuracy", "loss")}  # fmt: skip
+
+
+def main_metric(run: dict[str, Any]) -> tuple[str, float] | None:
+    """A listed run's main metric as (name, value), e.g. ("test_exact_match", 0.8); None if it has none."""
+    metrics = run.get("metrics") or {}
+    for name in MAIN_METRICS.get(run.get("task") or "", ("loss",)):
+        for key in (f"test_{name}", f"val_{name}"):
+            if isinstance(metrics.get(key), int | float) and not isinstance(metrics[key], bool):
+                return key, float(metrics[key])
+    return None
+
+
 def _with_live_status(run: dict[str, Any]) -> dict[str, Any]:
     """A run recorded as running whose process is gone (kill -9, a crash of the machine) is shown as
     interrupted, with the steps and checkpoint its summary.json last recorded."""
@@ -299,7 +316,7 @@ def compare_runs(output_dir: str | Path, run_ids: Sequence[str]) -> dict[str, An
         raise TunelabError("compare needs at least one run id")
     runs = [get_run(output_dir, run_id) for run_id in run_ids]
     metrics = [_flatten(run["metrics"]) for run in runs]
-    recipes = [_flatten(_load_recipe(run)) for run in runs]
+    recipes = [recipe_fields(run) for run in runs]
     return {
         "runs": [run["run_id"] for run in runs],
         "metrics": {key: [m.get(key) for m in metrics] for key in _union_keys(metrics)},
@@ -308,8 +325,21 @@ def compare_runs(output_dir: str | Path, run_ids: Sequence[str]) -> dict[str, An
 
 
 def recipe_fields(run: dict[str, Any]) -> dict[str, Any]:
-    """A recorded run's recipe as dotted paths (`train.lr`), for showing recipes side by side."""
-    return _flatten(_load_recipe(run))
+    """A recorded run's recipe as dotted paths (`train.lr`), for showing recipes side by side, and the
+    content of its data files (`data.train sha256`): the same path may hold other data in another run."""
+    return {**_flatten(_load_recipe(run)), **_data_fields(run)}
+
+
+def _data_fields(run: dict[str, Any]) -> dict[str, Any]:
+    """Each data file's sha256 from the run's summary.json; where that is gone, the registry's digest of
+    all of them together (runs from before per-file digests were kept have only that)."""
+    try:
+        files = read_summary(Path(run["run_dir"])).data_files if run.get("run_dir") else {}
+    except (OSError, ValueError, TunelabError):
+        files = {}
+    if files:
+        return {f"{role} sha256": digest for role, digest in files.items()}
+    return {"data sha256 (all files)": run["data_hash"]} if run.get("data_hash") else {}
 
 
 def _load_recipe(run: dict[str, Any]) -> dict[str, Any]:

@@ -42,6 +42,9 @@ SECTIONS = (
     "data",
     "cost",
 )
+# A run has these only when it did that work (its task's own scores, an opt-in audit): without it they are
+# left out, links and all. Every other section is on every report and says so when its data is missing.
+OPTIONAL = frozenset({"examples", "confusion", "entities", "privacy", "canaries", "bias"})
 EXAMPLES_SHOWN = 3  # answers shown before and after (eval.metrics runs), a seeded draw
 LOWER_IS_BETTER = ("loss", "perplexity", "error")  # metric name fragments; everything else is higher-better
 Rows = list[tuple[str, str]]
@@ -69,7 +72,8 @@ def write_report(run_dir: str | Path) -> Path:
         "data": _data_section(data, summary.examples) if data else None,
         "cost": _cost_section(summary, metrics),
     }
-    html = _TEMPLATE.render(title=summary.name or run_dir.name, sections=SECTIONS, **page)
+    shown = [section for section in SECTIONS if section not in OPTIONAL or page[section]]
+    html = _TEMPLATE.render(title=summary.name or run_dir.name, sections=shown, **page)
     path = run_dir / REPORT
     write_text_atomic(path, html)
     return path
@@ -301,8 +305,9 @@ def _loss_plot(metrics: list[dict[str, Any]]) -> str | None:
         return None
     fig = Figure(figsize=(8, 3.4), layout="constrained")
     ax = fig.add_subplot()
-    if train[0]:
-        ax.plot(*train, label="train loss", color="#4c72b0")
+    if train[0]:  # dots too while they are few: a run shorter than train.log_every logs one point
+        dots = "o" if len(train[0]) <= 50 else ""
+        ax.plot(*train, label="train loss", color="#4c72b0", marker=dots, markersize=3)
     if val[0]:
         ax.plot(*val, label="validation loss", color="#dd8452", marker="o", markersize=4)
     values = train[1] + val[1]
@@ -411,19 +416,16 @@ img{max-width:100%;height:auto}
 {{ img(baselines.plot, "baseline and fine-tuned scores") }}
 {% else %}{{ missing("A baseline to compare against is") }}{% endif %}</section>
 
-<section id="examples"><h2>Answers before and after</h2>
-{% if examples %}{% for e in examples %}<h3>{{ e.source }}</h3>{{ kv([("asked", e.question), ("expected", e.reference),
+{% if examples %}<section id="examples"><h2>Answers before and after</h2>
+{% for e in examples %}<h3>{{ e.source }}</h3>{{ kv([("asked", e.question), ("expected", e.reference),
 ("before (base model, zero-shot)", e.before), ("after (fine-tuned)", e.after)]) }}{% endfor %}
-<p>A seeded draw from generations.jsonl, which holds every answer.</p>
-{% else %}{{ missing("Generated answers (eval.metrics, sft runs) are") }}{% endif %}</section>
+<p>A seeded draw from generations.jsonl, which holds every answer.</p></section>{% endif %}
 
-<section id="confusion"><h2>Confusion matrix</h2>
-{% if confusion %}{{ img(confusion.plot, "confusion matrix over " ~ confusion.labels | join(", ")) }}
-{% else %}{{ missing("A confusion matrix (classify runs, from eval.json) is") }}{% endif %}</section>
+{% if confusion %}<section id="confusion"><h2>Confusion matrix</h2>
+{{ img(confusion.plot, "confusion matrix over " ~ confusion.labels | join(", ")) }}</section>{% endif %}
 
-<section id="entities"><h2>Entities</h2>
-{% if entities %}{{ grid(["type", "precision", "recall", "F1", "entities"], entities) }}
-{% else %}{{ missing("Entity scores (token_classify runs, from eval.json) are") }}{% endif %}</section>
+{% if entities %}<section id="entities"><h2>Entities</h2>
+{{ grid(["type", "precision", "recall", "F1", "entities"], entities) }}</section>{% endif %}
 
 <section id="forgetting"><h2>Forgetting</h2>
 {% if forgetting %}{% if forgetting.warning %}<div class="warning" id="forgetting-warning">Warning: {{ forgetting.metric }} on the
@@ -431,20 +433,19 @@ reference set changed by more than the tolerance: the model may have lost some o
 {{ kv(forgetting.rows) }}
 {% else %}{{ missing("A forgetting check is") }}{% endif %}</section>
 
-<section id="privacy"><h2>Differential privacy</h2>
-{% if privacy %}{{ kv(privacy) }}{% else %}{{ missing("Differential privacy (train.privacy) is") }}{% endif %}</section>
+{% if privacy %}<section id="privacy"><h2>Differential privacy</h2>{{ kv(privacy) }}</section>{% endif %}
 
-<section id="canaries"><h2>Memorisation audit</h2>
-{% if canaries %}<p>Exposure of each group's secrets, ranked among {{ canaries.candidates }} random ones (at most
+{% if canaries %}<section id="canaries"><h2>Memorisation audit</h2>
+<p>Exposure of each group's secrets, ranked among {{ canaries.candidates }} random ones (at most
 {{ canaries.max }} bits; about 1 to 2 for a secret never seen, as the controls show). Recited: greedy decoding of the
 canary's prompt gives its secret.</p>{{ grid(["put in train", "canaries", "mean exposure (bits)", "recited"], canaries.rows) }}
-{% else %}{{ missing("A canary audit (eval.canaries) is") }}{% endif %}</section>
+</section>{% endif %}
 
-<section id="bias"><h2>Bias</h2>
-{% if bias %}{% for w in bias.warnings %}<div class="warning">{{ w }}</div>{% endfor %}
+{% if bias %}<section id="bias"><h2>Bias</h2>
+{% for w in bias.warnings %}<div class="warning">{{ w }}</div>{% endfor %}
 <h3>identity terms against labels (train)</h3>{% if bias.data %}{{ grid(["subgroup", "rows mentioning it", "label furthest from its overall share", "P(label | subgroup) - P(label)"], bias.data) }}{% else %}<p>No train row mentions a subgroup.</p>{% endif %}
 {% if bias.model %}<h3>the fine-tuned model by subgroup ({{ bias.split }})</h3>{{ grid(["subgroup", "rows", "accuracy", "subgroup AUC", "BPSN AUC", "BNSP AUC"], bias.model) }}{% endif %}
-{% else %}{{ missing("A bias report (eval.bias, classify) is") }}{% endif %}</section>
+</section>{% endif %}
 
 <section id="data"><h2>Data</h2>
 {% if data %}{% for w in data.warnings %}<div class="warning">{{ w }}</div>{% endfor %}

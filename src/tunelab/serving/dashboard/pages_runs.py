@@ -13,7 +13,8 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
 
 from tunelab.errors import TunelabError
-from tunelab.runs.registry import compare_runs, get_run, list_runs, recipe_fields
+from tunelab.runs.registry import compare_runs, get_run, list_runs, main_metric, recipe_fields
+from tunelab.runs.rundir import read_summary
 from tunelab.serving.dashboard.render import page
 
 if TYPE_CHECKING:
@@ -38,6 +39,7 @@ def _list_routes(router: APIRouter, dash: Dashboard) -> None:
         every = list_runs(runs_dir)
         rows = filtered(every, q, task, status)
         rows = sorted_runs(rows, sort if sort in SORTS else "started", descending=order != "asc")
+        rows = [{**row, "main_metric": main_metric(row)} for row in rows]
         return page(request, "runs.html", here="runs", runs=rows, q=q, task=task, status=status, sort=sort,
                     order=order, tasks=sorted({r["task"] or "" for r in every}),
                     statuses=sorted({r["status"] or "" for r in every}), sorts=SORTS,
@@ -60,7 +62,7 @@ def _run_routes(router: APIRouter, dash: Dashboard) -> None:
             return run
         folder = Path(run["run_dir"] or "")
         return page(request, "run.html", here="runs", run=run, data=_read_json(folder / "data" / "report.json"),
-                    has_report=(folder / "report.html").is_file())  # fmt: skip
+                    scores=score_table(run, folder), has_report=(folder / "report.html").is_file())  # fmt: skip
 
     @router.get("/runs/{run_id}/report.html")
     def report(request: Request, run_id: str, _session: Any = dash.view) -> Response:
@@ -134,9 +136,37 @@ def metric_columns(rows: list[dict[str, Any]], limit: int = 4) -> list[str]:
     counts: dict[str, int] = {}
     for row in rows:
         for name, value in row["metrics"].items():
-            if isinstance(value, int | float) and not isinstance(value, bool):
+            if _is_number(value):
                 counts[name] = counts.get(name, 0) + 1
     return sorted(counts, key=lambda name: (-counts[name], name))[:limit]
+
+
+def score_table(run: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """The run page's metrics table: the fine-tuned model's scores beside the same model before training
+    and the base model's baselines (zero-/few-shot), from summary.json (the registry row lacks the
+    baselines; it stands in when the folder is gone). A baseline's words (a note) go under the table."""
+    try:
+        summary = read_summary(folder)
+        before, baselines, tuned = summary.before_training, summary.baselines, summary.metrics
+    except (OSError, ValueError, TunelabError):
+        before, baselines, tuned = run["before_training"], {}, run["metrics"]
+    named = {"before training": before, **{name.replace("_", "-"): s for name, s in baselines.items()}}
+    columns = {name: scores for name, scores in named.items() if any(map(_is_number, scores.values()))}
+    columns["fine-tuned"] = tuned
+    # A baseline's scores are a split's (val_, test_); its other numbers are bookkeeping (rows, shots).
+    scored = (key for scores in columns.values() for key in scores if key.startswith(("val_", "test_")))
+    rows = []
+    for metric in dict.fromkeys([*tuned, *before, *scored]):
+        values = [scores.get(metric) for scores in columns.values()]
+        if any(map(_is_number, values)):
+            rows.append((metric, values))
+    notes = [f"{name}: {value}" for name, scores in named.items() for value in scores.values()
+             if isinstance(value, str)]  # fmt: skip
+    return {"columns": list(columns), "rows": rows, "notes": notes}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _run_or_404(request: Request, runs_dir: Path, run_id: str) -> dict[str, Any] | Response:

@@ -4,22 +4,30 @@
 const csrf = () => document.querySelector("main").dataset.csrf;
 
 // A run's loss curve, live: metrics.jsonl lines arrive as server-sent events until the run ends.
+// The x axis runs from step 0 to the last step logged, and a short series is also drawn as dots: a run
+// shorter than train.log_every logs its loss once, at its last step, and a one-point line has no length.
+const DOTS_UP_TO = 50;
+
 function lossChart(figure) {
   const svg = figure.querySelector("svg");
   const series = { train: [], val: [] };
   const draw = () => {
     const points = [...series.train, ...series.val];
     if (!points.length) return;
-    const xs = points.map((p) => p[0]), ys = points.map((p) => p[1]);
-    const [x0, x1] = [Math.min(...xs), Math.max(...xs, Math.min(...xs) + 1)];
-    const [y0, y1] = [Math.min(...ys), Math.max(...ys, Math.min(...ys) + 1e-9)];
-    const at = ([x, y]) => `${40 + (1150 * (x - x0)) / (x1 - x0)},${210 - (200 * (y - y0)) / (y1 - y0)}`;
-    svg.innerHTML = Object.entries(series)
-      .filter(([, ps]) => ps.length)
-      .map(([name, ps]) => `<polyline class="${name}" points="${ps.map(at).join(" ")}"></polyline>`)
-      .join("") +
+    const ys = points.map((p) => p[1]);
+    const x1 = Math.max(...points.map((p) => p[0]), 1);
+    let [y0, y1] = [Math.min(...ys), Math.max(...ys)];
+    if (y1 - y0 < 1e-9) [y0, y1] = [y0 - 0.05 * (Math.abs(y0) || 1), y1 + 0.05 * (Math.abs(y1) || 1)];
+    const at = ([x, y]) => [40 + (1150 * x) / x1, 210 - (200 * (y - y0)) / (y1 - y0)];
+    const marks = ([name, ps]) =>
+      `<polyline class="${name}" points="${ps.map((p) => at(p).join(",")).join(" ")}"></polyline>` +
+      (ps.length > DOTS_UP_TO ? "" : ps.map((p) => {
+        const [cx, cy] = at(p);
+        return `<circle class="${name}" cx="${cx}" cy="${cy}" r="4"><title>step ${p[0]}: ${p[1]}</title></circle>`;
+      }).join(""));
+    svg.innerHTML = Object.entries(series).filter(([, ps]) => ps.length).map(marks).join("") +
       `<text x="4" y="12">${y1.toPrecision(4)}</text><text x="4" y="208">${y0.toPrecision(4)}</text>` +
-      `<text x="1196" y="218" text-anchor="end">step ${x1}</text>`;
+      `<text x="40" y="218">step 0</text><text x="1196" y="218" text-anchor="end">step ${x1}</text>`;
     figure.dataset.points = String(series.train.length);
   };
   const source = new EventSource(figure.dataset.source);
@@ -29,7 +37,13 @@ function lossChart(figure) {
     if (typeof row.val_loss === "number") series.val.push([row.step, row.val_loss]);
     draw();
   };
-  source.addEventListener("end", () => { source.close(); figure.dataset.ended = "true"; });
+  source.addEventListener("end", () => {
+    source.close();
+    if (!series.train.length && !series.val.length) {
+      svg.innerHTML = '<text x="600" y="110" text-anchor="middle">No loss was logged.</text>';
+    }
+    figure.dataset.ended = "true";
+  });
   source.onerror = () => source.close();
 }
 
