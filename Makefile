@@ -95,6 +95,30 @@ ray-lock: $(STAMP)
 	$(VENV)/bin/uv pip compile requirements/ray.in --quiet --generate-hashes --universal \
 		--python-version 3.11 --custom-compile-command "make ray-lock" --upgrade -o $(RAY_LOCK)
 
+# transformers 4.x in its own venv (.venv-tf4), locked like the rest: tests/integration/
+# test_export_transformers4.py loads an export there, as vLLM and llama.cpp's converter (often still on
+# 4.x) would, and the test skips without it. Not a tunelab dependency. torch is kept out of the lock as
+# for .venv; here it is always the CPU build (the test generates on CPU). About 1 GB.
+.PHONY: tf4 tf4-lock
+TF4_LOCK := requirements/tf4-lock.txt
+TF4_STAMP := .venv-tf4/.installed
+
+tf4: $(TF4_STAMP)
+
+$(TF4_STAMP): $(TF4_LOCK)
+	$(PYTHON) -m venv .venv-tf4
+	.venv-tf4/bin/pip install --quiet --no-deps torch==$(TORCH_VERSION)
+	.venv-tf4/bin/pip install --quiet --no-deps --require-hashes -r $(TF4_LOCK)
+	.venv-tf4/bin/python requirements/verify.py --torch $(TORCH_VERSION) $(TF4_LOCK)
+	touch $(TF4_STAMP)
+
+tf4-lock: $(STAMP)
+	echo "torch==$(TORCH_VERSION)+cpu" > $(VENV)/tf4-torch-constraint.txt
+	$(VENV)/bin/uv pip compile requirements/tf4.in --quiet --generate-hashes --universal \
+		--python-version 3.11 --find-links $(TORCH_WHEELS) --no-emit-package torch \
+		--constraint $(VENV)/tf4-torch-constraint.txt --custom-compile-command "make tf4-lock" \
+		--upgrade -o $(TF4_LOCK)
+
 test: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
@@ -113,4 +137,4 @@ format: install
 	$(VENV)/bin/ruff check --fix src tests
 
 clean:
-	rm -rf $(VENV) .venv-ray runs .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-ray .venv-tf4 runs .pytest_cache .mypy_cache .ruff_cache

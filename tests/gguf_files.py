@@ -23,13 +23,20 @@ def _permute(weights: np.ndarray, n_head: int) -> np.ndarray:
     )
 
 
-def write_llama_gguf(folder: Path, path: Path, chat_template: str | None = None) -> Path:
-    """The Llama model and tokenizer saved in `folder`, as an unquantised (f32) GGUF file at `path`."""
+def write_llama_gguf(
+    folder: Path, path: Path, chat_template: str | None = None, metadata: dict[str, str] | None = None
+) -> Path:
+    """The Llama model and tokenizer saved in `folder`, as an unquantised (f32) GGUF file at `path`.
+
+    `metadata`: extra string keys, as llama.cpp's converter writes them from a model card (for example
+    general.source.repo_url, general.name)."""
     import gguf
     from safetensors.numpy import load_file
 
     config = json.loads((folder / "config.json").read_text())
     writer = gguf.GGUFWriter(str(path), "llama")
+    for key, value in (metadata or {}).items():
+        writer.add_string(key, value)
     writer.add_context_length(config["max_position_embeddings"])
     writer.add_embedding_length(config["hidden_size"])
     writer.add_block_count(config["num_hidden_layers"])

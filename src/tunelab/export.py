@@ -26,6 +26,9 @@ from transformers import GenerationConfig
 
 from tunelab.errors import TunelabError
 from tunelab.generation import stop_token_ids
+from tunelab.models.final import base_hub_id
+from tunelab.models.gguf import gguf_file
+from tunelab.models.portable import make_portable
 from tunelab.models.restore import (
     GENERATIVE_TASKS,
     INFO,
@@ -49,9 +52,10 @@ RECIPE = "recipe.yaml"
 def export_run(run: Path, out: Path, merge: bool = False, *, force: bool = False) -> Path:
     """Export `run` (a run folder or its final/) to `out`; returns `out`.
 
-    Raises TunelabError when `out` is not empty (unless `force`) or when `merge` is asked of a
-    method that cannot be merged.
+    Raises TunelabError when `out` names a file format rather than a folder, when it is not empty
+    (unless `force`), or when `merge` is asked of a method that cannot be merged.
     """
+    _check_out_name(out)
     final = resolve_final(run)
     info = read_info(final)
     kind = adapter_kind(final)
@@ -68,6 +72,7 @@ def export_run(run: Path, out: Path, merge: bool = False, *, force: bool = False
             "from": str(Path(run).resolve()),
         }
         _write_extras(final, {**info, "export": export}, tmp)
+        make_portable(tmp)  # loads in transformers 4.x too (vLLM, llama.cpp's converter)
         _replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # never a half-written export
@@ -82,6 +87,36 @@ def exported_weights(out: Path) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # Checks, before anything is written
+
+# Suffixes of single-file formats (weights, archives): an export is a folder, and a folder named
+# model.gguf would pass for a file of that format. Compared in lower case.
+FILE_FORMATS = {
+    ".gguf": "GGUF", ".ggml": "GGML", ".bin": "PyTorch .bin", ".safetensors": "safetensors",
+    ".pt": "PyTorch", ".pth": "PyTorch", ".ckpt": "checkpoint", ".onnx": "ONNX", ".tflite": "TFLite",
+    ".h5": "Keras/HDF5", ".keras": "Keras", ".pb": "TensorFlow", ".pkl": "pickle", ".pickle": "pickle",
+    ".npz": "NumPy", ".mlmodel": "Core ML", ".engine": "TensorRT", ".llamafile": "llamafile",
+    ".zip": "zip", ".tar": "tar", ".gz": "gzip", ".tgz": "tar", ".xz": "xz", ".zst": "zstd",
+}  # fmt: skip
+
+
+def _check_out_name(out: Path) -> None:
+    """Refuse an --out that names a file format: export writes a folder, never one file."""
+    suffix = out.suffix.lower()
+    if suffix not in FILE_FORMATS:
+        return
+    folder = out.parent / out.name[: -len(out.suffix)]
+    while folder.suffix.lower() in FILE_FORMATS:  # model.tar.gz: model
+        folder = folder.with_suffix("")
+    fix = f"name a folder, e.g. --out {folder}/ (it will hold the weights, tokenizer and model card)"
+    if suffix == ".gguf":
+        fix += (
+            "; tunelab cannot write GGUF yet: export with --merge, then convert the folder with "
+            "llama.cpp's convert_hf_to_gguf.py"
+        )
+    raise TunelabError(
+        f"--out {out} names a {FILE_FORMATS[suffix]} file, but export writes a folder, not a {suffix} file",
+        fix=fix,
+    )
 
 
 def _check_out(out: Path, final: Path, force: bool) -> None:
@@ -211,7 +246,7 @@ def model_card(
     """README.md: Hub metadata, how to load the export, the results against baselines, the recipe."""
     weights = info["export"]["weights"]
     front = {
-        "base_model": info["base_model"],
+        **_hub_base_model(info),
         "library_name": "peft" if weights == "adapter" else "transformers",
         "pipeline_tag": _pipeline_tag(info["task"]),
         "tags": ["tunelab", info["task"], info["method"], *(["merged"] if weights == "merged" else [])],
@@ -233,6 +268,14 @@ def model_card(
     lines += ["## Results", "", *_results_table(summary), ""]
     lines += ["## Training recipe", "", *_recipe_table(recipe), ""]
     return "\n".join(lines)
+
+
+def _hub_base_model(info: dict[str, Any]) -> dict[str, str]:
+    """The card's base_model: the Hub id of the base when one is known, else nothing (the Hub reads
+    base_model as a model id; a local path or .gguf file there is a broken link)."""
+    # A final/ written before tunelab.json recorded base_hub_id: worked out from the name now.
+    known = info["base_hub_id"] if "base_hub_id" in info else base_hub_id(info["base_model"])
+    return {"base_model": known} if known else {}
 
 
 def _pipeline_tag(task: str) -> str:
@@ -345,7 +388,7 @@ def _usage(info: dict[str, Any], weights: str, label_map: dict[str, int] | None)
             id2label = {i: name for name, i in label_map.items()}
             head = f", num_labels={len(label_map)}, id2label={id2label!r}"
         code[0:0] = ["from peft import PeftModel"]
-        code += [_tokenizer_line(chat), f'base = {auto}.from_pretrained("{info["base_model"]}"{head})']
+        code += [_tokenizer_line(chat), f"base = {auto}.from_pretrained({_base_arguments(info)}{head})"]
         if info.get("added_tokens"):  # the chat markers training added: the base needs their rows
             code += ["base.resize_token_embeddings(len(tokenizer))  # rows for the tokens training added"]
         code += ['model = PeftModel.from_pretrained(base, "FOLDER")']
@@ -368,6 +411,14 @@ def _usage(info: dict[str, Any], weights: str, label_map: dict[str, int] | None)
             'print(tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True))',
         ]
     return ["```python", *code, "```", "", tunelab_line]
+
+
+def _base_arguments(info: dict[str, Any]) -> str:
+    """from_pretrained's arguments for the base the adapter was trained on; transformers reads a .gguf
+    base from its folder and file name (it dequantises it, as tunelab did)."""
+    name = info["base_model"]
+    gguf = gguf_file(name) or (Path(name) if name.lower().endswith(".gguf") else None)
+    return f'"{gguf.parent}", gguf_file="{gguf.name}"' if gguf else f'"{name}"'
 
 
 def _tokenizer_line(chat: bool) -> str:

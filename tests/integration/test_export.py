@@ -125,7 +125,7 @@ def test_adapter_only_export_loads_with_peft(sft_lora_run: Path, tmp_path: Path,
     )
     assert diff < 1e-6
     card = _front_matter(out)
-    assert card["library_name"] == "peft" and card["base_model"] == str(tiny_llama)
+    assert card["library_name"] == "peft" and "base_model" not in card  # a local folder has no Hub id
 
 
 def test_full_run_exports_its_weights(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> None:
@@ -152,6 +152,11 @@ def test_export_carries_template_generation_config_labels_and_model_card(
         [{"role": "user", "content": "Hello there!"}], tokenize=False, add_generation_prompt=True
     )
     assert rendered == CHATML_PROMPT  # the template used in training, not the base tokenizer's (none)
+    # Saved under names transformers 4.x reads too (tests/integration/test_export_transformers4.py).
+    saved = json.loads((merged_sft / "tokenizer_config.json").read_text())
+    assert saved["tokenizer_class"] == "PreTrainedTokenizerFast" and "extra_special_tokens" not in saved
+    assert saved["additional_special_tokens"] == ["<|im_start|>", "<|im_end|>"]
+    assert {"<|im_start|>", "<|im_end|>"} <= set(tokenizer.all_special_tokens)  # still special in 5.x
 
     generation = json.loads((merged_sft / "generation_config.json").read_text())
     eos = generation["eos_token_id"]
@@ -163,7 +168,8 @@ def test_export_carries_template_generation_config_labels_and_model_card(
     assert info["export"]["weights"] == "merged"
 
     front = _front_matter(merged_sft)
-    assert front["base_model"] == str(tiny_llama) and front["library_name"] == "transformers"
+    # The Hub reads base_model as a model id: a local folder's path there would be a broken link.
+    assert "base_model" not in front and front["library_name"] == "transformers"
     assert {"tunelab", "sft", "lora", "merged"} <= set(front["tags"])
     card = (merged_sft / "README.md").read_text()
     summary = read_summary(sft_lora_run)
@@ -214,6 +220,52 @@ def test_out_must_be_new_or_empty_unless_forced(sft_lora_run: Path, tmp_path: Pa
     with pytest.raises(TunelabError, match="holds the run being exported"):
         export_run(sft_lora_run, sft_lora_run, force=True)  # --force must never delete the run itself
     assert (sft_lora_run / "final" / "tunelab.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "folder"),
+    [
+        ("model.gguf", "GGUF", "model"),
+        ("model.GGUF", "GGUF", "model"),
+        ("model.safetensors", "safetensors", "model"),
+        ("pytorch_model.bin", "PyTorch .bin", "pytorch_model"),
+        ("model.pt", "PyTorch", "model"),
+        ("model.onnx", "ONNX", "model"),
+        ("model.tar.gz", "gzip", "model"),
+    ],
+)
+def test_an_out_naming_a_file_format_is_refused_before_any_work(
+    tmp_path: Path, name: str, kind: str, folder: str
+) -> None:
+    out = tmp_path / "exports" / name
+    # The run does not even exist: the name is refused first, so nothing was read or written.
+    with pytest.raises(TunelabError) as refused:
+        export_run(tmp_path / "no-such-run", out, merge=True)
+    suffix = name[name.rindex(".") :].lower()
+    assert str(refused.value).startswith(
+        f"--out {out} names a {kind} file, but export writes a folder, not a {suffix} file"
+    )
+    assert refused.value.fix is not None
+    assert refused.value.fix.startswith(f"name a folder, e.g. --out {tmp_path / 'exports' / folder}/ ")
+    assert ("tunelab cannot write GGUF yet" in refused.value.fix) == (kind == "GGUF")
+    assert list(tmp_path.iterdir()) == []  # no folder, not even the parent
+
+
+def test_the_export_command_refuses_a_gguf_out_and_a_dotted_folder_name_is_fine(
+    sft_lora_run: Path, tmp_path: Path
+) -> None:
+    result = runner.invoke(
+        app, ["export", str(sft_lora_run), "--merge", "--out", str(tmp_path / "model.gguf")]
+    )
+    assert result.exit_code == 1
+    text = " ".join(result.output.split())  # rich wraps long lines
+    assert "names a GGUF file, but export writes a folder" in text
+    assert (
+        "tunelab cannot write GGUF yet: export with --merge, then convert the folder with llama.cpp" in text
+    )
+    assert list(tmp_path.iterdir()) == []
+    # A dot alone promises no format: a version number in a folder name is a folder name.
+    assert export_run(sft_lora_run, tmp_path / "support-bot-v1.5").is_dir()
 
 
 def _fake_final(folder: Path, base: Path, method: str, files: dict[str, str]) -> Path:
@@ -336,3 +388,12 @@ def test_an_adapter_export_has_the_layout_vllm_loads(sft_lora_run: Path, tmp_pat
     ):
         (out / "adapter_config.json").write_text(json.dumps({**config, **change}))
         assert any(reason in problem for problem in vllm_problems(out))
+
+
+def test_model_hub_id_names_a_local_bases_hub_id_in_the_card(tmp_path: Path, tiny_llama: Path) -> None:
+    (tmp_path / "run").mkdir()
+    section = {"name": str(tiny_llama), "hub_id": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+    recipe = make_recipe(tmp_path / "run", tiny_llama, "sft", model=section, train={"max_steps": 1})
+    run_dir = train(load_recipe(recipe)).run_dir
+    card = _front_matter(export_run(run_dir, tmp_path / "adapter", merge=False))
+    assert card["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"

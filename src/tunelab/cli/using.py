@@ -30,7 +30,12 @@ from tunelab.cli.common import (
 def export_command(
     run: Annotated[Path, typer.Argument(help="A run folder or its final/ folder.")],
     out_dir: Annotated[
-        Path, typer.Option("--out", help="The folder to write (must not exist, or be empty).")
+        Path,
+        typer.Option(
+            "--out",
+            help="The folder to write (must not exist, or be empty). Always a folder: a name like "
+            "model.gguf or model.safetensors is refused (no single-file export yet).",
+        ),
     ],
     merge: Annotated[
         bool,

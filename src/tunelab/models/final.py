@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunelab.models.adapters import is_bottleneck, save_bottleneck
-from tunelab.models.gguf import source_of
+from tunelab.models.gguf import gguf_file, hub_id, is_hub_id, source_of
 from tunelab.models.load import model_source
 from tunelab.models.methods import is_adapter
+from tunelab.models.portable import make_portable
 
 if TYPE_CHECKING:
     from tunelab.config import Recipe
@@ -34,11 +35,14 @@ def save_final(
     else:
         model.save_pretrained(str(tmp))  # safetensors
     tokenizer.save_pretrained(str(tmp))  # carries the chat template used, so inference renders alike
+    make_portable(tmp)
     merged_from = _keep_base_adapter(model, recipe, tmp)
     info = {
         "task": recipe.task,
         "method": recipe.method.name,
         "base_model": recipe.model.name,
+        # The model card's base_model: a Hub id, never a local path.
+        "base_hub_id": base_hub_id(recipe.model.name, recipe.model.hub_id),
         "weights_from": source_of(model_source(recipe.model.name)[0]),  # a GGUF base's file, or null
         "chat_template": data.chat_template,
         # Written into every training conversation, so inference writes them the same way.
@@ -69,3 +73,16 @@ def _keep_base_adapter(model: Any, recipe: Recipe, tmp: Path) -> dict[str, str] 
         shutil.copytree(source, tmp / BASE_ADAPTER)
     info = read_info(source)
     return {"from": str(source.resolve()), "task": info["task"], "method": info["method"]}
+
+
+def base_hub_id(name: str, declared: str | None = None) -> str | None:
+    """The base model's Hugging Face Hub id: `declared` when given, a GGUF file's own (from its
+    metadata), `name` itself when it is a Hub id; None for a local folder, or a file that names none."""
+    if declared:
+        return declared
+    gguf = gguf_file(name)
+    if gguf is not None:
+        return hub_id(gguf)
+    if Path(name).expanduser().exists() or name.startswith((".", "/", "~")):
+        return None  # a local folder: the Hub does not know it
+    return name if is_hub_id(name) else None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from functools import lru_cache
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 
 from tunelab.errors import ModelLoadError
 from tunelab.hashing import file_sha256
+from tunelab.models.portable import make_portable
 
 SUFFIX = ".gguf"
 SOURCE_FILE = "source.json"  # in a converted folder: the GGUF file it came from
@@ -59,6 +61,8 @@ def _converted(gguf: Path, size: int, mtime_ns: int) -> Path:
     folder = cache_root() / "gguf" / f"{gguf.stem}-{digest[:16]}"
     if not (folder / SOURCE_FILE).exists():
         _convert(gguf, folder, {"gguf": str(gguf), "sha256": digest, "bytes": size})
+    else:  # converted by an older tunelab, whose tokenizer_config.json transformers 4.x could not read
+        make_portable(folder)
     return folder
 
 
@@ -73,6 +77,9 @@ def _convert(gguf: Path, folder: Path, source: dict[str, Any]) -> None:
         model.save_pretrained(tmp)  # safetensors, in the dtype the file dequantised to (float32)
         tokenizer.save_pretrained(tmp)
         _drop_tokens_past(tmp, model.get_input_embeddings().num_embeddings)
+        # An adapter export names this folder as its base: vLLM and others (often on transformers 4.x)
+        # load it too.
+        make_portable(tmp)
         (tmp / SOURCE_FILE).write_text(json.dumps(source, indent=2) + "\n", encoding="utf-8")
         folder.parent.mkdir(parents=True, exist_ok=True)
         if (folder / SOURCE_FILE).exists():  # another process (a DDP rank) finished first
@@ -130,3 +137,49 @@ def source_of(folder: str | Path) -> dict[str, Any] | None:
     """Where a converted folder's weights came from ({gguf, sha256, bytes}); None for other folders."""
     path = Path(folder) / SOURCE_FILE
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+
+# Where llama.cpp's converter records the Hugging Face model a GGUF file holds, best first: the legacy key
+# (a bare Hub id), then the source's repository or page (from the model card's repo_url / url).
+# general.base_model.N is not used: it is the *parent* of the file's model (an instruct model's base).
+HUB_ID_KEYS = ("general.source.huggingface.repository", "general.source.repo_url", "general.source.url")
+# A model repository's page; the site's other pages (datasets, papers, ...) are not models.
+HUB_URL = re.compile(
+    r"^https?://huggingface\.co/"
+    r"(?!(?:datasets|spaces|papers|docs|blog|collections|organizations|posts|models|api)/)([^/?#]+/[^/?#]+)"
+)
+
+
+def hub_id(gguf: Path) -> str | None:
+    """The Hub id (org/name) of the model in a GGUF file, from its metadata; None when it names none.
+
+    Also general.name when it is an org/name id: `convert_hf_to_gguf.py --remote ID` names the file so
+    (otherwise general.name is a title such as "Smollm2 135M 8k Lc100K Mix1 Ep2")."""
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(gguf)
+    except (OSError, ValueError) as exc:  # transformers read the weights; only the card would lack the id
+        from rich.console import Console
+
+        Console(stderr=True).print(f"note: {gguf.name}: its metadata could not be read ({exc}); no Hub id")
+        return None
+    for key in (*HUB_ID_KEYS, "general.name"):
+        field = reader.get_field(key)
+        value = str(field.contents()) if field is not None else ""
+        match = HUB_URL.match(value)
+        candidate = match.group(1) if match else value
+        if candidate and (key != "general.name" or "/" in candidate) and is_hub_id(candidate):
+            return candidate
+    return None
+
+
+def is_hub_id(text: str) -> bool:
+    """Whether `text` is a valid Hub repository id (name or org/name)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(text)
+    except HFValidationError:
+        return False
+    return True
