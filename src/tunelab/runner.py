@@ -38,7 +38,7 @@ from tunelab.evaluation.canaries import metrics_of as canary_metrics
 from tunelab.evaluation.forgetting import load_reference
 from tunelab.evaluation.forgetting import score as score_reference
 from tunelab.evaluation.generative import GENERATIONS_FILE, ask, read_generations, write_generations
-from tunelab.evaluation.passes import SplitEvaluator
+from tunelab.evaluation.passes import SplitEvaluator, validation_extras
 from tunelab.evaluation.scoring import (
     bias_eval,
     chat_records,
@@ -255,8 +255,10 @@ def _train_in_run_dir(
     if setup.privacy is not None:  # the accountant's history: a resumed run counts every step spent
         accelerator.register_for_checkpointing(setup.privacy)
     accelerator.register_save_state_pre_hook(checkpoint.keep_only_trainable_weights)
+    extras = validation_extras(recipe, setup.model, tokenizer, data, lambda: _chats(prepared, "validation"),
+                               accelerator)  # fmt: skip
     run_eval = SplitEvaluator(setup.model, setup.objective, recipe.task, recipe.train.batch_size, data,
-                              tokenizer.pad_token_id, accelerator)  # fmt: skip
+                              tokenizer.pad_token_id, accelerator, extras)  # fmt: skip
     reference = load_reference(recipe.eval.reference) if recipe.eval.reference else None
     if reference is not None and not is_adapter(setup.model) and resume_from is None:
         # full / freeze: "before" is the base model, i.e. these weights before the first step.
@@ -431,6 +433,10 @@ def _scored_chats(prepared: Prepared) -> list[Any]:
     """The conversations of the split the headline scores come from (test, else validation)."""
     split = held_out_split(prepared.data)
     assert split is not None, "eval.metrics needs a held-out split (scored only when there is one)"
+    return _chats(prepared, split)
+
+
+def _chats(prepared: Prepared, split: str) -> list[Any]:
     return chat_records(prepared.records, prepared.cached_files, split, prepared.data)
 
 

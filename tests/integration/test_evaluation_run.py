@@ -148,7 +148,9 @@ def test_a_test_split_without_some_classes_is_named_in_the_output_notes_and_repo
 ) -> None:
     recipe = make_recipe(tmp_path, tiny_bert, "classify", train={"epochs": 1})
     only_balance = [{"text": f"balance number {i} please", "label": "balance"} for i in range(5)]
-    (tmp_path / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in only_balance), encoding="utf-8")
+    (tmp_path / "test.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in only_balance), encoding="utf-8"
+    )
     trained = runner.invoke(app, ["train", str(recipe), "--set", f"data.test={tmp_path / 'test.jsonl'}"])
     assert trained.exit_code == 0, trained.output
     warning = (

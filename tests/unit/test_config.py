@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -182,10 +183,193 @@ def test_every_cross_field_mistake_is_reported_in_one_pass(tmp_path: Path, good:
     text = " ".join(result.output.split())
     assert "recipe.yaml: 3 problems" in text
     assert (
-        "train.early_stopping.metric: task sft never logs val_accuracy (classify only); use val_loss" in text
+        "train.early_stopping.metric: the validation pass of task sft logs no val_accuracy; watch one of "
+        "val_loss, val_perplexity" in text
     )
     assert "preference.beta: applies to task: preference only" in text
     assert (
         "train.packing: method prefix prepends virtual tokens, which peft cannot combine with packed rows"
         in text
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Early stopping: any metric the task's validation pass logs (config/validation_metrics.py)
+
+
+def early_stopping_recipe(good: dict, task: str, metric: str, **sections: Any) -> dict:
+    good["task"] = task
+    good["data"]["validation"] = good["data"]["train"]
+    good["train"] = {"early_stopping": {"metric": metric}}
+    good.update(sections)
+    return good
+
+
+@pytest.mark.parametrize(
+    ("task", "metric", "sections"),
+    [
+        ("token_classify", "val_accuracy", {}),  # the accuracy over tagged words
+        ("token_classify", "val_entity_f1", {}),  # from the predicted spans, at every validation pass
+        ("sft", "val_rougeL", {"eval": {"metrics": ["rouge"]}}),  # answers generated at each pass
+        ("seq2seq", "val_exact_match", {"eval": {"metrics": ["exact_match"]}}),
+        ("reward", "val_reward_margin", {}),
+        ("reward", "val_reward_accuracy", {}),
+        ("preference", "val_reward_accuracy", {"preference": {"objective": "kto"}}),
+        ("sft", "val_perplexity", {}),
+    ],
+)
+def test_early_stopping_watches_any_metric_the_validation_pass_logs(
+    tmp_path: Path, good: dict, task: str, metric: str, sections: dict
+) -> None:
+    recipe = load_recipe(write_recipe(tmp_path, early_stopping_recipe(good, task, metric, **sections)))
+    assert recipe.train.early_stopping is not None and recipe.train.early_stopping.metric == metric
+
+
+@pytest.mark.parametrize(
+    ("task", "metric", "sections", "message"),
+    [
+        (
+            "classify",
+            "val_macro_f1",
+            {},
+            "val_macro_f1 is not logged at validation passes: classify's per-class report is computed once, "
+            "after training; watch one of val_loss, val_accuracy",
+        ),
+        (
+            "sft",
+            "val_rougeL",
+            {"eval": {"metrics": ["exact_match"]}},
+            "val_rougeL scores generated answers: add rouge to eval.metrics (each validation pass then "
+            "generates answers to the validation split); or watch one of val_loss, val_perplexity, "
+            "val_exact_match",
+        ),
+        (
+            "preference",
+            "val_reward_chosen",
+            {},
+            "val_reward_chosen is a diagnostic with no direction that means better; watch one of val_loss, "
+            "val_reward_accuracy, val_reward_margin",
+        ),
+        (
+            "preference",
+            "val_kl",
+            {"preference": {"objective": "dpo"}},
+            "the validation pass of task preference (objective dpo) logs no val_kl; watch one of val_loss, "
+            "val_reward_accuracy, val_reward_margin",
+        ),
+        (
+            "classify",
+            "test_accuracy",
+            {},
+            "the validation pass of task classify logs no test_accuracy; watch one of val_loss, val_accuracy",
+        ),
+    ],
+)
+def test_an_early_stopping_metric_the_validation_pass_lacks_is_refused_saying_why(
+    tmp_path: Path, good: dict, task: str, metric: str, sections: dict, message: str
+) -> None:
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(write_recipe(tmp_path, early_stopping_recipe(good, task, metric, **sections)))
+    assert caught.value.problems == [f"train.early_stopping.metric: {message}"]
+
+
+def test_a_multi_dataset_run_can_watch_a_dataset_with_validation_rows_of_its_own(
+    tmp_path: Path, good: dict
+) -> None:
+    rows = good["data"]["train"]
+    good["data"] = {
+        "train": [{"path": rows, "name": "chat", "validation": rows}, {"path": rows, "name": "faq"}]
+    }
+    good.update(task="sft", train={"early_stopping": {"metric": "val_chat_loss"}})
+    assert load_recipe(write_recipe(tmp_path, good)).train.early_stopping is not None
+    good["train"] = {"early_stopping": {"metric": "val_faq_loss"}}  # faq has no validation rows
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(write_recipe(tmp_path, good))
+    assert caught.value.problems == [
+        "train.early_stopping.metric: the validation pass of task sft logs no val_faq_loss; watch one of "
+        "val_loss, val_perplexity, val_chat_loss, val_chat_perplexity"
+    ]
+
+
+def test_early_stopping_can_watch_a_validation_share_of_train(tmp_path: Path, good: dict) -> None:
+    good["data"]["split"] = {"validation": 0.25}
+    good["train"] = {"early_stopping": {"metric": "val_accuracy"}}
+    assert load_recipe(write_recipe(tmp_path, good)).train.early_stopping is not None
+
+
+def test_each_metrics_direction_comes_from_one_table() -> None:
+    from tunelab.config import EarlyStopping
+
+    higher = {
+        metric: EarlyStopping(metric=metric).higher_is_better
+        for metric in ("val_loss", "val_perplexity", "val_chat_loss", "val_accuracy", "val_reward_margin")
+    }
+    assert higher == {
+        "val_loss": False,
+        "val_perplexity": False,
+        "val_chat_loss": False,  # a dataset's own loss
+        "val_accuracy": True,
+        "val_reward_margin": True,  # higher is better, though it is no accuracy
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# target_modules: all-linear, peft's spelling
+
+
+def adapted_layers(tmp_path: Path, model_dir: Path, method: dict) -> tuple[Any, set[str], set[str], Any]:
+    """(the method's settings as read, the base's linear layers but the head, the layers it adapted, the
+    model it built)."""
+    import torch
+
+    from tests.conftest import make_recipe
+    from tunelab.models.load import load_model
+    from tunelab.models.methods import apply_method
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    recipe = load_recipe(make_recipe(tmp_path, model_dir, "sft", method=method))
+    loaded = load_model(recipe.model, recipe.task)
+    head = loaded.model.get_output_embeddings()
+    linear = {n for n, m in loaded.model.named_modules() if isinstance(m, torch.nn.Linear) and m is not head}
+    model = apply_method(loaded.model, recipe.method, recipe.task, loaded.new_modules)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    marker = {"lora": ".lora_A.", "dora": ".lora_A.", "ia3": ".ia3_l."}[method["name"]]
+    adapted = {n.split(marker)[0].removeprefix("base_model.model.") for n in trainable if marker in n}
+    assert all(marker in n or "magnitude" in n or "lora_B" in n for n in trainable)  # adapter weights only
+    return recipe.method, linear, adapted, model
+
+
+@pytest.mark.parametrize("name", ["lora", "dora"])
+def test_all_linear_is_read_as_auto(tmp_path: Path, tiny_llama: Path, name: str) -> None:
+    method = {"name": name, "r": 4, "alpha": 8}
+    spelled, linear, adapted, _ = adapted_layers(
+        tmp_path / "a", tiny_llama, {**method, "target_modules": "all-linear"}
+    )
+    _, _, auto, _ = adapted_layers(tmp_path / "b", tiny_llama, {**method, "target_modules": "auto"})
+    assert spelled.target_modules == "auto"
+    assert adapted == auto == linear  # every linear layer but the output head, as auto
+
+
+def test_ia3_all_linear_rescales_every_linear_layer_as_peft_does(tmp_path: Path, tiny_llama: Path) -> None:
+    # ia3's auto is peft's table (keys, values, the MLP output); all-linear keeps peft's own meaning.
+    spelled, linear, adapted, model = adapted_layers(
+        tmp_path / "a", tiny_llama, {"name": "ia3", "target_modules": "all-linear"}
+    )
+    _, _, auto, _ = adapted_layers(tmp_path / "b", tiny_llama, {"name": "ia3"})
+    assert spelled.target_modules == "all-linear"
+    assert adapted == linear
+    # feedforward_modules: auto is peft's table's MLP layers, whose input is rescaled.
+    rescaled_inputs = {
+        n.rsplit(".", 1)[-1] for n, m in model.named_modules() if getattr(m, "is_feedforward", False)
+    }
+    assert rescaled_inputs == {"down_proj"}
+    assert {n.rsplit(".", 1)[-1] for n in auto} == {"k_proj", "v_proj", "down_proj"}
+
+
+def test_a_misspelt_all_linear_names_both_spellings(tmp_path: Path, good: dict) -> None:
+    good["method"] = {"name": "lora", "target_modules": "all_linear"}
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(write_recipe(tmp_path, good))
+    assert caught.value.problems == [
+        "method.target_modules: must be one of 'auto' or 'all-linear', got 'all_linear'"
+    ]

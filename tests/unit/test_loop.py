@@ -15,6 +15,7 @@ from tunelab.config import EarlyStopping, TrainConfig
 from tunelab.data.formats import load_split
 from tunelab.data.templates import ensure_chat_template
 from tunelab.data.tokenize import LengthPolicy, collate, tokenize_chats
+from tunelab.errors import RecipeError
 from tunelab.training.loop import (
     Hooks,
     MicroBatches,
@@ -119,12 +120,16 @@ def test_processes_get_disjoint_shards_of_equal_length() -> None:
         ("val_loss", [1.0, 0.9, 0.8, 0.7, 0.6], None),
         ("val_accuracy", [0.5, 0.6, 0.6, 0.55, 0.7], None),
         ("val_accuracy", [0.5, 0.6, 0.6, 0.55, 0.59], 5),
+        # Higher is better though no accuracy: read as a loss it would stop at the 4th pass.
+        ("val_reward_margin", [0.1, 0.3, 0.2, 0.25, 0.29], 5),
+        ("val_reward_margin", [0.1, 0.2, 0.3, 0.4, 0.5], None),
+        ("val_chat_perplexity", [9.0, 8.0, 8.5, 8.2, 8.1], 5),  # a dataset's own: lower is better
     ],
 )
 def test_early_stopping_counts_evaluations_without_improvement(
     metric: str, values: list[float], stops_after: int | None
 ) -> None:
-    cfg = TrainConfig(early_stopping=EarlyStopping(metric=metric, patience=3))  # type: ignore[arg-type]
+    cfg = TrainConfig(early_stopping=EarlyStopping(metric=metric, patience=3))
     feed = iter(values)
     hooks = Hooks(
         evaluate=lambda: {metric: next(feed)},
@@ -194,3 +199,17 @@ def test_length_grouping_forms_the_same_optimizer_batches_however_they_are_split
     # of the epoch, so every process gets as many batches).
     assert steps(2, 2, 2)[:25] == one_big[:25]
     assert steps(4, 1, 2)[:25] == one_big[:25]
+
+
+def test_a_watched_metric_the_validation_pass_did_not_log_is_named() -> None:
+    cfg = TrainConfig(early_stopping=EarlyStopping(metric="val_chat_loss", patience=3))
+    hooks = Hooks(
+        evaluate=lambda: {"val_loss": 1.0, "val_perplexity": 2.7},
+        save_checkpoint=print,
+        log=lambda s, m: None,
+        progress=lambda *a: None,
+    )
+    with pytest.raises(RecipeError) as caught:
+        _evaluate_and_maybe_stop(hooks, cfg, TrainState())
+    assert caught.value.message == "train.early_stopping.metric: the validation pass logged no val_chat_loss"
+    assert caught.value.fix == "watch one of val_loss, val_perplexity"

@@ -1,6 +1,7 @@
 """Checks across a recipe's sections. Each is a function of the recipe returning its problems as
 (YAML path, message); all of them run, so one `validate` names every mistake (as torchtune's
-`validate` does), not the first one. Checks of the machine (a GPU, bitsandbytes) are in preflight.py:
+`validate` does), not the first one. When some fields do not parse, each check still runs if the
+fields it reads did (partial.py): keep a check to one concern, so a wrong field elsewhere skips little. Checks of the machine (a GPU, bitsandbytes) are in preflight.py:
 a recipe's validity does not depend on where it is read."""
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from tunelab.config.validation_metrics import early_stopping_refusal
 from tunelab.methods import method_spec, methods_where
 
 if TYPE_CHECKING:
@@ -36,20 +38,25 @@ Check = Callable[["Recipe"], list[Problem]]
 
 
 def check_early_stopping(recipe: Recipe) -> list[Problem]:
-    stopping = recipe.train.early_stopping
-    if stopping is None:
+    """A validation split to watch: a file, a share of train, or a dataset's own file."""
+    data = recipe.data
+    if recipe.train.early_stopping is None or data.validation is not None or data.split.validation:
         return []
-    problems = []
-    if recipe.data.validation is None:
-        problems.append(Problem("train.early_stopping", "needs data.validation to watch"))
-    if stopping.metric == "val_accuracy" and recipe.task != "classify":
-        problems.append(
-            Problem(
-                "train.early_stopping.metric",
-                f"task {recipe.task} never logs val_accuracy (classify only); use val_loss",
-            )
+    if any(source.validation is not None for source in data.sources):
+        return []
+    return [
+        Problem(
+            "train.early_stopping",
+            "needs data.validation to watch (or data.split.validation, or a dataset's own validation file)",
         )
-    return problems
+    ]
+
+
+def check_early_stopping_metric(recipe: Recipe) -> list[Problem]:
+    """A metric the validation pass logs, with a direction that means better (validation_metrics.py)."""
+    stopping = recipe.train.early_stopping
+    refusal = early_stopping_refusal(recipe, stopping.metric) if stopping is not None else None
+    return [Problem("train.early_stopping.metric", refusal)] if refusal is not None else []
 
 
 def check_reference(recipe: Recipe) -> list[Problem]:
@@ -139,30 +146,41 @@ def check_adapter(recipe: Recipe) -> list[Problem]:
     return []
 
 
+# The method's fit with the task, with packing and with an 8-bit base: three checks, so that each runs
+# when its own fields parsed (partial.py), e.g. packing's when the task is misspelt.
+
+
 def check_method_fits_task(recipe: Recipe) -> list[Problem]:
-    spec, task = method_spec(recipe.method.name), recipe.task
-    problems = []
-    if task == "reward" and spec.virtual_tokens:
-        problems.append(
-            Problem("method.name", f"{spec.name} is not supported for task reward; use lora or full")
-        )
+    spec = method_spec(recipe.method.name)
+    if recipe.task == "reward" and spec.virtual_tokens:
+        return [Problem("method.name", f"{spec.name} is not supported for task reward; use lora or full")]
+    return []
+
+
+def check_method_fits_packing(recipe: Recipe) -> list[Problem]:
+    spec = method_spec(recipe.method.name)
     if recipe.train.packing and spec.virtual_tokens:
-        problems.append(
+        return [
             Problem(
                 "train.packing",
                 f"method {spec.name} prepends virtual tokens, which peft cannot combine with packed rows; "
                 "set train.packing: false",
             )
-        )
+        ]
+    return []
+
+
+def check_method_fits_8bit_base(recipe: Recipe) -> list[Problem]:
+    spec = method_spec(recipe.method.name)
     if recipe.model.load_in_8bit and not (spec.frozen_base and spec.quantised_base is None):
         usable = [n for n in methods_where("frozen_base") if method_spec(n).quantised_base is None]
-        problems.append(
+        return [
             Problem(
                 "model.load_in_8bit",
                 f"an 8-bit base cannot be trained itself; use it with {', '.join(usable)}",
             )
-        )
-    return problems
+        ]
+    return []
 
 
 def check_data_sources(recipe: Recipe) -> list[Problem]:
@@ -270,12 +288,15 @@ def check_classify_only(recipe: Recipe) -> list[Problem]:
 
 CHECKS: list[Check] = [
     check_early_stopping,
+    check_early_stopping_metric,
     check_reference,
     check_generative_metrics,
     check_prompt_template,
     check_preference_section,
     check_adapter,
     check_method_fits_task,
+    check_method_fits_packing,
+    check_method_fits_8bit_base,
     check_data_sources,
     check_privacy,
     check_classify_only,

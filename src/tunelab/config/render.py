@@ -1,5 +1,5 @@
 """Validation errors in the user's words: each under its YAML path, with the allowed keys, the closest
-match for a typo, and the cross-field checks' problems listed one by one."""
+match for a typo, and the cross-field checks' problems listed one by one (also when a field is wrong)."""
 
 from __future__ import annotations
 
@@ -9,20 +9,27 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from tunelab.config.checks import RecipeProblems
+from tunelab.config.partial import problems_where_parsed
 from tunelab.methods import method_names, method_spec
 
 
 def format_errors(exc: ValidationError, raw: dict[str, Any]) -> list[str]:
-    """Every problem in `exc` (from validating `raw`), one line each."""
+    """Every problem in `exc` (from validating `raw`), one line each: the fields' own errors, then the
+    cross-field problems. When a field failed, pydantic ran no cross-field check; they run here on the
+    fields that parsed (partial.py)."""
     section = raw.get("method")
     method = section.get("name") if isinstance(section, dict) else None
     lines: list[str] = []
+    checked = False
     for err in _without_unchosen_branches(exc.errors()):
         problems = (err.get("ctx") or {}).get("error")
         if isinstance(problems, RecipeProblems):
             lines.extend(str(p) for p in problems.problems)
+            checked = True
         else:
             lines.append(_format_error(err, method))
+    if not checked:
+        lines.extend(str(p) for p in problems_where_parsed(raw, exc.errors()))
     return lines
 
 

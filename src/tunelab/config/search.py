@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from tunelab.config.directions import better
 from tunelab.config.sections import Section
 
 
@@ -94,4 +95,7 @@ class SearchConfig(Section):
     def minimize(self) -> bool:
         if self.direction is not None:
             return self.direction == "minimize"
+        known = better(self.metric)  # the one table of directions, as early stopping reads it
+        if known is not None:
+            return known == "lower"
         return any(word in self.metric for word in ("loss", "perplexity", "error"))

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, Field, field_validator
 
 from tunelab.config.base import Section
+from tunelab.config.directions import better
 from tunelab.config.safety import AugmentConfig, BiasConfig, Canaries, ContentScreen, PrivacyConfig
 
 
@@ -63,7 +64,9 @@ ChatTemplate = Annotated[str, AfterValidator(_chat_template)]
 
 
 class ModelConfig(Section):
-    name: str = Field(description="Hugging Face Hub id (org/name) or a local folder holding the model.")
+    name: str = Field(
+        description="Hugging Face Hub id (org/name), a local folder holding the model, or a .gguf file."
+    )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto",
         description="Weight dtype as loaded. auto: float32 when the base weights train (full, freeze: the "
@@ -74,6 +77,11 @@ class ModelConfig(Section):
         False, description="Run Python code shipped with the model. Off unless you trust its author."
     )
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) to load.")
+    hub_id: str | None = Field(
+        None,
+        description="The base's Hugging Face Hub id, for model cards (base_model) when model.name is a local "
+        "folder or a .gguf file whose metadata names none.",
+    )
     load_in_8bit: bool = Field(
         False, description="Load the frozen base in 8-bit (bitsandbytes; needs CUDA) under an adapter method."
     )
@@ -305,11 +313,24 @@ class DataConfig(Section):
 
 
 class EarlyStopping(Section):
-    metric: Literal["val_loss", "val_accuracy"] = Field(
-        "val_loss", description="Validation metric to watch (val_accuracy: classify only)."
+    # Any name is read here; checks.py refuses one the task's validation pass does not log.
+    metric: str = Field(
+        "val_loss",
+        description="The validation metric to watch, one the task logs at each validation pass: val_loss; "
+        "val_perplexity (sft, pretrain); val_accuracy (classify; token_classify: per word); "
+        "val_reward_accuracy, val_reward_margin (reward, preference); val_<dataset>_loss in a multi-dataset "
+        "run. Lower is better for losses and perplexities, higher for the others.",
     )
     patience: int = Field(3, ge=1, description="Evaluations without improvement before stopping.")
     min_delta: float = Field(0.0, ge=0, description="Smallest change that counts as an improvement.")
+
+    @property
+    def higher_is_better(self) -> bool:
+        """The metric's direction, from the one table of them (validation_metrics.BETTER)."""
+        direction = better(self.metric)
+        if direction is None:
+            raise ValueError(f"train.early_stopping.metric: {self.metric} has no direction that means better")
+        return direction == "higher"
 
 
 class TrainConfig(Section):

@@ -1,17 +1,28 @@
-"""The loss-based passes over a held-out split, during training and after it: the whole split, then each
-dataset's own rows in a multi-dataset run (`val_<dataset>_loss`)."""
+"""The passes over a held-out split, during training and after it: the loss pass over the whole split,
+then each dataset's own rows in a multi-dataset run (`val_<dataset>_loss`); at validation passes also the
+scores the loss pass cannot give (a tagger's entity scores; generated answers when early stopping
+watches them), so that early stopping can watch any metric the task reports."""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from tunelab.config import Recipe
+from tunelab.config.validation_metrics import ENTITY_SCORES, generates_at_validation
 from tunelab.data.pipeline import PreparedData
+from tunelab.data.records import Chat
 from tunelab.data.tokenize import Example
+from tunelab.evaluation import generative
 from tunelab.evaluation.metrics import evaluate
 from tunelab.evaluation.scoring import split_prefix
+from tunelab.evaluation.tagging import headline, predicted_tags
 from tunelab.training.loop import eval_batches
 from tunelab.training.objectives import Objective, collate_for
+
+Scores = Callable[[], dict[str, float]]
 
 
 @dataclass
@@ -23,6 +34,7 @@ class SplitEvaluator:
     data: PreparedData
     pad_id: int
     accelerator: Any
+    validation_extras: Scores | None = None  # see validation_extras below
 
     def __call__(self, split: str) -> dict[str, float]:
         examples, metrics = self.data.splits[split], {}
@@ -32,7 +44,48 @@ class SplitEvaluator:
                 subset, self.batch_size, self.pad_id, self.accelerator, collate_for(self.task)
             )
             metrics.update(evaluate(self.model, batches, self.objective, self.task, self.accelerator, prefix))
+        if split == "validation" and self.validation_extras is not None:
+            metrics.update(self.validation_extras())
         return metrics
+
+
+def validation_extras(
+    recipe: Recipe, model: Any, tokenizer: Any, data: PreparedData, chats: Callable[[], list[Chat]],
+    accelerator: Any,
+) -> Scores | None:  # fmt: skip
+    """The validation scores beyond the loss pass, for this recipe (None: there are none). The test split's
+    are scored once after training (evaluation/scoring.py), so only validation passes need these."""
+    if "validation" not in data.splits:
+        return None
+    if recipe.task == "token_classify" and data.label_map is not None:
+        names = sorted(data.label_map, key=data.label_map.__getitem__)
+        examples = data.splits["validation"]
+
+        def entity_scores() -> dict[str, float]:
+            gold, predicted = predicted_tags(
+                model, examples, names, recipe.train.batch_size, tokenizer.pad_token_id, accelerator
+            )
+            scores = headline("val", gold, predicted)
+            return {
+                f"val_{name}": scores[f"val_{name}"] for name in ENTITY_SCORES
+            }  # accuracy: the loss pass's
+
+        return entity_scores
+    if generates_at_validation(recipe):
+        questions = functools.cache(chats)  # read once, asked at every pass
+        return lambda: _generated_scores(recipe, accelerator.unwrap_model(model), tokenizer, questions())
+    return None
+
+
+def _generated_scores(recipe: Recipe, model: Any, tokenizer: Any, chats: list[Chat]) -> dict[str, float]:
+    was_training = model.training
+    model.eval()
+    try:
+        asked = generative.ask(chats)
+        answers = generative.answer(model, tokenizer, asked, max_new_tokens=recipe.eval.max_new_tokens)
+    finally:
+        model.train(was_training)
+    return generative.score(answers, [a.reference for a in asked], recipe.eval.metrics, "val")
 
 
 def per_dataset(examples: list[Example]) -> list[tuple[str, list[Example]]]:

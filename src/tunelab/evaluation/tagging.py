@@ -75,7 +75,8 @@ def headline(
 def predicted_tags(
     model: Any, examples: list[Example], names: list[str], batch_size: int, pad_id: int, accelerator: Any
 ) -> tuple[list[list[str]], list[list[str]]]:
-    """(gold, predicted) tag names per example, one per scored word (each word's first sub-token)."""
+    """(gold, predicted) tag names per example, one per scored word (each word's first sub-token); under
+    several processes, every process's examples (grouped by process, not in file order)."""
     was_training = model.training
     model.eval()
     gold: list[list[str]] = []
@@ -89,6 +90,10 @@ def predicted_tags(
             gold.append([names[label] for label, _ in scored])
             predicted.append([names[guess] for _, guess in scored])
     model.train(was_training)
+    if accelerator.num_processes > 1:  # each process tagged its own slice: every process scores them all
+        from accelerate.utils import gather_object
+
+        gold, predicted = gather_object(gold), gather_object(predicted)
     return gold, predicted
 
 

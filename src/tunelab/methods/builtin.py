@@ -7,9 +7,9 @@ model is built, so reading a recipe stays light.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from tunelab.methods.registry import MethodConfig, MethodSpec, register_method
 
@@ -23,14 +23,23 @@ class FreezeMethod(MethodConfig):
     k: int = Field(ge=0, description="How many of the top transformer blocks to train (0: head only).")
 
 
+def _all_linear_is_auto(value: str | list[str]) -> str | list[str]:
+    """peft's "all-linear" is what LoRA's auto means (models/methods.py passes auto to peft as all-linear);
+    read as auto, so a run's recipe.yaml and everything downstream see one spelling."""
+    return "auto" if value == "all-linear" else value
+
+
 class LoraMethod(MethodConfig):
     name: Literal["lora"] = Field(description="Low-rank adapters through peft; the base stays frozen.")
     r: int = Field(8, gt=0, description="Rank of the LoRA update matrices.")
     alpha: int = Field(16, gt=0, description="LoRA scaling numerator; the update is scaled by alpha/r.")
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
-    target_modules: Literal["auto"] | list[str] = Field(
+    target_modules: Annotated[
+        Literal["auto", "all-linear"] | list[str], AfterValidator(_all_linear_is_auto)
+    ] = Field(
         "auto",
-        description="Module names to adapt; auto: every linear layer except the output head.",
+        description="Module names to adapt; auto (or peft's spelling, all-linear): every linear layer "
+        "except the output head.",
     )
 
 
@@ -48,8 +57,10 @@ class QloraMethod(LoraMethod):
 
 class Ia3Method(MethodConfig):
     name: Literal["ia3"] = Field(description="(IA)3: learned vectors that rescale keys, values and the MLP.")
-    target_modules: Literal["auto"] | list[str] = Field(
-        "auto", description="Modules to rescale; auto: peft's table for the architecture."
+    target_modules: Literal["auto", "all-linear"] | list[str] = Field(
+        "auto",
+        description="Modules to rescale; auto: peft's table for the architecture (keys, values, MLP output); "
+        "all-linear (as in peft): every linear layer except the output head.",
     )
     feedforward_modules: Literal["auto"] | list[str] = Field(
         "auto", description="Which of target_modules are MLP layers (their input is rescaled)."

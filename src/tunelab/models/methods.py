@@ -159,7 +159,8 @@ def _lora(
         r=cfg.r,
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,
-        # peft's "all-linear" skips the output head, which LoRA should not adapt.
+        # auto (a recipe's all-linear is read as auto) is peft's "all-linear": it skips the output head,
+        # which LoRA should not adapt.
         target_modules="all-linear" if cfg.target_modules == "auto" else cfg.target_modules,
         use_dora=use_dora,
         task_type=peft_task_type(task),
@@ -194,7 +195,7 @@ def apply_ia3(model: Any, cfg: Ia3Method, task: str, new_modules: list[str]) -> 
     return _attach(model, config, "method.target_modules")
 
 
-def _ia3_modules(model: Any, cfg: Ia3Method) -> tuple[list[str], list[str]]:
+def _ia3_modules(model: Any, cfg: Ia3Method) -> tuple[str | list[str], list[str]]:
     model_type = getattr(model.config, "model_type", "?")
     known_targets = TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING.get(model_type)
     known_feedforward = TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING.get(model_type)
@@ -202,20 +203,23 @@ def _ia3_modules(model: Any, cfg: Ia3Method) -> tuple[list[str], list[str]]:
         raise RecipeError(
             f"method.target_modules: peft has no (IA)3 defaults for model type {model_type!r}",
             fix="list the key, value and MLP output layers in method.target_modules and the MLP ones in "
-            "method.feedforward_modules",
+            "method.feedforward_modules, or write all-linear",
         )
-    targets = list(known_targets or []) if cfg.target_modules == "auto" else list(cfg.target_modules)
+    # all-linear goes to peft as written: peft picks every linear layer but the output (or classifier) head.
+    targets: str | list[str] = "all-linear"
+    if cfg.target_modules != "all-linear":
+        targets = list(known_targets or []) if cfg.target_modules == "auto" else list(cfg.target_modules)
     if cfg.feedforward_modules != "auto":
         feedforward = list(cfg.feedforward_modules)
     elif known_feedforward is not None:
         # peft requires feed-forward modules to be among the targets; with hand-picked targets keep those.
-        feedforward = [name for name in known_feedforward if name in targets]
+        feedforward = [name for name in known_feedforward if targets == "all-linear" or name in targets]
     else:
         raise RecipeError(
             f"method.feedforward_modules: peft has no (IA)3 defaults for model type {model_type!r}",
             fix="list which of method.target_modules are MLP layers (their input is rescaled), or []",
         )
-    if not set(feedforward) <= set(targets):
+    if targets != "all-linear" and not set(feedforward) <= set(targets):
         raise RecipeError(
             f"method.feedforward_modules: {sorted(set(feedforward) - set(targets))} are not in "
             f"method.target_modules ({targets})"

@@ -20,7 +20,9 @@ from typing import Any, Protocol
 import torch
 
 from tunelab.config import TrainConfig
+from tunelab.config.directions import watchable
 from tunelab.data.tokenize import Example, collate
+from tunelab.errors import RecipeError
 from tunelab.training.objectives import Batch, Objective, count_input_tokens
 from tunelab.training.stopping import StopRequested
 
@@ -377,8 +379,13 @@ def _evaluate_and_maybe_stop(hooks: Hooks, cfg: TrainConfig, state: TrainState) 
     stopping = cfg.early_stopping
     if stopping is None:
         return
+    if stopping.metric not in metrics:  # the recipe's checks name what each task logs; this is a backstop
+        raise RecipeError(
+            f"train.early_stopping.metric: the validation pass logged no {stopping.metric}",
+            fix=f"watch one of {', '.join(watchable(sorted(metrics)))}",
+        )
     value = metrics[stopping.metric]
-    higher_is_better = stopping.metric.endswith("accuracy")
+    higher_is_better = stopping.higher_is_better  # one table of directions: config/validation_metrics.py
     best = state.best_metric
     if best is None or (
         value > best + stopping.min_delta if higher_is_better else value < best - stopping.min_delta

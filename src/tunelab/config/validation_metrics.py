@@ -1,0 +1,118 @@
+"""The metrics a run reports, which way each one is better, and which of them each task's validation
+pass logs: what `train.early_stopping` may watch (checks.py) and which way it watches (the loop), read
+from one table, so a new metric is added in one place."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from tunelab.config.directions import better, watchable
+
+if TYPE_CHECKING:
+    from tunelab.config.recipe import Recipe
+
+# training/preference.py: reward_stats (dpo, ipo, orpo, reward) and kto_stats.
+REWARD_STATS = ("reward_accuracy", "reward_chosen", "reward_rejected", "reward_margin")
+KTO_STATS = ("kl", "reward_accuracy", "reward_desirable", "reward_undesirable", "desirable_share")
+
+ENTITY_SCORES = ("entity_precision", "entity_recall", "entity_f1")
+
+# What each validation pass logs (evaluation/metrics.evaluate): the loss, perplexity for causal LMs,
+# accuracy for classifiers, and the objective's own stats (token_classify's is its word accuracy; its
+# entity scores come from the tagger's predicted spans, evaluation/passes.py).
+LOGGED: dict[str, tuple[str, ...]] = {
+    "sft": ("loss", "perplexity"),
+    "pretrain": ("loss", "perplexity"),
+    "classify": ("loss", "accuracy"),
+    "token_classify": ("loss", "accuracy", *ENTITY_SCORES),
+    "seq2seq": ("loss",),
+    "reward": ("loss", *REWARD_STATS),
+    "preference": ("loss", *REWARD_STATS),
+}
+
+# The scores of generated answers, by the eval.metrics entry that asks for them (evaluation/generative.py).
+GENERATED = {
+    "exact_match": ("exact_match",),
+    "rouge": ("rouge1", "rouge2", "rougeL"),
+    "bleu": ("bleu",),
+    "chrf": ("chrf",),
+}
+GENERATING_TASKS = ("sft", "seq2seq")
+
+# Scored once, after training, on the held-out split (eval.json and the run's metrics), never at a
+# validation pass: why, for the message that refuses them as an early-stopping metric.
+AFTER_TRAINING: dict[str, str] = {
+    "macro_f1": "classify's per-class report is computed once, after training",
+}
+
+
+def validation_metrics(recipe: Recipe) -> list[str]:
+    """Every metric this recipe's validation pass logs, in the order `evaluate` writes them; each dataset
+    of a multi-dataset run that has validation rows of its own adds its val_<dataset>_... metrics."""
+    names = _logged(recipe)
+    # A dataset's own rows get the loss pass's metrics; entity and generated scores are the whole split's.
+    per_dataset = [name for name in names if name not in (*ENTITY_SCORES, *_generated(recipe))]
+    datasets = [f"val_{name}" for name in _datasets_with_validation(recipe)]
+    return [f"val_{name}" for name in names] + [f"{d}_{name}" for d in datasets for name in per_dataset]
+
+
+def early_stopping_refusal(recipe: Recipe, metric: str) -> str | None:
+    """Why `metric` cannot be watched by this recipe's early stopping, naming what can; None if it can."""
+    watched = {f"val_{name}" for name in (*_logged(recipe), *_generated(recipe))}
+    if metric in watched and better(metric) is not None:
+        return None  # decided without reading data.train (partial.py: it may be the field that is wrong)
+    logged = validation_metrics(recipe)  # a dataset's own metrics too
+    if metric in logged and better(metric) is not None:
+        return None
+    allowed = ", ".join(watchable([*logged, *(f"val_{name}" for name in _generated(recipe))]))
+    base = metric.removeprefix("val_")
+    if metric in logged:
+        return f"{metric} is a diagnostic with no direction that means better; watch one of {allowed}"
+    if metric.startswith("val_") and base in AFTER_TRAINING:
+        return f"{metric} is not logged at validation passes: {AFTER_TRAINING[base]}; watch one of {allowed}"
+    asked = next((entry for entry, names in GENERATED.items() if base in names), None)
+    if asked is not None and recipe.task in GENERATING_TASKS:
+        return (
+            f"{metric} scores generated answers: add {asked} to eval.metrics (each validation pass then "
+            f"generates answers to the validation split); or watch one of {allowed}"
+        )
+    kind = f"task {recipe.task}"
+    if recipe.task == "preference":
+        kind += f" (objective {recipe.preference.objective})"
+    return f"the validation pass of {kind} logs no {metric}; watch one of {allowed}"
+
+
+def _logged(recipe: Recipe) -> tuple[str, ...]:
+    """The names (after val_) of what the recipe's task logs at each validation pass."""
+    if recipe.task == "preference" and recipe.preference.objective == "kto":
+        return ("loss", *KTO_STATS)
+    if generates_at_validation(recipe):
+        return (*LOGGED[recipe.task], *_generated(recipe))
+    return LOGGED[recipe.task]
+
+
+def _generated(recipe: Recipe) -> tuple[str, ...]:
+    """The scores eval.metrics asks for, for a task whose answers are generated."""
+    if recipe.task not in GENERATING_TASKS:
+        return ()
+    return tuple(name for entry in recipe.eval.metrics for name in GENERATED[entry])
+
+
+def generates_at_validation(recipe: Recipe) -> bool:
+    """Generating answers costs far more than a loss pass, so a validation pass generates only when early
+    stopping watches a score of generated answers (val_rougeL, val_exact_match, ...)."""
+    stopping = recipe.train.early_stopping
+    return stopping is not None and stopping.metric.removeprefix("val_") in _generated(recipe)
+
+
+def _datasets_with_validation(recipe: Recipe) -> list[str]:
+    """Datasets whose validation rows are their own (data/pipeline.py's _load_mixture): a dataset's own
+    validation file, or its share data.split.validation when no shared data.validation file is given.
+    Replay data and the shared file's rows have no name of their own."""
+    from tunelab.config.recipe import source_name
+
+    data = recipe.data
+    if not data.multi_source:
+        return []
+    shares = data.validation is None and data.split.validation > 0
+    return [source_name(s) for s in data.sources if s.validation is not None or shares]
