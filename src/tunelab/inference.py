@@ -182,7 +182,8 @@ def chat_loop(
     lists the commands; any other /word is refused with that list. Ctrl-C while an answer streams stops
     that answer only: it and its question are dropped, so the history stays as it was before the
     question (as ollama drops an interrupted answer) and never holds two user turns in a row, which
-    some templates refuse. Ctrl-C at the prompt ends the chat, as it always did.
+    some templates refuse. Ctrl-C at the prompt clears the line and keeps the chat, as Python's prompt
+    does: only /exit or Ctrl-D (end of input) end it.
     `output_fn` gets pieces of text (no newline added); returns the history at exit.
     """
     _require_generative(trained)
@@ -193,6 +194,9 @@ def chat_loop(
             line = input_fn(prompt).strip()
         except EOFError:
             break
+        except KeyboardInterrupt:
+            output_fn("\n(/exit or Ctrl-D quits)\n")
+            continue
         command = _command(line)
         if command == EXIT:
             break
@@ -293,6 +297,11 @@ def predict_file(
     at all.
     """
     suffix = output_format(out_file)
+    if Path(out_file).resolve() == Path(data_file).resolve():
+        raise TunelabError(
+            f"--out {out_file} is the --data file: writing the predictions would replace the rows they came from",
+            fix="write them to another file, e.g. --out predictions" + suffix,
+        )
     if batch_size < 1:
         raise TunelabError(f"batch_size must be >= 1, got {batch_size}")
     run = DataSettings.of_run(trained.recipe_dir)  # a classifier sees at most what it was trained on
@@ -323,8 +332,8 @@ def _refuse_overwritten(data_file: Path, inputs: list[PredictInput]) -> None:
     taken = dict.fromkeys(name for item in inputs for name in item.copied if name.startswith(PREDICTED))
     if taken:
         raise TunelabError(
-            f"{data_file}: the column(s) {', '.join(taken)} would be overwritten: prediction columns "
-            f"start with {PREDICTED}",
+            f"{data_file}: the column(s) {', '.join(taken)} would be mistaken for this run's predictions, "
+            f"whose columns start with {PREDICTED}",
             fix="--keep the columns to carry (e.g. --keep id,text), or rename those columns",
         )
 

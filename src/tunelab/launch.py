@@ -73,16 +73,23 @@ def check_can_launch(nproc: int, distributed: str) -> None:
         raise TunelabError("train.distributed: deepspeed needs the deepspeed package: pip install deepspeed")
 
 
+SHUTDOWN_TIMEOUT_S = 600
+
+
 def run(command: list[str], nproc: int) -> int:
     """Run the launcher in the foreground; its processes print their own output."""
     env = dict(os.environ)
     # Each process gets its share of the cores, instead of every process spinning threads on all of them.
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    # On Ctrl-C the launcher forwards SIGINT to each process, which finishes its step and checkpoints
+    # (training/stopping.py), then SIGKILLs them after this timeout: torch's 30 s is too short for a
+    # large model's checkpoint.
+    env.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", str(SHUTDOWN_TIMEOUT_S))
     launcher = subprocess.Popen(command, env=env)
     while True:
         try:
             return launcher.wait()
         except KeyboardInterrupt:
-            # The launcher and its processes had the same Ctrl-C (one process group): they checkpoint
-            # and stop. Killing the launcher here, as subprocess.run would, orphans them mid-step.
+            # The launcher had the same Ctrl-C (it shares this process's group) and is stopping its
+            # processes. Killing it here, as subprocess.run would, would orphan them mid-step.
             continue

@@ -255,10 +255,7 @@ def _train_in_run_dir(
     if setup.privacy is not None:  # the accountant's history: a resumed run counts every step spent
         accelerator.register_for_checkpointing(setup.privacy)
     accelerator.register_save_state_pre_hook(checkpoint.keep_only_trainable_weights)
-    extras = validation_extras(recipe, setup.model, tokenizer, data, lambda: _chats(prepared, "validation"),
-                               accelerator)  # fmt: skip
-    run_eval = SplitEvaluator(setup.model, setup.objective, recipe.task, recipe.train.batch_size, data,
-                              tokenizer.pad_token_id, accelerator, extras)  # fmt: skip
+    run_eval = _evaluator(recipe, setup, prepared, accelerator)
     reference = load_reference(recipe.eval.reference) if recipe.eval.reference else None
     if reference is not None and not is_adapter(setup.model) and resume_from is None:
         # full / freeze: "before" is the base model, i.e. these weights before the first step.
@@ -268,6 +265,8 @@ def _train_in_run_dir(
         run.save()  # a resumed run needs it: the base weights are gone by then
     if resume_from is not None:
         checkpoint.load_checkpoint(accelerator, resume_from)
+        # Where this segment starts: an aborted segment may have recorded steps past its last checkpoint.
+        run.record_progress(setup.state.step, setup.state.tokens, checkpoint=resume_from.name)
         console.print(f"resumed from {resume_from} (step {setup.state.step} of {setup.steps})")
     else:
         _score_before_training(data, run_eval, run, console)
@@ -290,6 +289,20 @@ def _train_in_run_dir(
         stopped_early=state.stopped_early,
         metrics=metrics,
     )
+
+
+def _evaluator(
+    recipe: Recipe, setup: TrainingSetup, prepared: Prepared, accelerator: Accelerator
+) -> SplitEvaluator:
+    """The held-out passes of this run: the loss pass, and what its validation passes add."""
+    data, tokenizer = prepared.data, prepared.loaded.tokenizer
+
+    def questions() -> list[Any]:  # read only when validation passes generate answers
+        return _chats(prepared, "validation")
+
+    extras = validation_extras(recipe, setup.model, tokenizer, data, questions, accelerator)
+    return SplitEvaluator(setup.model, setup.objective, recipe.task, recipe.train.batch_size, data,
+                          tokenizer.pad_token_id, accelerator, extras)  # fmt: skip
 
 
 def _score_before_training(
@@ -350,7 +363,8 @@ def _fit(
     if on_validation is not None:
         hooks.after_validation = on_validation
     try:
-        with progress, stop_on_signals(second_interrupt_aborts=accelerator.num_processes == 1) as stop:
+        launched, main = accelerator.num_processes > 1, accelerator.is_main_process
+        with progress, stop_on_signals(launched=launched, announce=main) as stop:
             hooks.stop_requested = _agreed(stop, accelerator)
             fit(setup.model, setup.optimizer, setup.scheduler, setup.objective, setup.batches, cfg, setup.steps,
                 state, accelerator, hooks, setup.privacy.accumulate if setup.privacy else None)  # fmt: skip

@@ -184,3 +184,20 @@ def test_tunelab_chat_survives_a_real_sigint_during_an_answer(chat_run: Path, tm
         f"{you}{HELLO_ANSWER}\n{you}{partial}\n{STOPPED}\n{you}{CHAT_HELP}{you}{HOW_ANSWER}\n{you}"
     )
     assert "interrupted" not in done.stderr
+
+
+def test_ctrl_c_at_the_prompt_keeps_the_chat(chat_run: Path) -> None:
+    trained = load_trained(chat_run)
+    typed = _typed(HELLO, "/exit")
+    pressed: list[bool] = []
+
+    def read(prompt: str) -> str:
+        if not pressed:  # Ctrl-C before the first question: a line cleared, not the chat ended
+            pressed.append(True)
+            raise KeyboardInterrupt
+        return typed(prompt)
+
+    shown: list[str] = []
+    history = chat_loop(trained, read, shown.append, max_new_tokens=20)
+    assert "".join(shown) == f"\n(/exit or Ctrl-D quits)\n{HELLO_ANSWER}\n"
+    assert [m["role"] for m in history if m["role"] != "system"] == ["user", "assistant"]

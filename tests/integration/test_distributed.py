@@ -4,6 +4,11 @@ is normalised across processes."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -71,3 +76,34 @@ def test_sharded_strategies_are_refused_without_a_gpu(tmp_path: Path, tiny_llama
     assert result.exit_code == 1
     assert "train.distributed: fsdp shards the model across GPUs; no CUDA GPU is visible" in result.output
     assert not (tmp_path / "runs").exists()  # refused before any process or run folder
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_ctrl_c_under_the_launcher_checkpoints_every_process_at_one_step(
+    tmp_path: Path, tiny_llama: Path
+) -> None:
+    settings = {"epochs": 200, "batch_size": 2, "grad_accum": 1, "save_every": 1000, "eval_every": 1000}
+    recipe = make_recipe(tmp_path, tiny_llama, "sft", train=settings)
+    # A terminal sends Ctrl-C to its foreground process group: here, tunelab and the launcher it starts.
+    proc = subprocess.Popen([sys.executable, "-m", "tunelab", "train", str(recipe), "--nproc", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+    deadline = time.time() + 240
+    logs = tmp_path / "runs"
+    while not any(len(p.read_text().splitlines()) >= 3 for p in logs.glob("*/metrics.jsonl")):
+        assert time.time() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=300)
+    run_dir = only_run_dir(tmp_path)
+    stopped = read_summary(run_dir)
+    assert stopped.status == "interrupted" and 3 <= stopped.steps < 400, stderr
+    assert stopped.last_checkpoint == f"step-{stopped.steps:08d}"
+    checkpoint = run_dir / "checkpoints" / stopped.last_checkpoint
+    assert {p.name for p in checkpoint.glob("random_states_*.pkl")} == {
+        "random_states_0.pkl",
+        "random_states_1.pkl",
+    }
+    assert stderr.count("Ctrl-C: every process finishes this step") == 1  # the main process speaks
+    assert f"--nproc 2 --resume {run_dir}" in stderr

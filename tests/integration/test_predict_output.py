@@ -120,14 +120,15 @@ def test_keep_refuses_a_column_the_file_lacks_naming_each_row(classify_run: Path
 
 
 def test_an_input_column_is_never_overwritten_by_a_prediction(classify_run: Path, tmp_path: Path) -> None:
-    # Last week's predictions fed to this model: their pred_ columns would be overwritten, so refused.
+    # Last week's predictions fed to this model: their pred_ columns would pass for this run's, so refused.
     rows = [{"id": "a", "text": "lost my card", "pred_label": "card"}]
     data = _write_csv(tmp_path / "last_week.csv", rows)
     out = tmp_path / "preds.csv"
     with pytest.raises(TunelabError) as clash:
         predict_file(load_trained(classify_run), data, out)
     assert str(clash.value) == (
-        f"{data}: the column(s) pred_label would be overwritten: prediction columns start with pred_\n"
+        f"{data}: the column(s) pred_label would be mistaken for this run's predictions, whose columns start "
+        "with pred_\n"
         "fix: --keep the columns to carry (e.g. --keep id,text), or rename those columns"
     )
     assert not out.exists()
@@ -144,3 +145,14 @@ def test_an_output_suffix_without_a_format_is_refused_before_the_model_loads(tmp
     assert f"{out}: predictions cannot be written as '.txt'" in result.output
     assert "fix: name the output .csv, .tsv, .jsonl or .json" in result.output
     assert not out.exists()
+
+
+def test_predictions_never_replace_the_rows_they_came_from(classify_run: Path, tmp_path: Path) -> None:
+    data = _write_csv(tmp_path / "rows.csv", [{"id": "a", "text": "lost my card"}])
+    before = data.read_bytes()
+    with pytest.raises(TunelabError) as refused:
+        predict_file(load_trained(classify_run), data, tmp_path / "." / "rows.csv", keep=["id"])
+    assert "is the --data file: writing the predictions would replace the rows they came from" in str(
+        refused.value
+    )
+    assert data.read_bytes() == before

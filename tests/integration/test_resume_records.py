@@ -103,7 +103,7 @@ def test_a_first_ctrl_c_asks_for_a_stop_and_a_second_one_aborts() -> None:
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(1)  # the handler runs at the next bytecode; never reached
-    with stop_on_signals(second_interrupt_aborts=False) as stop:  # under torchrun, which forwards it
+    with stop_on_signals(launched=True) as stop:  # under torchrun, which forwards one SIGINT
         os.kill(os.getpid(), signal.SIGINT)
         os.kill(os.getpid(), signal.SIGINT)
         assert stop()

@@ -200,7 +200,7 @@ def test_every_cross_field_mistake_is_reported_in_one_pass(tmp_path: Path, good:
 def early_stopping_recipe(good: dict, task: str, metric: str, **sections: Any) -> dict:
     good["task"] = task
     good["data"]["validation"] = good["data"]["train"]
-    good["train"] = {"early_stopping": {"metric": metric}}
+    good["train"] = {"early_stopping": {"metric": metric}, **sections.pop("train", {})}
     good.update(sections)
     return good
 
@@ -242,6 +242,13 @@ def test_early_stopping_watches_any_metric_the_validation_pass_logs(
             "val_rougeL scores generated answers: add rouge to eval.metrics (each validation pass then "
             "generates answers to the validation split); or watch one of val_loss, val_perplexity, "
             "val_exact_match",
+        ),
+        (
+            "sft",
+            "val_rougeL",
+            {"eval": {"metrics": ["rouge"]}, "train": {"distributed": "fsdp"}},
+            "val_rougeL scores answers generated at each validation pass, which needs whole weights on each "
+            "process; train.distributed fsdp shards them. Watch one of val_loss, val_perplexity",
         ),
         (
             "preference",
@@ -373,3 +380,19 @@ def test_a_misspelt_all_linear_names_both_spellings(tmp_path: Path, good: dict) 
     assert caught.value.problems == [
         "method.target_modules: must be one of 'auto' or 'all-linear', got 'all_linear'"
     ]
+
+
+def test_a_method_name_that_is_not_a_string_is_an_unknown_method(tmp_path: Path, good: dict) -> None:
+    good["method"] = {"name": ["lora"]}
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(write_recipe(tmp_path, good))
+    assert "method: unknown method ['lora']; must be one of full, freeze, lora" in str(caught.value)
+
+
+def test_model_hub_id_must_look_like_a_hub_id(tmp_path: Path, good: dict) -> None:
+    good["model"]["hub_id"] = "./models/base"
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(write_recipe(tmp_path, good))
+    assert any(p.startswith("model.hub_id:") for p in caught.value.problems)
+    good["model"]["hub_id"] = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert load_recipe(write_recipe(tmp_path, good)).model.hub_id == "HuggingFaceTB/SmolLM2-135M-Instruct"

@@ -128,3 +128,16 @@ def test_a_missing_data_file_hides_no_other_problem(tmp_path: Path, issue_exampl
         BETA,
         PACKING,
     ]
+
+
+def test_a_missing_training_file_does_not_hide_the_early_stopping_metric(
+    tmp_path: Path, issue_example: dict[str, Any]
+) -> None:
+    issue_example["data"]["train"] = str(tmp_path / "missing.jsonl")  # validate's most common error
+    issue_example["train"]["early_stopping"] = {"metric": "val_accuracy"}
+    found = problems(tmp_path, issue_example)
+    assert any(p.startswith("data.train: file not found") for p in found)
+    assert (
+        "train.early_stopping.metric: the validation pass of task sft logs no val_accuracy; watch one of "
+        "val_loss, val_perplexity"
+    ) in found

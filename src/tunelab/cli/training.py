@@ -115,7 +115,9 @@ def _print_interrupted(stopped: RunInterrupted, recipe: Path, overrides: list[st
         console.print(f"[bold red]interrupted[/] at step {stopped.step}, before any checkpoint: "
                       f"nothing to resume ({stopped.run_dir} is recorded as interrupted); train again")  # fmt: skip
         return
-    if stopped.graceful:
+    from tunelab.training.checkpoint import checkpoint_name
+
+    if stopped.graceful or stopped.checkpoint == checkpoint_name(stopped.step):  # no step is lost
         console.print(
             f"[bold yellow]stopped[/] after step {stopped.step}; checkpoint {stopped.checkpoint} saved"
         )

@@ -6,9 +6,9 @@ from tunelab.config.checks import CHECKS, Problem
 from tunelab.config.loading import load_recipe, migrate, recipe_to_yaml
 from tunelab.config.preflight import check_host, host_problems
 from tunelab.config.recipe import CAUSAL_TASKS, TASKS, Recipe, source_name
+from tunelab.config.safety import ContentScreen
 from tunelab.config.sections import (
     BASELINES,
-    ContentScreen,
     DataConfig,
     EarlyStopping,
     EvalConfig,

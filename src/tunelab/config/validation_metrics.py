@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tunelab.config.directions import better, watchable
+from tunelab.config.directions import BETTER, better, watchable
 
 if TYPE_CHECKING:
     from tunelab.config.recipe import Recipe
@@ -58,18 +58,27 @@ def validation_metrics(recipe: Recipe) -> list[str]:
 
 def early_stopping_refusal(recipe: Recipe, metric: str) -> str | None:
     """Why `metric` cannot be watched by this recipe's early stopping, naming what can; None if it can."""
-    watched = {f"val_{name}" for name in (*_logged(recipe), *_generated(recipe))}
+    generated = () if _sharded(recipe) else _generated(recipe)
+    watched = {f"val_{name}" for name in (*_logged(recipe), *generated)}
     if metric in watched and better(metric) is not None:
         return None  # decided without reading data.train (partial.py: it may be the field that is wrong)
-    logged = validation_metrics(recipe)  # a dataset's own metrics too
+    base = metric.removeprefix("val_")
+    # A dataset's own metric (val_<dataset>_loss) needs the datasets, so data.train; a metric of the whole
+    # split does not (partial.py: data.train may be the field that did not parse).
+    own = metric.startswith("val_") and base not in BETTER
+    logged = validation_metrics(recipe) if own else [f"val_{name}" for name in _logged(recipe)]
     if metric in logged and better(metric) is not None:
         return None
-    allowed = ", ".join(watchable([*logged, *(f"val_{name}" for name in _generated(recipe))]))
-    base = metric.removeprefix("val_")
+    allowed = ", ".join(watchable([*logged, *(f"val_{name}" for name in generated)]))
     if metric in logged:
         return f"{metric} is a diagnostic with no direction that means better; watch one of {allowed}"
     if metric.startswith("val_") and base in AFTER_TRAINING:
         return f"{metric} is not logged at validation passes: {AFTER_TRAINING[base]}; watch one of {allowed}"
+    if base in _generated(recipe):  # asked for by eval.metrics, so refused for the sharding
+        return (
+            f"{metric} scores answers generated at each validation pass, which needs whole weights on each "
+            f"process; train.distributed {recipe.train.distributed} shards them. Watch one of {allowed}"
+        )
     asked = next((entry for entry, names in GENERATED.items() if base in names), None)
     if asked is not None and recipe.task in GENERATING_TASKS:
         return (
@@ -102,7 +111,12 @@ def generates_at_validation(recipe: Recipe) -> bool:
     """Generating answers costs far more than a loss pass, so a validation pass generates only when early
     stopping watches a score of generated answers (val_rougeL, val_exact_match, ...)."""
     stopping = recipe.train.early_stopping
-    return stopping is not None and stopping.metric.removeprefix("val_") in _generated(recipe)
+    watched = stopping is not None and stopping.metric.removeprefix("val_") in _generated(recipe)
+    return watched and not _sharded(recipe)
+
+
+def _sharded(recipe: Recipe) -> bool:
+    return recipe.train.distributed in ("fsdp", "deepspeed")
 
 
 def _datasets_with_validation(recipe: Recipe) -> list[str]:

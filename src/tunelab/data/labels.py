@@ -46,5 +46,6 @@ def missing_classes_warning(records: list[Labeled], label_map: dict[str, int], s
     return (
         f"{split}: {len(missing)} of the {len(label_map)} training classes never occur ({shown}); its "
         f"accuracy only measures the {len(label_map) - len(missing)} that do, and macro-F1 counts the "
-        "missing ones as 0. Hold out rows of every class (data.split stratifies by label)"
+        "missing ones as 0. Hold out rows of every class (data.split, which holds rows out of train, "
+        "stratifies by label)"
     )

@@ -26,7 +26,7 @@ from tunelab.data.records import Chat, Labeled, Preference, Rated, Record, Tagge
 from tunelab.errors import DataError
 
 if TYPE_CHECKING:
-    from tunelab.config.sections import ContentScreen
+    from tunelab.config.safety import ContentScreen
 
 Scorer = Callable[[list[str], "ContentScreen"], list[float]]  # texts -> a score in [0, 1] each
 SCORERS: dict[str, Scorer] = {}

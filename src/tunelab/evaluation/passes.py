@@ -73,18 +73,35 @@ def validation_extras(
         return entity_scores
     if generates_at_validation(recipe):
         questions = functools.cache(chats)  # read once, asked at every pass
-        return lambda: _generated_scores(recipe, accelerator.unwrap_model(model), tokenizer, questions())
+        return lambda: _generated_scores(
+            recipe, accelerator.unwrap_model(model), tokenizer, questions(), accelerator
+        )
     return None
 
 
-def _generated_scores(recipe: Recipe, model: Any, tokenizer: Any, chats: list[Chat]) -> dict[str, float]:
+def _generated_scores(
+    recipe: Recipe, model: Any, tokenizer: Any, chats: list[Chat], accelerator: Any
+) -> dict[str, float]:
+    """Each process answers its share of the questions; every process scores all the answers, so all of
+    them take the same early-stopping decision (a rank leaving the loop alone would hang the others)."""
+    asked = generative.ask(chats)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    mine = asked[rank::world]
     was_training = model.training
     model.eval()
     try:
-        asked = generative.ask(chats)
-        answers = generative.answer(model, tokenizer, asked, max_new_tokens=recipe.eval.max_new_tokens)
+        answers = (
+            generative.answer(model, tokenizer, mine, max_new_tokens=recipe.eval.max_new_tokens)
+            if mine
+            else []
+        )
     finally:
         model.train(was_training)
+    if world > 1:
+        from accelerate.utils import gather_object
+
+        answers = gather_object(answers)  # rank 0's answers, then rank 1's, ...
+        asked = [asked[i] for r in range(world) for i in range(r, len(asked), world)]
     return generative.score(answers, [a.reference for a in asked], recipe.eval.metrics, "val")
 
 

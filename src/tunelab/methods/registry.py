@@ -98,6 +98,6 @@ def _validate_method(value: Any) -> MethodConfig:
     name = value.get("name")
     if name is None:
         raise PydanticCustomError("union_tag_not_found", "needs a name")
-    if name not in _REGISTRY:
+    if not isinstance(name, str) or name not in _REGISTRY:  # a list or a mapping is no name either
         raise PydanticCustomError("union_tag_invalid", "unknown method {tag}", {"tag": name})
     return _REGISTRY[name].config.model_validate(value)

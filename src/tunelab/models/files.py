@@ -49,8 +49,9 @@ def check_safetensors(path: Path) -> None:
         with safe_open(str(path), framework="pt"):
             pass  # opening reads and checks the header against the file's size; no tensor is read
     except (SafetensorError, OSError) as exc:
+        state = f"{path.stat().st_size:,} bytes" if path.exists() else "a link to a file that is gone"
         raise ModelLoadError(
-            f"{path} cannot be read: {exc}. The file is damaged or incomplete ({path.stat().st_size:,} bytes)",
+            f"{path} cannot be read: {exc}. The file is damaged or incomplete ({state})",
             fix="copy or download the model again; an interrupted download or a full disk leaves such a file",
         ) from None
 

@@ -61,7 +61,7 @@ def _converted(gguf: Path, size: int, mtime_ns: int) -> Path:
     folder = cache_root() / "gguf" / f"{gguf.stem}-{digest[:16]}"
     if not (folder / SOURCE_FILE).exists():
         _convert(gguf, folder, {"gguf": str(gguf), "sha256": digest, "bytes": size})
-    else:  # converted by an older tunelab, whose tokenizer_config.json transformers 4.x could not read
+    else:  # a folder an older tunelab converted is made portable too (a no-op for a newer one)
         make_portable(folder)
     return folder
 

@@ -19,7 +19,8 @@ CLASSES_FOR_4X = {"TokenizersBackend": "PreTrainedTokenizerFast"}
 def make_portable(folder: Path) -> None:
     """Rewrite what transformers 5.x saved in `folder` so that 4.x loads the same tokenizer and model.
 
-    Only names change, never values; a folder that needs nothing is left untouched (not rewritten)."""
+    Settings are copied under 4.x's names (and 5.x's implied defaults written out), never changed; a
+    folder that needs nothing is left untouched (not rewritten)."""
     _update_json(folder / "tokenizer_config.json", lambda config: _portable_tokenizer(config, folder))
     _update_json(folder / "config.json", _portable_rope)
 

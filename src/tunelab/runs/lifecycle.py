@@ -113,6 +113,7 @@ def initial_summary(
         wall_s=previous.wall_s,
         earlier_segments_s=previous.wall_s,  # wall_s adds this segment's time to it
         segments=previous.segments + 1 if resumed else 1,
+        last_checkpoint=previous.last_checkpoint,  # still there to resume from, until a newer one
         pid=os.getpid(),
         host=socket.gethostname(),
         peak_mem_mb=previous.peak_mem_mb,

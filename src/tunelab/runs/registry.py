@@ -224,7 +224,7 @@ def list_runs(output_dir: str | Path, *, limit: int | None = None) -> list[dict[
         return [_with_live_status(_decode(row)) for row in conn.execute(query, params)]
 
 
-# Each task's headline scores, best first (eval.metrics' lead where a run has them); test, else validation.
+# Each task's headline scores, best first: the first one a run has (its test split's, else validation's).
 _GENERATED = ("exact_match", "rougeL", "bleu", "chrf", "loss")
 MAIN_METRICS = {"sft": _GENERATED, "seq2seq": _GENERATED, "pretrain": ("perplexity", "loss"),
                 "classify": ("accuracy", "macro_f1", "loss"), "token_classify": ("entity_f1", "accuracy", "loss"),

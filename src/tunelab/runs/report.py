@@ -19,6 +19,7 @@ import yaml
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from tunelab.config.directions import better
 from tunelab.errors import TunelabError
 from tunelab.runs.report_safety import bias_section, canaries_section, privacy_section, screen_rows
 from tunelab.runs.report_safety import by_split as _by_split
@@ -123,7 +124,8 @@ def _better(metric: str, change: float) -> str:
     """CSS class for a change: lower is better for losses, higher for everything else."""
     if change == 0:
         return ""
-    lower = any(part in metric for part in LOWER_IS_BETTER)
+    direction = better(metric)  # the one table of directions; a name outside it by its fragments
+    lower = direction == "lower" if direction else any(part in metric for part in LOWER_IS_BETTER)
     return "good" if (change < 0) == lower else "bad"
 
 

@@ -119,15 +119,21 @@ def job_recipe(job_id: str, request: JobRequest, config: ServeConfig, store: Sto
 def fit_sequence_length(recipe: dict[str, Any]) -> str | None:
     """A job's train.max_seq_len (the server's default, which no request can change) cut to what the
     base model has positions for; the run would refuse it otherwise. The job's events say so."""
+    from pydantic import ValidationError
+
     from tunelab.config import ModelConfig
+    from tunelab.errors import TunelabError
     from tunelab.models.load import position_limit
 
     wanted = recipe["train"].get("max_seq_len")
-    limit = position_limit(ModelConfig.model_validate(recipe["model"]))
-    if limit is None or wanted is None:
+    try:
+        limit = position_limit(ModelConfig.model_validate(recipe["model"]))
+    except (ValidationError, TunelabError):
+        return None  # a bad model section is the recipe check's to report, with its path (400)
+    if limit is None or not isinstance(wanted, int):
         return None
     limit -= int(recipe.get("method", {}).get("num_virtual_tokens") or 0)  # prefix/prompt take positions
-    if wanted <= limit:
+    if wanted <= limit or limit < 1:
         return None
     recipe["train"]["max_seq_len"] = limit
     return (

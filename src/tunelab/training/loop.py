@@ -319,7 +319,7 @@ def fit(
         if state.step % cfg.save_every == 0 or state.step == total_steps or state.stopped_early:
             hooks.save_checkpoint(state.step)
             last_saved = state.step
-        if hooks.stop_requested() and state.step < total_steps:
+        if hooks.stop_requested():  # on the last step too: the scoring after training is work asked off
             if last_saved != state.step:
                 hooks.save_checkpoint(state.step)
             raise StopRequested(state.step)
@@ -385,7 +385,7 @@ def _evaluate_and_maybe_stop(hooks: Hooks, cfg: TrainConfig, state: TrainState) 
             fix=f"watch one of {', '.join(watchable(sorted(metrics)))}",
         )
     value = metrics[stopping.metric]
-    higher_is_better = stopping.higher_is_better  # one table of directions: config/validation_metrics.py
+    higher_is_better = stopping.higher_is_better  # one table of directions: config/directions.py
     best = state.best_metric
     if best is None or (
         value > best + stopping.min_delta if higher_is_better else value < best - stopping.min_delta

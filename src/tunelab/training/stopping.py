@@ -46,13 +46,22 @@ class StopFlag:
         return self.requested
 
 
+ONE_PROCESS_NOTICE = (
+    "\nCtrl-C: finishing this step, then saving a checkpoint and stopping "
+    "(Ctrl-C again stops at once, losing the steps since the last checkpoint)\n"
+)
+LAUNCHED_NOTICE = "\nCtrl-C: every process finishes this step, then saves a checkpoint and stops\n"
+
+
 @contextmanager
-def stop_on_signals(*, second_interrupt_aborts: bool = True) -> Iterator[StopFlag]:
+def stop_on_signals(*, launched: bool = False, announce: bool = True) -> Iterator[StopFlag]:
     """A flag SIGTERM or a first Ctrl-C sets while the block runs; a second Ctrl-C raises
-    KeyboardInterrupt at once, unless `second_interrupt_aborts` is off: under torchrun the launcher
-    forwards the terminal's Ctrl-C to its processes, which have already had it, so a second SIGINT is
-    not a person's (torchrun kills them itself 30 s later). Outside the main thread (a server's worker
-    thread) signals cannot be caught, and the flag simply never sets."""
+    KeyboardInterrupt at once. Under a launcher (`launched`: torchrun, accelerate launch) each process
+    runs in a session of its own, so the terminal's Ctrl-C reaches only the launcher, which forwards
+    one SIGINT to every process and SIGKILLs them after its shutdown timeout (launch.py raises it); a
+    process there never aborts on a repeated signal. `announce`: say so on stderr (the main process).
+    Outside the main thread (a server's worker thread) signals cannot be caught, and the flag simply
+    never sets."""
     flag = StopFlag()
     if threading.current_thread() is not threading.main_thread():
         yield flag
@@ -63,16 +72,13 @@ def stop_on_signals(*, second_interrupt_aborts: bool = True) -> Iterator[StopFla
 
     def on_sigint(_signum: int, _frame: Any) -> None:
         if flag.requested:
-            if second_interrupt_aborts:
+            if not launched:
                 raise KeyboardInterrupt
             return
         flag.requested = True
-        # Plain stderr, not rich: a signal handler may run in the middle of the progress bar's write.
-        sys.stderr.write(
-            "\nCtrl-C: finishing this step, then saving a checkpoint and stopping "
-            "(Ctrl-C again stops at once, losing the steps since the last checkpoint)\n"
-        )
-        sys.stderr.flush()
+        if announce:  # inside the progress bar, rich redirects stderr: the line prints above the bar
+            sys.stderr.write(LAUNCHED_NOTICE if launched else ONE_PROCESS_NOTICE)
+            sys.stderr.flush()
 
     previous_term = signal.signal(signal.SIGTERM, on_sigterm)
     previous_int = signal.signal(signal.SIGINT, on_sigint)
