@@ -463,3 +463,11 @@ def random_labelled_examples(n: int = 8, seed: int = 0) -> list[dict]:
         labels[-1] = ids[-1]  # at least one target, as tokenize_chats guarantees
         examples.append({"input_ids": ids, "labels": labels})
     return examples
+
+
+def as_if_from_a_terminal() -> None:
+    """preexec_fn of a training subprocess: Ctrl-C as a terminal's foreground process has it (a test run
+    started in a script's background has SIGINT ignored, and its children would inherit that)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import exact, make_recipe, only_run_dir, train_in_processes
+from tests.conftest import as_if_from_a_terminal, exact, make_recipe, only_run_dir, train_in_processes
 from tunelab.config import load_recipe
 from tunelab.runner import train
 from tunelab.runs.rundir import read_summary
@@ -88,7 +88,7 @@ def test_ctrl_c_under_the_launcher_checkpoints_every_process_at_one_step(
     # A terminal sends Ctrl-C to its foreground process group: here, tunelab and the launcher it starts.
     proc = subprocess.Popen([sys.executable, "-m", "tunelab", "train", str(recipe), "--nproc", "2"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # fmt: skip
+                            start_new_session=True, preexec_fn=as_if_from_a_terminal)  # fmt: skip
     deadline = time.time() + 240
     logs = tmp_path / "runs"
     while not any(len(p.read_text().splitlines()) >= 3 for p in logs.glob("*/metrics.jsonl")):

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ import yaml
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from tests.conftest import crash_at_checkpoint, make_recipe, only_run_dir
+from tests.conftest import as_if_from_a_terminal, crash_at_checkpoint, make_recipe, only_run_dir
 from tunelab.cli import app
 from tunelab.config import load_recipe
 from tunelab.errors import TunelabError
@@ -95,7 +96,16 @@ def test_after_kill_9_the_run_keeps_its_before_score_time_and_steps(tmp_path: Pa
     assert resumed.summary.wall_s > killed.wall_s  # both segments' time, not the last one's
 
 
-def test_a_first_ctrl_c_asks_for_a_stop_and_a_second_one_aborts() -> None:
+@pytest.fixture
+def terminal_sigint() -> Iterator[None]:
+    """SIGINT as a terminal's foreground process has it: raising KeyboardInterrupt. (A test run started in
+    the background by a script has it ignored, and so would the training processes it starts.)"""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+def test_a_first_ctrl_c_asks_for_a_stop_and_a_second_one_aborts(terminal_sigint: None) -> None:
     with stop_on_signals() as stop:
         assert not stop()
         os.kill(os.getpid(), signal.SIGINT)
@@ -110,6 +120,17 @@ def test_a_first_ctrl_c_asks_for_a_stop_and_a_second_one_aborts() -> None:
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
 
 
+def test_a_process_that_ignores_ctrl_c_keeps_ignoring_it() -> None:
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)  # started by nohup, or in a script's background
+    try:
+        with stop_on_signals() as stop:
+            os.kill(os.getpid(), signal.SIGINT)
+            assert not stop()
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
 @pytest.mark.slow
 def test_ctrl_c_checkpoints_where_it_stopped_and_resume_equals_an_uninterrupted_run(
     tmp_path: Path, tiny_llama: Path
@@ -120,7 +141,8 @@ def test_ctrl_c_checkpoints_where_it_stopped_and_resume_equals_an_uninterrupted_
     (tmp_path / "b").mkdir()
     recipe = make_recipe(tmp_path / "a", tiny_llama, "sft", train=settings)  # 160 steps
     proc = subprocess.Popen([sys.executable, "-m", "tunelab", "train", str(recipe)], env=dict(os.environ),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=as_if_from_a_terminal)  # fmt: skip
     deadline = time.time() + 120
     while _logged_steps(tmp_path / "a") < 3:
         assert time.time() < deadline and proc.poll() is None

@@ -60,7 +60,7 @@ def stop_on_signals(*, launched: bool = False, announce: bool = True) -> Iterato
     runs in a session of its own, so the terminal's Ctrl-C reaches only the launcher, which forwards
     one SIGINT to every process and SIGKILLs them after its shutdown timeout (launch.py raises it); a
     process there never aborts on a repeated signal. `announce`: say so on stderr (the main process).
-    Outside the main thread (a server's worker thread) signals cannot be caught, and the flag simply
+    Where SIGINT is ignored (as the process was started), it stays ignored. Outside the main thread (a server's worker thread) signals cannot be caught, and the flag simply
     never sets."""
     flag = StopFlag()
     if threading.current_thread() is not threading.main_thread():
@@ -81,7 +81,10 @@ def stop_on_signals(*, launched: bool = False, announce: bool = True) -> Iterato
             sys.stderr.flush()
 
     previous_term = signal.signal(signal.SIGTERM, on_sigterm)
-    previous_int = signal.signal(signal.SIGINT, on_sigint)
+    # A process started with Ctrl-C ignored (nohup, a background job of a script) keeps ignoring it.
+    previous_int = signal.getsignal(signal.SIGINT)
+    if previous_int is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, on_sigint)
     try:
         yield flag
     finally:
