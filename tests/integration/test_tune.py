@@ -15,7 +15,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from tests.conftest import make_recipe, write_jsonl
+from tests.conftest import as_if_from_a_terminal, make_recipe, write_jsonl
 from tunelab.cli import app
 from tunelab.config import load_recipe
 from tunelab.runner import train
@@ -164,7 +164,8 @@ def test_ctrl_c_ends_the_trial_cleanly_and_resume_finishes_the_study(
     storage = f"sqlite:///{(tmp_path / 'runs').resolve() / 'studies.sqlite'}"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     command = [sys.executable, "-m", "tunelab", "tune", str(recipe)]
-    first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             preexec_fn=as_if_from_a_terminal)  # fmt: skip
     deadline = time.monotonic() + 300
     # Interrupt the second trial inside its training loop: once its run has logged a step.
     while not list((tmp_path / "runs").glob("tiny-sft-t001-*/metrics.jsonl")):
