@@ -226,7 +226,7 @@ def cpu_bf16(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) ->
     """Runs a test twice: once as on a CPU without native bf16, once as on one with it (where
     `train.precision: auto` picks bf16). Exactness tests use it to show their pinned precision holds on
     every machine. Through the environment, so subprocesses (torchrun, the CLI) see it too."""
-    from tunelab.training.precision import CPU_BF16_ENV
+    from tunelab.models.precision import CPU_BF16_ENV
 
     monkeypatch.setenv(CPU_BF16_ENV, CPU_BF16[request.param])
     return str(request.param)

@@ -29,16 +29,15 @@ from tunelab.generation import stop_token_ids
 from tunelab.models.final import base_hub_id
 from tunelab.models.gguf import gguf_file
 from tunelab.models.portable import make_portable
-from tunelab.models.restore import (
+from tunelab.models.restore import load_trained, read_recipe
+from tunelab.models.saved import (
     GENERATIVE_TASKS,
     INFO,
     LABELS,
     adapter_kind,
     load_saved_tokenizer,
-    load_trained,
     read_info,
     read_label_map,
-    read_recipe,
     resolve_final,
     run_dir_of,
 )

@@ -29,9 +29,9 @@ from tunelab.data.formats import Columns
 from tunelab.data.inputs import PredictInput, read_inputs
 from tunelab.errors import TunelabError
 from tunelab.evaluation.settings import DataSettings
+from tunelab.files import write_text_atomic
 from tunelab.generation import encode_chat, encode_prompt, generate_batch, is_encoder_decoder
 from tunelab.models.restore import Trained
-from tunelab.runs.rundir import write_text_atomic
 
 # Chat commands. A line whose first word is / and letters is a command, never a message to the model.
 HELP, RESET, EXIT = "/help", "/reset", "/exit"

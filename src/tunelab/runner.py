@@ -33,11 +33,12 @@ from tunelab.data.pipeline import (
     tokenize_records,
 )
 from tunelab.data.written import write_prepared
+from tunelab.errors import RunInterrupted, StopRequested
 from tunelab.evaluation.canaries import audit, describe_audit
 from tunelab.evaluation.canaries import metrics_of as canary_metrics
 from tunelab.evaluation.forgetting import load_reference
 from tunelab.evaluation.forgetting import score as score_reference
-from tunelab.evaluation.generative import GENERATIONS_FILE, ask, read_generations, write_generations
+from tunelab.evaluation.generative import ask, read_generations, write_generations
 from tunelab.evaluation.passes import SplitEvaluator, validation_extras
 from tunelab.evaluation.scoring import (
     bias_eval,
@@ -51,19 +52,23 @@ from tunelab.evaluation.scoring import (
     score_baselines,
     tagging_eval,
 )
+from tunelab.files import GENERATIONS_FILE, write_text_atomic
 from tunelab.models.final import save_final
-from tunelab.models.load import LoadedModel, check_model, check_sequence_length, load_tokenizer
+from tunelab.models.load import LoadedModel, check_sequence_length, load_tokenizer
 from tunelab.models.methods import count_parameters, is_adapter
+from tunelab.models.precision import Precision, describe_precision, precision_for
+from tunelab.models.source import check_model
+from tunelab.paraphrase import paraphraser_for
 from tunelab.runs.lifecycle import RunFolder, initial_summary
-from tunelab.runs.rundir import MetricsLog, create_run_dir, last_train_loss, write_text_atomic
+from tunelab.runs.rundir import MetricsLog, create_run_dir, last_train_loss
 from tunelab.runs.summary import RunSummary
 from tunelab.runs.trackers import check_trackers, open_trackers
 from tunelab.training import checkpoint
 from tunelab.training.loop import Hooks, fit
-from tunelab.training.precision import Precision, describe_precision, make_accelerator, precision_for
+from tunelab.training.precision import make_accelerator
 from tunelab.training.resume import checkpoint_to_resume
 from tunelab.training.setup import TrainingSetup, attach_method, build_training, load_for_training
-from tunelab.training.stopping import RunInterrupted, StopRequested, stop_on_signals
+from tunelab.training.stopping import stop_on_signals
 
 ValidationCallback = Callable[[int, dict[str, float]], None]
 
@@ -206,7 +211,7 @@ def _prepare_data(
             )
         console.print(f"data: prepared before, read from the cache ({files.parent})")
         return prepared, None, files
-    records = load_records(recipe)
+    records = load_records(recipe, paraphraser=paraphraser_for(recipe))
     return tokenize_records(recipe, records, tokenizer), records, None
 
 
@@ -408,7 +413,11 @@ def _score_after_training(
     scored: dict[str, Any] = {}
     if recipe.task == "classify":
         pad_id = prepared.loaded.tokenizer.pad_token_id
-        scored = classification_eval(recipe, model, data, summary, metrics, pad_id, accelerator) or {}
+        before = summary.before_training
+        scored = (
+            classification_eval(recipe, model, data, summary.baselines, before, metrics, pad_id, accelerator)
+            or {}
+        )
         if scored:
             metrics[f"{scored['split_prefix']}_macro_f1"] = scored["classification"]["macro"]["f1"]
         if recipe.eval.bias is not None:
@@ -423,7 +432,7 @@ def _score_after_training(
                 console.print(f"[yellow]bias:[/] {warning}")
     elif recipe.task == "token_classify":
         pad_id = prepared.loaded.tokenizer.pad_token_id
-        scored = tagging_eval(recipe, model, data, summary, pad_id, accelerator) or {}
+        scored = tagging_eval(recipe, model, data, summary.baselines, pad_id, accelerator) or {}
         metrics.update(scored.get("fine_tuned", {}))
     if recipe.eval.canaries is not None:
         tokenizer = prepared.loaded.tokenizer
@@ -434,7 +443,7 @@ def _score_after_training(
         console.print(describe_audit(scored["canaries"]))
     if reference is not None:
         forgetting = forgetting_check(
-            recipe, model, prepared.loaded.tokenizer, reference, summary, accelerator
+            recipe, model, prepared.loaded.tokenizer, reference, summary.forgetting_before, accelerator
         )
         scored["forgetting"] = summary.forgetting = forgetting
         console.print(describe_forgetting(forgetting))
@@ -470,7 +479,7 @@ def _generated_answers(
     earlier = {name: got for name, got in read_generations(path).items() if name != "fine_tuned"}
     model, tokenizer = accelerator.unwrap_model(setup.model), prepared.loaded.tokenizer
     scores, asked, answers = generative_eval(
-        recipe, model, tokenizer, _scored_chats(prepared), split, run.summary, earlier, console
+        recipe, model, tokenizer, _scored_chats(prepared), split, run.summary.baselines, earlier, console
     )
     if accelerator.is_main_process:
         write_generations(path, asked, answers)

@@ -20,10 +20,10 @@ from tunelab.config import load_recipe
 from tunelab.data.pipeline import load_records, tokenize_records
 from tunelab.errors import ModelLoadError, RecipeError
 from tunelab.models.load import load_model, load_tokenizer
+from tunelab.models.precision import precision_for
 from tunelab.models.restore import load_trained
 from tunelab.runner import train
 from tunelab.training.objectives import build_objective, collate_for
-from tunelab.training.precision import precision_for
 from tunelab.training.setup import attach_method, load_for_training
 
 PAIRS = [

@@ -83,18 +83,21 @@ def test_every_form_on_every_page_carries_the_token(served: Any) -> None:
     _, base, key, runs = served
     http = login(base, key, "rater-forms")
     token = csrf_of(http.get("/runs").text)
-    pages = ["/runs", f"/runs/{runs[0]}", f"/compare?run={runs[0]}&run={runs[1]}", "/jobs", "/studies",
-             "/playground", "/review"]  # fmt: skip
-    seen = 0
-    for path in pages:
+    # The POST forms of each page: logout on every one, the job form, rating (a pair is waiting), export.
+    posts = {"/runs": ["/logout"], f"/runs/{runs[0]}": ["/logout"],
+             f"/compare?run={runs[0]}&run={runs[1]}": ["/logout"], "/jobs": ["/logout", "/jobs/new"],
+             "/studies": ["/logout"], "/playground": ["/logout"],
+             "/review": ["/logout", "/review", "/review/export"]}  # fmt: skip
+    for path, actions in posts.items():
         answer = http.get(path)
         assert answer.status_code == 200, (path, answer.text[:300])
-        for form in forms(answer.text):
-            if form["method"] == "post":
-                assert "csrf" in form["hidden"], (path, form)
-                seen += 1
-        assert f'name="csrf" value="{token}"' in answer.text or "<form" not in answer.text
-    assert seen >= 7  # logout on each page, the job form, rating, export
+        posted = [form for form in forms(answer.text) if form["method"] == "post"]
+        assert [form["action"] for form in posted] == actions, path
+        assert all("csrf" in form["hidden"] for form in posted), path
+        # Every token field holds this session's token, one per POST form; the page's script (the
+        # playground's chat) reads the same token from <main>.
+        assert re.findall(r'name="csrf" value="([^"]*)"', answer.text) == [token] * len(actions), path
+        assert f'<main data-csrf="{token}">' in answer.text, path
 
 
 def test_login_refuses_bad_keys_and_a_revoked_key_ends_the_session(served: Any) -> None:

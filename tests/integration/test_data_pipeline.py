@@ -247,7 +247,7 @@ def test_a_second_run_reads_the_prepared_data_from_the_cache(
     recipe_path = make_recipe(tmp_path, tiny_llama, "sft", train={"max_steps": 2})
     first = train(load_recipe(recipe_path))
 
-    def no_data_work(recipe):
+    def no_data_work(recipe, **_):
         raise AssertionError("the data stage ran although its result was cached")
 
     monkeypatch.setattr(runner, "load_records", no_data_work)
@@ -299,7 +299,9 @@ def test_a_chat_template_file_is_trained_with_saved_with_the_model_and_keys_the_
 
     assert AutoTokenizer.from_pretrained(final).chat_template == HOUSE_TEMPLATE  # inference renders alike
 
-    monkeypatch.setattr(runner, "load_records", lambda recipe: (_ for _ in ()).throw(AssertionError("ran")))
+    monkeypatch.setattr(
+        runner, "load_records", lambda recipe, **_: (_ for _ in ()).throw(AssertionError("ran"))
+    )
     train(load_recipe(recipe_path))  # same bytes: a cache hit
     template.write_text(HOUSE_TEMPLATE.replace("': '", "'> '"), encoding="utf-8")
     with pytest.raises(AssertionError, match="ran"):

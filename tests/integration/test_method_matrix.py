@@ -22,26 +22,18 @@ import torch
 from accelerate import Accelerator
 
 from tests.conftest import CHATS, LABELED, exact, make_recipe
-from tunelab.config import (
-    AdapterMethod,
-    DoraMethod,
-    Ia3Method,
-    LoraMethod,
-    MethodConfig,
-    ModelConfig,
-    PrefixMethod,
-    PromptMethod,
-    QloraMethod,
-    TrainConfig,
-    load_recipe,
-)
+from tunelab.config import MethodConfig, ModelConfig, TrainConfig, load_recipe
 from tunelab.data.records import Chat, Labeled, Message, Tagged
 from tunelab.data.seq2seq import collate_seq2seq, tokenize_seq2seq
 from tunelab.data.tagged import tokenize_tagged
 from tunelab.data.templates import ensure_chat_template
 from tunelab.data.tokenize import LengthPolicy, collate, tokenize_chats, tokenize_labeled
 from tunelab.errors import ModelLoadError, RecipeError
-from tunelab.methods import methods_where
+from tunelab.methods.bottleneck import AdapterMethod
+from tunelab.methods.ia3 import Ia3Method
+from tunelab.methods.lora import DoraMethod, LoraMethod, QloraMethod
+from tunelab.methods.prompt_learning import PrefixMethod, PromptMethod
+from tunelab.methods.registry import methods_where
 from tunelab.models import load
 from tunelab.models.adapters import bottleneck_disabled, is_bottleneck, load_bottleneck, save_bottleneck
 from tunelab.models.load import LoadedModel, load_model

@@ -46,9 +46,9 @@ def _norm_names(weights: dict[str, torch.Tensor]) -> set[str]:
 def test_a_registered_method_validates_trains_and_is_planned(
     norms: None, tmp_path: Path, tiny_llama: Path
 ) -> None:
+    from tunelab.models.precision import weights_dtype
     from tunelab.plan import plan
     from tunelab.runner import train
-    from tunelab.training.precision import weights_dtype
 
     path = make_recipe(
         tmp_path, tiny_llama, "sft", method={"name": "norms"}, train={"max_steps": 2, "lr": 5e-2}

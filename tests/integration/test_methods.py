@@ -9,9 +9,10 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from tunelab.config import FreezeMethod, FullMethod, ModelConfig, TrainConfig
+from tunelab.config import ModelConfig, TrainConfig
 from tunelab.data.tokenize import collate
 from tunelab.errors import RecipeError
+from tunelab.methods.full import FreezeMethod, FullMethod
 from tunelab.models.load import load_model
 from tunelab.models.methods import apply_method, count_parameters
 from tunelab.training.loop import accumulate_gradients, optimizer_step

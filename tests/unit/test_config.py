@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ from typer.testing import CliRunner
 
 from tests.conftest import REPO, write_jsonl
 from tunelab.cli import app
-from tunelab.config import Recipe, load_recipe
+from tunelab.config import EarlyStopping, Recipe, load_recipe
 from tunelab.errors import RecipeError
 
 runner = CliRunner()
@@ -58,8 +59,29 @@ def test_three_mistakes_are_all_reported_with_their_paths(tmp_path: Path, good: 
 # Every shipped recipe is validated in tests/unit/test_recipes.py (qlora: refused without CUDA).
 
 
-def test_shipped_recipes_exist() -> None:
-    assert len(list((REPO / "recipes").glob("*.yaml"))) >= 2
+def recipes_named_in(text: str) -> set[str]:
+    """The recipes/...yaml paths a text names; a brace list (`{fsdp,deepspeed-zero2}.yaml`) names each."""
+    named = set()
+    for path in re.findall(r"recipes/[\w./{},-]+?\.yaml", text):
+        head, brace, tail = path.partition("{")
+        options, _, rest = tail.partition("}")
+        named |= {head + option + rest for option in options.split(",")} if brace else {path}
+    return named
+
+
+def test_every_recipe_the_docs_and_scripts_name_is_shipped() -> None:
+    # What users are pointed at: README, docs, the Makefile's targets and the bench scripts.
+    documents = [REPO / "README.md", REPO / "Makefile", *REPO.glob("docs/**/*.md"),
+                 *REPO.glob("bench/**/*.md"), *REPO.glob("bench/**/*.py")]  # fmt: skip
+    named = {path for doc in documents for path in recipes_named_in(doc.read_text(encoding="utf-8"))}
+    assert recipes_named_in("see recipes/accelerate/{fsdp,deepspeed-zero3}.yaml or recipes/a.yaml,") == {
+        "recipes/accelerate/fsdp.yaml",
+        "recipes/accelerate/deepspeed-zero3.yaml",
+        "recipes/a.yaml",
+    }
+    # The scan finds what it should: `make quickstart`'s two recipes, named in the Makefile.
+    assert {"recipes/quickstart-contacts-lora.yaml", "recipes/quickstart-intent-lora.yaml"} <= named
+    assert sorted(path for path in named if not (REPO / path).is_file()) == []
 
 
 def test_set_overrides_any_field_with_yaml_types(tmp_path: Path, good: dict) -> None:
@@ -288,7 +310,8 @@ def test_a_multi_dataset_run_can_watch_a_dataset_with_validation_rows_of_its_own
         "train": [{"path": rows, "name": "chat", "validation": rows}, {"path": rows, "name": "faq"}]
     }
     good.update(task="sft", train={"early_stopping": {"metric": "val_chat_loss"}})
-    assert load_recipe(write_recipe(tmp_path, good)).train.early_stopping is not None
+    watched = load_recipe(write_recipe(tmp_path, good)).train.early_stopping
+    assert watched == EarlyStopping(metric="val_chat_loss", patience=3, min_delta=0.0)
     good["train"] = {"early_stopping": {"metric": "val_faq_loss"}}  # faq has no validation rows
     with pytest.raises(RecipeError) as caught:
         load_recipe(write_recipe(tmp_path, good))
@@ -301,12 +324,11 @@ def test_a_multi_dataset_run_can_watch_a_dataset_with_validation_rows_of_its_own
 def test_early_stopping_can_watch_a_validation_share_of_train(tmp_path: Path, good: dict) -> None:
     good["data"]["split"] = {"validation": 0.25}
     good["train"] = {"early_stopping": {"metric": "val_accuracy"}}
-    assert load_recipe(write_recipe(tmp_path, good)).train.early_stopping is not None
+    watched = load_recipe(write_recipe(tmp_path, good)).train.early_stopping
+    assert watched == EarlyStopping(metric="val_accuracy", patience=3, min_delta=0.0)
 
 
 def test_each_metrics_direction_comes_from_one_table() -> None:
-    from tunelab.config import EarlyStopping
-
     higher = {
         metric: EarlyStopping(metric=metric).higher_is_better
         for metric in ("val_loss", "val_perplexity", "val_chat_loss", "val_accuracy", "val_reward_margin")
@@ -393,6 +415,10 @@ def test_model_hub_id_must_look_like_a_hub_id(tmp_path: Path, good: dict) -> Non
     good["model"]["hub_id"] = "./models/base"
     with pytest.raises(RecipeError) as caught:
         load_recipe(write_recipe(tmp_path, good))
-    assert any(p.startswith("model.hub_id:") for p in caught.value.problems)
+    (problem,) = caught.value.problems  # the one mistake, named with the value given
+    assert (
+        problem
+        == "model.hub_id: must match the pattern ^[A-Za-z0-9][\\w.-]*(/[\\w.-]+)?$, got './models/base'"
+    )
     good["model"]["hub_id"] = "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert load_recipe(write_recipe(tmp_path, good)).model.hub_id == "HuggingFaceTB/SmolLM2-135M-Instruct"

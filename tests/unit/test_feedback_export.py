@@ -155,7 +155,7 @@ def test_a_failed_write_leaves_no_file_and_no_temp_file(
     def broken(*args: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr("tunelab.runs.rundir.os.replace", broken)
+    monkeypatch.setattr("tunelab.files.os.replace", broken)
     with pytest.raises(OSError, match="disk full"):
         _export(db, "trl", out)
     assert list(out.parent.iterdir()) == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from sklearn.metrics import cohen_kappa_score
 
 from tunelab.errors import TunelabError
 from tunelab.feedback.store import FeedbackStore, Sample, pair_samples
+from tunelab.runs.registry import connect
 
 
 def _prompt(i: int) -> list[dict[str, str]]:
@@ -26,6 +28,20 @@ def _store(tmp_path: Path, prompts: int = 3) -> FeedbackStore:
     store.add_samples(samples)
     store.add_pairs(pair_samples(samples))
     return store
+
+
+def _pair_ids(store: FeedbackStore) -> list[str]:
+    """The stored pairs' ids, in the order they were stored."""
+    with connect(store.database) as conn:
+        return [row["id"] for row in conn.execute("SELECT id FROM fb_pairs ORDER BY seq")]
+
+
+def _leases(store: FeedbackStore) -> dict[str, tuple[str | None, float | None]]:
+    """Each pair's lease as stored: (leased_by, leased_at)."""
+    with connect(store.database) as conn:
+        return {
+            row["id"]: (row["leased_by"], row["leased_at"]) for row in conn.execute("SELECT * FROM fb_pairs")
+        }
 
 
 def _click(store: FeedbackStore, rater: str, pick: str = "a", **extra) -> dict:
@@ -83,7 +99,8 @@ def test_single_coverage_comes_before_double_and_max_ratings_caps(tmp_path: Path
     _click(store, "carol")  # the two pairs rated once so far
     assert store.next_pair("carol") is None  # every pair has its two ratings
     assert store.next_pair("dave") is None
-    assert store.next_pair("dave", max_ratings=3) is not None
+    # A third rating allowed: every pair has two, so the first stored comes first.
+    assert store.next_pair("dave", max_ratings=3).pair_id == _pair_ids(store)[0]
     assert store.progress() == {
         "pairs": 3,
         "rated_pairs": 3,
@@ -103,8 +120,19 @@ def test_a_leased_pair_goes_to_no_one_else_until_the_lease_runs_out(tmp_path: Pa
 
 def test_rating_releases_the_lease_for_the_second_rater(tmp_path: Path) -> None:
     store = _store(tmp_path, prompts=1)
+    (pair_id,) = _pair_ids(store)
     _click(store, "alice")
-    assert store.next_pair("bob") is not None
+    assert _leases(store) == {pair_id: (None, None)}  # alice's lease, taken 0 s ago, is cleared
+    before = time.time()
+    job = store.next_pair("bob")  # the default 300 s lease would still hold the pair otherwise
+    after = time.time()
+    assert (job.pair_id, job.prompt) == (pair_id, _prompt(0))
+    assert sorted((c.model, c.text) for c in (job.left, job.right)) == [
+        ("run-a", "run-a answers 0"),
+        ("run-b", "run-b answers 0"),
+    ]
+    ((leased_by, leased_at),) = _leases(store).values()
+    assert leased_by == "bob" and leased_at is not None and before <= leased_at <= after  # leased to bob now
 
 
 def test_raters_asking_at_once_never_share_a_leased_pair(tmp_path: Path) -> None:

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from tests.conftest import LABELED, write_jsonl
-from tunelab.config import LoraMethod, Recipe
+from tunelab.config import Recipe
 from tunelab.errors import TunelabError
+from tunelab.methods.lora import LoraMethod
 from tunelab.plan import (
     HIDDEN_ELEMENTS_PER_TOKEN,
     LOSS_CHUNK_TOKENS,

@@ -17,10 +17,11 @@ from tunelab.data.formats import load_split
 from tunelab.data.templates import ensure_chat_template
 from tunelab.data.tokenize import LengthPolicy, collate, tokenize_chats
 from tunelab.errors import RecipeError
-from tunelab.training import precision as precision_module
+from tunelab.models import precision as precision_module
+from tunelab.models.precision import Precision, resolve_precision
 from tunelab.training.loop import accumulate_gradients, optimizer_step
 from tunelab.training.objectives import OBJECTIVES
-from tunelab.training.precision import Precision, make_accelerator, resolve_precision, upcast_trainable
+from tunelab.training.precision import make_accelerator, upcast_trainable
 from tunelab.training.schedule import build_optimizer, build_scheduler, fused_adamw_supported
 from tunelab.training.speed import compile_blocks, enable_gradient_checkpointing
 

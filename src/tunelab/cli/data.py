@@ -77,9 +77,10 @@ def data_prepare(
     from tunelab.data.pipeline import load_records, tokenize_records
     from tunelab.data.written import write_prepared
     from tunelab.models.load import load_tokenizer
+    from tunelab.paraphrase import paraphraser_for
 
     loaded = load_recipe(recipe, set_ or [])
-    records = load_records(loaded)
+    records = load_records(loaded, paraphraser=paraphraser_for(loaded))
     prepared = tokenize_records(loaded, records, load_tokenizer(loaded.model, loaded.task))
     target = out_dir or Path(loaded.output.dir) / f"{loaded.name}-data"
     written = write_prepared(target, records, prepared)

@@ -158,7 +158,7 @@ def compare_models_command(
 ) -> None:
     """A's win-rate over B on the prompts, with a 95% bootstrap interval: from ratings, else a reward model."""
     from tunelab.feedback.winrate import compare_models
-    from tunelab.runs.rundir import write_text_atomic
+    from tunelab.files import write_text_atomic
 
     result = compare_models(
         a, b, prompts, database=db, reward=reward, n_boot=n_boot, seed=seed, max_new_tokens=max_new_tokens

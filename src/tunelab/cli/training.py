@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shlex
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
@@ -17,11 +17,8 @@ from tunelab.cli.common import (
     friendly_errors,
     out,
 )
-from tunelab.errors import TunelabError
+from tunelab.errors import RunInterrupted, TunelabError
 from tunelab.runs.summary import RunSummary
-
-if TYPE_CHECKING:
-    from tunelab.training.stopping import RunInterrupted
 
 
 @app.command()
@@ -37,7 +34,9 @@ def validate(
     """Check a recipe, its data and its model's whereabouts; report every recipe problem at once."""
     from tunelab.config import check_host, load_recipe
     from tunelab.data.pipeline import load_records
-    from tunelab.models.load import check_model, check_sequence_length
+    from tunelab.models.load import check_sequence_length
+    from tunelab.models.source import check_model
+    from tunelab.paraphrase import paraphraser_for
 
     loaded = load_recipe(recipe, set_ or [])
     if loaded.search is not None:  # the space against the recipe itself: every problem at once
@@ -56,7 +55,7 @@ def validate(
 
         resolve_adapter(loaded.model, loaded.task)
     # The data stage up to tokenisation: every file read, bad rows named, cleaned, split, leak-checked.
-    report = load_records(loaded).report
+    report = load_records(loaded, paraphraser=paraphraser_for(loaded)).report
     counts = report["records"]
     out.print(f"{recipe}: ok ({loaded.task}, {loaded.method.name}, model {loaded.model.name})")
     for warning in report.get("warnings", []):
@@ -73,7 +72,7 @@ def validate(
 
 
 def _model_checked(local: bool) -> str:
-    from tunelab.models.load import hub_offline
+    from tunelab.models.source import hub_offline
 
     if local:
         return "folder (its config and weight files)"
@@ -97,7 +96,6 @@ def train(
     if nproc > 1 and not _launched():
         raise typer.Exit(_launch(recipe, set_ or [], resume, nproc, debug))
     from tunelab.runner import load_and_train  # heavy imports (torch, transformers) only when needed
-    from tunelab.training.stopping import RunInterrupted
 
     try:
         result = load_and_train(str(recipe), set_ or [], resume, console)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from tunelab.config.validation_metrics import early_stopping_refusal
-from tunelab.methods import method_spec, methods_where
+from tunelab.methods.registry import method_spec, methods_where
 
 if TYPE_CHECKING:
     from tunelab.config.recipe import Recipe

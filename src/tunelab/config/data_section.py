@@ -10,16 +10,15 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, Field, field_validator
 
 from tunelab.config.base import Section
+from tunelab.config.hub_spec import is_hub_spec, parse_spec
 from tunelab.config.safety import AugmentConfig, ContentScreen
+from tunelab.errors import DataError
 
 
 def _existing_file(value: str) -> str:
     """Data paths must exist when the recipe is validated, so a typo fails before any model loads.
     Hub datasets (hf:org/name[@revision][:split]) are checked for form here and fetched at load time."""
-    if value.startswith("hf:"):
-        from tunelab.data.hub import parse_spec
-        from tunelab.errors import DataError
-
+    if is_hub_spec(value):
         try:
             parse_spec(value)
         except DataError as exc:

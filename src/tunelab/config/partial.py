@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from tunelab.config.base import ONE_FIELD
 from tunelab.config.checks import CHECKS, Problem
-from tunelab.methods import MethodConfig, method_names, method_spec
+from tunelab.methods.registry import MethodConfig, method_names, method_spec
 
 if TYPE_CHECKING:
     from pydantic_core import ErrorDetails

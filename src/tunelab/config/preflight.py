@@ -9,7 +9,7 @@ import importlib.util
 from tunelab.config.checks import Problem
 from tunelab.config.recipe import Recipe
 from tunelab.errors import RecipeError
-from tunelab.methods import method_spec
+from tunelab.methods.registry import method_spec
 
 
 def host_problems(recipe: Recipe) -> list[Problem]:

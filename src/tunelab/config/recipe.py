@@ -21,7 +21,7 @@ from tunelab.config.sections import (
     TrainConfig,
     TrainSource,
 )
-from tunelab.methods import MethodConfig, MethodField, method_spec
+from tunelab.methods.registry import MethodConfig, MethodField, method_spec
 
 TASKS = ("sft", "classify", "pretrain", "preference", "reward", "token_classify", "seq2seq")
 CAUSAL_TASKS = ("sft", "pretrain", "preference")

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ValidationError
 
 from tunelab.config.checks import RecipeProblems
 from tunelab.config.partial import problems_where_parsed
-from tunelab.methods import method_names, method_spec
+from tunelab.methods.registry import method_names, method_spec
 
 
 def format_errors(exc: ValidationError, raw: dict[str, Any]) -> list[str]:
@@ -114,6 +114,8 @@ def _format_error(err: Any, method: str | None) -> str:
         bound = next(iter(ctx.values()))
         bound = int(bound) if isinstance(bound, float) and bound.is_integer() else bound
         return f"{path}: must be {op} {bound}, got {got!r}"
+    if kind == "string_pattern_mismatch":  # the pattern as written: lower-casing would change it
+        return f"{path}: must match the pattern {ctx.get('pattern')}, got {got!r}"
     if kind == "literal_error":
         return f"{path}: must be one of {ctx.get('expected')}, got {got!r}"
     if kind == "union_tag_invalid":

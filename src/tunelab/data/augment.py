@@ -8,7 +8,8 @@
   - insert: n = max(1, insert x words) copies of the row's own words go in at random places (EDA
     inserts synonyms; without WordNet a word of the row stands in).
 - `paraphrase`: an instruction model rewrites the row: a local model (a folder or .gguf, through the
-  generation core) or any OpenAI-compatible `/chat/completions` endpoint.
+  generation core) or any OpenAI-compatible `/chat/completions` endpoint. The data stage never loads a
+  model itself: the caller passes a `Paraphraser` that runs the local one (tunelab/paraphrase.py).
 
 Every new row is `augment:<method>:<source row>`, joins train only (this runs after the split), and
 goes through the gates a train row goes through: exact duplicates of any row (train, validation, test
@@ -18,6 +19,7 @@ or another new row) and near duplicates of held-out rows are dropped, and counte
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -25,11 +27,16 @@ from tunelab.data import quality
 from tunelab.data.clean import NearDupConfig, dedup_key
 from tunelab.data.endpoint import post_json
 from tunelab.data.records import Labeled, record_text
+from tunelab.errors import DataError
 
 if TYPE_CHECKING:
     from tunelab.config.safety import AugmentConfig
 
 SOURCE = "augment"
+
+# The local model of data.augment.model, answering each prompt (a request to rewrite one row), in order.
+# Built above the data stage, which would otherwise have to load a model (tunelab/paraphrase.py).
+Paraphraser = Callable[[list[str]], list[str]]
 
 
 def eda(text: str, cfg: AugmentConfig, rng: random.Random) -> str:
@@ -51,9 +58,9 @@ def eda(text: str, cfg: AugmentConfig, rng: random.Random) -> str:
     return " ".join(words)
 
 
-def paraphrases(texts: list[str], cfg: AugmentConfig, seed: int) -> list[str]:
+def paraphrases(texts: list[str], cfg: AugmentConfig, paraphraser: Paraphraser | None = None) -> list[str]:
     prompts = [cfg.prompt.format(text=text) for text in texts]
-    answers = _endpoint_answers(prompts, cfg) if cfg.endpoint else _local_answers(prompts, cfg, seed)
+    answers = _endpoint_answers(prompts, cfg) if cfg.endpoint else _local_answers(prompts, paraphraser)
     return [_first_line(answer) for answer in answers]
 
 
@@ -63,27 +70,14 @@ def _first_line(answer: str) -> str:
     return line.strip().strip('"').strip()
 
 
-def _local_answers(prompts: list[str], cfg: AugmentConfig, seed: int) -> list[str]:
-    import torch
-
-    from tunelab.config import ModelConfig
-    from tunelab.generation import encode_chat, generate_batch
-    from tunelab.models.load import load_model, load_tokenizer
-
-    assert cfg.model is not None
-    model_cfg = ModelConfig(name=cfg.model)
-    tokenizer = load_tokenizer(model_cfg, "sft")
-    model = load_model(model_cfg, "sft", None, tokenizer=tokenizer).model
-    encoded = [encode_chat(tokenizer, [{"role": "user", "content": p}]) for p in prompts]
-    torch.manual_seed(seed)  # sampled rewrites, reproducibly
-    return generate_batch(
-        model,
-        tokenizer,
-        encoded,
-        max_new_tokens=cfg.max_new_tokens,
-        temperature=cfg.temperature,
-        batch_size=16,
-    )
+def _local_answers(prompts: list[str], paraphraser: Paraphraser | None) -> list[str]:
+    if paraphraser is None:  # a caller's mistake: the recipe asked for a local model
+        raise DataError(
+            "data.augment.model: paraphrasing with a local model needs a paraphraser from the caller of "
+            "the data stage (load_records(..., paraphraser=...))",
+            fix="build one with tunelab.paraphrase.paraphraser_for(recipe)",
+        )
+    return paraphraser(prompts)
 
 
 def _endpoint_answers(prompts: list[str], cfg: AugmentConfig) -> list[str]:
@@ -109,16 +103,21 @@ def _endpoint_answers(prompts: list[str], cfg: AugmentConfig) -> list[str]:
 
 
 def augment_train(
-    splits: dict[str, list[Any]], cfg: AugmentConfig, near: NearDupConfig, seed: int
+    splits: dict[str, list[Any]],
+    cfg: AugmentConfig,
+    near: NearDupConfig,
+    seed: int,
+    paraphraser: Paraphraser | None = None,
 ) -> tuple[list[Any], dict[str, Any]]:
-    """Train with its new rows appended (after the gates), and the counts for report.json."""
+    """Train with its new rows appended (after the gates), and the counts for report.json. `paraphraser`
+    rewrites with data.augment.model's local model (see `Paraphraser`)."""
     train: list[Labeled] = splits["train"]
     rng = random.Random(seed)
     sources = [row for row in train for _ in range(cfg.copies)]
     if cfg.method == "eda":
         texts = [eda(row.text, cfg, rng) for row in sources]
     else:
-        texts = paraphrases([row.text for row in sources], cfg, seed)
+        texts = paraphrases([row.text for row in sources], cfg, paraphraser)
     made = [
         replace(row, text=text, source=f"{SOURCE}:{cfg.method}:{row.source}")
         for row, text in zip(sources, texts, strict=True)

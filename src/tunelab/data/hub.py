@@ -10,36 +10,17 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
+from tunelab.config.hub_spec import HubSpec, is_hub_spec, parse_spec
 from tunelab.errors import DataError
 
-PREFIX = "hf:"
-SPEC = re.compile(r"^hf:(?P<repo>[\w.-]+/[\w.-]+)(?:@(?P<revision>[\w./-]+?))?(?::(?P<split>[\w-]+))?$")
+# The spec's form is the recipe's (config/hub_spec.py), checked when it is validated; the data stage
+# finds it here too, beside the fetching.
+__all__ = ["HubSpec", "download", "is_hub_spec", "parse_spec", "split_files"]
+
 DATA_PATTERNS = ["*.parquet", "*.jsonl", "*.json", "*.csv", "*.tsv", "*.jsonl.gz", "*.json.gz", "*.csv.gz"]
 SPLIT_ALIASES = {"train": ("train",), "validation": ("validation", "valid", "val", "dev"), "test": ("test",)}
-
-
-@dataclass(frozen=True)
-class HubSpec:
-    repo: str
-    revision: str | None
-    split: str
-
-
-def is_hub_spec(value: str) -> bool:
-    return value.startswith(PREFIX)
-
-
-def parse_spec(value: str, default_split: str = "train") -> HubSpec:
-    match = SPEC.match(value)
-    if match is None:
-        raise DataError(
-            f"{value!r} is not a Hub dataset id",
-            fix="write hf:org/name, hf:org/name:test or hf:org/name@revision",
-        )
-    return HubSpec(match["repo"], match["revision"], match["split"] or default_split)
 
 
 def download(spec: HubSpec) -> Path:

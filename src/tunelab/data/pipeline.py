@@ -13,7 +13,7 @@ from typing import Any
 
 from tunelab.config import DataConfig, Recipe, source_name
 from tunelab.data import quality
-from tunelab.data.augment import augment_train
+from tunelab.data.augment import Paraphraser, augment_train
 from tunelab.data.canaries import insert_canaries
 from tunelab.data.clean import NearDupConfig
 from tunelab.data.formats import (
@@ -41,7 +41,7 @@ from tunelab.data.tokenize import (
     tokenize_texts,
 )
 from tunelab.errors import DataError
-from tunelab.methods import method_spec, methods_where
+from tunelab.methods.registry import method_spec, methods_where
 
 SPLITS = ("train", "validation", "test")
 CHAT_TASKS = ("sft", "preference", "reward")  # tasks whose records are rendered with a chat template
@@ -103,8 +103,9 @@ class DataStage:
         return cls(recipe.data, recipe.task, recipe.train.seed)
 
 
-def load_records(recipe: Recipe) -> Records:
-    """Read, clean, split and leak-check every split named in the recipe."""
+def load_records(recipe: Recipe, *, paraphraser: Paraphraser | None = None) -> Records:
+    """Read, clean, split and leak-check every split named in the recipe. `paraphraser` runs
+    data.augment.model's local model (tunelab.paraphrase.paraphraser_for builds it)."""
     stage = DataStage.of(recipe)
     if stage.data.multi_source:
         return _load_mixture(stage)
@@ -121,7 +122,9 @@ def load_records(recipe: Recipe) -> Records:
         label_map = _labels(stage, splits, report)
         if stage.data.augment is not None:  # after the split and the balancing: train rows only
             near = near_config(stage.data)
-            splits["train"], report["augment"] = augment_train(splits, stage.data.augment, near, stage.seed)
+            splits["train"], report["augment"] = augment_train(
+                splits, stage.data.augment, near, stage.seed, paraphraser
+            )
     elif stage.task == "token_classify":
         label_map = tag_map_of(splits, report)
     if recipe.eval.canaries is not None:  # after every cleaning step: their copies are deliberate

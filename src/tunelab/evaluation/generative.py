@@ -19,10 +19,10 @@ from typing import Any
 
 from tunelab.data.records import Chat, Message
 from tunelab.evaluation import metrics as m
+from tunelab.files import read_generation_rows, write_text_atomic
 from tunelab.generation import encode_prompt, generate_batch
 
 GENERATIVE = ("bleu", "chrf", "rouge", "exact_match")
-GENERATIONS_FILE = "generations.jsonl"
 HEADLINE = {"exact_match": "exact_match", "rouge": "rougeL", "bleu": "bleu", "chrf": "chrf"}
 
 
@@ -75,8 +75,6 @@ def score(
 def write_generations(path: Path, asked: Sequence[Asked], answers: Mapping[str, Sequence[str]]) -> None:
     """generations.jsonl: one row per scored example, with its prompt, its reference and every model's
     answer (zero_shot, few_shot, fine_tuned), so that a person can read what the numbers summarise."""
-    from tunelab.runs.rundir import write_text_atomic
-
     rows = []
     for i, item in enumerate(asked):
         row: dict[str, Any] = {"source": item.source, "prompt": item.prompt, "reference": item.reference}
@@ -87,9 +85,7 @@ def write_generations(path: Path, asked: Sequence[Asked], answers: Mapping[str, 
 
 def read_generations(path: Path) -> dict[str, list[str]]:
     """The answers generations.jsonl already holds, by model (a resumed run keeps its baselines')."""
-    if not path.is_file():
-        return {}
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = read_generation_rows(path)
     names = [key for key in ("zero_shot", "few_shot", "fine_tuned") if rows and key in rows[0]]
     return {name: [row[name] for row in rows] for name in names}
 

@@ -21,7 +21,6 @@ from tunelab.evaluation.forgetting import score as score_reference
 from tunelab.evaluation.metrics import classification_scores, predicted_labels
 from tunelab.evaluation.tagging import entity_scores, gold_tags, headline, predicted_tags, tagging_baselines
 from tunelab.models.methods import is_adapter
-from tunelab.runs.summary import RunSummary
 from tunelab.training.loop import eval_batches
 
 
@@ -158,12 +157,13 @@ def tagging_eval(
     recipe: Recipe,
     model: Any,
     data: PreparedData,
-    summary: RunSummary,
+    baselines: dict[str, dict[str, Any]],
     pad_id: int,
     accelerator: Accelerator,
 ) -> dict[str, Any] | None:
     """eval.json for token_classify: entity scores per type and micro, of the fine-tuned model on the
-    test split (else validation), beside the model-free baselines scored on the same words."""
+    test split (else validation), beside the model-free baselines scored on the same words (the run
+    summary's `baselines`)."""
     split = held_out_split(data)
     if split is None or data.label_map is None:
         return None
@@ -177,7 +177,7 @@ def tagging_eval(
         "split_prefix": prefix,
         "fine_tuned": headline(prefix, gold, predicted),
         "entities": entity_scores(gold, predicted),
-        "baselines": {name: dict(s) for name, s in summary.baselines.items()},
+        "baselines": {name: dict(s) for name, s in baselines.items()},
         "tags": names,
     }
 
@@ -198,18 +198,19 @@ def forgetting_check(
     model: Any,
     tokenizer: Any,
     reference: Any,
-    summary: RunSummary,
+    forgetting_before: float | None,
     accelerator: Accelerator,
 ) -> dict[str, Any]:
-    """Score the reference after training; for adapters "before" is the same model with the adapter off."""
+    """Score the reference after training; for adapters "before" is the same model with the adapter off,
+    else `forgetting_before` (the run summary's: the reference scored before the first step)."""
     unwrapped = accelerator.unwrap_model(model)
     after = score_reference(unwrapped, tokenizer, reference)
     if is_adapter(unwrapped):
         with unwrapped.disable_adapter():  # the base model, without a second copy in memory
             before = score_reference(unwrapped, tokenizer, reference)
     else:
-        assert summary.forgetting_before is not None, "scored before the first step (runner)"
-        before = summary.forgetting_before
+        assert forgetting_before is not None, "scored before the first step (runner)"
+        before = forgetting_before
     return forgetting_entry(reference, before, after, recipe.eval.forgetting_tolerance)
 
 
@@ -228,13 +229,15 @@ def classification_eval(
     recipe: Recipe,
     model: Any,
     data: PreparedData,
-    summary: RunSummary,
+    baselines: dict[str, dict[str, Any]],
+    before_training: dict[str, float],
     metrics: dict[str, Any],
     pad_id: int,
     accelerator: Accelerator,
 ) -> dict[str, Any] | None:
     """eval.json for classify: full scores and confusion matrix of the fine-tuned model on the test split
-    (else validation), beside the baselines scored on the same rows before training."""
+    (else validation), beside the baselines scored on the same rows before training (the run summary's
+    `baselines`, and `before_training`: the untrained head)."""
     split = held_out_split(data)
     if split is None or data.label_map is None:
         return None
@@ -243,9 +246,9 @@ def classification_eval(
     batches = eval_batches(data.splits[split], recipe.train.batch_size, pad_id, accelerator)
     y_true, y_pred = predicted_labels(model, batches, accelerator)
     scores = classification_scores(y_true, y_pred, names)
-    baselines = {name: dict(s) for name, s in summary.baselines.items()}
-    if summary.before_training:
-        baselines["untrained_head"] = dict(summary.before_training)
+    scored_before = {name: dict(s) for name, s in baselines.items()}
+    if before_training:
+        scored_before["untrained_head"] = dict(before_training)
     return {
         "split": split,
         "split_prefix": prefix,
@@ -253,7 +256,7 @@ def classification_eval(
             f"{prefix}_accuracy": scores["accuracy"],
             f"{prefix}_loss": metrics.get(f"{prefix}_loss"),
         },
-        "baselines": baselines,
+        "baselines": scored_before,
         "classification": scores,
         "confusion_matrix": scores["confusion_matrix"],
         "labels": names,
@@ -299,19 +302,20 @@ def generative_eval(
     tokenizer: Any,
     chats: list[Chat],
     split: str,
-    summary: RunSummary,
+    baselines: dict[str, dict[str, Any]],
     baseline_answers: dict[str, list[str]],
     console: Console,
 ) -> tuple[dict[str, float], list[generative.Asked], dict[str, list[str]]]:
     """The fine-tuned model's answers to the split's questions, scored under eval.metrics and printed
-    beside the base model's zero- and few-shot scores, with an example before and after.
+    beside the base model's zero- and few-shot scores (the run summary's `baselines`), with an example
+    before and after.
     Returns (scores, what was asked, every model's answers) for generations.jsonl."""
     prefix = split_prefix(split)
     asked = generative.ask(chats)
     answers = generative.answer(model, tokenizer, asked, max_new_tokens=recipe.eval.max_new_tokens)
     scores = generative.score(answers, [a.reference for a in asked], recipe.eval.metrics, prefix)
     everything = {**baseline_answers, "fine_tuned": answers}
-    rows = {name: summary.baselines.get(name, {}) for name in baseline_answers}
+    rows = {name: baselines.get(name, {}) for name in baseline_answers}
     for line in generative.comparison(
         {**rows, "fine_tuned": scores}, recipe.eval.metrics, prefix, len(asked)
     ):

@@ -24,10 +24,11 @@ from tunelab.evaluation.generative import GENERATIVE
 from tunelab.evaluation.settings import DataSettings
 from tunelab.evaluation.tagging import entity_scores, headline, predicted_tags
 from tunelab.models.load import load_model
+from tunelab.models.precision import COMPUTE_DTYPES, Precision
 from tunelab.models.restore import find_final, load_trained
 from tunelab.training.loop import eval_batches
 from tunelab.training.objectives import OBJECTIVES, collate_for
-from tunelab.training.precision import COMPUTE_DTYPES, Precision, make_accelerator
+from tunelab.training.precision import make_accelerator
 
 
 @dataclass

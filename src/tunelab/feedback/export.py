@@ -30,7 +30,7 @@ from tunelab.data.screen import screen_split
 from tunelab.errors import TunelabError
 from tunelab.feedback.sample import read_prompts
 from tunelab.feedback.store import FeedbackStore
-from tunelab.runs.rundir import write_text_atomic
+from tunelab.files import write_text_atomic
 
 FORMATS = ("trl", "openai", "kto")
 SCREENS = ("report", "drop", "off")

@@ -1,17 +1,7 @@
-"""Training methods as registered units (registry.py); the built-in ones are registered on import."""
+"""Training methods as registered units. The registry (registry.py) is re-exported here; the built-in
+families, one module each (full.py, lora.py, ia3.py, prompt_learning.py, bottleneck.py), are loaded by
+the registry on its first lookup, never by importing this package, which stays free of torch and peft."""
 
-from tunelab.methods import builtin as _builtin  # noqa: F401  (registers full, lora, ...)
-from tunelab.methods.builtin import (
-    AdapterMethod,
-    DoraMethod,
-    FreezeMethod,
-    FullMethod,
-    Ia3Method,
-    LoraMethod,
-    PrefixMethod,
-    PromptMethod,
-    QloraMethod,
-)
 from tunelab.methods.registry import (
     MethodConfig,
     MethodField,
@@ -25,18 +15,9 @@ from tunelab.methods.registry import (
 )
 
 __all__ = [
-    "AdapterMethod",
-    "DoraMethod",
-    "FreezeMethod",
-    "FullMethod",
-    "Ia3Method",
-    "LoraMethod",
     "MethodConfig",
     "MethodField",
     "MethodSpec",
-    "PrefixMethod",
-    "PromptMethod",
-    "QloraMethod",
     "Quantisation",
     "method_names",
     "method_spec",

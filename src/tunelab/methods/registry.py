@@ -2,12 +2,17 @@
 (as peft's `register_peft_method` does). Config, precision, model loading and plan ask the registry,
 so adding a method is one `register_method` call, in any module (a test file, a plugin).
 
+The built-in families live one module each above this one (`tunelab/methods/lora.py`: LoRA's schemas,
+builders and `METHODS`). The registry loads them by module name on its first lookup, as Python loads
+entry points: so config, which sits below the models, can ask for a method without importing one.
+
 The recipe's `method:` section is validated by the registered schema its `name` picks
 (`MethodField`), so a method registered after import still validates, with errors at `method.<key>`.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -44,36 +49,65 @@ class MethodSpec:
         return not self.trains_base_weights
 
 
+# The built-in method families, by module name; each module's `METHODS` (its MethodSpecs) are registered
+# in this order, which is the order `method_names` lists them in messages.
+BUILTIN_FAMILIES = (
+    "tunelab.methods.full",
+    "tunelab.methods.lora",
+    "tunelab.methods.ia3",
+    "tunelab.methods.prompt_learning",
+    "tunelab.methods.bottleneck",
+)
+
 _REGISTRY: dict[str, MethodSpec] = {}
+_builtins_loaded = False
 
 
-def register_method(spec: MethodSpec) -> MethodSpec:
-    """Make `spec` a method a recipe can name. A name is registered once."""
+def _registry() -> dict[str, MethodSpec]:
+    """The registered methods, the built-in families' loaded first, once (a failed import is retried)."""
+    global _builtins_loaded
+    if not _builtins_loaded:
+        for module in BUILTIN_FAMILIES:
+            for spec in importlib.import_module(module).METHODS:
+                _add(spec)
+        _builtins_loaded = True
+    return _REGISTRY
+
+
+def _add(spec: MethodSpec) -> None:
     known = _REGISTRY.get(spec.name)
     if known is not None and known != spec:
         raise ValueError(f"method {spec.name!r} is already registered")
     _REGISTRY[spec.name] = spec
+
+
+def register_method(spec: MethodSpec) -> MethodSpec:
+    """Make `spec` a method a recipe can name. A name is registered once, a built-in's included (the
+    built-ins are loaded first, so they keep their place at the head of `method_names`)."""
+    _registry()
+    _add(spec)
     return spec
 
 
 def unregister_method(name: str) -> None:
     """Forget a method (tests that register one clean up after themselves)."""
-    _REGISTRY.pop(name, None)
+    _registry().pop(name, None)
 
 
 def method_spec(name: str) -> MethodSpec:
-    if name not in _REGISTRY:
+    registry = _registry()
+    if name not in registry:
         raise KeyError(f"unknown method {name!r}; one of {', '.join(method_names())}")
-    return _REGISTRY[name]
+    return registry[name]
 
 
 def method_names() -> tuple[str, ...]:
-    return tuple(_REGISTRY)
+    return tuple(_registry())
 
 
 def methods_where(trait: str) -> tuple[str, ...]:
     """Names of the methods with `trait` set, for messages: methods_where('trains_new_tokens')."""
-    return tuple(name for name, spec in _REGISTRY.items() if getattr(spec, trait))
+    return tuple(name for name, spec in _registry().items() if getattr(spec, trait))
 
 
 class MethodField:
@@ -98,6 +132,7 @@ def _validate_method(value: Any) -> MethodConfig:
     name = value.get("name")
     if name is None:
         raise PydanticCustomError("union_tag_not_found", "needs a name")
-    if not isinstance(name, str) or name not in _REGISTRY:  # a list or a mapping is no name either
+    registry = _registry()
+    if not isinstance(name, str) or name not in registry:  # a list or a mapping is no name either
         raise PydanticCustomError("union_tag_invalid", "unknown method {tag}", {"tag": name})
-    return _REGISTRY[name].config.model_validate(value)
+    return registry[name].config.model_validate(value)

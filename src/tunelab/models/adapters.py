@@ -12,7 +12,8 @@ weights' keys stay as they were.
 
 Adapters are NOT mergeable into the base weights: the bottleneck is non-linear, so no weight update
 reproduces it. A trained model is the base plus `bottleneck_adapter.safetensors`, loaded with
-`load_bottleneck`.
+`load_bottleneck`. The recipe's `adapter` method (its section, builder and registration) is
+`tunelab/methods/bottleneck.py`.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from tunelab.errors import ModelLoadError, RecipeError
+from tunelab.models.methods import find_blocks, hidden_size
 
 ADAPTER_NAME = "bottleneck_adapter"  # the child module's name on each adapted projection
 CONFIG_FILE = "bottleneck_adapter.json"
@@ -126,12 +128,6 @@ def bottleneck_disabled(model: Any) -> Iterator[None]:
 # Where the adapters go
 
 
-def hidden_size(model: Any) -> int:
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    size = getattr(config, "hidden_size", None)
-    return int(size) if size else int(model.get_input_embeddings().embedding_dim)
-
-
 def find_output_projections(model: Any, hidden: int) -> list[str]:
     """Per block, per sub-layer (attention, MLP): the last linear layer, in registration order, that maps
     to the hidden size. That is the projection whose output the block adds to its residual stream:
@@ -140,8 +136,6 @@ def find_output_projections(model: Any, hidden: int) -> list[str]:
     Projections are registered after the layers feeding them (q, k, v before o; gate, up before down),
     which is what makes "the last one" right without a per-architecture table.
     """
-    from tunelab.models.methods import find_blocks  # methods imports this module
-
     names = {id(module): name for name, module in model.named_modules()}
     targets = []
     for block in find_blocks(model):

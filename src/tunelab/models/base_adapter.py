@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunelab.errors import ModelLoadError, TunelabError
+from tunelab.models.saved import HEADS, adapter_kind, load_saved_tokenizer, read_info, resolve_final
+from tunelab.models.source import fit_embeddings_to, model_source
 
 if TYPE_CHECKING:
     from tunelab.config import ModelConfig
@@ -28,8 +30,7 @@ def resolve_adapter(cfg: ModelConfig, task: str | None = None) -> Path:
     """model.adapter's final/ folder, refused with the reason when it cannot be merged into model.name:
     not a finished run, full weights, an adapter that does not fold into weights, another base, or
     (given `task`) another model head."""
-    from tunelab.methods import method_spec, methods_where
-    from tunelab.models.restore import HEADS, adapter_kind, read_info, resolve_final
+    from tunelab.methods.registry import method_spec, methods_where
 
     assert cfg.adapter is not None
     try:
@@ -62,8 +63,6 @@ def resolve_adapter(cfg: ModelConfig, task: str | None = None) -> Path:
 
 def same_model(recorded: str, name: str) -> bool:
     """Whether two model names load the same weights: equal, or one local folder (or .gguf) by two paths."""
-    from tunelab.models.load import model_source
-
     if recorded == name:
         return True
     try:
@@ -75,8 +74,6 @@ def same_model(recorded: str, name: str) -> bool:
 
 def adapter_tokenizer(final: Path) -> Any:
     """The merged run's tokenizer: its chat template, and any marker tokens it added (rows it trained)."""
-    from tunelab.models.restore import load_saved_tokenizer
-
     return load_saved_tokenizer(final)
 
 
@@ -86,11 +83,10 @@ def merge_base_adapter(model: Any, final: Path) -> Any:
     The embeddings first grow to the adapter's tokenizer, whose added tokens' trained rows the adapter
     holds. The merge runs in the weights' dtype, as loaded (peft's `merge_and_unload`).
     """
-    from tunelab.models.load import _fit_embeddings_to
     from tunelab.models.peft_compat import load_peft_adapter
 
     inner = final / BASE_ADAPTER
     if inner.is_dir():
         model = merge_base_adapter(model, inner)
-    _fit_embeddings_to(adapter_tokenizer(final), model)
+    fit_embeddings_to(adapter_tokenizer(final), model)
     return load_peft_adapter(model, final).merge_and_unload(safe_merge=True)

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 from tunelab.models.adapters import is_bottleneck, save_bottleneck
 from tunelab.models.gguf import gguf_file, hub_id, is_hub_id, source_of
-from tunelab.models.load import model_source
 from tunelab.models.methods import is_adapter
 from tunelab.models.portable import make_portable
+from tunelab.models.source import model_source
 
 if TYPE_CHECKING:
     from tunelab.config import Recipe
@@ -66,7 +66,7 @@ def _keep_base_adapter(model: Any, recipe: Recipe, tmp: Path) -> dict[str, str] 
     if recipe.model.adapter is None:
         return None
     from tunelab.models.base_adapter import BASE_ADAPTER, resolve_adapter
-    from tunelab.models.restore import read_info
+    from tunelab.models.saved import read_info
 
     source = resolve_adapter(recipe.model)
     if is_bottleneck(model) or is_adapter(model):

@@ -20,9 +20,9 @@ from transformers import (
 
 from tunelab.config import ModelConfig, Recipe
 from tunelab.errors import ModelLoadError
-from tunelab.models.files import check_hub_cache, check_model_folder
-from tunelab.models.gguf import converted_folder, gguf_file
-from tunelab.training.precision import resolve_weights
+from tunelab.models.base_adapter import adapter_tokenizer, merge_base_adapter, resolve_adapter
+from tunelab.models.precision import resolve_weights
+from tunelab.models.source import check_model, fit_embeddings_to, hub_offline, model_source
 
 Quantisation = Literal["4bit", "8bit"]
 
@@ -49,7 +49,7 @@ def load_model(
 
     `quantisation` loads the frozen base through bitsandbytes ("4bit": qlora; "8bit"); by default it
     follows `cfg.load_in_8bit`. See `quantisation_for`. `dtype` overrides `cfg.dtype` (training
-    resolves it with the method and precision: training/precision.py). `cfg.adapter`, another run's
+    resolves it with the method and precision: models/precision.py). `cfg.adapter`, another run's
     adapter, is merged into the weights (models/base_adapter.py), with that run's tokenizer.
     """
     source, local = check_model(cfg)
@@ -62,7 +62,7 @@ def load_model(
     quantisation = quantisation or ("8bit" if cfg.load_in_8bit else None)
     try:
         if tokenizer is None and adapter is not None:
-            tokenizer = _adapter_tokenizer(adapter)
+            tokenizer = adapter_tokenizer(adapter)
         tokenizer = tokenizer or AutoTokenizer.from_pretrained(source, **common, **tokenizer_options(task))
         weights_options = {**common, **quantisation_options(quantisation, task)}
         model, info = _load_weights(
@@ -72,17 +72,15 @@ def load_model(
         raise _not_loadable(cfg.name, source, local, exc, task) from None
     _ensure_pad_token(tokenizer, model)
     if adapter is not None:
-        from tunelab.models.base_adapter import merge_base_adapter
-
         model = merge_base_adapter(model, adapter)
-    _fit_embeddings_to(tokenizer, model)  # after the merge: this run may add tokens of its own
+    fit_embeddings_to(tokenizer, model)  # after the merge: this run may add tokens of its own
     new_modules = sorted({key.rsplit(".", 1)[0] for key in info.get("missing_keys", [])})
     return LoadedModel(model=model, tokenizer=tokenizer, source=source, new_modules=new_modules)
 
 
 def quantisation_for(method_name: str, load_in_8bit: bool) -> Quantisation | None:
     """How a recipe's base is loaded: 4-bit NF4 under qlora, 8-bit when model.load_in_8bit, else unquantised."""
-    from tunelab.methods import method_spec
+    from tunelab.methods.registry import method_spec
 
     return method_spec(method_name).quantised_base or ("8bit" if load_in_8bit else None)
 
@@ -139,7 +137,7 @@ def load_tokenizer(cfg: ModelConfig, task: str | None = None) -> Any:
     source, local = model_source(cfg.name)
     adapter = _resolved_adapter(cfg, task)
     if adapter is not None:
-        return _adapter_tokenizer(adapter)
+        return adapter_tokenizer(adapter)
     try:
         tokenizer = AutoTokenizer.from_pretrained(
             source,
@@ -226,59 +224,10 @@ def _load_weights(
     )
 
 
-def model_source(name: str) -> tuple[str, bool]:
-    """(what to pass to from_pretrained, whether it is a local folder). A .gguf file (or a folder of one)
-    resolves to its converted folder. A path that names no folder is an error here; a Hub id is
-    checked only when loading."""
-    gguf = gguf_file(name)
-    if gguf is not None:  # dequantised once into a plain folder (models/gguf.py)
-        return str(converted_folder(gguf)), True
-    path = Path(name).expanduser()
-    if path.is_dir():
-        return str(path), True
-    if path.is_file():
-        raise ModelLoadError(
-            f"model.name {path.resolve()} is a file, not a model folder",
-            fix=f"point model.name at the folder that holds it ({path.resolve().parent}), or at a .gguf file "
-            "or a Hub id (org/name)",
-        )
-    # Hub ids are "name" or "org/name"; anything else that names a folder is a path that is missing.
-    looks_like_path = name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
-    if looks_like_path or path.exists():
-        raise ModelLoadError(
-            f"model folder not found: {path.resolve()}",
-            fix="point model.name at a folder holding config.json and the weights, or at a Hub id (org/name)",
-        )
-    return name, False
-
-
-def check_model(cfg: ModelConfig) -> tuple[str, bool]:
-    """model_source, and what can be checked without loading: a local folder's config and weight files
-    (a damaged file is named as such), or, offline, that the Hub id is in the local cache."""
-    source, local = model_source(cfg.name)
-    if local:
-        check_model_folder(Path(source))
-    elif hub_offline():
-        check_hub_cache(cfg.name, cfg.revision)
-    return source, local
-
-
 def _resolved_adapter(cfg: ModelConfig, task: str | None) -> Path | None:
     if cfg.adapter is None:
         return None
-    from tunelab.models.base_adapter import resolve_adapter
-
     return resolve_adapter(cfg, task)
-
-
-def _adapter_tokenizer(final: Path) -> Any:
-    from tunelab.models.base_adapter import adapter_tokenizer
-
-    return adapter_tokenizer(final)
-
-
-def hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
 
 
 # transformers' words when a config has no model class for the Auto class asked (a T5 for a causal LM).
@@ -328,16 +277,6 @@ def _not_loadable(
         fix="check the Hub id, log in for gated models (huggingface-cli login), or point model.name "
         "at a local folder",
     )
-
-
-def _fit_embeddings_to(tokenizer: Any, model: Any) -> None:
-    """Grow the embeddings when the tokenizer has tokens the model has no row for: a chat template's
-    markers added by the data stage, and so also a trained adapter's tokenizer over its original base.
-    New rows start at the mean of the old ones (transformers' mean_resizing); vocabularies padded past
-    the tokenizer's size are left as they are."""
-    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    if embeddings is not None and len(tokenizer) > embeddings.num_embeddings:
-        model.resize_token_embeddings(len(tokenizer))
 
 
 def _ensure_pad_token(tokenizer: Any, model: Any) -> None:

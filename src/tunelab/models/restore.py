@@ -11,37 +11,37 @@ chat template used in training, an optional `labels.json`, and the weights in on
 A run trained over another run's adapter (`model.adapter`) keeps that run's final/ in `base_adapter/`;
 it is merged into the base before this run's adapter goes on (models/base_adapter.py).
 
-Evaluation, export and inference all load through `load_trained`, so they see the same model.
+Evaluation, export and inference all load through `load_trained`, so they see the same model. What a
+final/ folder holds is read, without loading weights, by models/saved.py.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 import yaml
-from transformers import AutoTokenizer
 
 from tunelab.config import ModelConfig
 from tunelab.errors import TunelabError
 from tunelab.models.base_adapter import BASE_ADAPTER
 from tunelab.models.load import load_model
-from tunelab.training.precision import COMPUTE_DTYPES, Precision, resolve_weights, weights_dtype
+from tunelab.models.precision import COMPUTE_DTYPES, Precision, resolve_weights, weights_dtype
+from tunelab.models.saved import (
+    GENERATIVE_TASKS,
+    HEADS,
+    LABELS,
+    adapter_kind,
+    find_final,
+    load_saved_tokenizer,
+    read_info,
+    read_label_map,
+    resolve_final,
+    run_dir_of,
+)
 
-INFO = "tunelab.json"
-LABELS = "labels.json"
-PEFT_ADAPTER = "adapter_config.json"
-BOTTLENECK_ADAPTER = "bottleneck_adapter.json"
-
-# The model head each task trains: generative tasks share the causal LM head.
-HEADS = {
-    "sft": "sft", "pretrain": "sft", "preference": "sft", "classify": "classify", "reward": "reward",
-    "token_classify": "token_classify", "seq2seq": "seq2seq",
-}  # fmt: skip
-GENERATIVE_TASKS = ("sft", "pretrain", "preference", "seq2seq")
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 
 
@@ -68,64 +68,6 @@ class Trained:
         if self.run_dir is not None:
             return self.run_dir
         return self.final_dir if (self.final_dir / "recipe.yaml").is_file() else None
-
-
-def find_final(path: str | Path) -> Path | None:
-    """The folder holding tunelab.json: `path` itself (final/ or an export) or `path`/final (a run)."""
-    path = Path(path)
-    for candidate in (path / "final", path):
-        if (candidate / INFO).is_file():
-            return candidate
-    return None
-
-
-def resolve_final(path: str | Path) -> Path:
-    """Like `find_final`, but a folder that is not a finished run is an error that says why."""
-    final = find_final(path)
-    if final is not None:
-        return final
-    path = Path(path)
-    if not path.exists():
-        raise TunelabError(f"{path}: no such run or model folder")
-    summary = path / "summary.json"
-    if summary.is_file():  # a run folder without final/: it has not finished (yet)
-        status = json.loads(summary.read_text(encoding="utf-8")).get("status", "unknown")
-        raise TunelabError(
-            f"{path}: the run has no final/ model (status: {status})",
-            fix="final/ is written when a run completes; resume it with `tunelab train --resume`",
-        )
-    raise TunelabError(
-        f"{path}: not a tunelab run, final/ or export folder (no {INFO})",
-        fix="pass a run folder (runs/<name>-<time>), its final/ folder, or a `tunelab export` folder",
-    )
-
-
-def read_info(final: Path) -> dict[str, Any]:
-    info = json.loads((final / INFO).read_text(encoding="utf-8"))
-    missing = [key for key in ("task", "method", "base_model") if key not in info]
-    if missing:
-        raise TunelabError(f"{final / INFO}: missing {', '.join(missing)}")
-    if info["task"] not in HEADS:
-        raise TunelabError(f"{final / INFO}: unknown task {info['task']!r}; known: {', '.join(HEADS)}")
-    return dict(info)
-
-
-def read_label_map(final: Path) -> dict[str, int] | None:
-    path = final / LABELS
-    return dict(json.loads(path.read_text(encoding="utf-8"))) if path.is_file() else None
-
-
-def adapter_kind(final: Path) -> str | None:
-    """'peft', 'bottleneck', or None when the folder holds full weights."""
-    if (final / PEFT_ADAPTER).is_file():
-        return "peft"
-    if (final / BOTTLENECK_ADAPTER).is_file():
-        return "bottleneck"
-    return None
-
-
-def run_dir_of(final: Path) -> Path | None:
-    return final.parent if final.name == "final" else None
 
 
 def load_trained(path: str | Path, *, dtype: Dtype = "auto", precision: str = "trained") -> Trained:
@@ -226,14 +168,6 @@ def _attach_adapter(base: Any, final: Path, kind: str, trainable_dtype: torch.dt
     from tunelab.models.peft_compat import load_peft_adapter
 
     return load_peft_adapter(base, final, trainable_dtype=trainable_dtype)
-
-
-def load_saved_tokenizer(final: Path) -> Any:
-    """The tokenizer saved in final/: it carries the chat template used in training."""
-    tokenizer = AutoTokenizer.from_pretrained(str(final))
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    return tokenizer
 
 
 def load_base(name: str, *, precision: str = "trained") -> Trained:

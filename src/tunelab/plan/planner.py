@@ -59,12 +59,13 @@ def plan(recipe: Recipe, memory_budget: int | None = None, probe_steps: int = 3)
     from tunelab.config import check_host
     from tunelab.data.pipeline import load_records, tokenize_records
     from tunelab.models.load import check_sequence_length, load_tokenizer, quantisation_for
+    from tunelab.paraphrase import paraphraser_for
 
     cuda = torch.cuda.is_available()
     check_host(recipe)
     check_sequence_length(recipe)
     tokenizer = load_tokenizer(recipe.model, recipe.task)
-    data = tokenize_records(recipe, load_records(recipe), tokenizer)
+    data = tokenize_records(recipe, load_records(recipe, paraphraser=paraphraser_for(recipe)), tokenizer)
     quantisation = quantisation_for(recipe.method.name, recipe.model.load_in_8bit)
     params, chunked, shape = method_facts(recipe, recipe.method, data.label_map, quantisation)
     # Measured now, before any weights: the imports `tunelab train` makes (the runner's; the model's
@@ -166,9 +167,11 @@ def workload(
     """The recipe's batch as the estimator sees it. The row length is the longest training row (capped by
     max_seq_len at tokenisation): batches are padded to their longest row, and over an epoch the
     longest row turns up in some batch."""
-    from tunelab.methods import FreezeMethod, PromptMethod, method_spec
+    from tunelab.methods.full import FreezeMethod
+    from tunelab.methods.prompt_learning import PromptMethod
+    from tunelab.methods.registry import method_spec
     from tunelab.models.load import quantisation_for
-    from tunelab.training.precision import precision_for
+    from tunelab.models.precision import precision_for
 
     cfg, method, train = recipe.train, recipe.method, data.splits["train"]
     seq_len = max((row_tokens(e) for e in train), default=cfg.max_seq_len)

@@ -50,7 +50,9 @@ def probe(
 
     from tunelab.data.pipeline import load_records, tokenize_records
     from tunelab.models.load import load_tokenizer
-    from tunelab.training.precision import make_accelerator, precision_for
+    from tunelab.models.precision import precision_for
+    from tunelab.paraphrase import paraphraser_for
+    from tunelab.training.precision import make_accelerator
 
     if steps < 1:
         raise ValueError(f"probe steps must be at least 1, got {steps}")
@@ -59,7 +61,7 @@ def probe(
     accelerator = make_accelerator(precision.mixed_precision)
     if data is None:
         tokenizer = load_tokenizer(recipe.model, recipe.task)
-        data = tokenize_records(recipe, load_records(recipe), tokenizer)
+        data = tokenize_records(recipe, load_records(recipe, paraphraser=paraphraser_for(recipe)), tokenizer)
     cuda = accelerator.device.type == "cuda"
     baseline = _start_measuring(cuda)
     setup = _training_setup(recipe, data, tokenizer, accelerator, precision)

@@ -83,13 +83,14 @@ def meta_model(recipe: Recipe, label_map: dict[str, int] | None) -> tuple[Any, l
     import torch
 
     from tunelab.models import load
-    from tunelab.training.precision import precision_for
+    from tunelab.models.precision import precision_for
+    from tunelab.models.source import hub_offline, model_source
 
-    source, local = load.model_source(recipe.model.name)
+    source, local = model_source(recipe.model.name)
     options: dict[str, Any] = {
         "trust_remote_code": recipe.model.trust_remote_code,
         "revision": recipe.model.revision,
-        "local_files_only": local or load.hub_offline(),
+        "local_files_only": local or hub_offline(),
         "device_map": "meta",
     }
     try:
@@ -167,7 +168,8 @@ def method_facts(
     """Build the model on the meta device, attach `method`, and count: (parameters, whether the fused
     loss applies, the model's shape). A quantised base is counted unquantised and then sized as
     bitsandbytes stores it (bitsandbytes cannot quantise meta tensors)."""
-    from tunelab.methods import LoraMethod, method_spec
+    from tunelab.methods.lora import LoraMethod
+    from tunelab.methods.registry import method_spec
     from tunelab.models.methods import apply_method
 
     model, new_modules = meta_model(recipe, label_map)

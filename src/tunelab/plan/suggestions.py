@@ -198,7 +198,8 @@ def _combination(
 def alternatives_for(recipe: Recipe, label_map: dict[str, int] | None, cuda: bool) -> list[Alternative]:
     """Leaner methods to suggest: LoRA instead of full/freeze; on CUDA also LoRA over an 8-bit base and
     QLoRA (bitsandbytes needs CUDA, and recipes using it are refused elsewhere)."""
-    from tunelab.methods import LoraMethod, QloraMethod, method_spec
+    from tunelab.methods.lora import LoraMethod, QloraMethod
+    from tunelab.methods.registry import method_spec
 
     name, spec = recipe.method.name, method_spec(recipe.method.name)
     # A LoRA-family recipe keeps its rank and targets; any other starts from LoRA's defaults.

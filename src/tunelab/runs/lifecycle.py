@@ -14,11 +14,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tunelab.files import RECIPE_FILE
 from tunelab.models.gguf import source_of
 from tunelab.runs.registry import record_run
 from tunelab.runs.report import write_report
 from tunelab.runs.rundir import read_summary, write_summary
-from tunelab.runs.summary import RunSummary
+from tunelab.runs.summary import RunSummary, describe_failure, failure_status
 
 if TYPE_CHECKING:
     from tunelab.config import Recipe
@@ -84,7 +85,7 @@ class RunFolder:
     def _register(self, data_hash: str | None = None) -> None:
         if not self.main:
             return
-        recipe_yaml = (self.run_dir / "recipe.yaml").read_text(encoding="utf-8")
+        recipe_yaml = (self.run_dir / RECIPE_FILE).read_text(encoding="utf-8")
         record_run(
             self.recipe.output.dir,
             run_id=self.run_dir.name,
@@ -135,21 +136,6 @@ def peak_memory_mb() -> float:
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
-def failure_status(exc: BaseException) -> str:
-    """interrupted (Ctrl-C, SIGTERM: resumable), pruned (a search stopped it), else failed."""
-    from tunelab.training.stopping import RunPruned
-
-    if isinstance(exc, RunPruned):
-        return "pruned"
-    return "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-
-
-def describe_failure(exc: BaseException) -> str:
-    if isinstance(exc, KeyboardInterrupt):
-        return "interrupted"
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def now() -> str:

@@ -21,13 +21,22 @@ from matplotlib.figure import Figure
 
 from tunelab.config.directions import better
 from tunelab.errors import TunelabError
+from tunelab.files import (
+    DATA_REPORT_FILE,
+    EVAL_FILE,
+    GENERATIONS_FILE,
+    METRICS_FILE,
+    RECIPE_FILE,
+    REPORT_FILE,
+    read_generation_rows,
+    write_text_atomic,
+)
 from tunelab.runs.report_safety import bias_section, canaries_section, privacy_section, screen_rows
 from tunelab.runs.report_safety import by_split as _by_split
 from tunelab.runs.report_safety import fmt as _fmt
-from tunelab.runs.rundir import read_summary, write_text_atomic
+from tunelab.runs.rundir import read_summary
 from tunelab.runs.summary import RunSummary
 
-REPORT = "report.html"
 SECTIONS = (
     "summary",
     "loss",
@@ -55,9 +64,9 @@ def write_report(run_dir: str | Path) -> Path:
     """Write <run_dir>/report.html (temp file, then rename) and return its path."""
     run_dir = Path(run_dir)
     summary = read_summary(run_dir)
-    metrics = _read_jsonl(run_dir / "metrics.jsonl")
-    data = _read_json(run_dir / "data" / "report.json")
-    evaluation = _read_json(run_dir / "eval.json") or {}
+    metrics = _read_jsonl(run_dir / METRICS_FILE)
+    data = _read_json(run_dir / DATA_REPORT_FILE)
+    evaluation = _read_json(run_dir / EVAL_FILE) or {}
     page = {
         "summary": _summary_section(summary),
         "loss": _loss_plot(metrics),
@@ -75,7 +84,7 @@ def write_report(run_dir: str | Path) -> Path:
     }
     shown = [section for section in SECTIONS if section not in OPTIONAL or page[section]]
     html = _TEMPLATE.render(title=summary.name or run_dir.name, sections=shown, **page)
-    path = run_dir / REPORT
+    path = run_dir / REPORT_FILE
     write_text_atomic(path, html)
     return path
 
@@ -188,17 +197,14 @@ def _confusion_section(evaluation: dict[str, Any]) -> dict[str, Any] | None:
 
 def _examples_section(run_dir: Path) -> list[dict[str, str]] | None:
     """A few answers before (zero-shot) and after fine-tuning, drawn with the run's seed: not the best."""
-    from tunelab.evaluation.generative import GENERATIONS_FILE, shown_examples
+    from tunelab.evaluation.generative import shown_examples  # the draw the terminal showed
 
-    path = run_dir / GENERATIONS_FILE
-    if not path.is_file():
-        return None
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = read_generation_rows(run_dir / GENERATIONS_FILE)
     if not rows:
         return None
     recipe = (
-        yaml.safe_load((run_dir / "recipe.yaml").read_text(encoding="utf-8"))
-        if (run_dir / "recipe.yaml").is_file()
+        yaml.safe_load((run_dir / RECIPE_FILE).read_text(encoding="utf-8"))
+        if (run_dir / RECIPE_FILE).is_file()
         else {}
     )
     seed = int(((recipe or {}).get("train") or {}).get("seed", 42))  # the draw the terminal showed

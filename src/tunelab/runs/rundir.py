@@ -7,17 +7,20 @@ and `status: completed` (with final/) is written only when the run really finish
 from __future__ import annotations
 
 import json
-import os
-import secrets
 import time
 from pathlib import Path
 from typing import Any
 
 from tunelab.config import Recipe, recipe_to_yaml
-from tunelab.errors import TunelabError
+from tunelab.files import (
+    METRICS_FILE,
+    RECIPE_FILE,
+    SUMMARY_FILE,
+    TENSORBOARD_DIR,
+    read_summary_json,
+    write_text_atomic,
+)
 from tunelab.runs.summary import RunSummary
-
-SUMMARY = "summary.json"
 
 
 def create_run_dir(recipe: Recipe) -> Path:
@@ -29,30 +32,16 @@ def create_run_dir(recipe: Recipe) -> Path:
         run_dir = parent / f"{recipe.name}-{stamp}-{suffix}"
         suffix += 1
     run_dir.mkdir(parents=True)
-    write_text_atomic(run_dir / "recipe.yaml", recipe_to_yaml(recipe))
+    write_text_atomic(run_dir / RECIPE_FILE, recipe_to_yaml(recipe))
     return run_dir
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    # A temp name of its own per writer (pid + random): two processes writing the same file (say, a
-    # report regenerated while the run writes it) must not write into each other's temp file.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_summary(run_dir: Path, summary: RunSummary) -> None:
-    write_text_atomic(run_dir / SUMMARY, json.dumps(summary.to_json(), indent=2, sort_keys=False) + "\n")
+    write_text_atomic(run_dir / SUMMARY_FILE, json.dumps(summary.to_json(), indent=2, sort_keys=False) + "\n")
 
 
 def read_summary(run_dir: Path) -> RunSummary:
-    path = run_dir / SUMMARY
-    if not path.is_file():
-        raise TunelabError(f"{run_dir} is not a tunelab run folder (no {SUMMARY})")
-    return RunSummary.from_json(json.loads(path.read_text(encoding="utf-8")))
+    return RunSummary.from_json(read_summary_json(run_dir))
 
 
 class MetricsLog:
@@ -68,7 +57,7 @@ class MetricsLog:
         trackers: list[Any] | None = None,
     ):
         self.enabled = enabled
-        self.path = run_dir / "metrics.jsonl"
+        self.path = run_dir / METRICS_FILE
         self.writer: Any = None
         self.trackers = trackers or []  # accelerate trackers (runs/trackers.py): mlflow, wandb
         if not enabled:
@@ -79,7 +68,7 @@ class MetricsLog:
             from torch.utils.tensorboard import SummaryWriter  # imported late: it is slow to import
 
             purge = None if resume_step is None else resume_step + 1
-            self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=purge)
+            self.writer = SummaryWriter(log_dir=str(run_dir / TENSORBOARD_DIR), purge_step=purge)
 
     def _drop_lines_after(self, step: int) -> None:
         if not self.path.is_file():
@@ -114,7 +103,7 @@ class MetricsLog:
 
 def last_train_loss(run_dir: Path) -> float | None:
     """The last train loss metrics.jsonl logged; None before the first log line."""
-    path = run_dir / "metrics.jsonl"
+    path = run_dir / METRICS_FILE
     if not path.is_file():
         return None
     losses = [row["loss"] for row in map(json.loads, path.read_text().splitlines()) if "loss" in row]

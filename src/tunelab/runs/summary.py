@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from tunelab.errors import RunPruned
+
 # Names older summaries used, and what they are called now.
 RENAMED = {"baseline": "before_training", "baseline_split": "before_training_split"}
 
@@ -74,3 +76,20 @@ class RunSummary:
         data = asdict(self)
         extra = data.pop("extra")
         return {**{key: value for key, value in data.items() if value is not None}, **extra}
+
+
+# What a run that did not complete records: its status and error (RunFolder.fail), and which way an
+# experiment tracker ends its run (trackers.py).
+
+
+def failure_status(exc: BaseException) -> str:
+    """interrupted (Ctrl-C, SIGTERM: resumable), pruned (a search stopped it), else failed."""
+    if isinstance(exc, RunPruned):
+        return "pruned"
+    return "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+
+
+def describe_failure(exc: BaseException) -> str:
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__

@@ -18,12 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 from tunelab.config.loading import flatten
 from tunelab.errors import TunelabError
+from tunelab.files import TRACKERS_FILE
+from tunelab.runs.summary import failure_status
 
 if TYPE_CHECKING:
     from tunelab.config import Recipe
 
 PACKAGES = {"mlflow": "mlflow", "wandb": "wandb"}  # tracker -> the module it needs
-STATE = "trackers.json"
 
 
 def check_trackers(names: Sequence[str]) -> None:
@@ -51,15 +52,13 @@ def open_trackers(recipe: Recipe, run_dir: Path, resumed: bool) -> list[Any]:
         config = flatten(json.loads(recipe.model_dump_json(exclude={"search"})))
         for tracker in trackers:
             tracker.store_init_configuration(config)
-    (run_dir / STATE).write_text(json.dumps(saved), encoding="utf-8")
+    (run_dir / TRACKERS_FILE).write_text(json.dumps(saved), encoding="utf-8")
     return trackers
 
 
 def finish(tracker: Any, error: BaseException | None) -> None:
     """End the tracker's run; an MLflow run that did not complete is marked KILLED (interrupted,
     pruned) or FAILED, so its UI does not show it as finished."""
-    from tunelab.runs.lifecycle import failure_status
-
     if error is not None and getattr(tracker, "name", None) == "mlflow":
         import mlflow
 
@@ -96,5 +95,5 @@ def _wandb(recipe: Recipe, run_dir: Path, experiment: str) -> Any:
 
 
 def _read_state(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / STATE
+    path = run_dir / TRACKERS_FILE
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}

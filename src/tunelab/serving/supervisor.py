@@ -96,10 +96,12 @@ class Supervisor:
     def _validate(self, job: dict[str, Any]) -> None:
         from tunelab.config import load_recipe
         from tunelab.data.pipeline import load_records
+        from tunelab.paraphrase import paraphraser_for
 
         self.store.add_event(job["id"], "Validating training file: " + job["body"]["training_file"])
         try:
-            load_records(load_recipe(job["state"]["recipe"]))
+            recipe = load_recipe(job["state"]["recipe"])
+            load_records(recipe, paraphraser=paraphraser_for(recipe))
         except TunelabError as exc:
             self._fail(job, self._file_error(job, exc))
             return

@@ -22,9 +22,8 @@ import torch
 from tunelab.config import TrainConfig
 from tunelab.config.directions import watchable
 from tunelab.data.tokenize import Example, collate
-from tunelab.errors import RecipeError
+from tunelab.errors import RecipeError, StopRequested
 from tunelab.training.objectives import Batch, Objective, count_input_tokens
-from tunelab.training.stopping import StopRequested
 
 
 @dataclass

@@ -11,7 +11,7 @@ from rich.console import Console
 from tunelab.config import Recipe, migrate, recipe_to_yaml
 from tunelab.config.loading import flatten
 from tunelab.errors import TunelabError
-from tunelab.runs.rundir import read_summary, write_text_atomic
+from tunelab.files import CHECKPOINTS_DIR, RECIPE_FILE, read_summary_json, write_text_atomic
 from tunelab.training import checkpoint
 
 # What may change when a run resumes: how often it logs, evaluates and saves, and how many checkpoints
@@ -23,15 +23,15 @@ SAFE_ON_RESUME = frozenset({"train.log_every", "train.eval_every", "train.save_e
 def checkpoint_to_resume(run_dir: Path, recipe: Recipe, console: Console) -> Path:
     """The run's newest complete checkpoint; the recipe may differ from the run's only in
     SAFE_ON_RESUME, and such a change is recorded in recipe.yaml."""
-    previous = read_summary(run_dir)
-    if previous.status == "completed":
+    previous = read_summary_json(run_dir)  # the run's records are runs/'s; its status is all this needs
+    if previous.get("status") == "completed":
         raise TunelabError(f"{run_dir} already completed", fix="start a new run without --resume")
-    latest = checkpoint.list_checkpoints(run_dir / "checkpoints")
+    latest = checkpoint.list_checkpoints(run_dir / CHECKPOINTS_DIR)
     if not latest:
         raise TunelabError(
             f"{run_dir} has no complete checkpoint to resume from", fix="start a new run without --resume"
         )
-    saved = yaml.safe_load((run_dir / "recipe.yaml").read_text(encoding="utf-8"))
+    saved = yaml.safe_load((run_dir / RECIPE_FILE).read_text(encoding="utf-8"))
     migrate(saved)  # an older run's recipe.yaml, in today's layout: moved settings are not changes
     changed = recipe_changes(saved, recipe)
     refused = {path: change for path, change in changed.items() if path not in SAFE_ON_RESUME}
@@ -46,7 +46,7 @@ def checkpoint_to_resume(run_dir: Path, recipe: Recipe, console: Console) -> Pat
         console.print(
             f"[yellow]note:[/] resuming with {', '.join(f'{p}={n!r}' for p, (_, n) in changed.items())}"
         )
-        write_text_atomic(run_dir / "recipe.yaml", recipe_to_yaml(recipe))
+        write_text_atomic(run_dir / RECIPE_FILE, recipe_to_yaml(recipe))
     return latest[-1]
 
 

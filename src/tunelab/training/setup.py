@@ -16,9 +16,10 @@ from tunelab.data.packing import check_packing_supported, collate_packed
 from tunelab.errors import TunelabError
 from tunelab.models.load import LoadedModel, load_model, quantisation_for
 from tunelab.models.methods import apply_method
+from tunelab.models.precision import Precision
 from tunelab.training.loop import MicroBatches, StepBatches, TrainState
 from tunelab.training.objectives import Objective, build_objective, collate_for
-from tunelab.training.precision import Precision, upcast_trainable
+from tunelab.training.precision import upcast_trainable
 from tunelab.training.schedule import build_optimizer, build_scheduler, total_steps
 from tunelab.training.speed import compile_blocks, enable_gradient_checkpointing
 

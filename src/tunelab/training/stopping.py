@@ -5,6 +5,7 @@ wait; a person at the terminal presses Ctrl-C (SIGINT). A run that dies at once 
 its last checkpoint (with `save_every: 1000`, that can be all of it); one that checkpoints first
 resumes exactly where it stopped. A second SIGTERM is not special: the step in progress still ends.
 A second Ctrl-C is a person who will not wait for the step: it aborts at once, as Ctrl-C always did.
+The exceptions such a stop raises (StopRequested, RunInterrupted) are in errors.py.
 """
 
 from __future__ import annotations
@@ -14,28 +15,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
-
-
-class StopRequested(KeyboardInterrupt):
-    """Raised by the loop after the checkpoint of a requested stop; a KeyboardInterrupt so the run
-    folder, the registry and the CLI treat it as an interruption (resumable), not a failure."""
-
-    def __init__(self, step: int):
-        super().__init__(f"stopped on request after step {step} (checkpoint saved)")
-        self.step = step
-
-
-class RunInterrupted(KeyboardInterrupt):
-    """A run stopped by Ctrl-C or SIGTERM once its folder existed: what the CLI needs to say how to
-    resume it. `checkpoint` is the newest complete one (None: nothing to resume from); `graceful`: it
-    was saved at `step` itself. Under DDP every process raises it; only the main one should speak."""
-
-    def __init__(self, run_dir: Path, step: int, checkpoint: str | None, *, graceful: bool, main: bool):
-        super().__init__(f"interrupted at step {step}")
-        self.run_dir, self.step, self.checkpoint, self.graceful = run_dir, step, checkpoint, graceful
-        self.main = main
 
 
 class StopFlag:
@@ -90,12 +70,3 @@ def stop_on_signals(*, launched: bool = False, announce: bool = True) -> Iterato
     finally:
         signal.signal(signal.SIGTERM, previous_term)
         signal.signal(signal.SIGINT, previous_int)
-
-
-class RunPruned(Exception):
-    """Raised from a validation callback (a hyper-parameter search's pruner): the run ends `pruned`,
-    a verdict on its hyper-parameters, not an error."""
-
-    def __init__(self, step: int, reason: str):
-        super().__init__(f"pruned at step {step}: {reason}")
-        self.step = step

@@ -19,7 +19,7 @@ import optuna
 import yaml
 
 from tunelab.config.search import SearchConfig
-from tunelab.runs.rundir import write_text_atomic
+from tunelab.files import write_text_atomic
 from tunelab.tuning import space
 
 HONESTY = (

@@ -20,8 +20,7 @@ from rich.console import Console
 
 from tunelab.config import Recipe, load_recipe
 from tunelab.config.search import SearchConfig
-from tunelab.errors import TunelabError
-from tunelab.training.stopping import RunPruned
+from tunelab.errors import RunPruned, TunelabError
 from tunelab.tuning import space
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
