@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import warnings
 
-from tunelab.cli import data, evaluating, feedback, runs, serving, training, tuning, using  # noqa: F401  (they register commands)
+from tunelab.cli import data, evaluating, feedback, reference, runs, serving, training, tuning, using  # noqa: F401  (they register commands)
 from tunelab.cli.common import app
 
 __all__ = ["app", "main"]
