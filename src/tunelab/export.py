@@ -31,7 +31,6 @@ from tunelab.models.gguf import gguf_file
 from tunelab.models.portable import make_portable
 from tunelab.models.restore import load_trained, read_recipe
 from tunelab.models.saved import (
-    GENERATIVE_TASKS,
     INFO,
     LABELS,
     adapter_kind,
@@ -43,6 +42,7 @@ from tunelab.models.saved import (
 )
 from tunelab.runs.rundir import read_summary
 from tunelab.runs.summary import RunSummary
+from tunelab.tasks.registry import task_spec
 
 README = "README.md"
 RECIPE = "recipe.yaml"
@@ -90,12 +90,31 @@ def exported_weights(out: Path) -> str:
 # Suffixes of single-file formats (weights, archives): an export is a folder, and a folder named
 # model.gguf would pass for a file of that format. Compared in lower case.
 FILE_FORMATS = {
-    ".gguf": "GGUF", ".ggml": "GGML", ".bin": "PyTorch .bin", ".safetensors": "safetensors",
-    ".pt": "PyTorch", ".pth": "PyTorch", ".ckpt": "checkpoint", ".onnx": "ONNX", ".tflite": "TFLite",
-    ".h5": "Keras/HDF5", ".keras": "Keras", ".pb": "TensorFlow", ".pkl": "pickle", ".pickle": "pickle",
-    ".npz": "NumPy", ".mlmodel": "Core ML", ".engine": "TensorRT", ".llamafile": "llamafile",
-    ".zip": "zip", ".tar": "tar", ".gz": "gzip", ".tgz": "tar", ".xz": "xz", ".zst": "zstd",
-}  # fmt: skip
+    ".gguf": "GGUF",
+    ".ggml": "GGML",
+    ".bin": "PyTorch .bin",
+    ".safetensors": "safetensors",
+    ".pt": "PyTorch",
+    ".pth": "PyTorch",
+    ".ckpt": "checkpoint",
+    ".onnx": "ONNX",
+    ".tflite": "TFLite",
+    ".h5": "Keras/HDF5",
+    ".keras": "Keras",
+    ".pb": "TensorFlow",
+    ".pkl": "pickle",
+    ".pickle": "pickle",
+    ".npz": "NumPy",
+    ".mlmodel": "Core ML",
+    ".engine": "TensorRT",
+    ".llamafile": "llamafile",
+    ".zip": "zip",
+    ".tar": "tar",
+    ".gz": "gzip",
+    ".tgz": "tar",
+    ".xz": "xz",
+    ".zst": "zstd",
+}
 
 
 def _check_out_name(out: Path) -> None:
@@ -171,7 +190,7 @@ def _write_extras(final: Path, info: dict[str, Any], tmp: Path) -> None:
     """Everything but the weights; `info` is tunelab.json with the export's own entry."""
     tokenizer = load_saved_tokenizer(final)
     tokenizer.save_pretrained(str(tmp))  # with the chat template used in training
-    if info["task"] in GENERATIVE_TASKS:
+    if task_spec(info["task"]).head.generative:
         _write_generation_config(tmp, info, tokenizer)
     label_map = read_label_map(final)
     if label_map is not None:
@@ -278,19 +297,7 @@ def _hub_base_model(info: dict[str, Any]) -> dict[str, str]:
 
 
 def _pipeline_tag(task: str) -> str:
-    if task == "seq2seq":
-        return "text2text-generation"
-    if task == "token_classify":
-        return "token-classification"
-    return "text-generation" if task in GENERATIVE_TASKS else "text-classification"
-
-
-AUTO_CLASSES = {
-    "seq2seq": "AutoModelForSeq2SeqLM",
-    "token_classify": "AutoModelForTokenClassification",
-    "classify": "AutoModelForSequenceClassification",
-    "reward": "AutoModelForSequenceClassification",
-}
+    return task_spec(task).head.pipeline_tag
 
 
 def _prompt_lines(info: dict[str, Any]) -> list[str]:
@@ -368,7 +375,8 @@ def _description(info: dict[str, Any], weights: str) -> str:
 
 
 def _usage(info: dict[str, Any], weights: str, label_map: dict[str, int] | None) -> list[str]:
-    generative = info["task"] in GENERATIVE_TASKS
+    head = task_spec(info["task"]).head
+    generative = head.generative
     tunelab = (
         "tunelab chat FOLDER"
         if generative
@@ -377,23 +385,23 @@ def _usage(info: dict[str, Any], weights: str, label_map: dict[str, int] | None)
     tunelab_line = f"With tunelab: `{tunelab}` (FOLDER is this folder)."
     if weights == "adapter" and info["export"].get("adapter") == "bottleneck":
         return ["This bottleneck adapter is inserted into its base by tunelab. " + tunelab_line]
-    auto = AUTO_CLASSES.get(info["task"], "AutoModelForCausalLM")
+    auto = head.auto_class
     chat = generative and bool(info.get("chat_template"))
     extra = ", GenerationConfig" if chat and weights == "adapter" else ""
     code = [f"from transformers import {auto}, AutoTokenizer{extra}", ""]
     if weights == "adapter":
-        head = ", num_labels=1" if info["task"] == "reward" else ""
+        outputs = ", num_labels=1" if head.outputs == "score" else ""
         if label_map:
             id2label = {i: name for name, i in label_map.items()}
-            head = f", num_labels={len(label_map)}, id2label={id2label!r}"
+            outputs = f", num_labels={len(label_map)}, id2label={id2label!r}"
         code[0:0] = ["from peft import PeftModel"]
-        code += [_tokenizer_line(chat), f"base = {auto}.from_pretrained({_base_arguments(info)}{head})"]
+        code += [_tokenizer_line(chat), f"base = {auto}.from_pretrained({_base_arguments(info)}{outputs})"]
         if info.get("added_tokens"):  # the chat markers training added: the base needs their rows
             code += ["base.resize_token_embeddings(len(tokenizer))  # rows for the tokens training added"]
         code += ['model = PeftModel.from_pretrained(base, "FOLDER")']
     else:
         code += [f'model = {auto}.from_pretrained("FOLDER")', _tokenizer_line(chat)]
-    if info["task"] == "seq2seq":
+    if head.generative and head.auto_class == "AutoModelForSeq2SeqLM":
         code += ["", *_seq2seq_call(info)]
     elif chat:
         # An adapter's own folder is not where transformers looks for generation settings: pass them.

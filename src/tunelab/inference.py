@@ -25,13 +25,14 @@ from typing import Any
 import torch
 from transformers import TextStreamer
 
-from tunelab.data.formats import Columns
+from tunelab.data.fields import Columns
 from tunelab.data.inputs import PredictInput, read_inputs
 from tunelab.errors import TunelabError
 from tunelab.evaluation.settings import DataSettings
 from tunelab.files import write_text_atomic
 from tunelab.generation import encode_chat, encode_prompt, generate_batch, is_encoder_decoder
 from tunelab.models.restore import Trained
+from tunelab.tasks.registry import task_spec
 
 # Chat commands. A line whose first word is / and letters is a command, never a message to the model.
 HELP, RESET, EXIT = "/help", "/reset", "/exit"
@@ -79,7 +80,8 @@ def generate_text(
 ) -> str:
     """One answer to `prompt` (a user message); a pretrain run continues `prompt` as plain text."""
     _require_generative(trained)
-    if trained.task == "pretrain" and trained.info.get("chat_template") is None:
+    task = task_spec(trained.task)
+    if task.causal_lm and not task.chat_template and trained.info.get("chat_template") is None:
         # Continued pre-training learned plain text: continue it, with the tokenizer's usual BOS.
         ids = trained.tokenizer(prompt)["input_ids"]
     else:
@@ -305,7 +307,7 @@ def predict_file(
     if batch_size < 1:
         raise TunelabError(f"batch_size must be >= 1, got {batch_size}")
     run = DataSettings.of_run(trained.recipe_dir)  # a classifier sees at most what it was trained on
-    tagging = trained.task == "token_classify"
+    tagging = task_spec(trained.task).head.word_level
     inputs = read_inputs(
         data_file, columns or run.columns, generative=trained.generative, tagging=tagging, keep=keep
     )
@@ -451,7 +453,7 @@ def predict_scores(
         ).to(device)
         with trained.precision.autocast(device.type):
             logits = model(**encoded).logits.float()
-        if trained.task == "reward":
+        if task_spec(trained.task).head.outputs == "score":  # a reward model: one score per row
             results.extend({"score": float(score)} for score in logits[:, 0].tolist())
             continue
         for row in torch.softmax(logits, dim=-1).tolist():

@@ -37,14 +37,31 @@ def launch_command(
     train_args += ["--debug"] if debug else []
     if distributed == "ddp":
         return [
-            sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-            "-m", "tunelab", "train", *train_args,
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            str(nproc),
+            "-m",
+            "tunelab",
+            "train",
+            *train_args,
+        ]
     config = accelerate_config(distributed, deepspeed_stage)
     return [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
-        "--num_processes", str(nproc), "-m", "tunelab", "train", *train_args,
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(config),
+        "--num_processes",
+        str(nproc),
+        "-m",
+        "tunelab",
+        "train",
+        *train_args,
+    ]
 
 
 def accelerate_config(distributed: str, deepspeed_stage: int) -> Path:

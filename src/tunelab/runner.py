@@ -10,22 +10,18 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, set_seed
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from tunelab.config import Recipe, check_host, load_recipe
 from tunelab.data import cache as data_cache
 from tunelab.data.describe import describe
 from tunelab.data.pipeline import (
-    CHAT_TASKS,
     PreparedData,
     Records,
     load_records,
@@ -36,23 +32,21 @@ from tunelab.data.written import write_prepared
 from tunelab.errors import RunInterrupted, StopRequested
 from tunelab.evaluation.canaries import audit, describe_audit
 from tunelab.evaluation.canaries import metrics_of as canary_metrics
+from tunelab.evaluation.context import TaskContext
 from tunelab.evaluation.forgetting import load_reference
 from tunelab.evaluation.forgetting import score as score_reference
 from tunelab.evaluation.generative import ask, read_generations, write_generations
-from tunelab.evaluation.passes import SplitEvaluator, validation_extras
+from tunelab.evaluation.passes import SplitEvaluator
 from tunelab.evaluation.scoring import (
-    bias_eval,
     chat_records,
-    classification_eval,
     describe_forgetting,
     forgetting_check,
     format_metrics,
     generative_eval,
     held_out_split,
-    score_baselines,
-    tagging_eval,
 )
 from tunelab.files import GENERATIONS_FILE, write_text_atomic
+from tunelab.fitting import ValidationCallback, fit_in_run_folder
 from tunelab.models.final import save_final
 from tunelab.models.load import LoadedModel, check_sequence_length, load_tokenizer
 from tunelab.models.methods import count_parameters, is_adapter
@@ -60,17 +54,14 @@ from tunelab.models.precision import Precision, describe_precision, precision_fo
 from tunelab.models.source import check_model
 from tunelab.paraphrase import paraphraser_for
 from tunelab.runs.lifecycle import RunFolder, initial_summary
-from tunelab.runs.rundir import MetricsLog, create_run_dir, last_train_loss
+from tunelab.runs.rundir import create_run_dir, last_train_loss
 from tunelab.runs.summary import RunSummary
-from tunelab.runs.trackers import check_trackers, open_trackers
+from tunelab.runs.trackers import check_trackers
+from tunelab.tasks.registry import task_spec
 from tunelab.training import checkpoint
-from tunelab.training.loop import Hooks, fit
 from tunelab.training.precision import make_accelerator
 from tunelab.training.resume import checkpoint_to_resume
 from tunelab.training.setup import TrainingSetup, attach_method, build_training, load_for_training
-from tunelab.training.stopping import stop_on_signals
-
-ValidationCallback = Callable[[int, dict[str, float]], None]
 
 
 @dataclass
@@ -114,15 +105,7 @@ def train(
     baselines: dict[str, Any] | None = None
     baseline_answers: dict[str, list[str]] = {}
     if resume is None:
-        baselines, baseline_answers = score_baselines(
-            recipe,
-            prepared.loaded,
-            prepared.data,
-            prepared.records,
-            prepared.cached_files,
-            accelerator,
-            console,
-        )
+        baselines, baseline_answers = _baselines(recipe, prepared, accelerator, console)
     model = _trainable(recipe, prepared, precision, console)
 
     run_dir = resume if resume else _shared_run_dir(recipe, accelerator)
@@ -205,7 +188,7 @@ def _prepare_data(
     hit = data_cache.load(data_cache.cache_dir(recipe.output.dir), cache_key)
     if hit is not None:
         prepared, files = hit
-        if recipe.task in CHAT_TASKS:  # the cached tokens were rendered with its template and markers
+        if task_spec(recipe.task).chat_template:  # the cached tokens were rendered with its template
             prepared.chat_template, prepared.added_tokens = prepare_chat_tokenizer(
                 recipe.data.template, recipe.method.name, tokenizer
             )
@@ -275,8 +258,8 @@ def _train_in_run_dir(
         console.print(f"resumed from {resume_from} (step {setup.state.step} of {setup.steps})")
     else:
         _score_before_training(data, run_eval, run, console)
-    _fit(recipe, setup, data, run, run_eval, accelerator, console, resumed=resume_from is not None,
-         on_validation=on_validation)  # fmt: skip
+    resumed = resume_from is not None
+    fit_in_run_folder(recipe, setup, data, run, run_eval, accelerator, console, resumed, on_validation)
     metrics = _score_after_training(recipe, setup, prepared, run, run_eval, reference, accelerator, console)
     if accelerator.is_main_process:
         save_final(
@@ -300,14 +283,45 @@ def _evaluator(
     recipe: Recipe, setup: TrainingSetup, prepared: Prepared, accelerator: Accelerator
 ) -> SplitEvaluator:
     """The held-out passes of this run: the loss pass, and what its validation passes add."""
-    data, tokenizer = prepared.data, prepared.loaded.tokenizer
+    hook = task_spec(recipe.task).validation_extras
+    extras = hook(_context(recipe, setup.model, prepared, accelerator)) if hook is not None else None
+    return SplitEvaluator(
+        setup.model,
+        setup.objective,
+        recipe.task,
+        recipe.train.batch_size,
+        prepared.data,
+        prepared.loaded.tokenizer.pad_token_id,
+        accelerator,
+        extras,
+    )
 
-    def questions() -> list[Any]:  # read only when validation passes generate answers
-        return _chats(prepared, "validation")
 
-    extras = validation_extras(recipe, setup.model, tokenizer, data, questions, accelerator)
-    return SplitEvaluator(setup.model, setup.objective, recipe.task, recipe.train.batch_size, data,
-                          tokenizer.pad_token_id, accelerator, extras)  # fmt: skip
+def _baselines(
+    recipe: Recipe, prepared: Prepared, accelerator: Accelerator, console: Console
+) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """The task's baselines on the held-out split, before training (the base model, or none), and the
+    base model's generated answers where eval.metrics asks for them."""
+    hook = task_spec(recipe.task).baselines
+    if hook is None:
+        return {}, {}
+    context = _context(recipe, prepared.loaded.model, prepared, accelerator, console)
+    return hook(context)
+
+
+def _context(
+    recipe: Recipe, model: Any, prepared: Prepared, accelerator: Accelerator, console: Console | None = None
+) -> TaskContext:
+    return TaskContext(
+        recipe,
+        model,
+        prepared.loaded.tokenizer,
+        prepared.data,
+        prepared.records,
+        prepared.cached_files,
+        accelerator,
+        console or Console(quiet=True),
+    )
 
 
 def _score_before_training(
@@ -322,74 +336,6 @@ def _score_before_training(
     run.summary.before_training_split = split
     console.print(f"before training ({split}): {format_metrics(run.summary.before_training)}")
     run.save()  # kept when the process dies: a resumed run cannot redo it
-
-
-def _fit(
-    recipe: Recipe,
-    setup: TrainingSetup,
-    data: PreparedData,
-    run: RunFolder,
-    run_eval: SplitEvaluator,
-    accelerator: Accelerator,
-    console: Console,
-    *,
-    resumed: bool,
-    on_validation: ValidationCallback | None = None,
-) -> None:
-    """The loop, with its metrics log, progress bar, evaluations and recorded checkpoints."""
-    cfg, state = recipe.train, setup.state
-    main = accelerator.is_main_process
-    trackers = open_trackers(recipe, run.run_dir, resumed) if main else []
-    log = MetricsLog(run.run_dir, enabled=main, resume_step=state.step if resumed else None,
-                     tensorboard="tensorboard" in recipe.output.trackers, trackers=trackers)  # fmt: skip
-    progress = _progress_bar(console, accelerator.is_main_process)
-    bar = progress.add_task("train", total=setup.steps, completed=state.step, loss=float("nan"), tps=0.0)
-
-    def save_checkpoint(step: int) -> Path:
-        path = checkpoint.save_checkpoint(accelerator, run.run_dir / "checkpoints", step, cfg.keep_last)
-        run.record_progress(state.step, state.tokens, checkpoint=path.name)
-        return path
-
-    def show_progress(step: int, loss: float, tokens_per_s: float) -> None:
-        run.record_progress(step, state.tokens)  # the live counts, written at the next checkpoint or stop
-        progress.update(bar, completed=step, loss=loss, tps=tokens_per_s)
-
-    def log_step(step: int, values: dict[str, float]) -> None:
-        if setup.privacy is not None and "loss" in values:
-            values["epsilon"] = setup.privacy.epsilon()
-        log.log(step, values)
-
-    hooks = Hooks(
-        evaluate=(lambda: run_eval("validation")) if "validation" in data.splits else None,
-        save_checkpoint=save_checkpoint,
-        log=log_step,
-        progress=show_progress,
-    )
-    if on_validation is not None:
-        hooks.after_validation = on_validation
-    try:
-        launched, main = accelerator.num_processes > 1, accelerator.is_main_process
-        with progress, stop_on_signals(launched=launched, announce=main) as stop:
-            hooks.stop_requested = _agreed(stop, accelerator)
-            fit(setup.model, setup.optimizer, setup.scheduler, setup.objective, setup.batches, cfg, setup.steps,
-                state, accelerator, hooks, setup.privacy.accumulate if setup.privacy else None)  # fmt: skip
-    except BaseException as exc:  # a pruned, interrupted or failed run closes its trackers too, as such
-        log.close(error=exc)
-        raise
-    log.close()
-
-
-def _agreed(flag: Callable[[], bool], accelerator: Accelerator) -> Callable[[], bool]:
-    """Under DDP every rank must stop at the same step (a checkpoint is collective), but a signal reaches
-    them at different moments: each step they agree, stopping when any rank was asked."""
-    if accelerator.num_processes == 1:
-        return flag
-
-    def any_rank() -> bool:
-        asked = torch.tensor([1.0 if flag() else 0.0], device=accelerator.device)
-        return bool(accelerator.reduce(asked, "sum").item() > 0)
-
-    return any_rank
 
 
 def _score_after_training(
@@ -410,30 +356,13 @@ def _score_after_training(
         metrics.update(run_eval("test"))
     if recipe.eval.metrics:
         metrics.update(_generated_answers(recipe, setup, prepared, run, accelerator, console))
+    after_training = task_spec(recipe.task).after_training
     scored: dict[str, Any] = {}
-    if recipe.task == "classify":
-        pad_id = prepared.loaded.tokenizer.pad_token_id
-        before = summary.before_training
-        scored = (
-            classification_eval(recipe, model, data, summary.baselines, before, metrics, pad_id, accelerator)
-            or {}
-        )
-        if scored:
-            metrics[f"{scored['split_prefix']}_macro_f1"] = scored["classification"]["macro"]["f1"]
-        if recipe.eval.bias is not None:
-            scored["bias"] = bias_eval(
-                recipe, model, data, prepared.records, prepared.cached_files, pad_id, accelerator
-            )
-            for warning in [
-                *scored["bias"]["data"]["warnings"],
-                *scored["bias"].get("model", {}).get("warnings", []),
-            ]:
-                summary.notes.append(f"bias: {warning}")
-                console.print(f"[yellow]bias:[/] {warning}")
-    elif recipe.task == "token_classify":
-        pad_id = prepared.loaded.tokenizer.pad_token_id
-        scored = tagging_eval(recipe, model, data, summary.baselines, pad_id, accelerator) or {}
-        metrics.update(scored.get("fine_tuned", {}))
+    if after_training is not None:  # eval.json's parts: a classifier's report, a tagger's entities, ...
+        context = _context(recipe, model, prepared, accelerator, console)
+        context.baselines, context.before_training = summary.baselines, summary.before_training
+        context.notes = summary.notes  # warnings (bias) go to summary.json and the report
+        scored = after_training(context, metrics)
     if recipe.eval.canaries is not None:
         tokenizer = prepared.loaded.tokenizer
         scored["canaries"] = audit(
@@ -484,15 +413,3 @@ def _generated_answers(
     if accelerator.is_main_process:
         write_generations(path, asked, answers)
     return scores
-
-
-def _progress_bar(console: Console, enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("step {task.completed}/{task.total}"),
-        BarColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}"),
-        TextColumn("{task.fields[tps]:,.0f} tok/s"),
-        TimeRemainingColumn(),
-        console=console,
-        disable=not enabled,
-    )

@@ -2,8 +2,8 @@
 runs list, a run's report with its plots, compare, a job started from the Jobs page until it
 succeeds, five pairs rated with the keyboard, and the export holding those five ratings.
 
-Each page is also photographed at 1280 px wide; with TUNELAB_SCREENSHOTS=<folder> (docs/README.md:
-`make screenshots`) the pictures are kept there. One server, one browser, one story: the steps build
+Each page is also photographed at 1280 px wide; with TUNELAB_SCREENSHOTS=<folder> (`make
+screenshots`, for docs/serving.md) the pictures are kept there. One server, one browser, one story: the steps build
 on each other in file order, as a user's session would.
 """
 

@@ -116,7 +116,7 @@ def test_the_dpo_run_restores_as_trained_over_the_sft_model(
         hidden.rename(sft_run / "final")
     batch = validation_batch(recipe, trained.tokenizer)
     # The restored policy reproduces the run's last validation loss (DPO against the restored reference).
-    objective = build_objective("preference", recipe.preference, trained.model)
+    objective = build_objective(recipe, trained.model)
     out = objective.loss(trained.model, batch)
     val_loss = float(out.loss_sum) / objective.count_targets(batch)
     assert val_loss == pytest.approx(result.summary.metrics["val_loss"], abs=1e-5)

@@ -34,7 +34,7 @@ from tunelab.evaluation.target import evaluate_file, load_target
 from tunelab.runner import TrainResult, train
 from tunelab.runs.rundir import read_summary
 from tunelab.training.loop import accumulate_gradients
-from tunelab.training.objectives import OBJECTIVES
+from tunelab.training.objectives import CAUSAL_LM_OBJECTIVE
 from tunelab.training.precision import make_accelerator
 
 BF16 = {"precision": "bf16"}
@@ -72,12 +72,12 @@ def bf16_gradients(model_dir: Path, micro_batches: list[dict], per_batch_mean: b
     accelerator = make_accelerator("bf16")
     model = accelerator.prepare_model(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32))
     if per_batch_mean:  # the common mistake: each micro-batch's own mean, averaged
-        objective = OBJECTIVES["sft"]
+        objective = CAUSAL_LM_OBJECTIVE
         for batch in micro_batches:
             out = objective.loss(model, batch)
             (out.loss_sum / objective.count_targets(batch) / len(micro_batches)).backward()
     else:
-        accumulate_gradients(model, OBJECTIVES["sft"], micro_batches, accelerator)
+        accumulate_gradients(model, CAUSAL_LM_OBJECTIVE, micro_batches, accelerator)
     return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
 
 

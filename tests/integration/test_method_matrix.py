@@ -39,8 +39,8 @@ from tunelab.models.adapters import bottleneck_disabled, is_bottleneck, load_bot
 from tunelab.models.load import LoadedModel, load_model
 from tunelab.models.methods import apply_method, count_parameters
 from tunelab.models.peft_compat import load_peft_adapter
+from tunelab.tasks.registry import task_spec
 from tunelab.training.loop import accumulate_gradients, optimizer_step
-from tunelab.training.objectives import OBJECTIVES
 from tunelab.training.schedule import build_optimizer, build_scheduler
 
 LABEL_MAP = {"balance": 0, "transfer": 1, "card": 2}
@@ -178,7 +178,8 @@ def train_two_steps(model: Any, task: str, batch: dict[str, torch.Tensor]) -> No
     # Two steps: a zero-initialised factor (LoRA's B, the adapter's up) leaves the other one's gradient
     # zero on the first step.
     for _ in range(2):
-        accumulate_gradients(model, OBJECTIVES[task], [batch], accelerator)
+        objective = task_spec(task).objective(None, model, None)  # these tasks' losses take no settings
+        accumulate_gradients(model, objective, [batch], accelerator)
         optimizer_step(model, optimizer, scheduler, cfg, accelerator)
 
 

@@ -16,7 +16,7 @@ from tunelab.methods.full import FreezeMethod, FullMethod
 from tunelab.models.load import load_model
 from tunelab.models.methods import apply_method, count_parameters
 from tunelab.training.loop import accumulate_gradients, optimizer_step
-from tunelab.training.objectives import OBJECTIVES
+from tunelab.training.objectives import CLASSIFICATION_OBJECTIVE
 from tunelab.training.schedule import build_optimizer, build_scheduler
 
 LABELS = {"a": 0, "b": 1}
@@ -37,7 +37,7 @@ def train_a_few_steps(model_dir: Path, method) -> tuple[set[str], set[str], int,
     accelerator = Accelerator(cpu=True)
     model.train()
     for _ in range(3):
-        accumulate_gradients(model, OBJECTIVES["classify"], [batch], accelerator)
+        accumulate_gradients(model, CLASSIFICATION_OBJECTIVE, [batch], accelerator)
         optimizer_step(model, optimizer, scheduler, cfg, accelerator)
     changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}

@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 
 from tests.conftest import SHARED_DATA
 from tunelab.cli import app
-from tunelab.data.formats import Columns, load_split
+from tunelab.data.fields import Columns
+from tunelab.data.formats import load_split
 from tunelab.data.quality import leakage
 from tunelab.errors import DataError
 

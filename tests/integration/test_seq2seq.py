@@ -21,7 +21,7 @@ from tunelab.data.tokenize import IGNORE_INDEX, LengthPolicy
 from tunelab.errors import DataError, ModelLoadError
 from tunelab.models.load import load_model
 from tunelab.runner import train
-from tunelab.training.objectives import OBJECTIVES
+from tunelab.training.objectives import SEQ2SEQ_OBJECTIVE
 
 runner = CliRunner()
 WORDS = ["red", "blue", "green", "black", "white", "small", "big", "old", "new", "fast"]
@@ -52,7 +52,7 @@ def test_the_loss_is_the_models_own_teacher_forced_loss(family: str, request: py
     folder = request.getfixturevalue(f"tiny_{family}")
     loaded = load_model(ModelConfig(name=str(folder)), "seq2seq", dtype=torch.float32)
     batch = _pairs(loaded.model, loaded.tokenizer)
-    objective = OBJECTIVES["seq2seq"]
+    objective = SEQ2SEQ_OBJECTIVE
     with torch.no_grad():
         ours = objective.loss(loaded.model, batch).loss_sum / objective.count_targets(batch)
         # transformers shifts the labels itself when given them: the same mean cross-entropy.

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import write_jsonl
-from tunelab.data.formats import Columns, load_split
+from tunelab.data.fields import Columns
+from tunelab.data.formats import load_split
 from tunelab.data.inspect import inspect_file
 from tunelab.data.labels import build_label_map
 from tunelab.data.records import Chat, Labeled, Message, Preference, Rated, Text

@@ -23,7 +23,7 @@ from tunelab.training.loop import (
     _evaluate_and_maybe_stop,
     accumulate_gradients,
 )
-from tunelab.training.objectives import OBJECTIVES
+from tunelab.training.objectives import CAUSAL_LM_OBJECTIVE
 
 
 @pytest.fixture
@@ -39,7 +39,7 @@ def gradients_and_loss(model_dir: Path, micro_batches: list[dict]) -> tuple[floa
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     accelerator = Accelerator(cpu=True)
-    result = accumulate_gradients(model, OBJECTIVES["sft"], micro_batches, accelerator)
+    result = accumulate_gradients(model, CAUSAL_LM_OBJECTIVE, micro_batches, accelerator)
     grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
     return result.loss, grads
 
@@ -57,7 +57,7 @@ def test_four_micro_batches_of_two_equal_one_batch_of_eight(tiny_llama: Path, ex
 
     # The test can fail: the common mean-of-micro-batch-means differs, because the micro-batches
     # hold different numbers of assistant tokens.
-    objective = OBJECTIVES["sft"]
+    objective = CAUSAL_LM_OBJECTIVE
     model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
     with torch.no_grad():
         means = [float(objective.loss(model, b).loss_sum) / objective.count_targets(b) for b in micro]

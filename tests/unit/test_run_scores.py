@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from tunelab.config.recipe import TASKS
 from tunelab.runs import registry
-from tunelab.runs.registry import MAIN_METRICS, list_runs, main_metric, record_run
+from tunelab.runs.registry import list_runs, main_metric, record_run
 from tunelab.runs.rundir import write_summary
 from tunelab.runs.summary import RunSummary
 from tunelab.serving.dashboard.pages_runs import score_table
+from tunelab.tasks.registry import task_names, task_spec
 
 # Each task's scores as its run records them (test split, else validation), and the main one.
 CASES = {
@@ -53,8 +53,9 @@ def _record(out: Path, run_id: str, **fields: Any) -> Path:
     return folder
 
 
-def test_every_task_has_a_main_metric() -> None:
-    assert set(MAIN_METRICS) == set(TASKS)
+def test_every_task_has_a_main_metric_and_the_cases_cover_every_task() -> None:
+    assert all(task_spec(task).main_metrics for task in task_names())
+    assert {task for task, _, _ in CASES.values()} == set(task_names())
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -20,7 +20,7 @@ from tunelab.errors import RecipeError
 from tunelab.models import precision as precision_module
 from tunelab.models.precision import Precision, resolve_precision
 from tunelab.training.loop import accumulate_gradients, optimizer_step
-from tunelab.training.objectives import OBJECTIVES
+from tunelab.training.objectives import CAUSAL_LM_OBJECTIVE
 from tunelab.training.precision import make_accelerator, upcast_trainable
 from tunelab.training.schedule import build_optimizer, build_scheduler, fused_adamw_supported
 from tunelab.training.speed import compile_blocks, enable_gradient_checkpointing
@@ -38,7 +38,7 @@ def step_loss_and_grads(
     model: Any, batch: dict[str, torch.Tensor], accelerator: Accelerator | None = None
 ) -> tuple[float, dict[str, torch.Tensor]]:
     model.train()
-    result = accumulate_gradients(model, OBJECTIVES["sft"], [batch], accelerator or Accelerator(cpu=True))
+    result = accumulate_gradients(model, CAUSAL_LM_OBJECTIVE, [batch], accelerator or Accelerator(cpu=True))
     grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
     return result.loss, grads
 

@@ -47,7 +47,7 @@ def data_inspect(
     import json
 
     from tunelab.config import ModelConfig
-    from tunelab.data.formats import Columns
+    from tunelab.data.fields import Columns
     from tunelab.data.inspect import inspect_file, render_summary
     from tunelab.models.load import load_tokenizer
 

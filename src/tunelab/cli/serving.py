@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 ConfigOption = Annotated[
     Path | None,
-    typer.Option("--config", help="serve.yaml: root, models, job defaults (README, `tunelab serve`)."),
+    typer.Option("--config", help="serve.yaml: root, models, job defaults (docs/serving.md)."),
 ]
 RootOption = Annotated[
     Path | None,

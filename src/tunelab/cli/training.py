@@ -44,8 +44,11 @@ def validate(
 
         problems = search_problems(loaded)
         if problems:
-            raise TunelabError(f"{recipe}: the search has {len(problems)} problem(s)", problems=problems,
-                               fix="correct search: (paths are recipe paths, values what those fields accept)")  # fmt: skip
+            raise TunelabError(
+                f"{recipe}: the search has {len(problems)} problem(s)",
+                problems=problems,
+                fix="correct search: (paths are recipe paths, values what those fields accept)",
+            )
     if host:
         check_host(loaded)
     _, local = check_model(loaded.model)  # a missing folder, damaged weights, an uncached Hub id offline
@@ -110,8 +113,10 @@ def train(
 def _print_interrupted(stopped: RunInterrupted, recipe: Path, overrides: list[str]) -> None:
     """What was kept, and the exact command that continues the run."""
     if stopped.checkpoint is None:
-        console.print(f"[bold red]interrupted[/] at step {stopped.step}, before any checkpoint: "
-                      f"nothing to resume ({stopped.run_dir} is recorded as interrupted); train again")  # fmt: skip
+        console.print(
+            f"[bold red]interrupted[/] at step {stopped.step}, before any checkpoint: "
+            f"nothing to resume ({stopped.run_dir} is recorded as interrupted); train again"
+        )
         return
     from tunelab.training.checkpoint import checkpoint_name
 
@@ -120,8 +125,10 @@ def _print_interrupted(stopped: RunInterrupted, recipe: Path, overrides: list[st
             f"[bold yellow]stopped[/] after step {stopped.step}; checkpoint {stopped.checkpoint} saved"
         )
     else:
-        console.print(f"[bold red]interrupted[/] at step {stopped.step}; the newest checkpoint is "
-                      f"{stopped.checkpoint} (the steps after it are lost)")  # fmt: skip
+        console.print(
+            f"[bold red]interrupted[/] at step {stopped.step}; the newest checkpoint is "
+            f"{stopped.checkpoint} (the steps after it are lost)"
+        )
     console.print(f"resume with:\n  {resume_command(recipe, overrides, stopped.run_dir)}")
 
 

@@ -34,8 +34,10 @@ def tune(
     from tunelab.tuning.study import open_study, run_trials
 
     work = open_study(recipe, set_ or [], storage, resume=resume or worker)
-    console.print(f"study {work.study.study_name}: {work.search.trials} trials, {work.search.sampler} sampler, "
-                  f"{work.search.pruner} pruner; folder {work.folder}")  # fmt: skip
+    console.print(
+        f"study {work.study.study_name}: {work.search.trials} trials, {work.search.sampler} sampler, "
+        f"{work.search.pruner} pruner; folder {work.folder}"
+    )
     try:
         run_trials(work, console)
     finally:  # also after Ctrl-C: the report shows the trials so far, and --resume continues

@@ -3,9 +3,10 @@ fields (checks.py, all reported in one pass), checks of the machine (preflight.p
 overrides and migration (loading.py) and error wording (render.py)."""
 
 from tunelab.config.checks import CHECKS, Problem
+from tunelab.config.data_section import source_name
 from tunelab.config.loading import load_recipe, migrate, recipe_to_yaml
 from tunelab.config.preflight import check_host, host_problems
-from tunelab.config.recipe import CAUSAL_TASKS, TASKS, Recipe, source_name
+from tunelab.config.recipe import Recipe
 from tunelab.config.safety import ContentScreen
 from tunelab.config.sections import (
     BASELINES,
@@ -24,9 +25,7 @@ from tunelab.methods.registry import MethodConfig
 
 __all__ = [
     "BASELINES",
-    "CAUSAL_TASKS",
     "CHECKS",
-    "TASKS",
     "ContentScreen",
     "DataConfig",
     "EarlyStopping",

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
+from tunelab.config.data_section import source_name
+from tunelab.config.schema import RecipeSchema as Recipe
 from tunelab.config.validation_metrics import early_stopping_refusal
 from tunelab.methods.registry import method_spec, methods_where
-
-if TYPE_CHECKING:
-    from tunelab.config.recipe import Recipe
+from tunelab.tasks.registry import TaskSpec, task_spec, tasks_where
 
 
 @dataclass(frozen=True)
@@ -34,7 +33,13 @@ class RecipeProblems(ValueError):
         self.problems = problems
 
 
-Check = Callable[["Recipe"], list[Problem]]
+Check = Callable[[Recipe], list[Problem]]
+
+
+def _tasks(trait: Callable[[TaskSpec], bool], last: str = " or ") -> str:
+    """The tasks with a trait, for a message: "sft or pretrain"."""
+    names = tasks_where(trait)
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])}{last}{names[-1]}"
 
 
 def check_early_stopping(recipe: Recipe) -> list[Problem]:
@@ -60,25 +65,21 @@ def check_early_stopping_metric(recipe: Recipe) -> list[Problem]:
 
 
 def check_reference(recipe: Recipe) -> list[Problem]:
-    from tunelab.config.recipe import CAUSAL_TASKS
-
-    if recipe.eval.reference is not None and recipe.task not in CAUSAL_TASKS:
+    if recipe.eval.reference is not None and not task_spec(recipe.task).causal_lm:
+        causal = ", ".join(tasks_where(lambda task: task.causal_lm))
         return [
-            Problem(
-                "eval.reference",
-                f"the forgetting check needs a causal language model: task {', '.join(CAUSAL_TASKS)}",
-            )
+            Problem("eval.reference", f"the forgetting check needs a causal language model: task {causal}")
         ]
     return []
 
 
 def check_generative_metrics(recipe: Recipe) -> list[Problem]:
-    if recipe.eval.metrics and recipe.task not in ("sft", "seq2seq"):
+    if recipe.eval.metrics and not task_spec(recipe.task).generates_answers:
+        scored = _tasks(lambda task: task.generates_answers, " and ")
         return [
             Problem(
                 "eval.metrics",
-                f"generated answers are scored for task sft and seq2seq; task {recipe.task} reports its own "
-                "metrics",
+                f"generated answers are scored for task {scored}; task {recipe.task} reports its own metrics",
             )
         ]
     return []
@@ -110,8 +111,12 @@ def check_preference_section(recipe: Recipe) -> list[Problem]:
     # Written, not merely defaulted: `preference: {beta: 0.1}` in an sft recipe is a mistake too.
     preference = recipe.preference
     written = sorted(preference.model_fields_set)
-    if written and recipe.task != "preference":
-        return [Problem(f"preference.{written[0]}", "applies to task: preference only")]
+    if written and not task_spec(recipe.task).preference_section:
+        return [
+            Problem(
+                f"preference.{written[0]}", f"applies to task: {_tasks(lambda t: t.preference_section)} only"
+            )
+        ]
     if preference.objective != "kto":
         return [
             Problem(f"preference.{name}", "applies to preference.objective: kto only")
@@ -152,8 +157,10 @@ def check_adapter(recipe: Recipe) -> list[Problem]:
 
 def check_method_fits_task(recipe: Recipe) -> list[Problem]:
     spec = method_spec(recipe.method.name)
-    if recipe.task == "reward" and spec.virtual_tokens:
-        return [Problem("method.name", f"{spec.name} is not supported for task reward; use lora or full")]
+    if spec.virtual_tokens and not task_spec(recipe.task).virtual_tokens:
+        return [
+            Problem("method.name", f"{spec.name} is not supported for task {recipe.task}; use lora or full")
+        ]
     return []
 
 
@@ -184,14 +191,11 @@ def check_method_fits_8bit_base(recipe: Recipe) -> list[Problem]:
 
 
 def check_data_sources(recipe: Recipe) -> list[Problem]:
-    from tunelab.config.recipe import source_name
-
     data, problems = recipe.data, []
+    several = _tasks(lambda task: task.several_datasets)
     if isinstance(data.train, list):
-        if recipe.task not in ("sft", "pretrain"):
-            problems.append(
-                Problem("data.train", "a list of datasets (multi-task) is for task sft or pretrain")
-            )
+        if not task_spec(recipe.task).several_datasets:
+            problems.append(Problem("data.train", f"a list of datasets (multi-task) is for task {several}"))
         if not data.train:
             problems.append(Problem("data.train", "the list of datasets is empty"))
         names = [source_name(s) for s in data.train]
@@ -199,8 +203,8 @@ def check_data_sources(recipe: Recipe) -> list[Problem]:
             problems.append(
                 Problem("data.train", f"two datasets share a name ({', '.join(names)}); name them")
             )
-    if data.replay is not None and recipe.task not in ("sft", "pretrain"):
-        problems.append(Problem("data.replay", "is for task sft or pretrain"))
+    if data.replay is not None and not task_spec(recipe.task).several_datasets:
+        problems.append(Problem("data.replay", f"is for task {several}"))
     if data.replay is not None and (data.replay.ratio is None) == (data.progressive is None):
         problems.append(
             Problem("data.replay", "set either replay.ratio (a constant share) or data.progressive (a ramp)")
@@ -212,7 +216,6 @@ def check_data_sources(recipe: Recipe) -> list[Problem]:
     return problems
 
 
-PRIVATE_TASKS = ("classify", "sft", "pretrain")
 PRIVATE_METHODS = ("full", "freeze", "lora")
 
 
@@ -224,7 +227,11 @@ def check_privacy(recipe: Recipe) -> list[Problem]:
     if train.privacy is None:
         return []
     refusals = [
-        ("task", recipe.task not in PRIVATE_TASKS, f"is {recipe.task}; DP runs {', '.join(PRIVATE_TASKS)}"),
+        (
+            "task",
+            not task_spec(recipe.task).private,
+            f"is {recipe.task}; DP runs {', '.join(tasks_where(lambda task: task.private))}",
+        ),
         (
             "method.name",
             recipe.method.name not in PRIVATE_METHODS,
@@ -251,10 +258,9 @@ def check_canaries(recipe: Recipe) -> list[Problem]:
     if recipe.eval.canaries is None:
         return []
     problems = []
-    if recipe.task not in ("sft", "pretrain"):
-        problems.append(
-            Problem("eval.canaries", f"is for task sft or pretrain (generation), not {recipe.task}")
-        )
+    if not task_spec(recipe.task).canaries:
+        canaries = _tasks(lambda task: task.canaries)
+        problems.append(Problem("eval.canaries", f"is for task {canaries} (generation), not {recipe.task}"))
     if recipe.data.multi_source:
         problems.append(
             Problem("eval.canaries", "is for one training dataset; mixtures and replay are not supported")
@@ -269,10 +275,11 @@ def check_classify_only(recipe: Recipe) -> list[Problem]:
         ("data.augment", recipe.data.augment is not None, " (label-preserving rewrites)"),
         ("eval.bias", recipe.eval.bias is not None, " (labels against identity terms)"),
     ]
+    classes = _tasks(lambda task: task.classes)
     problems = [
-        Problem(path, f"applies to task: classify only{why}")
+        Problem(path, f"applies to task: {classes} only{why}")
         for path, written, why in settings
-        if written and recipe.task != "classify"
+        if written and not task_spec(recipe.task).classes
     ]
     augment = recipe.data.augment
     if (

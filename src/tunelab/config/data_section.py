@@ -276,3 +276,11 @@ class DataConfig(Section):
     @property
     def multi_source(self) -> bool:
         return not isinstance(self.train, str) or self.replay is not None
+
+
+def source_name(source: TrainSource) -> str:
+    """A dataset's name in metrics: its name, else the file's stem (`hf:` specs: the dataset name)."""
+    if source.name:
+        return source.name
+    stem = source.path.split(":", 1)[-1] if source.path.startswith("hf:") else Path(source.path).name
+    return stem.split("/")[-1].split("@")[0].split(".")[0] or "train"

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from tunelab.config.recipe import Recipe
 from tunelab.config.render import format_errors
 from tunelab.errors import RecipeError
+from tunelab.tasks.registry import task_spec
 
 # Preference settings moved from the method section to their own (`preference:`); recipe.yaml files
 # saved before that spell them out under method, with their defaults for every other task.
@@ -63,8 +64,9 @@ def recipe_to_yaml(recipe: Recipe) -> str:
     """Every setting spelled out (a run's recipe.yaml), except what the recipe does not use and reading
     it back would refuse: the preference loss of a non-preference recipe, KTO's weights under another
     objective."""
-    skip: dict[str, Any] = {"preference": True} if recipe.task != "preference" else {}
-    if recipe.task == "preference" and recipe.preference.objective != "kto":
+    uses_preference = task_spec(recipe.task).preference_section
+    skip: dict[str, Any] = {} if uses_preference else {"preference": True}
+    if uses_preference and recipe.preference.objective != "kto":
         skip["preference"] = {"desirable_weight", "undesirable_weight"}
     if recipe.search is None:
         skip["search"] = True  # an ordinary run's recipe.yaml stays as it was before searches existed

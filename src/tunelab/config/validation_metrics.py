@@ -4,31 +4,16 @@ from one table, so a new metric is added in one place."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from tunelab.config.data_section import source_name
 from tunelab.config.directions import BETTER, better, watchable
-
-if TYPE_CHECKING:
-    from tunelab.config.recipe import Recipe
+from tunelab.config.schema import RecipeSchema as Recipe
+from tunelab.tasks.registry import task_spec
 
 # training/preference.py: reward_stats (dpo, ipo, orpo, reward) and kto_stats.
 REWARD_STATS = ("reward_accuracy", "reward_chosen", "reward_rejected", "reward_margin")
 KTO_STATS = ("kl", "reward_accuracy", "reward_desirable", "reward_undesirable", "desirable_share")
 
 ENTITY_SCORES = ("entity_precision", "entity_recall", "entity_f1")
-
-# What each validation pass logs (evaluation/metrics.evaluate): the loss, perplexity for causal LMs,
-# accuracy for classifiers, and the objective's own stats (token_classify's is its word accuracy; its
-# entity scores come from the tagger's predicted spans, evaluation/passes.py).
-LOGGED: dict[str, tuple[str, ...]] = {
-    "sft": ("loss", "perplexity"),
-    "pretrain": ("loss", "perplexity"),
-    "classify": ("loss", "accuracy"),
-    "token_classify": ("loss", "accuracy", *ENTITY_SCORES),
-    "seq2seq": ("loss",),
-    "reward": ("loss", *REWARD_STATS),
-    "preference": ("loss", *REWARD_STATS),
-}
 
 # The scores of generated answers, by the eval.metrics entry that asks for them (evaluation/generative.py).
 GENERATED = {
@@ -37,7 +22,8 @@ GENERATED = {
     "bleu": ("bleu",),
     "chrf": ("chrf",),
 }
-GENERATING_TASKS = ("sft", "seq2seq")
+# A generating task's headline scores, best first (runs list, dashboard).
+GENERATED_MAIN = ("exact_match", "rougeL", "bleu", "chrf")
 
 # Scored once, after training, on the held-out split (eval.json and the run's metrics), never at a
 # validation pass: why, for the message that refuses them as an early-stopping metric.
@@ -80,29 +66,26 @@ def early_stopping_refusal(recipe: Recipe, metric: str) -> str | None:
             f"process; train.distributed {recipe.train.distributed} shards them. Watch one of {allowed}"
         )
     asked = next((entry for entry, names in GENERATED.items() if base in names), None)
-    if asked is not None and recipe.task in GENERATING_TASKS:
+    if asked is not None and task_spec(recipe.task).generates_answers:
         return (
             f"{metric} scores generated answers: add {asked} to eval.metrics (each validation pass then "
             f"generates answers to the validation split); or watch one of {allowed}"
         )
     kind = f"task {recipe.task}"
-    if recipe.task == "preference":
+    if task_spec(recipe.task).metrics_by_objective:  # what it logs depends on preference.objective
         kind += f" (objective {recipe.preference.objective})"
     return f"the validation pass of {kind} logs no {metric}; watch one of {allowed}"
 
 
 def _logged(recipe: Recipe) -> tuple[str, ...]:
     """The names (after val_) of what the recipe's task logs at each validation pass."""
-    if recipe.task == "preference" and recipe.preference.objective == "kto":
-        return ("loss", *KTO_STATS)
-    if generates_at_validation(recipe):
-        return (*LOGGED[recipe.task], *_generated(recipe))
-    return LOGGED[recipe.task]
+    logged = task_spec(recipe.task).logged(recipe.preference.objective)
+    return (*logged, *_generated(recipe)) if generates_at_validation(recipe) else logged
 
 
 def _generated(recipe: Recipe) -> tuple[str, ...]:
     """The scores eval.metrics asks for, for a task whose answers are generated."""
-    if recipe.task not in GENERATING_TASKS:
+    if not task_spec(recipe.task).generates_answers:
         return ()
     return tuple(name for entry in recipe.eval.metrics for name in GENERATED[entry])
 
@@ -123,8 +106,6 @@ def _datasets_with_validation(recipe: Recipe) -> list[str]:
     """Datasets whose validation rows are their own (data/pipeline.py's _load_mixture): a dataset's own
     validation file, or its share data.split.validation when no shared data.validation file is given.
     Replay data and the shared file's rows have no name of their own."""
-    from tunelab.config.recipe import source_name
-
     data = recipe.data
     if not data.multi_source:
         return []

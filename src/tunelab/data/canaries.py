@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tunelab.data.records import Chat, Message, Text
+from tunelab.tasks.registry import task_spec
 
 if TYPE_CHECKING:
     from tunelab.config.safety import Canaries
@@ -47,14 +48,14 @@ def random_secret(rng: random.Random, digits: int) -> str:
 
 
 def insert_canaries(train: list[Any], cfg: Canaries, task: str) -> tuple[list[Any], dict[str, Any]]:
-    """Train with each canary's copies put in at seeded positions (as a chat turn for sft, plain text for
-    pretrain); and what was put in, for report.json."""
-    canaries = make_canaries(cfg)
+    """Train with each canary's copies put in at seeded positions (as a chat turn where the task renders
+    chats, plain text otherwise: sft, pretrain); and what was put in, for report.json."""
+    canaries, plain = make_canaries(cfg), not task_spec(task).chat_template
     rows: list[Any] = []
     for canary in canaries:
         for copy in range(canary.repetitions):
             source = f"{SOURCE}:{canary.name}#{copy + 1}"
-            if task == "pretrain":
+            if plain:
                 rows.append(Text(canary.answer(), source=source))
             else:
                 turns = (Message("user", canary.prompt()), Message("assistant", canary.answer()))

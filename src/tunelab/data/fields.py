@@ -1,4 +1,5 @@
-"""What every row converter shares: the error a bad row raises, and reading one text field.
+"""What every row converter shares: the column mapping it reads a row through (Columns), the error a
+bad row raises, and reading one text field.
 
 Kept apart from formats.py so converter modules (pair_formats.py) and formats.py can both use them
 without importing each other.
@@ -6,7 +7,26 @@ without importing each other.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
+
+
+@dataclass(frozen=True)
+class Columns:
+    """How a converter reads a row: the recipe's data.text_column, label_column, text_pair_column,
+    columns (renames), prompt_template and system_prompt (pipeline.columns_of)."""
+
+    text: str = "text"
+    label: str = "label"
+    text_pair: str | None = None
+    rename: dict[str, str] = field(default_factory=dict)  # format field -> source column: prompt -> dialogue
+    prompt_template: str | None = None  # the user message, from the row's fields: "Summarize:\n{dialogue}"
+    system_prompt: str | None = None  # given to every conversation without a system message
+
+    def apply(self, fields: dict[str, Any]) -> dict[str, Any]:
+        if not self.rename:
+            return fields
+        return {**fields, **{name: fields[src] for name, src in self.rename.items() if src in fields}}
 
 
 class RowError(Exception):

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.data import hub
-from tunelab.data.fields import RowError
+from tunelab.data.fields import Columns, RowError
 from tunelab.data.fields import text_value as _content
 from tunelab.data.pair_formats import from_hh_dialogue, from_kto, from_openai_preference, from_preference
 from tunelab.data.readers import ReadResult, Row, read_file
@@ -27,23 +27,6 @@ from tunelab.data.tagged import tagged_from_fields
 from tunelab.errors import DataError
 
 MAX_LISTED = 20
-
-
-@dataclass(frozen=True)
-class Columns:
-    text: str = "text"
-    label: str = "label"
-    text_pair: str | None = None
-    rename: dict[str, str] = field(
-        default_factory=dict
-    )  # format field -> source column, e.g. prompt -> dialogue
-    prompt_template: str | None = None  # the user message, from the row's fields: "Summarize:\n{dialogue}"
-    system_prompt: str | None = None  # given to every conversation without a system message
-
-    def apply(self, fields: dict[str, Any]) -> dict[str, Any]:
-        if not self.rename:
-            return fields
-        return {**fields, **{name: fields[src] for name, src in self.rename.items() if src in fields}}
 
 
 @dataclass
@@ -89,9 +72,16 @@ def from_chat(fields: dict[str, Any], columns: Columns) -> Chat:
 
 
 SHAREGPT_ROLES = {
-    "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant",
-    "bard": "assistant", "bing": "assistant", "model": "assistant", "system": "system",
-}  # fmt: skip
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "chatgpt": "assistant",
+    "bard": "assistant",
+    "bing": "assistant",
+    "model": "assistant",
+    "system": "system",
+}
 
 
 def from_sharegpt(fields: dict[str, Any], columns: Columns) -> Chat:
@@ -222,16 +212,19 @@ CONVERTERS: dict[str, Converter] = {
 }
 FORMATS = tuple(CONVERTERS)
 RECORD_KIND = {
-    "chat": "chat", "sharegpt": "chat", "alpaca": "chat", "prompt_completion": "chat", "text": "text",
-    "labeled": "labeled", "multiple_choice": "labeled", "preference": "preference",
-    "openai_preference": "preference", "kto": "rated", "hh_dialogue": "chat", "tagged": "tagged",
-}  # fmt: skip
-RECORD_KIND_FOR_TASK = {
-    "sft": "chat", "classify": "labeled", "pretrain": "text", "preference": "preference", "reward": "preference",
-    "token_classify": "tagged", "seq2seq": "chat",
-}  # fmt: skip
-# Replay data (general data mixed in against forgetting) may be plain text under instruction tuning.
-REPLAY_KINDS = {"sft": ("chat", "text"), "pretrain": ("text",)}
+    "chat": "chat",
+    "sharegpt": "chat",
+    "alpaca": "chat",
+    "prompt_completion": "chat",
+    "text": "text",
+    "labeled": "labeled",
+    "multiple_choice": "labeled",
+    "preference": "preference",
+    "openai_preference": "preference",
+    "kto": "rated",
+    "hh_dialogue": "chat",
+    "tagged": "tagged",
+}
 FORMATS_FOR_KIND = {
     "chat": "chat (messages), sharegpt (conversations), alpaca (instruction/output), prompt/completion, "
     "or HH-RLHF transcripts (data.format: hh_dialogue)",
@@ -241,14 +234,6 @@ FORMATS_FOR_KIND = {
     "rated": "KTO rows (prompt, completion, label: true or false; with preference.objective: kto)",
     "tagged": "CoNLL (a token and its tag per line) or {tokens, tags} rows",
 }
-
-
-def record_kinds(task: str, objective: str = "dpo") -> tuple[str, ...]:
-    """The record kinds a task trains on. KTO (`preference.objective: kto`) reads rated rows and preference
-    pairs alike (pairs are split into two rated examples when tokenised: data/rated.py)."""
-    if task == "preference" and objective == "kto":
-        return ("rated", "preference")
-    return (RECORD_KIND_FOR_TASK[task],)
 
 
 def detect_format(rows: list[Row], columns: Columns, kind: str | None = None) -> str | None:

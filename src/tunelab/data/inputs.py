@@ -13,9 +13,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from tunelab.data.fields import Columns
 from tunelab.data.formats import (
     MAX_LISTED,
-    Columns,
     RowError,
     alpaca_prompt,
     chat_from_messages,

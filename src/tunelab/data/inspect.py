@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.data.clean import NearDupConfig, exact_duplicates, find_pii, near_duplicates
-from tunelab.data.formats import Columns, load_split
+from tunelab.data.fields import Columns
+from tunelab.data.formats import load_split
 from tunelab.data.readers import read_file
 from tunelab.data.records import Chat, Labeled, Rated, Text, record_text
 from tunelab.data.templates import ensure_chat_template, render_chat

@@ -5,14 +5,11 @@ side of a pairs file). formats.py registers them in CONVERTERS."""
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from tunelab.data.fields import RowError
+from tunelab.data.fields import Columns, RowError
 from tunelab.data.fields import text_value as _content
 from tunelab.data.records import ROLES, Chat, Message, Preference, Rated
-
-if TYPE_CHECKING:
-    from tunelab.data.formats import Columns
 
 HH_TURN = re.compile(r"\n\n(Human|Assistant): ")
 

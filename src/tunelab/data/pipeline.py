@@ -16,35 +16,28 @@ from tunelab.data import quality
 from tunelab.data.augment import Paraphraser, augment_train
 from tunelab.data.canaries import insert_canaries
 from tunelab.data.clean import NearDupConfig
+from tunelab.data.fields import Columns
 from tunelab.data.formats import (
     FORMATS_FOR_KIND,
     RECORD_KIND,
-    RECORD_KIND_FOR_TASK,
-    REPLAY_KINDS,
-    Columns,
     load_split,
-    record_kinds,
 )
 from tunelab.data.labels import build_label_map, check_labels_known, missing_classes_warning
 from tunelab.data.mixture import REPLAY
 from tunelab.data.packing import pack_examples
-from tunelab.data.records import Chat, Labeled, Preference, Record, Tagged, Text
+from tunelab.data.records import Record
 from tunelab.data.screen import screen_splits
-from tunelab.data.tagged import tag_map_of, tokenize_tagged
 from tunelab.data.templates import add_marker_tokens, ensure_chat_template, split_markers
 from tunelab.data.tokenize import (
     Example,
     LengthPolicy,
     TokenizeStats,
-    tokenize_chats,
-    tokenize_labeled,
-    tokenize_texts,
 )
 from tunelab.errors import DataError
 from tunelab.methods.registry import method_spec, methods_where
+from tunelab.tasks.registry import task_spec
 
 SPLITS = ("train", "validation", "test")
-CHAT_TASKS = ("sft", "preference", "reward")  # tasks whose records are rendered with a chat template
 
 
 @dataclass
@@ -113,20 +106,17 @@ def load_records(recipe: Recipe, *, paraphraser: Paraphraser | None = None) -> R
     report: dict[str, Any] = {"splits": {}}
     files = {split: getattr(data, split) for split in SPLITS if getattr(data, split)}
     shares = {s: getattr(data.split, s) for s in ("validation", "test")}
-    kinds = record_kinds(recipe.task, recipe.preference.objective)
-    splits = _prepare_source(stage, files, data.format, kinds, report, shares, stage.task == "classify")
+    task = task_spec(recipe.task)
+    kinds = task.kinds(recipe.preference.objective)
+    splits = _prepare_source(stage, files, data.format, kinds, report, shares, stratify=task.classes)
     splits["train"], report["leakage"] = _check_leakage(data, splits)
     _check_not_empty(splits, report)  # before labels are counted: an empty train has none
-    label_map = None
-    if stage.task == "classify":
-        label_map = _labels(stage, splits, report)
-        if stage.data.augment is not None:  # after the split and the balancing: train rows only
-            near = near_config(stage.data)
-            splits["train"], report["augment"] = augment_train(
-                splits, stage.data.augment, near, stage.seed, paraphraser
-            )
-    elif stage.task == "token_classify":
-        label_map = tag_map_of(splits, report)
+    label_map = task.label_map(stage, splits, report) if task.label_map is not None else None
+    if stage.data.augment is not None:  # after the split and the balancing: train rows only (classes)
+        near = near_config(stage.data)
+        splits["train"], report["augment"] = augment_train(
+            splits, stage.data.augment, near, stage.seed, paraphraser
+        )
     if recipe.eval.canaries is not None:  # after every cleaning step: their copies are deliberate
         splits["train"], report["canaries"] = insert_canaries(
             splits["train"], recipe.eval.canaries, stage.task
@@ -170,7 +160,7 @@ def _load_mixture(stage: DataStage) -> Records:
     data = stage.data
     report: dict[str, Any] = {"splits": {}, "sources": {}}
     parts: dict[str, dict[str, list[Record]]] = {}
-    kind = (RECORD_KIND_FOR_TASK[stage.task],)
+    kind = task_spec(stage.task).record_kinds
     # A dataset without its own held-out file gives data.split's share, unless a shared file covers it.
     shares = {s: getattr(data.split, s) for s in ("validation", "test") if not getattr(data, s)}
     sub: dict[str, Any]
@@ -186,7 +176,7 @@ def _load_mixture(stage: DataStage) -> Records:
         sub = {"splits": {}}
         files = {"train": data.replay.path}
         parts[REPLAY] = _prepare_source(
-            stage, files, data.replay.format or "auto", REPLAY_KINDS[stage.task], sub, {}
+            stage, files, data.replay.format or "auto", task_spec(stage.task).replay_kinds, sub, {}
         )
         report["sources"][REPLAY] = sub
     shared = {split: getattr(data, split) for split in ("validation", "test") if getattr(data, split)}
@@ -328,7 +318,8 @@ def _check_leakage(data: DataConfig, splits: dict[str, list[Any]]) -> tuple[list
     return quality.leakage(splits["train"], held_out, near=near_config(data), policy=data.leakage)
 
 
-def _labels(stage: DataStage, splits: dict[str, list[Any]], report: dict[str, Any]) -> dict[str, int]:
+def class_label_map(stage: DataStage, splits: dict[str, list[Any]], report: dict[str, Any]) -> dict[str, int]:
+    """classify: the label map train defines; held-out labels checked against it, balance reported."""
     label_map = build_label_map(splits["train"])
     if len(label_map) < 2:
         raise DataError(
@@ -385,7 +376,8 @@ def tokenize_records(recipe: Recipe, records: Records, tokenizer: Any) -> Prepar
     policy = LengthPolicy(max_len, data.truncation, data.min_tokens, data.max_tokens, data.truncation_side)
     prepared = PreparedData(splits={}, stats={}, label_map=records.label_map, report=records.report)
     prepared.notes.extend(records.report.get("warnings", []))
-    if recipe.task in CHAT_TASKS:
+    task = task_spec(recipe.task)
+    if task.chat_template:
         prepared.chat_template, prepared.added_tokens = prepare_chat_tokenizer(
             data.template, recipe.method.name, tokenizer
         )
@@ -396,9 +388,8 @@ def tokenize_records(recipe: Recipe, records: Records, tokenizer: Any) -> Prepar
     for split, items in records.splits.items():
         examples, stats = [], TokenizeStats()
         for name, group in _groups(items, records.datasets.get(split)):
-            group_examples, group_stats = _tokenize(
-                tokenizer, group, records.label_map, policy, recipe.task, recipe.preference.objective == "kto"
-            )
+            # One group is one dataset's records of one kind (chats, and replay text, in an sft mixture).
+            group_examples, group_stats = task.tokenize(tokenizer, group, records.label_map, policy, recipe)
             if name:
                 for example in group_examples:
                     example["dataset"] = name
@@ -433,42 +424,6 @@ def _groups(items: list[Any], tags: list[str] | None) -> list[tuple[str, list[An
         else:
             groups.append((key[0], [item]))
     return groups
-
-
-def _tokenize(
-    tokenizer: Any,
-    items: list[Any],
-    label_map: dict[str, int] | None,
-    policy: LengthPolicy,
-    task: str,
-    unpaired: bool = False,
-) -> tuple[list[Example], TokenizeStats]:
-    first = items[0]
-    if unpaired:  # KTO: rated rows, and pairs split into a desirable and an undesirable example
-        from tunelab.data.rated import tokenize_rated
-
-        return tokenize_rated(tokenizer, items, policy)
-    if task == "seq2seq":
-        from tunelab.data.seq2seq import tokenize_seq2seq
-
-        return tokenize_seq2seq(tokenizer, _all(items, Chat), policy)
-    if isinstance(first, Chat):
-        return tokenize_chats(tokenizer, _all(items, Chat), policy)
-    if isinstance(first, Text):
-        return tokenize_texts(tokenizer, _all(items, Text), policy)
-    if isinstance(first, Preference):
-        from tunelab.data.pairs import tokenize_preferences
-
-        return tokenize_preferences(tokenizer, _all(items, Preference), policy)
-    assert label_map is not None
-    if isinstance(first, Tagged):
-        return tokenize_tagged(tokenizer, _all(items, Tagged), label_map, policy)
-    return tokenize_labeled(tokenizer, _all(items, Labeled), label_map, policy)
-
-
-def _all(items: list[Any], kind: type) -> list[Any]:
-    assert all(isinstance(item, kind) for item in items)
-    return items
 
 
 def _preflight(

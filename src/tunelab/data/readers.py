@@ -1,8 +1,10 @@
 """Read the rows of a data file, whatever its container, each with a location for error messages.
 
-Containers: .jsonl, .json (an array of objects), .csv, .tsv, .parquet, .txt; each may be gzipped
-(.jsonl.gz, ...). A row is a dict of fields; its location is the line number for line-based files
-and the item/row number otherwise, so every bad row can be named as `file:where: reason`.
+Containers: .jsonl, .json (an array of objects), .csv, .tsv, .parquet, .txt, .conll; each may be
+gzipped (.jsonl.gz, ...). CoNLL text (token-tag lines, a blank line between sentences) gives a row per
+sentence, {tokens, tags}, for token_classify (tagged.py). A row is a dict of fields; its location is
+the line number for line-based files and the item/row number otherwise, so every bad row can be named
+as `file:where: reason`.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import gzip
 import io
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -249,8 +251,6 @@ def _extra_cells(extra: list[str] | None) -> str | None:
 
 def _text_rows(handle: IO[str], unit: str, tag_column: int = -1) -> Iterator[Row]:
     if unit == "conll":
-        from tunelab.data.tagged import conll_rows  # it builds Rows: imported here, not at the top
-
         yield from conll_rows(handle, tag_column)
         return
     if unit == "file":
@@ -259,6 +259,39 @@ def _text_rows(handle: IO[str], unit: str, tag_column: int = -1) -> Iterator[Row
     for line_no, line in enumerate(handle, start=1):
         if line.strip():
             yield Row(str(line_no), {"text": line.rstrip("\r\n")})
+
+
+def conll_rows(lines: Iterable[str], tag_column: int = -1) -> Iterator[Row]:
+    """One row per sentence, named by its first line: fields {tokens, tags}. A line without a tag
+    column makes its sentence a bad row, named by that line."""
+    sentence: list[tuple[str, str]] = []
+    start, bad = "", None  # where the sentence starts; its first bad line, as a row
+    for line_no, line in enumerate(lines, start=1):
+        parts = line.split()
+        if not parts or parts[0] == "-DOCSTART-":
+            if sentence or bad:
+                yield bad or _sentence(start, sentence)
+            sentence, bad = [], None
+            continue
+        start = start if sentence or bad else str(line_no)
+        tag = _tag(parts, tag_column)
+        if tag is None:
+            bad = bad or Row(str(line_no), {}, f"expected a token and its tag, got {line.strip()!r}")
+        else:
+            sentence.append((parts[0], tag))
+    if sentence or bad:
+        yield bad or _sentence(start, sentence)
+
+
+def _tag(parts: list[str], column: int) -> str | None:
+    """The tag in `column` of a line's parts; None when the line has no such column besides the token."""
+    if not -len(parts) <= column < len(parts) or column % len(parts) == 0:
+        return None
+    return parts[column]
+
+
+def _sentence(where: str, sentence: list[tuple[str, str]]) -> Row:
+    return Row(where, {"tokens": [token for token, _ in sentence], "tags": [tag for _, tag in sentence]})
 
 
 def _parquet_rows(path: Path) -> Iterator[Row]:

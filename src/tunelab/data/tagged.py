@@ -1,6 +1,6 @@
-"""Token-tagged data for `task: token_classify` (NER and the like): reading, converting, tokenising.
+"""Token-tagged data for `task: token_classify` (NER and the like): converting and tokenising.
 
-Two layouts give the same records:
+Two layouts give the same records (readers.py reads both into rows):
 - CoNLL: one token per line with its tags in whitespace-separated columns (the tag column is
   `data.tag_column`, default the last), a blank line between sentences, `-DOCSTART-` lines skipped.
   CoNLL-2003's lines are `EU NNP B-NP B-ORG`; WNUT-17's are `@paul O`.
@@ -13,10 +13,8 @@ of seqeval-scored benchmarks: one prediction per word, read off its first piece.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
 from typing import Any
 
-from tunelab.data.readers import Row
 from tunelab.data.records import Tagged
 from tunelab.data.tokenize import (
     IGNORE_INDEX,
@@ -29,43 +27,6 @@ from tunelab.data.tokenize import (
 from tunelab.errors import DataError
 
 OUTSIDE = "O"  # the tag of a token outside every entity
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading CoNLL
-
-
-def conll_rows(lines: Iterable[str], tag_column: int = -1) -> Iterator[Row]:
-    """One row per sentence, named by its first line: fields {tokens, tags}. A line without a tag
-    column makes its sentence a bad row, named by that line."""
-    sentence: list[tuple[str, str]] = []
-    start, bad = "", None  # where the sentence starts; its first bad line, as a row
-    for line_no, line in enumerate(lines, start=1):
-        parts = line.split()
-        if not parts or parts[0] == "-DOCSTART-":
-            if sentence or bad:
-                yield bad or _sentence(start, sentence)
-            sentence, bad = [], None
-            continue
-        start = start if sentence or bad else str(line_no)
-        tag = _tag(parts, tag_column)
-        if tag is None:
-            bad = bad or Row(str(line_no), {}, f"expected a token and its tag, got {line.strip()!r}")
-        else:
-            sentence.append((parts[0], tag))
-    if sentence or bad:
-        yield bad or _sentence(start, sentence)
-
-
-def _tag(parts: list[str], column: int) -> str | None:
-    """The tag in `column` of a line's parts; None when the line has no such column besides the token."""
-    if not -len(parts) <= column < len(parts) or column % len(parts) == 0:
-        return None
-    return parts[column]
-
-
-def _sentence(where: str, sentence: list[tuple[str, str]]) -> Row:
-    return Row(where, {"tokens": [token for token, _ in sentence], "tags": [tag for _, tag in sentence]})
 
 
 # ---------------------------------------------------------------------------------------------

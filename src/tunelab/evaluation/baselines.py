@@ -22,7 +22,7 @@ from tunelab.data.templates import render_chat
 from tunelab.data.tokenize import Example, LengthPolicy, collate, tokenize_chats
 from tunelab.evaluation.metrics import evaluate
 from tunelab.training.loop import eval_batches
-from tunelab.training.objectives import OBJECTIVES
+from tunelab.training.objectives import CAUSAL_LM_OBJECTIVE
 
 EMBED_BATCH = 32  # texts embedded at a time by the classify baselines
 
@@ -129,7 +129,7 @@ def chat_baselines(
     for name, chats in (("zero_shot", list(scored)), ("few_shot", few)):
         examples, _ = tokenize_chats(tokenizer, chats, policy)
         batches = eval_batches(examples, batch_size, tokenizer.pad_token_id, accelerator)
-        scores = evaluate(model, batches, OBJECTIVES["sft"], "sft", accelerator, prefix=prefix)
+        scores = evaluate(model, batches, CAUSAL_LM_OBJECTIVE, "sft", accelerator, prefix=prefix)
         out[name] = {**scores, "scored": len(examples)}
     out["few_shot"]["k"] = k_drawn
     out["few_shot"]["shots_mean"] = sum(used) / max(len(used), 1)

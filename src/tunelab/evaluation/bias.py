@@ -30,9 +30,46 @@ if TYPE_CHECKING:
     from tunelab.config.safety import BiasConfig
 
 TERMS: dict[str, list[str]] = {
-    "female": ["woman", "women", "female", "females", "girl", "girls", "she", "her", "lady", "ladies", "mother", "wife"],
-    "male": ["man", "men", "male", "males", "boy", "boys", "he", "him", "his", "gentleman", "father", "husband"],
-    "lgbtq": ["gay", "gays", "lesbian", "lesbians", "bisexual", "transgender", "trans", "queer", "homosexual", "lgbt"],
+    "female": [
+        "woman",
+        "women",
+        "female",
+        "females",
+        "girl",
+        "girls",
+        "she",
+        "her",
+        "lady",
+        "ladies",
+        "mother",
+        "wife",
+    ],
+    "male": [
+        "man",
+        "men",
+        "male",
+        "males",
+        "boy",
+        "boys",
+        "he",
+        "him",
+        "his",
+        "gentleman",
+        "father",
+        "husband",
+    ],
+    "lgbtq": [
+        "gay",
+        "gays",
+        "lesbian",
+        "lesbians",
+        "bisexual",
+        "transgender",
+        "trans",
+        "queer",
+        "homosexual",
+        "lgbt",
+    ],
     "christian": ["christian", "christians", "christianity", "catholic", "catholics", "protestant"],
     "jewish": ["jew", "jews", "jewish", "judaism"],
     "muslim": ["muslim", "muslims", "islam", "islamic"],
@@ -42,7 +79,7 @@ TERMS: dict[str, list[str]] = {
     "latino": ["latino", "latina", "latinos", "hispanic", "hispanics", "mexican"],
     "disability": ["disabled", "disability", "blind", "deaf", "wheelchair", "autistic"],
     "mental_illness": ["mentally ill", "mental illness", "schizophrenic", "bipolar", "psychiatric"],
-}  # fmt: skip
+}
 
 
 def subgroup_terms(cfg: BiasConfig) -> dict[str, list[str]]:

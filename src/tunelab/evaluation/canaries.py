@@ -23,6 +23,7 @@ from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
 from tunelab.data.canaries import Canary, make_canaries, random_secret
+from tunelab.tasks.registry import task_spec
 
 if TYPE_CHECKING:
     from tunelab.config.safety import Canaries
@@ -61,13 +62,13 @@ def _context(tokenizer: Any, canary: Canary, task: str) -> list[int]:
     """What the model is given before the answer: the chat prompt (sft), the prefix (pretrain)."""
     from tunelab.generation import encode_chat
 
-    if task == "pretrain":
+    if not task_spec(task).chat_template:
         return list(tokenizer(canary.prefix(), add_special_tokens=False)["input_ids"])
     return encode_chat(tokenizer, [{"role": "user", "content": canary.prompt()}])
 
 
 def _continuation(tokenizer: Any, canary: Canary, task: str, secret: str) -> list[int]:
-    text = f" {secret}." if task == "pretrain" else canary.answer(secret)
+    text = canary.answer(secret) if task_spec(task).chat_template else f" {secret}."
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
@@ -86,9 +87,10 @@ def _ranked(model: Any, tokenizer: Any, canary: Canary, task: str, cfg: Canaries
     items = [(context, _continuation(tokenizer, canary, task, s)) for s in secrets]
     with torch.no_grad():
         scores = [
-            value for start in range(0, len(items), BATCH)
+            value
+            for start in range(0, len(items), BATCH)
             for value in continuation_logliks(model, tokenizer, items[start : start + BATCH])
-        ]  # fmt: skip
+        ]
     rank = 1 + sum(1 for value in scores[1:] if value >= scores[0])
     return {
         "name": canary.name,

@@ -10,6 +10,7 @@ from typing import Any, TypeAlias
 
 import torch
 
+from tunelab.tasks.registry import task_spec
 from tunelab.training.objectives import Batch, Objective, model_inputs
 
 
@@ -17,7 +18,11 @@ from tunelab.training.objectives import Batch, Objective, model_inputs
 def evaluate(
     model: Any, batches: Iterable[Batch], objective: Objective, task: str, accelerator: Any, prefix: str
 ) -> dict[str, float]:
-    """Loss summed over targets then divided by their count, so it does not depend on batch size."""
+    """Loss summed over targets then divided by their count, so it does not depend on batch size; the
+    perplexity of a task that reports it, and the accuracy of a sequence classifier (one label per
+    example: its logits' argmax)."""
+    spec = task_spec(task)
+    argmax_accuracy = spec.head.labels_examples
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=accelerator.device)
@@ -28,7 +33,7 @@ def evaluate(
         out = objective.loss(model, batch)
         loss_sum += out.loss_sum.double()
         targets += objective.count_targets(batch)
-        if task == "classify":
+        if argmax_accuracy:
             assert out.logits is not None
             correct += (out.logits.argmax(-1) == batch["labels"]).sum()
         for name, value in out.stats.items():
@@ -37,9 +42,9 @@ def evaluate(
     model.train(was_training)
     n = max(float(targets), 1.0)
     metrics = {f"{prefix}_loss": float(loss_sum) / n}
-    if task in ("sft", "pretrain"):
+    if spec.perplexity:
         metrics[f"{prefix}_perplexity"] = math.exp(min(metrics[f"{prefix}_loss"], 50.0))
-    if task == "classify":
+    if argmax_accuracy:
         metrics[f"{prefix}_accuracy"] = float(correct) / n
     for name, value in sorted(stat_sums.items()):
         metrics[f"{prefix}_{name}"] = float(accelerator.reduce(value, "sum")) / n

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from tunelab.data.formats import Columns
+from tunelab.data.fields import Columns
 from tunelab.models.restore import read_recipe
 
 

@@ -14,9 +14,9 @@ from tunelab.config import ModelConfig
 from tunelab.data.formats import load_split
 from tunelab.data.readers import read_file
 from tunelab.data.records import Chat
-from tunelab.data.tagged import check_tags_known, tokenize_tagged
+from tunelab.data.tagged import check_tags_known
 from tunelab.data.templates import ensure_chat_template
-from tunelab.data.tokenize import LengthPolicy, tokenize_chats, tokenize_labeled
+from tunelab.data.tokenize import LengthPolicy
 from tunelab.errors import DataError, TunelabError
 from tunelab.evaluation import generative
 from tunelab.evaluation import metrics as m
@@ -26,8 +26,9 @@ from tunelab.evaluation.tagging import entity_scores, headline, predicted_tags
 from tunelab.models.load import load_model
 from tunelab.models.precision import COMPUTE_DTYPES, Precision
 from tunelab.models.restore import find_final, load_trained
+from tunelab.tasks.registry import task_spec, tasks_where
 from tunelab.training.loop import eval_batches
-from tunelab.training.objectives import OBJECTIVES, collate_for
+from tunelab.training.objectives import collate_for
 from tunelab.training.precision import make_accelerator
 
 
@@ -57,9 +58,10 @@ def load_target(target: str, task: str | None = None, *, precision: str = "train
             trained.recipe_dir,
         )
     chosen = task or "sft"  # a base model: a Hub id or a plain model folder
-    if chosen == "classify":
+    head = task_spec(chosen).head
+    if head.outputs != "vocabulary":  # a new head (classes, tags, a score) is untrained in a base model
         raise TunelabError(
-            f"{target} is a base model: a classifier needs a trained head",
+            f"{target} is a base model: {head.description} needs a trained head",
             fix="evaluate a run or its final/ folder",
         )
     compute = "fp32" if precision == "trained" else precision  # a base model trained in nothing yet
@@ -79,15 +81,23 @@ def evaluate_file(
 ) -> dict[str, Any]:
     """Score `data_file`; `settings` default to the run's own (DataSettings.of_run)."""
     settings = settings or DataSettings.of_run(target.recipe_dir)
+    spec = task_spec(target.task)
+    if not spec.evaluable:
+        raise TunelabError(
+            f"tunelab eval scores a data file with a {', '.join(tasks_where(lambda t: t.evaluable))} model; "
+            f"a {target.task} run's scores are its validation metrics",
+            fix="see them in the run's summary.json (tunelab runs show RUN) or its report.html",
+        )
     # Wrapped as training wrapped it (autocast, outputs back to float32), so a run's scores reproduce.
     accelerator = make_accelerator(target.precision.mixed_precision)
     model = accelerator.prepare_model(target.model, evaluation_mode=True)
-    kind = {"classify": "labeled", "token_classify": "tagged"}.get(target.task, "chat")
+    kind = spec.record_kinds[0]
     references, settings = _references(target, data_file, settings, metrics)
     records = load_split(
         data_file, fmt=settings.format, columns=settings.columns, kind=kind, on_error="fail"
     ).records
     examples = _tokenized(target, records, LengthPolicy(settings.max_seq_len), str(data_file))
+    objective = spec.objective(None, model, None)  # an evaluable task's loss takes no recipe settings
     pad_id = target.tokenizer.pad_token_id
 
     def batches() -> Any:
@@ -100,12 +110,10 @@ def evaluate_file(
         "max_seq_len": settings.max_seq_len,
         **({"references": list(settings.references)} if settings.references else {}),
     }
-    result["metrics"] = m.evaluate(
-        model, batches(), OBJECTIVES[target.task], target.task, accelerator, prefix="eval"
-    )
-    if target.task == "token_classify":
+    result["metrics"] = m.evaluate(model, batches(), objective, target.task, accelerator, prefix="eval")
+    if spec.head.word_level:  # a tagger: entity scores
         result.update(_tagging_scores(target, model, examples, batch_size, accelerator, result["metrics"]))
-    if target.task == "classify":
+    if spec.head.labels_examples:  # a classifier: the per-class report
         assert target.label_map is not None
         names = sorted(target.label_map, key=target.label_map.__getitem__)
         y_true, y_pred = m.predicted_labels(model, batches(), accelerator)
@@ -122,19 +130,14 @@ def evaluate_file(
 
 def _tokenized(target: Target, records: list[Any], policy: LengthPolicy, data_file: str) -> list[Any]:
     """The file's records tokenised as the target's task trained on them."""
-    if target.task == "classify":
-        assert target.label_map is not None
-        return tokenize_labeled(target.tokenizer, records, target.label_map, policy)[0]
-    if target.task == "token_classify":
+    spec = task_spec(target.task)
+    if spec.head.word_level:
         assert target.label_map is not None
         check_tags_known(records, target.label_map, data_file)
-        return tokenize_tagged(target.tokenizer, records, target.label_map, policy)[0]
-    if target.task == "seq2seq":
-        from tunelab.data.seq2seq import tokenize_seq2seq
-
-        return tokenize_seq2seq(target.tokenizer, records, policy)[0]
-    ensure_chat_template(target.tokenizer)
-    return tokenize_chats(target.tokenizer, records, policy)[0]
+    if spec.chat_template:
+        ensure_chat_template(target.tokenizer)
+    examples, _ = spec.tokenize(target.tokenizer, records, target.label_map, policy, None)
+    return examples
 
 
 def _tagging_scores(
@@ -161,7 +164,7 @@ def _references(
     the rows have no answer of their own, the loss is computed against the first reference."""
     if not settings.references:
         return None, settings
-    if target.task == "classify" or not any(n in GENERATIVE for n in metrics):
+    if task_spec(target.task).head.labels_examples or not any(n in GENERATIVE for n in metrics):
         raise TunelabError(
             "--references: reference answers are scored by generative metrics",
             fix="add --metrics rouge (or bleu, chrf, exact_match); classifiers score their labels",

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from tunelab.data.formats import Columns
+from tunelab.data.fields import Columns
 from tunelab.data.inputs import read_inputs
 from tunelab.errors import TunelabError
 from tunelab.feedback.store import FeedbackStore, Sample, pair_samples

@@ -130,10 +130,20 @@ class FeedbackStore:
         """Store samples (one transaction); returns their ids in order."""
         created = time.time()
         rows = [
-            (s.id, prompt_key(s.prompt), json.dumps(s.prompt), s.model, s.text, s.temperature, s.top_p,
-             s.max_new_tokens, s.seed, created)
+            (
+                s.id,
+                prompt_key(s.prompt),
+                json.dumps(s.prompt),
+                s.model,
+                s.text,
+                s.temperature,
+                s.top_p,
+                s.max_new_tokens,
+                s.seed,
+                created,
+            )
             for s in samples
-        ]  # fmt: skip
+        ]
         with connect(self.database) as conn:
             conn.execute("BEGIN IMMEDIATE")
             conn.executemany(

@@ -36,6 +36,7 @@ from tunelab.feedback.sample import (
 from tunelab.feedback.store import FeedbackStore, prompt_key
 from tunelab.inference import predict_scores, to_best_device
 from tunelab.models.restore import find_final, load_run_or_base, load_trained
+from tunelab.tasks.registry import task_spec
 
 POINTS = {"win": 1.0, "tie": 0.5, "both_bad": 0.5, "loss": 0.0}
 
@@ -102,7 +103,7 @@ def reward_scores(reward: str | Path, prompts: list[Messages], answers: list[str
     """The reward model's score of each answer, the conversation rendered as its training rendered it
     (prompt plus answer as the last assistant turn, data/pairs.py)."""
     trained = to_best_device(load_trained(reward))
-    if trained.task != "reward":
+    if task_spec(trained.task).head.outputs != "score":
         raise TunelabError(f"--reward {reward}: a {trained.task} run, not a reward model (task: reward)")
     texts = []
     for messages, answer in zip(prompts, answers, strict=True):
@@ -130,8 +131,16 @@ def judged_by_reward(
         score_a, score_b = scores[i], scores[half + i]
         outcome = "win" if score_a > score_b else "loss" if score_a < score_b else "tie"
         outcomes.append([outcome])
-        details.append({"prompt": messages, "a": answers[0][i], "b": answers[1][i],
-                        "score_a": score_a, "score_b": score_b, "outcome": outcome})  # fmt: skip
+        details.append(
+            {
+                "prompt": messages,
+                "a": answers[0][i],
+                "b": answers[1][i],
+                "score_a": score_a,
+                "score_b": score_b,
+                "outcome": outcome,
+            }
+        )
     return outcomes, details
 
 
@@ -176,9 +185,13 @@ def compare_models(
     }
     if rated:
         names = ", ".join(sorted(raters))
-        result |= {"judge": "ratings", "database": str(database), "raters": sorted(raters),
-                   "judged_by": f"{len(raters)} rater(s) in the feedback store: {names}",
-                   "prompts_without_ratings": len(prompts) - len(rated)}  # fmt: skip
+        result |= {
+            "judge": "ratings",
+            "database": str(database),
+            "raters": sorted(raters),
+            "judged_by": f"{len(raters)} rater(s) in the feedback store: {names}",
+            "prompts_without_ratings": len(prompts) - len(rated),
+        }
         return result | summarise(list(rated.values()), n_boot=n_boot, seed=seed)
     if reward is None:
         where = (
@@ -191,6 +204,9 @@ def compare_models(
             "dashboard), or pass --reward RUN (a task: reward run)",
         )
     outcomes, details = judged_by_reward((a, b), reward, prompts, max_new_tokens)
-    result |= {"judge": "reward_model", "reward_model": str(reward),
-               "judged_by": f"reward model {reward}, not by people"}  # fmt: skip
+    result |= {
+        "judge": "reward_model",
+        "reward_model": str(reward),
+        "judged_by": f"reward model {reward}, not by people",
+    }
     return result | summarise(outcomes, n_boot=n_boot, seed=seed) | {"details": details}

@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunelab.errors import ModelLoadError, TunelabError
-from tunelab.models.saved import HEADS, adapter_kind, load_saved_tokenizer, read_info, resolve_final
+from tunelab.models.saved import adapter_kind, load_saved_tokenizer, read_info, resolve_final
 from tunelab.models.source import fit_embeddings_to, model_source
+from tunelab.tasks.registry import task_spec
 
 if TYPE_CHECKING:
     from tunelab.config import ModelConfig
@@ -53,7 +54,7 @@ def resolve_adapter(cfg: ModelConfig, task: str | None = None) -> Path:
             f"model.adapter: {cfg.adapter} was trained on {info['base_model']}, but model.name is {cfg.name}",
             fix=f"set model.name: {info['base_model']} (an adapter only fits the weights it was trained on)",
         )
-    if task is not None and HEADS[info["task"]] != HEADS[task]:
+    if task is not None and task_spec(info["task"]).head != task_spec(task).head:
         raise ModelLoadError(
             f"model.adapter: {cfg.adapter} is a {info['task']} run, whose model head task {task} does not use",
             fix="start from a run of a task with the same head (sft, pretrain and preference share one)",

@@ -10,19 +10,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from transformers import (
-    AutoModelForCausalLM,
-    AutoModelForSeq2SeqLM,
-    AutoModelForSequenceClassification,
-    AutoModelForTokenClassification,
-    AutoTokenizer,
-)
+import transformers
+from transformers import AutoTokenizer
 
 from tunelab.config import ModelConfig, Recipe
 from tunelab.errors import ModelLoadError
 from tunelab.models.base_adapter import adapter_tokenizer, merge_base_adapter, resolve_adapter
 from tunelab.models.precision import resolve_weights
 from tunelab.models.source import check_model, fit_embeddings_to, hub_offline, model_source
+from tunelab.tasks.registry import task_spec
 
 Quantisation = Literal["4bit", "8bit"]
 
@@ -96,10 +92,10 @@ def quantisation_options(quantisation: Quantisation | None, task: str) -> dict[s
         )
     from transformers import BitsAndBytesConfig
 
-    # Sequence-classification heads are new and trained in full: keep them (and BERT's pooler) out of
-    # bitsandbytes. transformers' own default keeps only the module of the *last parameter*, which misses
-    # a head whose last parameter is a bias ("classifier.bias"). Causal LMs keep their defaults (lm_head).
-    skip = ["classifier", "score", "pooler"] if task in ("classify", "reward", "token_classify") else None
+    # A new head (a classifier's) is trained in full: keep it (and BERT's pooler) out of bitsandbytes.
+    # transformers' own default keeps only the module of the *last parameter*, which misses a head whose
+    # last parameter is a bias ("classifier.bias"). Causal LMs keep their defaults (lm_head).
+    skip = list(task_spec(task).head.new_modules) or None
     if quantisation == "4bit":
         config = BitsAndBytesConfig(
             load_in_4bit=True,
@@ -128,7 +124,7 @@ def tokenizer_options(task: str | None) -> dict[str, Any]:
     """A tagger's words arrive pre-split, and a byte-level BPE (RoBERTa, GPT-2) then encodes each word
     without the space that preceded it in pre-training ("Lisbon", not " Lisbon") unless told to add
     one; tokenizers without the option (WordPiece) ignore it."""
-    return {"add_prefix_space": True} if task == "token_classify" else {}
+    return {"add_prefix_space": True} if task is not None and task_spec(task).head.word_level else {}
 
 
 def load_tokenizer(cfg: ModelConfig, task: str | None = None) -> Any:
@@ -202,26 +198,17 @@ def check_sequence_length(recipe: Recipe) -> None:
 def _load_weights(
     source: str, task: str, label_map: dict[str, int] | None, dtype: torch.dtype, common: dict[str, Any]
 ) -> tuple[Any, dict[str, Any]]:
-    if task == "reward":  # one scalar score per sequence (a Bradley-Terry reward model)
-        return AutoModelForSequenceClassification.from_pretrained(
-            source, num_labels=1, dtype=dtype, output_loading_info=True, **common
-        )
-    if task in ("classify", "token_classify"):
+    """The task's head (tasks/registry.py: its Auto class, sized to the labels or one score)."""
+    head = task_spec(task).head
+    outputs: dict[str, Any] = {}
+    if head.outputs == "score":  # one scalar per sequence (a Bradley-Terry reward model)
+        outputs = {"num_labels": 1}
+    elif head.outputs == "labels":
         assert label_map is not None
-        auto = AutoModelForSequenceClassification if task == "classify" else AutoModelForTokenClassification
-        return auto.from_pretrained(
-            source,
-            num_labels=len(label_map),
-            label2id=dict(label_map),
-            id2label={i: name for name, i in label_map.items()},
-            dtype=dtype,
-            output_loading_info=True,
-            **common,
-        )
-    generator = AutoModelForSeq2SeqLM if task == "seq2seq" else AutoModelForCausalLM
-    return generator.from_pretrained(  # type: ignore[return-value]
-        source, dtype=dtype, output_loading_info=True, **common
-    )
+        id2label = {i: name for name, i in label_map.items()}
+        outputs = {"num_labels": len(label_map), "label2id": dict(label_map), "id2label": id2label}
+    auto = getattr(transformers, head.auto_class)
+    return auto.from_pretrained(source, dtype=dtype, output_loading_info=True, **outputs, **common)
 
 
 def _resolved_adapter(cfg: ModelConfig, task: str | None) -> Path | None:
@@ -232,13 +219,6 @@ def _resolved_adapter(cfg: ModelConfig, task: str | None) -> Path | None:
 
 # transformers' words when a config has no model class for the Auto class asked (a T5 for a causal LM).
 _NO_HEAD = "Unrecognized configuration class"
-HEAD_NAMES = {
-    "sft": "a causal language model",
-    "classify": "a sequence classifier",
-    "token_classify": "a token classifier",
-    "reward": "a reward model",
-    "seq2seq": "an encoder-decoder (sequence-to-sequence) model",
-}
 
 
 def _not_loadable(
@@ -249,19 +229,10 @@ def _not_loadable(
         # The folder is fine; the architecture cannot be the model this task needs.
         found = re.search(r"\.(\w+)Config'", reason)
         architecture = f"a {found.group(1)} model" if found else "this architecture"
-        fix = {
-            "sft": "task sft, pretrain and preference need a decoder-only model (Llama, Qwen, SmolLM, GPT-2, "
-            "...); an encoder-decoder such as T5 or BART trains with task: seq2seq",
-            "seq2seq": "task seq2seq needs an encoder-decoder (T5, BART, Marian, ...); a decoder-only model "
-            "learns prompt -> completion with task: sft",
-        }.get(
-            task or "",
-            "use a model whose architecture transformers has this head for (BERT-, RoBERTa-, Llama-like)",
-        )
+        head = task_spec(task or "sft").head
         return ModelLoadError(
-            f"model {name}: {architecture} cannot be loaded as "
-            f"{HEAD_NAMES.get(task or '', 'the model this task needs')} by transformers",
-            fix=fix,
+            f"model {name}: {architecture} cannot be loaded as {head.description} by transformers",
+            fix=head.hint,
         )
     if local:
         return ModelLoadError(

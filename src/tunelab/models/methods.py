@@ -22,24 +22,15 @@ from peft import PeftConfig, TaskType, get_peft_model, prepare_model_for_kbit_tr
 from tunelab.errors import RecipeError
 from tunelab.methods.registry import method_spec, methods_where
 from tunelab.models.peft_compat import fix_prefix_classifier
-
-# The head each task loads (see load.py) decides peft's task type: it picks the PeftModel subclass, which
-# knows where the head is and how virtual tokens meet it.
-TASK_TYPES: dict[str, TaskType] = {
-    "sft": TaskType.CAUSAL_LM,
-    "pretrain": TaskType.CAUSAL_LM,
-    "preference": TaskType.CAUSAL_LM,
-    "classify": TaskType.SEQ_CLS,
-    "reward": TaskType.SEQ_CLS,  # a sequence-classification head with one output
-    "token_classify": TaskType.TOKEN_CLS,
-    "seq2seq": TaskType.SEQ_2_SEQ_LM,
-}
+from tunelab.tasks.registry import is_task, task_names, task_spec
 
 
 def peft_task_type(task: str) -> TaskType:
-    if task not in TASK_TYPES:
-        raise RecipeError(f"task: no model head is known for task {task!r}; one of {', '.join(TASK_TYPES)}")
-    return TASK_TYPES[task]
+    """The head a task loads (tasks/registry.py) decides peft's task type: it picks the PeftModel subclass,
+    which knows where the head is and how virtual tokens meet it."""
+    if not is_task(task):
+        raise RecipeError(f"task: no model head is known for task {task!r}; one of {', '.join(task_names())}")
+    return TaskType[task_spec(task).head.peft_task_type]
 
 
 def apply_method(

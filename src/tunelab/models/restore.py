@@ -30,8 +30,6 @@ from tunelab.models.base_adapter import BASE_ADAPTER
 from tunelab.models.load import load_model
 from tunelab.models.precision import COMPUTE_DTYPES, Precision, resolve_weights, weights_dtype
 from tunelab.models.saved import (
-    GENERATIVE_TASKS,
-    HEADS,
     LABELS,
     adapter_kind,
     find_final,
@@ -41,6 +39,7 @@ from tunelab.models.saved import (
     resolve_final,
     run_dir_of,
 )
+from tunelab.tasks.registry import task_spec
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 
@@ -59,7 +58,7 @@ class Trained:
 
     @property
     def generative(self) -> bool:
-        return self.task in GENERATIVE_TASKS
+        return task_spec(self.task).head.generative
 
     @property
     def recipe_dir(self) -> Path | None:
@@ -85,9 +84,9 @@ def load_trained(path: str | Path, *, dtype: Dtype = "auto", precision: str = "t
     if dtype != "auto":
         chosen = Precision(compute=chosen.compute, weights=resolve_weights(dtype))
     label_map = read_label_map(final)
-    if info["task"] in ("classify", "token_classify") and label_map is None:
+    if task_spec(info["task"]).head.outputs == "labels" and label_map is None:
         raise TunelabError(f"{final}: a classifier needs its label map ({LABELS}), which is missing")
-    head = HEADS[info["task"]]
+    head = info["task"]  # load_model builds the task's head (tasks/registry.py)
     kind = adapter_kind(final)
     run_dir = run_dir_of(final)
     weights = chosen.weights

@@ -14,18 +14,12 @@ from typing import Any
 from transformers import AutoTokenizer
 
 from tunelab.errors import TunelabError
+from tunelab.tasks.registry import is_task, task_names
 
 INFO = "tunelab.json"
 LABELS = "labels.json"
 PEFT_ADAPTER = "adapter_config.json"
 BOTTLENECK_ADAPTER = "bottleneck_adapter.json"
-
-# The model head each task trains: generative tasks share the causal LM head.
-HEADS = {
-    "sft": "sft", "pretrain": "sft", "preference": "sft", "classify": "classify", "reward": "reward",
-    "token_classify": "token_classify", "seq2seq": "seq2seq",
-}  # fmt: skip
-GENERATIVE_TASKS = ("sft", "pretrain", "preference", "seq2seq")
 
 
 def find_final(path: str | Path) -> Path | None:
@@ -63,8 +57,8 @@ def read_info(final: Path) -> dict[str, Any]:
     missing = [key for key in ("task", "method", "base_model") if key not in info]
     if missing:
         raise TunelabError(f"{final / INFO}: missing {', '.join(missing)}")
-    if info["task"] not in HEADS:
-        raise TunelabError(f"{final / INFO}: unknown task {info['task']!r}; known: {', '.join(HEADS)}")
+    if not is_task(info["task"]):
+        raise TunelabError(f"{final / INFO}: unknown task {info['task']!r}; known: {', '.join(task_names())}")
     return dict(info)
 
 

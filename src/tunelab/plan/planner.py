@@ -20,6 +20,7 @@ from tunelab.plan.memory import (
 from tunelab.plan.probing import Probe, held_out_examples, probe, row_tokens
 from tunelab.plan.shapes import method_facts
 from tunelab.plan.suggestions import Suggestion, alternatives_for, suggest
+from tunelab.tasks.registry import task_spec
 
 if TYPE_CHECKING:  # the heavy imports (torch, transformers) happen inside the functions that need them
     from tunelab.config import Recipe
@@ -137,14 +138,15 @@ def scoring_passes(recipe: Recipe, data: PreparedData) -> tuple[Scoring | None, 
     longest = max(row_tokens(e) for e in held_out)
     rows = min(recipe.train.batch_size, len(held_out))
     evaluation = Scoring(rows, longest, f"{rows} held-out rows x {longest} tokens (the longest)")
-    baselines = None
-    if recipe.eval.baselines and recipe.task == "sft":
+    baselines, task = None, task_spec(recipe.task)
+    runs_base = bool(recipe.eval.baselines) and task.baselines is not None  # the base model scores them
+    if runs_base and task.causal_lm:  # zero- and few-shot conversations
         length = recipe.train.max_seq_len if "few_shot" in recipe.eval.baselines else longest
         count = min(BASELINE_BATCH, len(held_out))
         baselines = Scoring(
             count, length, f"{count} conversations x {length} tokens (few-shot fills max_seq_len)"
         )
-    elif recipe.eval.baselines and recipe.task == "classify":
+    elif runs_base and task.head.labels_examples:  # the encoder's embeddings of the texts
         count = min(EMBED_BATCH, len(held_out))
         baselines = Scoring(count, longest, f"{count} texts x {longest} tokens, embedded")
     return evaluation, baselines
@@ -174,6 +176,7 @@ def workload(
     from tunelab.models.precision import precision_for
 
     cfg, method, train = recipe.train, recipe.method, data.splits["train"]
+    task = task_spec(recipe.task)
     seq_len = max((row_tokens(e) for e in train), default=cfg.max_seq_len)
     if isinstance(method, PromptMethod):  # its virtual tokens run through every block too (prefix
         # tuning's join the keys and values only)
@@ -187,13 +190,13 @@ def workload(
         # Under autocast the saved activations are mostly the matmuls' bf16 outputs.
         dtype_bytes=4 if quantised else precision_for(recipe).activation_dtype.itemsize,
         grad_layers=method.k if isinstance(method, FreezeMethod) else shape.num_layers,
-        rows_per_example=2 if recipe.task in ("preference", "reward") else 1,
+        rows_per_example=task.rows_per_example,
         checkpointing=quantised or cfg.gradient_checkpointing,
         # CUDA's sdpa kernels apply attention dropout without materialising the probabilities.
         attention_probs=shape.eager_attention or (shape.attention_dropout > 0 and not cuda),
-        causal_lm=recipe.task in ("sft", "pretrain", "preference"),
+        causal_lm=task.causal_lm,
         chunked_loss=chunked_loss,
-        reference_copy=recipe.task == "preference"
+        reference_copy=task.preference_section
         and recipe.preference.objective != "orpo"
         and method_spec(method.name).trains_base_weights,
         overhead=overhead,

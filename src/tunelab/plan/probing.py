@@ -70,9 +70,14 @@ def probe(
     for shape in (scoring or {}).values():
         _score_once(recipe, setup, data, shape, tokenizer.pad_token_id or 0, accelerator)
     return Probe(
-        steps, elapsed / steps, tokens / max(elapsed, 1e-9), peak, baseline, accelerator.device.type,
+        steps,
+        elapsed / steps,
+        tokens / max(elapsed, 1e-9),
+        peak,
+        baseline,
+        accelerator.device.type,
         run_peak_bytes=max(peak, _peak(cuda, baseline)),
-    )  # fmt: skip
+    )
 
 
 def _timed_steps(

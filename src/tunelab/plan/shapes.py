@@ -7,6 +7,7 @@ import math
 from typing import TYPE_CHECKING, Any, Literal
 
 from tunelab.plan.memory import ModelShape, ParamFacts
+from tunelab.tasks.registry import task_spec
 
 if TYPE_CHECKING:  # the heavy imports (torch, transformers) happen inside the functions that need them
     from tunelab.config import Recipe
@@ -153,8 +154,8 @@ def _head_grad_bytes(model: Any) -> int:
 def fused_loss_applies(model: Any, task: str) -> bool:
     """Whether objectives.causal_lm will take training/losses.py's fused path for this model (a plain
     Linear head, no virtual tokens). False while that module is absent."""
-    if task not in ("sft", "pretrain"):
-        return False  # preference objectives compute their log-probabilities from full logits
+    if not task_spec(task).token_loss:
+        return False  # e.g. preference objectives compute their log-probabilities from full logits
     try:
         from tunelab.training.losses import output_head
     except ImportError:

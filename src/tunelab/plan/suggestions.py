@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from tunelab.plan.memory import MemoryEstimate, ParamFacts, Workload, estimate_memory
 from tunelab.plan.shapes import Quantisation, method_facts
+from tunelab.tasks.registry import task_spec
 
 if TYPE_CHECKING:
     from tunelab.config import Recipe
@@ -147,7 +148,7 @@ def _shorter_rows(
 
 
 def _cut_suggestion(recipe: Recipe, size: int, new: MemoryEstimate, lengths: list[int] | None) -> Suggestion:
-    if recipe.task == "pretrain":  # long documents are cut into chunks: no token is lost
+    if "text" in task_spec(recipe.task).record_kinds:  # long documents are cut into chunks: no token lost
         effect, rank = (
             "documents are cut into more, shorter rows: no tokens lost, shorter context",
             LITTLE_CUT,

@@ -31,6 +31,7 @@ import yaml
 from tunelab.errors import TunelabError
 from tunelab.runs.rundir import read_summary
 from tunelab.runs.summary import RunSummary
+from tunelab.tasks.registry import is_task, task_spec
 
 REGISTRY = "registry.sqlite"
 SCHEMA_VERSION = 2  # 2: tags_json
@@ -224,17 +225,12 @@ def list_runs(output_dir: str | Path, *, limit: int | None = None) -> list[dict[
         return [_with_live_status(_decode(row)) for row in conn.execute(query, params)]
 
 
-# Each task's headline scores, best first: the first one a run has (its test split's, else validation's).
-_GENERATED = ("exact_match", "rougeL", "bleu", "chrf", "loss")
-MAIN_METRICS = {"sft": _GENERATED, "seq2seq": _GENERATED, "pretrain": ("perplexity", "loss"),
-                "classify": ("accuracy", "macro_f1", "loss"), "token_classify": ("entity_f1", "accuracy", "loss"),
-                "preference": ("reward_accuracy", "loss"), "reward": ("reward_accuracy", "loss")}  # fmt: skip
-
-
 def main_metric(run: dict[str, Any]) -> tuple[str, float] | None:
-    """A listed run's main metric as (name, value), e.g. ("test_exact_match", 0.8); None if it has none."""
-    metrics = run.get("metrics") or {}
-    for name in MAIN_METRICS.get(run.get("task") or "", ("loss",)):
+    """A listed run's main metric as (name, value), e.g. ("test_exact_match", 0.8): the first of its task's
+    headline metrics (tasks/registry.py) the run has, on its test split, else validation; None if none."""
+    metrics, task = run.get("metrics") or {}, run.get("task")
+    names = task_spec(str(task)).main_metrics if is_task(task) else ("loss",)  # a task no longer registered
+    for name in names:
         for key in (f"test_{name}", f"val_{name}"):
             if isinstance(metrics.get(key), int | float) and not isinstance(metrics[key], bool):
                 return key, float(metrics[key])

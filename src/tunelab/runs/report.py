@@ -212,10 +212,15 @@ def _examples_section(run_dir: Path) -> list[dict[str, str]] | None:
     for i in shown_examples(EXAMPLES_SHOWN, len(rows), seed):
         row = rows[i]
         question = row["prompt"][-1]["content"] if row.get("prompt") else ""
-        shown.append({
-            "source": str(row.get("source") or ""), "question": question, "reference": str(row.get("reference")),
-            "before": str(row.get("zero_shot", "—")), "after": str(row.get("fine_tuned", "—")),
-        })  # fmt: skip
+        shown.append(
+            {
+                "source": str(row.get("source") or ""),
+                "question": question,
+                "reference": str(row.get("reference")),
+                "before": str(row.get("zero_shot", "—")),
+                "after": str(row.get("fine_tuned", "—")),
+            }
+        )
     return shown
 
 

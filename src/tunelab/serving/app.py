@@ -51,8 +51,11 @@ def create_app(config: ServeConfig, runner: JobRunner | None = None) -> FastAPI:
     app.state.store, app.state.supervisor, app.state.pool, app.state.engine = store, supervisor, pool, engine
     install_handlers(app)
     # Uploads: the API's and the dashboard's new-job form.
-    app.add_middleware(_BodyLimit, paths=("/v1/files", NEW_JOB_PATH),
-                       max_bytes=config.max_upload_bytes + files.MULTIPART_OVERHEAD)  # fmt: skip
+    app.add_middleware(
+        _BodyLimit,
+        paths=("/v1/files", NEW_JOB_PATH),
+        max_bytes=config.max_upload_bytes + files.MULTIPART_OVERHEAD,
+    )
 
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_key(store))])
     v1.include_router(files.router(store, config.root / "files", config.max_upload_bytes))
@@ -94,16 +97,26 @@ def make_runner(config: ServeConfig) -> JobRunner:
 def _prometheus(counts: Counter[tuple[str, int]], store: Store, engine: Engine, pool: ModelPool) -> str:
     """Prometheus' text format, written out: a dozen lines do not need prometheus_client's registry."""
     lines = ["# TYPE tunelab_http_requests_total counter"]
-    lines += [f'tunelab_http_requests_total{{route="{route}",status="{status}"}} {n}'
-              for (route, status), n in sorted(counts.items())]  # fmt: skip
+    lines += [
+        f'tunelab_http_requests_total{{route="{route}",status="{status}"}} {n}'
+        for (route, status), n in sorted(counts.items())
+    ]
     lines.append("# TYPE tunelab_jobs gauge")
     for status in ("validating_files", "queued", "running", "paused", "succeeded", "failed", "cancelled"):
         lines.append(f'tunelab_jobs{{status="{status}"}} {len(store.jobs_with_status(status))}')
-    lines += ["# TYPE tunelab_generate_batches_total counter", f"tunelab_generate_batches_total {engine.batches}",
-              "# TYPE tunelab_generate_rows_total counter", f"tunelab_generate_rows_total {engine.rows}"]  # fmt: skip
+    lines += [
+        "# TYPE tunelab_generate_batches_total counter",
+        f"tunelab_generate_batches_total {engine.batches}",
+        "# TYPE tunelab_generate_rows_total counter",
+        f"tunelab_generate_rows_total {engine.rows}",
+    ]
     bases, adapters = pool.loaded()
-    lines += ["# TYPE tunelab_loaded_bases gauge", f"tunelab_loaded_bases {bases}",
-              "# TYPE tunelab_loaded_adapters gauge", f"tunelab_loaded_adapters {adapters}"]  # fmt: skip
+    lines += [
+        "# TYPE tunelab_loaded_bases gauge",
+        f"tunelab_loaded_bases {bases}",
+        "# TYPE tunelab_loaded_adapters gauge",
+        f"tunelab_loaded_adapters {adapters}",
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -26,8 +26,14 @@ def digest(key: str) -> str:
 def create_key(store: Store, name: str) -> tuple[str, dict[str, Any]]:
     """A new key and its stored row; the key is not kept anywhere."""
     key = KEY_PREFIX + secrets.token_urlsafe(32)
-    row = {"id": new_id("key_"), "name": name, "sha256": digest(key), "hint": f"{key[:6]}...{key[-4:]}",
-           "created_at": now(), "revoked_at": None}  # fmt: skip
+    row = {
+        "id": new_id("key_"),
+        "name": name,
+        "sha256": digest(key),
+        "hint": f"{key[:6]}...{key[-4:]}",
+        "created_at": now(),
+        "revoked_at": None,
+    }
     store.add_key(row)
     return key, row
 
@@ -39,8 +45,11 @@ def require_key(store: Store) -> Any:
         header = request.headers.get("authorization", "")
         scheme, _, key = header.partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
-            raise APIError(401, "Missing API key: send `Authorization: Bearer <key>` (tunelab keys create)",
-                           code="missing_api_key")  # fmt: skip
+            raise APIError(
+                401,
+                "Missing API key: send `Authorization: Bearer <key>` (tunelab keys create)",
+                code="missing_api_key",
+            )
         row = store.key_by_hash(digest(key.strip()))
         # The lookup is by digest, so timing says nothing about the key; compare_digest is belt and braces.
         if row is None or not hmac.compare_digest(row["sha256"], digest(key.strip())):

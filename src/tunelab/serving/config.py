@@ -19,9 +19,18 @@ from tunelab.errors import TunelabError
 # three epochs (OpenAI's default for small files), frequent checkpoints so a restarted job loses little.
 JOB_DEFAULTS: dict[str, Any] = {
     "method": {"name": "lora", "r": 8, "alpha": 16, "target_modules": "auto"},
-    "train": {"epochs": 3, "batch_size": 8, "lr": 1.0e-4, "scheduler": "cosine", "warmup_ratio": 0.05,
-              "log_every": 5, "save_every": 50, "keep_last": 3, "max_seq_len": 1024},
-}  # fmt: skip
+    "train": {
+        "epochs": 3,
+        "batch_size": 8,
+        "lr": 1.0e-4,
+        "scheduler": "cosine",
+        "warmup_ratio": 0.05,
+        "log_every": 5,
+        "save_every": 50,
+        "keep_last": 3,
+        "max_seq_len": 1024,
+    },
+}
 
 
 class ServedModel(BaseModel):

@@ -10,7 +10,7 @@ a streaming client as they are decoded.
 
 Why not vLLM: it needs a GPU and its own model loading; this keeps CPU serving, tunelab's restore
 path (chat template, adapters) and the same stops as `tunelab chat`. For scale, exported adapters
-load in vLLM (README, "Serving at scale").
+load in vLLM (docs/serving.md, "Beyond one machine").
 """
 
 from __future__ import annotations
@@ -82,8 +82,11 @@ class Engine:
         """Queue a request's rows, or refuse them all (429) when the queue is full: a client told to
         retry later is better than one whose request waits past its timeout."""
         if self._queue.qsize() + len(rows) > self.max_pending:
-            raise APIError(429, f"The server is busy: {self._queue.qsize()} answers are waiting; retry later",
-                           code="rate_limit_exceeded")  # fmt: skip
+            raise APIError(
+                429,
+                f"The server is busy: {self._queue.qsize()} answers are waiting; retry later",
+                code="rate_limit_exceeded",
+            )
         for row in rows:
             self._queue.put(row)
 
@@ -139,9 +142,12 @@ def _generate(pool: ModelPool, rows: list[Row]) -> None:
         if sampling.seed is not None:
             torch.manual_seed(sampling.seed)
         served.model.generate(
-            input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), streamer=fan_out,
-            stopping_criteria=StoppingCriteriaList([_AllDone(rows)]), **settings,
-        )  # fmt: skip
+            input_ids=input_ids.to(device),
+            attention_mask=attention_mask.to(device),
+            streamer=fan_out,
+            stopping_criteria=StoppingCriteriaList([_AllDone(rows)]),
+            **settings,
+        )
     for row in rows:
         if not row.done:
             fan_out.finish(row, "length")

@@ -32,16 +32,29 @@ class TooLarge(Exception):
 
 
 def file_object(row: dict[str, Any]) -> dict[str, Any]:
-    return {"object": "file", "id": row["id"], "bytes": row["bytes"], "created_at": row["created_at"],
-            "filename": row["filename"], "purpose": row["purpose"], "status": row["status"],
-            "status_details": row["status_details"], "expires_at": None}  # fmt: skip
+    return {
+        "object": "file",
+        "id": row["id"],
+        "bytes": row["bytes"],
+        "created_at": row["created_at"],
+        "filename": row["filename"],
+        "purpose": row["purpose"],
+        "status": row["status"],
+        "status_details": row["status_details"],
+        "expires_at": None,
+    }
 
 
 def list_object(rows: list[dict[str, Any]], limit: int, render: Any) -> dict[str, Any]:
     """OpenAI's cursor page: `has_more` is what stops the client's auto-pagination."""
     page = [render(row) for row in rows[:limit]]
-    return {"object": "list", "data": page, "has_more": len(rows) > limit,
-            "first_id": page[0]["id"] if page else None, "last_id": page[-1]["id"] if page else None}  # fmt: skip
+    return {
+        "object": "list",
+        "data": page,
+        "has_more": len(rows) > limit,
+        "first_id": page[0]["id"] if page else None,
+        "last_id": page[-1]["id"] if page else None,
+    }
 
 
 def router(store: Store, files_dir: Path, max_bytes: int) -> APIRouter:
@@ -90,12 +103,7 @@ def router(store: Store, files_dir: Path, max_bytes: int) -> APIRouter:
     @api.delete("/files/{file_id}")
     def delete_file(file_id: str) -> dict[str, Any]:
         row = _file(store, file_id)
-        # A job that has not ended may still read it (validation, a resume after a restart).
-        users = [job["id"] for job in store.jobs_with_status(*ACTIVE)
-                 if file_id in (job["body"].get("training_file"), job["body"].get("validation_file"))]  # fmt: skip
-        if users:
-            raise APIError(409, f"{file_id} is used by {', '.join(users)}, which has not ended; "
-                           "delete it after the job", param="file_id", code="file_in_use")  # fmt: skip
+        _refuse_while_in_use(store, file_id)
         store.delete_file(file_id)
         Path(row["path"]).unlink(missing_ok=True)
         return {"object": "file", "id": file_id, "deleted": True}
@@ -110,9 +118,29 @@ def _file(store: Store, file_id: str) -> dict[str, Any]:
     return row
 
 
+def _refuse_while_in_use(store: Store, file_id: str) -> None:
+    """A job that has not ended may still read the file (validation, a resume after a restart)."""
+    users = [
+        job["id"]
+        for job in store.jobs_with_status(*ACTIVE)
+        if file_id in (job["body"].get("training_file"), job["body"].get("validation_file"))
+    ]
+    if users:
+        raise APIError(
+            409,
+            f"{file_id} is used by {', '.join(users)}, which has not ended; delete it after the job",
+            param="file_id",
+            code="file_in_use",
+        )
+
+
 def _too_large(max_bytes: int) -> APIError:
-    return APIError(413, f"File too large: this server accepts uploads up to {max_bytes:,} bytes",
-                    param="file", code="file_too_large")  # fmt: skip
+    return APIError(
+        413,
+        f"File too large: this server accepts uploads up to {max_bytes:,} bytes",
+        param="file",
+        code="file_too_large",
+    )
 
 
 def store_upload(upload: UploadFile, purpose: str, files_dir: Path, max_bytes: int) -> dict[str, Any]:
@@ -132,8 +160,16 @@ def store_upload(upload: UploadFile, purpose: str, files_dir: Path, max_bytes: i
     finally:
         partial.unlink(missing_ok=True)
     status, details = ("processed", None) if purpose != "fine-tune" else _check_contents(final, file_id, name)
-    return {"id": file_id, "filename": name, "purpose": purpose, "bytes": size, "created_at": now(),
-            "path": str(final), "status": status, "status_details": details}  # fmt: skip
+    return {
+        "id": file_id,
+        "filename": name,
+        "purpose": purpose,
+        "bytes": size,
+        "created_at": now(),
+        "path": str(final),
+        "status": status,
+        "status_details": details,
+    }
 
 
 def _check_contents(path: Path, file_id: str, filename: str) -> tuple[str, str | None]:

@@ -127,8 +127,13 @@ async def chat_completion(pool: ModelPool, engine: Engine, request: ChatRequest)
     """A chat completion (a stream when asked); the dashboard's playground calls it too."""
     served = await _generative(pool, request.model)
     if getattr(served.tokenizer, "chat_template", None) is None:  # a base model without one: say so, not 500
-        raise APIError(400, f"{request.model} has no chat template: use /v1/completions, or a model fine-tuned "
-                       "with a template", param="model", code="no_chat_template")  # fmt: skip
+        raise APIError(
+            400,
+            f"{request.model} has no chat template: use /v1/completions, or a model fine-tuned "
+            "with a template",
+            param="model",
+            code="no_chat_template",
+        )
     prompt = encode_chat(served.tokenizer, _messages(served, request.messages))
     sampling = request.sampling(request.max_completion_tokens)
     return await _answer(engine, served, [prompt], sampling, request, chat=True)
@@ -138,8 +143,12 @@ async def _generative(pool: ModelPool, name: str) -> Served:
     pool.describe(name)  # 404 for a name the server does not know
     served = await asyncio.to_thread(pool.get, name)  # the first request loads it: not on the event loop
     if not served.trained.generative:
-        raise APIError(400, f"{name} is a {served.trained.task} model: use /v1/classifications",
-                       param="model", code="model_not_generative")  # fmt: skip
+        raise APIError(
+            400,
+            f"{name} is a {served.trained.task} model: use /v1/classifications",
+            param="model",
+            code="model_not_generative",
+        )
     return served
 
 
@@ -199,15 +208,31 @@ class _Reply:
             text, reason, tokens = await _collect(row)
             completion += tokens
             choices.append(self._choice(index, text, reason))
-        return {"id": self.id, "object": self.object, "created": self.created, "model": self.model,
-                "choices": choices, "usage": self._usage(completion), "system_fingerprint": None}  # fmt: skip
+        return {
+            "id": self.id,
+            "object": self.object,
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+            "usage": self._usage(completion),
+            "system_fingerprint": None,
+        }
 
     async def stream(self, rows: list[Row], include_usage: bool) -> AsyncIterator[str]:
         completion = 0
         if self.chat:
             for index in range(len(rows)):
-                yield self._chunk([{"index": index, "delta": {"role": "assistant", "content": ""},
-                                    "finish_reason": None, "logprobs": None}], include_usage)  # fmt: skip
+                yield self._chunk(
+                    [
+                        {
+                            "index": index,
+                            "delta": {"role": "assistant", "content": ""},
+                            "finish_reason": None,
+                            "logprobs": None,
+                        }
+                    ],
+                    include_usage,
+                )
         pending = {asyncio.ensure_future(row.events.get()): i for i, row in enumerate(rows)}
         while pending:
             done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
@@ -240,15 +265,23 @@ class _Reply:
         return {"index": index, "text": text, "finish_reason": reason, "logprobs": None}
 
     def _chunk(self, choices: list[dict[str, Any]], with_usage_field: bool, usage: Any = None) -> str:
-        body = {"id": self.id, "object": f"{self.object}.chunk" if self.chat else self.object,
-                "created": self.created, "model": self.model, "choices": choices}  # fmt: skip
+        body = {
+            "id": self.id,
+            "object": f"{self.object}.chunk" if self.chat else self.object,
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        }
         if with_usage_field or usage is not None:
             body["usage"] = usage
         return f"data: {json.dumps(body)}\n\n"
 
     def _usage(self, completion: int) -> dict[str, int]:
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion,
-                "total_tokens": self.prompt_tokens + completion}  # fmt: skip
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": completion,
+            "total_tokens": self.prompt_tokens + completion,
+        }
 
 
 async def _collect(row: Row) -> tuple[str, str, int]:

@@ -68,15 +68,26 @@ class JobRequest(BaseModel):
 def check_request(request: JobRequest, config: ServeConfig, store: Store) -> None:
     """What OpenAI refuses at once (400/404); bad *contents* of a file fail later, in validating_files."""
     if request.method_type() == "reinforcement":
-        raise APIError(400, "method.type 'reinforcement' is not supported; use supervised or dpo",
-                       param="method.type", code="unsupported_method")  # fmt: skip
+        raise APIError(
+            400,
+            "method.type 'reinforcement' is not supported; use supervised or dpo",
+            param="method.type",
+            code="unsupported_method",
+        )
     if request.integrations:
-        raise APIError(400, "integrations are not supported (tunelab logs to TensorBoard in the run folder)",
-                       param="integrations")  # fmt: skip
+        raise APIError(
+            400,
+            "integrations are not supported (tunelab logs to TensorBoard in the run folder)",
+            param="integrations",
+        )
     if request.model not in config.models or config.models[request.model].kind != "generate":
         offered = ", ".join(name for name, m in config.models.items() if m.kind == "generate") or "none"
-        raise APIError(400, f"Model {request.model!r} is not available for fine-tuning; this server offers: "
-                       f"{offered}", param="model", code="model_not_available")  # fmt: skip
+        raise APIError(
+            400,
+            f"Model {request.model!r} is not available for fine-tuning; this server offers: {offered}",
+            param="model",
+            code="model_not_available",
+        )
     for param in ("training_file", "validation_file"):
         file_id = getattr(request, param)
         if file_id is None:
@@ -145,8 +156,11 @@ def fit_sequence_length(recipe: dict[str, Any]) -> str | None:
 def resolved_hyperparameters(recipe: dict[str, Any], request: JobRequest) -> dict[str, Any]:
     """The values the job really uses, as OpenAI reports them once a job is created."""
     lr_multiplier = _chosen(request.hyper().learning_rate_multiplier, 1.0)
-    values = {"n_epochs": recipe["train"]["epochs"], "batch_size": recipe["train"]["batch_size"],
-              "learning_rate_multiplier": float(lr_multiplier)}  # fmt: skip
+    values = {
+        "n_epochs": recipe["train"]["epochs"],
+        "batch_size": recipe["train"]["batch_size"],
+        "learning_rate_multiplier": float(lr_multiplier),
+    }
     if recipe["task"] == "preference":
         values["beta"] = recipe["preference"]["beta"]
     return values
@@ -196,15 +210,27 @@ def job_object(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def event_object(row: dict[str, Any]) -> dict[str, Any]:
-    return {"object": "fine_tuning.job.event", "id": row["id"], "created_at": row["created_at"],
-            "level": row["level"], "message": row["message"], "type": row["type"],
-            "data": json.loads(row["data_json"]) if row["data_json"] else None}  # fmt: skip
+    return {
+        "object": "fine_tuning.job.event",
+        "id": row["id"],
+        "created_at": row["created_at"],
+        "level": row["level"],
+        "message": row["message"],
+        "type": row["type"],
+        "data": json.loads(row["data_json"]) if row["data_json"] else None,
+    }
 
 
 def checkpoint_object(row: dict[str, Any]) -> dict[str, Any]:
-    return {"object": "fine_tuning.job.checkpoint", "id": row["id"], "created_at": row["created_at"],
-            "fine_tuning_job_id": row["job_id"], "step_number": row["step"],
-            "fine_tuned_model_checkpoint": row["model"], "metrics": json.loads(row["metrics_json"])}  # fmt: skip
+    return {
+        "object": "fine_tuning.job.checkpoint",
+        "id": row["id"],
+        "created_at": row["created_at"],
+        "fine_tuning_job_id": row["job_id"],
+        "step_number": row["step"],
+        "fine_tuned_model_checkpoint": row["model"],
+        "metrics": json.loads(row["metrics_json"]),
+    }
 
 
 def _chosen(value: Any, default: Any) -> Any:

@@ -106,9 +106,14 @@ def create(request: JobRequest, config: ServeConfig, store: Store) -> str:
     except TunelabError as exc:
         shutil.rmtree(path.parent, ignore_errors=True)
         raise APIError(400, str(exc), param="method") from None
-    state = {"created_at": now(), "seed": seed, "method_type": request.method_type(),
-             "hyperparameters": resolved_hyperparameters(recipe, request),
-             "recipe": str(path), "job_dir": str(path.parent)}  # fmt: skip
+    state = {
+        "created_at": now(),
+        "seed": seed,
+        "method_type": request.method_type(),
+        "hyperparameters": resolved_hyperparameters(recipe, request),
+        "recipe": str(path),
+        "job_dir": str(path.parent),
+    }
     store.add_job(job_id, request.model_dump(exclude_none=True), state, "validating_files")
     store.add_event(job_id, f"Created fine-tuning job: {job_id}")
     if fitted:

@@ -72,13 +72,28 @@ class ModelPool:
     # -- listing -----------------------------------------------------------------------------------
 
     def listing(self) -> list[dict[str, Any]]:
-        bases = [{"id": name, "object": "model", "created": 0, "owned_by": "tunelab", "parent": None,
-                  "tunelab": {"kind": m.kind}} for name, m in self.config.models.items()]  # fmt: skip
+        bases = [
+            {
+                "id": name,
+                "object": "model",
+                "created": 0,
+                "owned_by": "tunelab",
+                "parent": None,
+                "tunelab": {"kind": m.kind},
+            }
+            for name, m in self.config.models.items()
+        ]
         tuned = [
-            {"id": job["state"]["fine_tuned_model"], "object": "model", "created": job["state"]["finished_at"],
-             "owned_by": "tunelab", "parent": job["body"]["model"], "tunelab": {"job": job["id"]}}
+            {
+                "id": job["state"]["fine_tuned_model"],
+                "object": "model",
+                "created": job["state"]["finished_at"],
+                "owned_by": "tunelab",
+                "parent": job["body"]["model"],
+                "tunelab": {"job": job["id"]},
+            }
             for job in self.store.jobs_with_status("succeeded")
-        ]  # fmt: skip
+        ]
         return bases + tuned
 
     def describe(self, name: str) -> dict[str, Any]:
@@ -100,8 +115,12 @@ class ModelPool:
         entry = self.config.models.get(name)
         if entry is None or entry.kind != "embed":
             offered = ", ".join(n for n, m in self.config.models.items() if m.kind == "embed") or "none"
-            raise APIError(400, f"{name!r} is not an embedding model here; embedding models: {offered}",
-                           param="model", code="model_not_found")  # fmt: skip
+            raise APIError(
+                400,
+                f"{name!r} is not an embedding model here; embedding models: {offered}",
+                param="model",
+                code="model_not_found",
+            )
         with self._loading:
             if name not in self._encoders:
                 from transformers import AutoModel, AutoTokenizer

@@ -102,8 +102,11 @@ def _metric_lines(run_dir: Path) -> list[dict[str, Any]]:
 
 def _metric_message(values: dict[str, Any], total: int | None) -> str:
     of = f"/{total}" if total else ""
-    parts = [f"{name.removeprefix('val_').replace('_', ' ')}={value:.4f}"
-             for name, value in values.items() if name in ("loss", "val_loss")]  # fmt: skip
+    parts = [
+        f"{name.removeprefix('val_').replace('_', ' ')}={value:.4f}"
+        for name, value in values.items()
+        if name in ("loss", "val_loss")
+    ]
     kind = "validation" if "val_loss" in values else "training"
     return f"Step {values['step']}{of}: {kind} {', '.join(parts) or 'metrics'}"
 
@@ -188,9 +191,18 @@ def write_results_file(store: Store, files_dir: Path, job_id: str, run_dir: Path
     path = files_dir / f"{file_id}.csv"
     files_dir.mkdir(parents=True, exist_ok=True)
     path.write_text(out.getvalue(), encoding="utf-8")
-    store.add_file({"id": file_id, "filename": f"{job_id}-step_metrics.csv", "purpose": "fine-tune-results",
-                    "bytes": path.stat().st_size, "created_at": now(), "path": str(path),
-                    "status": "processed", "status_details": None})  # fmt: skip
+    store.add_file(
+        {
+            "id": file_id,
+            "filename": f"{job_id}-step_metrics.csv",
+            "purpose": "fine-tune-results",
+            "bytes": path.stat().st_size,
+            "created_at": now(),
+            "path": str(path),
+            "status": "processed",
+            "status_details": None,
+        }
+    )
     return file_id
 
 

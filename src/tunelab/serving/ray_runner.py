@@ -40,8 +40,12 @@ class RayRunner:
         # Appending to the job's own log keeps events the same as under the local runner.
         entrypoint = f"cd {shlex.quote(str(cwd))} && {shlex.join(command)} >> {shlex.quote(str(log))} 2>&1"
         submission = f"{job_id}-{segment}-{_token()}"
-        body: dict[str, Any] = {"entrypoint": entrypoint, "submission_id": submission, "metadata": {"tunelab_job": job_id},
-                "runtime_env": {"env_vars": {"TUNELAB_JOB_ID": job_id, "PYTHONUNBUFFERED": "1"}}}  # fmt: skip
+        body: dict[str, Any] = {
+            "entrypoint": entrypoint,
+            "submission_id": submission,
+            "metadata": {"tunelab_job": job_id},
+            "runtime_env": {"env_vars": {"TUNELAB_JOB_ID": job_id, "PYTHONUNBUFFERED": "1"}},
+        }
         if self.num_gpus:
             body["entrypoint_num_gpus"] = self.num_gpus
         self._call("POST", "/api/jobs/", body)
@@ -64,8 +68,9 @@ class RayRunner:
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(self.address + path, data=data, method=method,
-                                         headers={"Content-Type": "application/json"})  # fmt: skip
+        request = urllib.request.Request(
+            self.address + path, data=data, method=method, headers={"Content-Type": "application/json"}
+        )
         try:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
                 return dict(json.loads(response.read() or b"{}"))

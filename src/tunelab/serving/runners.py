@@ -70,9 +70,15 @@ class LocalRunner:
         env = {**os.environ, "TUNELAB_JOB_ID": job_id, "PYTHONUNBUFFERED": "1"}
         with log.open("ab") as out:
             child = subprocess.Popen(
-                command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True, preexec_fn=_die_with_parent,
-            )  # fmt: skip
+                command,
+                cwd=cwd,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
         self._children[str(child.pid)] = child
         return str(child.pid)
 

@@ -6,6 +6,7 @@ from typing import Any
 
 from tunelab.serving.errors import APIError
 from tunelab.serving.models import ModelPool
+from tunelab.tasks.registry import task_spec
 
 MAX_TEXTS = 2048  # OpenAI's limit on inputs per embeddings request
 MAX_TOKENS = 512
@@ -37,7 +38,7 @@ def classify(pool: ModelPool, name: str, texts: list[str]) -> list[dict[str, Any
     _check(texts)
     pool.describe(name)
     served = pool.get(name)
-    if served.trained.task != "classify":
+    if not task_spec(served.trained.task).head.labels_examples:
         raise APIError(400, f"{name} is a {served.trained.task} model, not a classifier", param="model")
     inputs = [PredictInput(text=text) for text in texts]
     return predict_scores(served.trained, inputs, batch_size=32, max_seq_len=MAX_TOKENS)

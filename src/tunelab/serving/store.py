@@ -125,9 +125,16 @@ class Store:
         kind = kind or ("metrics" if data is not None else "message")
         self._insert(
             "serve_events",
-            {"id": new_id("ft-event-"), "job_id": job_id, "created_at": now(), "level": level,
-             "message": message, "type": kind, "data_json": None if data is None else json.dumps(data)},
-        )  # fmt: skip
+            {
+                "id": new_id("ft-event-"),
+                "job_id": job_id,
+                "created_at": now(),
+                "level": level,
+                "message": message,
+                "type": kind,
+                "data_json": None if data is None else json.dumps(data),
+            },
+        )
 
     def list_events(self, job_id: str, *, after: str | None, limit: int) -> list[dict[str, Any]]:
         return self._page("serve_events", ["job_id = ?"], [job_id], after, limit, "desc")

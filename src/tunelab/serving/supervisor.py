@@ -131,8 +131,15 @@ class Supervisor:
         handle = self.runner.start(
             job["id"], train_command(Path(state["recipe"]), resume), job_dir, job_dir / "worker.log"
         )
-        self.store.update_job(job["id"], "running", handle=handle, resume=False, pausing=False,
-                              segment_started=time.time(), segment_start_step=state.get("step", 0))  # fmt: skip
+        self.store.update_job(
+            job["id"],
+            "running",
+            handle=handle,
+            resume=False,
+            pausing=False,
+            segment_started=time.time(),
+            segment_start_step=state.get("step", 0),
+        )
         where = f"resumes from {resume.name}" if resume else "started"
         self.store.add_event(job["id"], f"Fine-tuning job {where}")
         return True
@@ -153,11 +160,16 @@ class Supervisor:
             # Killed from outside (the OOM killer, a lost node), not by an error of the run: go on
             # from the newest checkpoint, as after a server restart.
             self.store.update_job(job["id"], "queued", resume=True, restarts=state.get("restarts", 0) + 1)
-            self.store.add_event(job["id"], f"The worker was killed (signal {-code}); the job resumes from "
-                                 "its newest checkpoint", level="warn")  # fmt: skip
+            self.store.add_event(
+                job["id"],
+                f"The worker was killed (signal {-code}); the job resumes from its newest checkpoint",
+                level="warn",
+            )
         else:
-            self._fail(job, {"code": "training_failed", "param": None,
-                             "message": progress.failure_reason(state, code)})  # fmt: skip
+            self._fail(
+                job,
+                {"code": "training_failed", "param": None, "message": progress.failure_reason(state, code)},
+            )
 
     def _succeed(self, job: dict[str, Any]) -> None:
         state = job["state"]
@@ -165,9 +177,14 @@ class Supervisor:
         summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
         results = progress.write_results_file(self.store, self.config.root / "files", job["id"], run_dir)
         self.store.update_job(
-            job["id"], "succeeded", fine_tuned_model=fine_tuned_name(job), finished_at=now(),
-            trained_tokens=summary.get("tokens"), result_files=[results], report=summary.get("report"),
-        )  # fmt: skip
+            job["id"],
+            "succeeded",
+            fine_tuned_model=fine_tuned_name(job),
+            finished_at=now(),
+            trained_tokens=summary.get("tokens"),
+            result_files=[results],
+            report=summary.get("report"),
+        )
         self.store.add_event(job["id"], "The job has successfully completed")
 
     def _fail(self, job: dict[str, Any], error: dict[str, Any]) -> None:

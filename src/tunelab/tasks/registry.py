@@ -40,16 +40,40 @@ class Head:
     auto_class: str  # e.g. "AutoModelForCausalLM"
     peft_task_type: str  # a peft.TaskType member, e.g. "CAUSAL_LM"
     pipeline_tag: str  # the Hub's pipeline tag, for model cards
+    description: str  # "a causal language model", in errors
+    # What to do when transformers has no class of this head for the model's architecture.
+    hint: str = "use a model whose architecture transformers has this head for (BERT-, RoBERTa-, Llama-like)"
     outputs: Literal["vocabulary", "labels", "score"] = "vocabulary"  # labels: one per class or tag
     generative: bool = False  # answers come from generate(): export writes a generation config
     word_level: bool = False  # inputs arrive as words (taggers): byte-level BPEs add a prefix space
     # Modules a checkpoint lacks that the head adds (kept out of bitsandbytes' 8/4-bit layers).
     new_modules: tuple[str, ...] = ()
 
+    @property
+    def labels_examples(self) -> bool:
+        """One label per example (a sequence classifier): scored by the argmax of its logits."""
+        return self.outputs == "labels" and not self.word_level
 
-CAUSAL_LM = Head("causal_lm", "AutoModelForCausalLM", "CAUSAL_LM", "text-generation", generative=True)
+
+CAUSAL_LM = Head(
+    "causal_lm",
+    "AutoModelForCausalLM",
+    "CAUSAL_LM",
+    "text-generation",
+    "a causal language model",
+    "task sft, pretrain and preference need a decoder-only model (Llama, Qwen, SmolLM, GPT-2, ...); an "
+    "encoder-decoder such as T5 or BART trains with task: seq2seq",
+    generative=True,
+)
 SEQ2SEQ_LM = Head(
-    "seq2seq_lm", "AutoModelForSeq2SeqLM", "SEQ_2_SEQ_LM", "text2text-generation", generative=True
+    "seq2seq_lm",
+    "AutoModelForSeq2SeqLM",
+    "SEQ_2_SEQ_LM",
+    "text2text-generation",
+    "an encoder-decoder (sequence-to-sequence) model",
+    "task seq2seq needs an encoder-decoder (T5, BART, Marian, ...); a decoder-only model learns prompt -> "
+    "completion with task: sft",
+    generative=True,
 )
 _CLASSIFIER_MODULES = ("classifier", "score", "pooler")
 SEQUENCE_CLASSIFIER = Head(
@@ -57,6 +81,7 @@ SEQUENCE_CLASSIFIER = Head(
     "AutoModelForSequenceClassification",
     "SEQ_CLS",
     "text-classification",
+    "a sequence classifier",
     outputs="labels",
     new_modules=_CLASSIFIER_MODULES,
 )
@@ -65,6 +90,7 @@ SCALAR_SCORE = Head(
     "AutoModelForSequenceClassification",
     "SEQ_CLS",
     "text-classification",
+    "a reward model",
     outputs="score",
     new_modules=_CLASSIFIER_MODULES,
 )
@@ -73,6 +99,7 @@ TOKEN_CLASSIFIER = Head(
     "AutoModelForTokenClassification",
     "TOKEN_CLS",
     "token-classification",
+    "a token classifier",
     outputs="labels",
     word_level=True,
     new_modules=_CLASSIFIER_MODULES,
@@ -114,18 +141,25 @@ class TaskSpec:
     baselines: Hook | None = None
     after_training: Hook | None = None
     validation_extras: Hook | None = None
+    # General data mixed in against forgetting (data.replay): the record kinds it may be.
+    replay_kinds: tuple[str, ...] = ()
     # Traits the recipe's checks, the data stage and plan read.
     chat_template: bool = False  # records are rendered with a chat template (and its marker tokens)
     generates_answers: bool = False  # eval.metrics: answers generated and scored
-    several_datasets: bool = False  # data.train as a list, data.replay, eval.canaries
+    several_datasets: bool = False  # data.train as a list of datasets, data.replay
+    classes: bool = False  # labels are classes: stratified splits, class weights, augmentation, bias
     packable: bool = False  # train.packing may join examples into rows
     packed_by_default: bool = False
     private: bool = False  # train.privacy (DP-SGD) supports it
+    canaries: bool = False  # eval.canaries: secrets planted in train and looked for in generations
     virtual_tokens: bool = True  # prefix / prompt tuning work with its head
     preference_section: bool = False  # reads the recipe's preference: section
+    evaluable: bool = True  # `tunelab eval` scores a data file with it (its hooks need no recipe)
     rows_per_example: int = 1  # preference pairs: chosen and rejected in one batch
     perplexity: bool = False  # validation reports exp(loss)
-    description: str = ""
+    # Its loss is the next-token cross-entropy on labels (training/objectives.causal_lm), which the fused
+    # head loss computes without the logits (training/losses.py): plan counts on it.
+    token_loss: bool = False
 
     @property
     def causal_lm(self) -> bool:

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from tunelab.data.tokenize import IGNORE_INDEX
+from tunelab.training.batch import model_inputs
 
 # 1024 tokens × a 128k vocabulary is 512 MB of float32 logits per chunk; a smaller chunk saves memory
 # but cuts the matmuls so thin that the GPU (or the CPU's BLAS) runs below its speed.
@@ -235,7 +236,6 @@ def causal_lm_loss(
     Position t predicts label t + 1, as in `objectives.causal_lm`. None when the model is not one this
     loss is known to be exact for (see `output_head`): the caller then takes the plain logits path.
     """
-    from tunelab.training.objectives import model_inputs  # here, not at the top: objectives imports us
 
     head = output_head(model)
     if head is None:

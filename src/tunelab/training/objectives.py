@@ -14,12 +14,12 @@ import torch
 import torch.nn.functional as F
 
 from tunelab.data.tokenize import IGNORE_INDEX
+from tunelab.tasks.registry import task_spec
+from tunelab.training.batch import Batch, model_inputs
 from tunelab.training.losses import causal_lm_loss
 
 if TYPE_CHECKING:
-    from tunelab.config import PreferenceConfig
-
-Batch = dict[str, torch.Tensor]
+    from tunelab.config import Recipe
 
 
 @dataclass
@@ -29,11 +29,6 @@ class Output:
     # Extra metrics as sums over targets (e.g. preference pairs ranked right); the loop and `evaluate`
     # add them up over micro-batches and processes and divide by the target count, like the loss.
     stats: dict[str, torch.Tensor] = field(default_factory=dict)
-
-
-def model_inputs(batch: Batch) -> Batch:
-    """What the model takes: not the labels, nor bookkeeping keys (named with a leading underscore)."""
-    return {k: v for k, v in batch.items() if k != "labels" and not k.startswith("_")}
 
 
 def count_input_tokens(batch: Batch) -> int:
@@ -160,62 +155,23 @@ class Objective:
     count_targets: Callable[[Batch], int]
 
 
-OBJECTIVES: dict[str, Objective] = {
-    "sft": Objective(loss=causal_lm, count_targets=causal_lm_targets),
-    "pretrain": Objective(loss=causal_lm, count_targets=causal_lm_targets),  # labels are every token
-    "classify": Objective(loss=classification, count_targets=classification_targets),
-    "token_classify": Objective(loss=token_classification, count_targets=token_targets),
-    "seq2seq": Objective(loss=seq2seq_lm, count_targets=token_targets),  # every label is a target
-}
+# The objectives of the built-in tasks that need no settings (tunelab/tasks/ names them).
+CAUSAL_LM_OBJECTIVE = Objective(loss=causal_lm, count_targets=causal_lm_targets)
+CLASSIFICATION_OBJECTIVE = Objective(loss=classification, count_targets=classification_targets)
+TOKEN_CLASSIFICATION_OBJECTIVE = Objective(loss=token_classification, count_targets=token_targets)
+SEQ2SEQ_OBJECTIVE = Objective(loss=seq2seq_lm, count_targets=token_targets)
+
+
+def weighted_classification_objective(class_weights: list[float]) -> Objective:
+    """train.class_weights: each example's loss weighed by its class."""
+    return Objective(loss=weighted_classification(class_weights), count_targets=classification_targets)
 
 
 def collate_for(task: str) -> Callable[[list[dict[str, Any]], int], Batch]:
-    """The collator of a task's examples: preference pairs stack chosen and rejected rows; KTO's rated
-    examples (task preference too) add their mismatched rows."""
-    if task == "preference":
-        from tunelab.data.rated import collate_preference
-
-        return collate_preference
-    if task == "reward":
-        from tunelab.data.pairs import collate_pairs
-
-        return collate_pairs
-    if task == "seq2seq":  # sources and targets padded to their own widths
-        from tunelab.data.seq2seq import collate_seq2seq
-
-        return collate_seq2seq
-    from tunelab.data.tokenize import collate
-
-    return collate
+    """The collator of a task's examples (tasks/registry.py)."""
+    return task_spec(task).collate
 
 
-def build_objective(
-    task: str, preference: PreferenceConfig, model: Any, class_weights: list[float] | None = None
-) -> Objective:
-    """The task's loss. DPO, IPO and KTO compare against a reference: the same model with its adapter
-    switched off (no second copy), or for full/freeze a frozen copy of the weights before training.
-    `class_weights` (classify) weighs each example's loss by its class."""
-    if class_weights is not None:
-        return Objective(loss=weighted_classification(class_weights), count_targets=classification_targets)
-    if task == "reward":
-        from tunelab.training.preference import reward_objective
-
-        return reward_objective()
-    if task != "preference":
-        return OBJECTIVES[task]
-    from tunelab.models.methods import is_adapter
-    from tunelab.training.preference import (
-        adapter_disabled_reference,
-        frozen_copy_reference,
-        kto_objective,
-        preference_objective,
-    )
-
-    reference = None
-    if preference.objective != "orpo":
-        reference = adapter_disabled_reference() if is_adapter(model) else frozen_copy_reference(model)
-    if preference.objective == "kto":
-        assert reference is not None
-        weights = preference.desirable_weight, preference.undesirable_weight
-        return kto_objective(preference.beta, reference, *weights)
-    return preference_objective(preference.objective, preference.beta, reference)
+def build_objective(recipe: Recipe, model: Any, class_weights: list[float] | None = None) -> Objective:
+    """The recipe's task's loss on `model` (its reference, for DPO and KTO, is built from it)."""
+    return task_spec(recipe.task).objective(recipe, model, class_weights)

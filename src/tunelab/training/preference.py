@@ -14,14 +14,18 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
 from tunelab.data.rated import DESIRABLE
 from tunelab.data.tokenize import IGNORE_INDEX
+from tunelab.models.methods import is_adapter
 from tunelab.training.objectives import Batch, Objective, Output, causal_logits, model_inputs
+
+if TYPE_CHECKING:
+    from tunelab.config import PreferenceConfig
 
 # (model, batch) -> (summed log-probs [2B], target token counts [2B]), computed without gradients.
 Reference = Callable[[Any, Batch], tuple[torch.Tensor, torch.Tensor]]
@@ -336,3 +340,17 @@ def reward_stats(chosen: torch.Tensor, rejected: torch.Tensor) -> dict[str, torc
         "reward_rejected": rejected.sum(),
         "reward_margin": (chosen - rejected).sum(),
     }
+
+
+def objective_for(preference: PreferenceConfig, model: Any) -> Objective:
+    """The preference.objective's loss. DPO, IPO and KTO compare against a reference: the same model with
+    its adapter switched off (no second copy), or for full/freeze a frozen copy of the weights before
+    training. ORPO needs none."""
+    reference = None
+    if preference.objective != "orpo":
+        reference = adapter_disabled_reference() if is_adapter(model) else frozen_copy_reference(model)
+    if preference.objective == "kto":
+        assert reference is not None
+        weights = preference.desirable_weight, preference.undesirable_weight
+        return kto_objective(preference.beta, reference, *weights)
+    return preference_objective(preference.objective, preference.beta, reference)

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from tunelab.data.tokenize import IGNORE_INDEX, Example
 from tunelab.errors import TunelabError
+from tunelab.tasks.registry import task_spec
 from tunelab.training.loop import StepResult
 from tunelab.training.objectives import Batch, causal_logits, classification_losses, count_input_tokens
 
@@ -112,9 +113,9 @@ class PoissonBatches:
 
 def per_example_loss(task: str, class_weights: list[float] | None) -> Callable[[Any, Batch], torch.Tensor]:
     """Each example's own loss, shape (B,): the unit DP clips."""
-    if task == "classify":
+    if task_spec(task).head.labels_examples:  # one label per example: its cross-entropy
         return functools.partial(_classification_losses, class_weights=class_weights)
-    return _causal_losses
+    return _causal_losses  # a causal LM (the tasks DP supports: tasks/registry.py `private`)
 
 
 def _classification_losses(model: Any, batch: Batch, class_weights: list[float] | None) -> torch.Tensor:

@@ -112,7 +112,7 @@ def build_training(
     prepared by accelerate (the scheduler is not: accelerate's wrapper would step it once per process)."""
     cfg = recipe.train
     weights = class_weights(recipe, data) if cfg.class_weights == "auto" else None
-    objective = build_objective(recipe.task, recipe.preference, model, class_weights=weights)
+    objective = build_objective(recipe, model, class_weights=weights)
     batches: StepBatches
     if cfg.privacy is not None:
         batches, mixed = private_batches(recipe, data, pad_id, model), None

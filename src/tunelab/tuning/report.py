@@ -36,16 +36,24 @@ def finish(
     trials = [_trial_row(t) for t in study.get_trials(deepcopy=False)]
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
     summary: dict[str, Any] = {
-        "study": study.study_name, "metric": search.metric, "direction": "minimize" if search.minimize else "maximize",
-        "trials": trials, "states": _count_states(trials), "best": None, "start": _starting_trial(trials),
-    }  # fmt: skip
+        "study": study.study_name,
+        "metric": search.metric,
+        "direction": "minimize" if search.minimize else "maximize",
+        "trials": trials,
+        "states": _count_states(trials),
+        "best": None,
+        "start": _starting_trial(trials),
+    }
     if complete:
         best = study.best_trial
         best_raw = _best_recipe(raw, best, search, study.study_name, test_file)
         write_text_atomic(folder / "best.yaml", yaml.safe_dump(best_raw, sort_keys=False, allow_unicode=True))
-        summary["best"] = {**_trial_row(best), "best_yaml": str(folder / "best.yaml"),
-                           "test": _test_score(best.user_attrs.get("run_dir"), test_file, raw),
-                           "baselines": _baselines(best.user_attrs.get("run_dir"))}  # fmt: skip
+        summary["best"] = {
+            **_trial_row(best),
+            "best_yaml": str(folder / "best.yaml"),
+            "test": _test_score(best.user_attrs.get("run_dir"), test_file, raw),
+            "baselines": _baselines(best.user_attrs.get("run_dir")),
+        }
     write_text_atomic(folder / "study.json", json.dumps(summary, indent=2, default=str) + "\n")
     honesty = HONESTY.format(n=len(trials), complete=len(complete))
     html = _TEMPLATE.render(s=summary, honesty=honesty, plots=_plots(study))
@@ -57,10 +65,17 @@ def _trial_row(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
     reason = trial.user_attrs.get("reason") or trial.system_attrs.get("fail_reason")
     start, end = trial.datetime_start, trial.datetime_complete
     took = (end - start).total_seconds() if start is not None and end is not None else None
-    return {"number": trial.number, "state": trial.state.name.lower(), "value": trial.value,
-            "values": trial.user_attrs.get("values", trial.params), "steps": trial.user_attrs.get("steps"),
-            "run_dir": trial.user_attrs.get("run_dir"), "reason": reason, "wall_s": took,
-            "starting_recipe": bool(trial.user_attrs.get("starting_recipe"))}  # fmt: skip
+    return {
+        "number": trial.number,
+        "state": trial.state.name.lower(),
+        "value": trial.value,
+        "values": trial.user_attrs.get("values", trial.params),
+        "steps": trial.user_attrs.get("steps"),
+        "run_dir": trial.user_attrs.get("run_dir"),
+        "reason": reason,
+        "wall_s": took,
+        "starting_recipe": bool(trial.user_attrs.get("starting_recipe")),
+    }
 
 
 def _count_states(trials: list[dict[str, Any]]) -> dict[str, int]:
@@ -74,8 +89,13 @@ def _starting_trial(trials: list[dict[str, Any]]) -> dict[str, Any] | None:
     return next((t for t in trials if t["starting_recipe"]), None)
 
 
-def _best_recipe(raw: dict[str, Any], best: optuna.trial.FrozenTrial, search: SearchConfig, study: str,
-                 test_file: str | None) -> dict[str, Any]:  # fmt: skip
+def _best_recipe(
+    raw: dict[str, Any],
+    best: optuna.trial.FrozenTrial,
+    search: SearchConfig,
+    study: str,
+    test_file: str | None,
+) -> dict[str, Any]:
     values = best.user_attrs.get("values") or {**best.params, **space.tied_values(search, best.params)}
     out = space.apply(raw, values)
     out["name"] = f"{study}-best"
@@ -114,8 +134,11 @@ def _plots(study: optuna.Study) -> dict[str, str]:
     from optuna.visualization import matplotlib as plots
 
     out = {}
-    makers: dict[str, Any] = {"history": plots.plot_optimization_history, "importances": plots.plot_param_importances,
-              "intermediate": plots.plot_intermediate_values}  # fmt: skip
+    makers: dict[str, Any] = {
+        "history": plots.plot_optimization_history,
+        "importances": plots.plot_param_importances,
+        "intermediate": plots.plot_intermediate_values,
+    }
     for name, make in makers.items():
         try:
             with warnings.catch_warnings():

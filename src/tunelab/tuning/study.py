@@ -60,9 +60,13 @@ def open_study(recipe_path: Path, overrides: list[str], storage: str | None, *, 
     url = storage or f"sqlite:///{Path(recipe.output.dir).resolve() / 'studies.sqlite'}"
     try:
         study = optuna.create_study(
-            storage=_storage(url), sampler=_sampler(search), pruner=_pruner(search, recipe),
-            study_name=name, direction="minimize" if search.minimize else "maximize", load_if_exists=resume,
-        )  # fmt: skip
+            storage=_storage(url),
+            sampler=_sampler(search),
+            pruner=_pruner(search, recipe),
+            study_name=name,
+            direction="minimize" if search.minimize else "maximize",
+            load_if_exists=resume,
+        )
     except optuna.exceptions.DuplicatedStudyError:
         raise TunelabError(
             f"a study named {name!r} exists already in {url}", fix="continue it with --resume (or --worker)"
@@ -96,8 +100,10 @@ def _raw_recipe(recipe: Recipe) -> dict[str, Any]:
 def _metric_problems(recipe: Recipe, search: SearchConfig) -> list[str]:
     problems = []
     if not search.metric.startswith("val_"):
-        problems.append(f"search.metric: {search.metric!r} is not a validation metric (val_...): a study "
-                        "chooses on validation, and the test split is scored once, for the best trial")  # fmt: skip
+        problems.append(
+            f"search.metric: {search.metric!r} is not a validation metric (val_...): a study "
+            "chooses on validation, and the test split is scored once, for the best trial"
+        )
     if search.memory:
         from tunelab.plan import parse_memory
 
@@ -119,8 +125,9 @@ def _storage(url: str) -> Any:
     kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: stable enough
-        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_S,
-                                          grace_period=GRACE_S)  # fmt: skip
+        return optuna.storages.RDBStorage(
+            url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S
+        )
 
 
 def _sampler(search: SearchConfig) -> optuna.samplers.BaseSampler:
@@ -181,9 +188,11 @@ def run_trials(work: Study, console: Console) -> None:
                 f"{len(failed)} trials failed (the last: {last})", fix="see study.html's trials"
             )
         work.study.optimize(
-            lambda trial: _objective(trial, work, console), n_trials=1, catch=(TrialSkipped,),
+            lambda trial: _objective(trial, work, console),
+            n_trials=1,
+            catch=(TrialSkipped,),
             gc_after_trial=True,
-        )  # fmt: skip
+        )
 
 
 def _counted(study: optuna.Study, below: int | None = None) -> int:
@@ -203,8 +212,10 @@ def _objective(trial: optuna.Trial, work: Study, console: Console) -> float:
     recipe = _trial_recipe(work, trial.number, values)
     trial.set_user_attr("values", values)
     _check_fits(trial, recipe, work.search)
-    console.print(f"trial {trial.number}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                                       for k, v in values.items()))  # fmt: skip
+    console.print(
+        f"trial {trial.number}: "
+        + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
+    )
     try:
         result = train(recipe, console=console, on_validation=_reporter(trial, work.search.metric))
     except RunPruned as exc:
@@ -225,8 +236,11 @@ def _objective(trial: optuna.Trial, work: Study, console: Console) -> float:
 def _trial_recipe(work: Study, number: int, values: dict[str, Any]) -> Recipe:
     raw = space.apply(work.raw, values)
     raw["name"] = f"{work.study.study_name}-t{number:03d}"
-    raw.setdefault("output", {})["tags"] = {**raw["output"].get("tags", {}), "study": work.study.study_name,
-                                            "trial": str(number)}  # fmt: skip
+    raw.setdefault("output", {})["tags"] = {
+        **raw["output"].get("tags", {}),
+        "study": work.study.study_name,
+        "trial": str(number),
+    }
     try:
         return Recipe.model_validate(raw)
     except ValueError as exc:  # values the space check could not foresee (a combination)

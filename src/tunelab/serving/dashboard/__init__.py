@@ -4,12 +4,13 @@ Behind the same API keys as /v1: a key logs in once and a session cookie carries
 every page without a session redirects to /login, and every POST needs the session's CSRF token.
 The pages are thin: each reads the library (the run registry, the job store, Optuna's storage, the
 feedback store) and renders a template. Nothing here trains, scores or stores anything itself.
+Each pages_*.py adds its routes to the one router built here, reading the server through a Dashboard
+(context.py).
 """
 
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ from fastapi.staticfiles import StaticFiles
 
 from tunelab.serving.auth import digest
 from tunelab.serving.config import ServeConfig
+from tunelab.serving.dashboard import pages_jobs, pages_review, pages_runs
+from tunelab.serving.dashboard.context import Dashboard
 from tunelab.serving.dashboard.render import page
 from tunelab.serving.dashboard.sessions import (
     LOGIN_CSRF_COOKIE,
@@ -41,27 +44,12 @@ from tunelab.serving.supervisor import Supervisor
 STATIC = Path(__file__).parent / "static"
 
 
-@dataclass
-class Dashboard:
-    """What the pages read, and the two guards: `view` (a session) and `post` (a session + CSRF)."""
-
-    config: ServeConfig
-    store: Store
-    supervisor: Supervisor
-    pool: ModelPool
-    engine: Engine
-    sessions: Sessions
-    view: Any
-    post: Any
-
-
-def mount(app: FastAPI, config: ServeConfig, store: Store, supervisor: Supervisor, pool: ModelPool,
-          engine: Engine) -> None:  # fmt: skip
-    from tunelab.serving.dashboard import pages_jobs, pages_review, pages_runs
-
+def mount(
+    app: FastAPI, config: ServeConfig, store: Store, supervisor: Supervisor, pool: ModelPool, engine: Engine
+) -> None:
     sessions = Sessions(config.database)
-    dash = Dashboard(config, store, supervisor, pool, engine, sessions,
-                     Depends(session_of(sessions)), Depends(csrf_checked(sessions)))  # fmt: skip
+    view, post = Depends(session_of(sessions)), Depends(csrf_checked(sessions))
+    dash = Dashboard(config, store, supervisor, pool, engine, sessions, view, post)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     router = APIRouter(include_in_schema=False)
     _login_routes(router, dash)
@@ -76,14 +64,24 @@ def mount(app: FastAPI, config: ServeConfig, store: Store, supervisor: Superviso
 
     @app.exception_handler(TooLarge)  # the dashboard's upload form, cut off by the app's body limit
     async def too_large(request: Request, _exc: TooLarge) -> Response:
-        return page(request, "error.html", code=413, title="File too large",
-                    message=f"This server accepts uploads up to {config.max_upload_mb} MB; nothing was stored.")  # fmt: skip
+        return page(
+            request,
+            "error.html",
+            code=413,
+            title="File too large",
+            message=f"This server accepts uploads up to {config.max_upload_mb} MB; nothing was stored.",
+        )
 
     @app.exception_handler(CsrfRejected)
     async def csrf_rejected(request: Request, _exc: CsrfRejected) -> Response:
-        return page(request, "error.html", code=403, title="Refused",
-                    message="This form was not sent with this session's CSRF token; nothing was done. "
-                    "Reload the page and try again.")  # fmt: skip
+        return page(
+            request,
+            "error.html",
+            code=403,
+            title="Refused",
+            message="This form was not sent with this session's CSRF token; nothing was done. "
+            "Reload the page and try again.",
+        )
 
 
 def _login_routes(router: APIRouter, dash: Dashboard) -> None:
@@ -99,8 +97,13 @@ def _login_routes(router: APIRouter, dash: Dashboard) -> None:
         return response
 
     @router.post("/login")
-    def login(request: Request, key: str = Form(""), rater: str = Form(""), csrf: str = Form(""),
-              next: str = Form("/")) -> Response:  # fmt: skip
+    def login(
+        request: Request,
+        key: str = Form(""),
+        rater: str = Form(""),
+        csrf: str = Form(""),
+        next: str = Form("/"),
+    ) -> Response:
         expected = request.cookies.get(LOGIN_CSRF_COOKIE, "")
         if not expected or not secrets.compare_digest(csrf, expected):
             raise CsrfRejected()

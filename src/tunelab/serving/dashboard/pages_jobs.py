@@ -5,20 +5,18 @@ POST /v1/fine_tuning/jobs (files.store_upload, jobs_api.create), so it refuses w
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 from starlette.datastructures import UploadFile
 
 from tunelab.serving import jobs_api
+from tunelab.serving.dashboard.context import Dashboard
 from tunelab.serving.dashboard.render import page
 from tunelab.serving.errors import APIError
 from tunelab.serving.files import TooLarge, store_upload
 from tunelab.serving.jobs import ACTIVE, Hyperparameters, JobRequest, Method, MethodSettings, job_object
-
-if TYPE_CHECKING:
-    from tunelab.serving.dashboard import Dashboard
 
 VERBS = ("cancel", "pause", "resume")
 NEW_JOB_PATH = "/jobs/new"
@@ -37,8 +35,16 @@ def routes(router: APIRouter, dash: Dashboard) -> None:
         events = dash.store.list_events(job_id, after=None, limit=500)
         checkpoints = dash.store.list_checkpoints(job_id, after=None, limit=100)
         run_dir = row["state"].get("run_dir")
-        return page(request, "job.html", here="jobs", job=job_object(row), events=events, checkpoints=checkpoints,
-                    run_id=Path(run_dir).name if run_dir else None, active=row["status"] in ACTIVE)  # fmt: skip
+        return page(
+            request,
+            "job.html",
+            here="jobs",
+            job=job_object(row),
+            events=events,
+            checkpoints=checkpoints,
+            run_id=Path(run_dir).name if run_dir else None,
+            active=row["status"] in ACTIVE,
+        )
 
     @router.post(NEW_JOB_PATH)
     async def new_job(request: Request, _session: Any = dash.post) -> Response:
@@ -70,8 +76,16 @@ def _verb_route(dash: Dashboard, verb: str) -> Any:
 def _jobs_page(request: Request, dash: Dashboard, error: str = "", code: int = 200) -> Response:
     rows = [job_object(job) for job in dash.store.list_jobs(after=None, limit=200, metadata={})]
     trainable = [name for name, model in dash.config.models.items() if model.kind == "generate"]
-    return page(request, "jobs.html", code=code, here="jobs", jobs=rows, models=trainable, error=error,
-                max_mb=dash.config.max_upload_mb)  # fmt: skip
+    return page(
+        request,
+        "jobs.html",
+        code=code,
+        here="jobs",
+        jobs=rows,
+        models=trainable,
+        error=error,
+        max_mb=dash.config.max_upload_mb,
+    )
 
 
 async def _start_job(request: Request, dash: Dashboard) -> str:
@@ -91,6 +105,10 @@ async def _start_job(request: Request, dash: Dashboard) -> str:
     epochs = str(form.get("n_epochs") or "").strip()
     hyper = Hyperparameters(n_epochs=int(epochs) if epochs.isdigit() else None)
     method = Method.model_validate({"type": kind, kind: MethodSettings(hyperparameters=hyper)})
-    request_body = JobRequest(model=str(form.get("model") or ""), training_file=row["id"],
-                              suffix=str(form.get("suffix") or "").strip() or None, method=method)  # fmt: skip
+    request_body = JobRequest(
+        model=str(form.get("model") or ""),
+        training_file=row["id"],
+        suffix=str(form.get("suffix") or "").strip() or None,
+        method=method,
+    )
     return jobs_api.create(request_body, dash.config, dash.store)

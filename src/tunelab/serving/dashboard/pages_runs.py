@@ -7,7 +7,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
@@ -15,10 +15,8 @@ from fastapi.responses import FileResponse, Response, StreamingResponse
 from tunelab.errors import TunelabError
 from tunelab.runs.registry import compare_runs, get_run, list_runs, main_metric, recipe_fields
 from tunelab.runs.rundir import read_summary
+from tunelab.serving.dashboard.context import Dashboard
 from tunelab.serving.dashboard.render import page
-
-if TYPE_CHECKING:
-    from tunelab.serving.dashboard import Dashboard
 
 SORTS = ("started", "name", "task", "method", "status", "steps", "wall_s")
 LIVE_POLL_S = 0.5
@@ -34,16 +32,34 @@ def _list_routes(router: APIRouter, dash: Dashboard) -> None:
     runs_dir = dash.config.runs_dir
 
     @router.get("/runs")
-    def runs(request: Request, q: str = "", task: str = "", status: str = "", sort: str = "started",
-             order: str = "desc", _session: Any = dash.view) -> Response:  # fmt: skip
+    def runs(
+        request: Request,
+        q: str = "",
+        task: str = "",
+        status: str = "",
+        sort: str = "started",
+        order: str = "desc",
+        _session: Any = dash.view,
+    ) -> Response:
         every = list_runs(runs_dir)
         rows = filtered(every, q, task, status)
         rows = sorted_runs(rows, sort if sort in SORTS else "started", descending=order != "asc")
         rows = [{**row, "main_metric": main_metric(row)} for row in rows]
-        return page(request, "runs.html", here="runs", runs=rows, q=q, task=task, status=status, sort=sort,
-                    order=order, tasks=sorted({r["task"] or "" for r in every}),
-                    statuses=sorted({r["status"] or "" for r in every}), sorts=SORTS,
-                    metric_names=metric_columns(rows))  # fmt: skip
+        return page(
+            request,
+            "runs.html",
+            here="runs",
+            runs=rows,
+            q=q,
+            task=task,
+            status=status,
+            sort=sort,
+            order=order,
+            tasks=sorted({r["task"] or "" for r in every}),
+            statuses=sorted({r["status"] or "" for r in every}),
+            sorts=SORTS,
+            metric_names=metric_columns(rows),
+        )
 
     @router.get("/compare")
     def compare(
@@ -61,8 +77,15 @@ def _run_routes(router: APIRouter, dash: Dashboard) -> None:
         if isinstance(run, Response):
             return run
         folder = Path(run["run_dir"] or "")
-        return page(request, "run.html", here="runs", run=run, data=_read_json(folder / "data" / "report.json"),
-                    scores=score_table(run, folder), has_report=(folder / "report.html").is_file())  # fmt: skip
+        return page(
+            request,
+            "run.html",
+            here="runs",
+            run=run,
+            data=_read_json(folder / "data" / "report.json"),
+            scores=score_table(run, folder),
+            has_report=(folder / "report.html").is_file(),
+        )
 
     @router.get("/runs/{run_id}/report.html")
     def report(request: Request, run_id: str, _session: Any = dash.view) -> Response:
@@ -71,8 +94,13 @@ def _run_routes(router: APIRouter, dash: Dashboard) -> None:
             return run
         path = Path(run["run_dir"] or "") / "report.html"
         if not path.is_file():
-            return page(request, "error.html", code=404, title="No report yet",
-                        message="The report is written when the run ends.")  # fmt: skip
+            return page(
+                request,
+                "error.html",
+                code=404,
+                title="No report yet",
+                message="The report is written when the run ends.",
+            )
         return FileResponse(path, media_type="text/html")
 
     @router.get("/runs/{run_id}/metrics")
@@ -96,14 +124,25 @@ def _study_routes(router: APIRouter, dash: Dashboard) -> None:
         trials = study_trials(runs_dir, name)
         if trials is None:
             return page(request, "error.html", code=404, title="No such study", message=name)
-        return page(request, "study.html", here="studies", name=name, trials=trials,
-                    params=sorted({p for t in trials for p in t["params"]}))  # fmt: skip
+        return page(
+            request,
+            "study.html",
+            here="studies",
+            name=name,
+            trials=trials,
+            params=sorted({p for t in trials for p in t["params"]}),
+        )
 
 
 def _compare_page(request: Request, runs_dir: Path, run: list[str]) -> Response:
     if len(run) < 2:
-        return page(request, "error.html", code=400, title="Compare",
-                    message="Tick two or more runs on the Runs page to compare them.")  # fmt: skip
+        return page(
+            request,
+            "error.html",
+            code=400,
+            title="Compare",
+            message="Tick two or more runs on the Runs page to compare them.",
+        )
     try:
         runs = [get_run(runs_dir, run_id) for run_id in run]  # prefixes resolved once, here
     except TunelabError as exc:
@@ -113,15 +152,20 @@ def _compare_page(request: Request, runs_dir: Path, run: list[str]) -> Response:
     keys = list(dict.fromkeys(key for f in fields for key in f))
     recipe = [(key, [f.get(key) for f in fields], key in table["recipe_differences"]) for key in keys]
     recipe.sort(key=lambda row: not row[2])  # the fields that differ first, then the shared ones
-    return page(request, "compare.html", here="runs", table=table, recipe=recipe,
-                names=[r["name"] for r in runs])  # fmt: skip
+    return page(
+        request, "compare.html", here="runs", table=table, recipe=recipe, names=[r["name"] for r in runs]
+    )
 
 
 def filtered(rows: list[dict[str, Any]], q: str, task: str, status: str) -> list[dict[str, Any]]:
     words = q.lower().split()
-    return [r for r in rows
-            if all(w in f"{r['name']} {r['run_id']} {r['base_model']}".lower() for w in words)
-            and (not task or r["task"] == task) and (not status or r["status"] == status)]  # fmt: skip
+    return [
+        r
+        for r in rows
+        if all(w in f"{r['name']} {r['run_id']} {r['base_model']}".lower() for w in words)
+        and (not task or r["task"] == task)
+        and (not status or r["status"] == status)
+    ]
 
 
 def sorted_runs(rows: list[dict[str, Any]], key: str, *, descending: bool) -> list[dict[str, Any]]:
@@ -160,8 +204,12 @@ def score_table(run: dict[str, Any], folder: Path) -> dict[str, Any]:
         values = [scores.get(metric) for scores in columns.values()]
         if any(map(_is_number, values)):
             rows.append((metric, values))
-    notes = [f"{name}: {value}" for name, scores in named.items() for value in scores.values()
-             if isinstance(value, str)]  # fmt: skip
+    notes = [
+        f"{name}: {value}"
+        for name, scores in named.items()
+        for value in scores.values()
+        if isinstance(value, str)
+    ]
     return {"columns": list(columns), "rows": rows, "notes": notes}
 
 
@@ -227,9 +275,16 @@ def study_summaries(runs_dir: Path) -> list[dict[str, Any]]:
     out = []
     for s in optuna.get_all_study_summaries(storage=url):
         best = s.best_trial
-        out.append({"name": s.study_name, "trials": s.n_trials, "direction": s.direction.name.lower(),
-                    "best": best.value if best else None, "best_params": best.params if best else {},
-                    "started": s.datetime_start})  # fmt: skip
+        out.append(
+            {
+                "name": s.study_name,
+                "trials": s.n_trials,
+                "direction": s.direction.name.lower(),
+                "best": best.value if best else None,
+                "best_params": best.params if best else {},
+                "started": s.datetime_start,
+            }
+        )
     return out
 
 
@@ -240,8 +295,15 @@ def study_trials(runs_dir: Path, name: str) -> list[dict[str, Any]] | None:
     if url is None or name not in optuna.get_all_study_names(storage=url):
         return None
     study = optuna.load_study(study_name=name, storage=url)
-    return [{"number": t.number, "state": t.state.name.lower(), "value": t.value, "params": t.params,
-             "run": Path(t.user_attrs["run_dir"]).name if t.user_attrs.get("run_dir") else None,
-             "note": t.user_attrs.get("reason"),
-             "seconds": t.duration.total_seconds() if t.duration else None}
-            for t in study.trials]  # fmt: skip
+    return [
+        {
+            "number": t.number,
+            "state": t.state.name.lower(),
+            "value": t.value,
+            "params": t.params,
+            "run": Path(t.user_attrs["run_dir"]).name if t.user_attrs.get("run_dir") else None,
+            "note": t.user_attrs.get("reason"),
+            "seconds": t.duration.total_seconds() if t.duration else None,
+        }
+        for t in study.trials
+    ]

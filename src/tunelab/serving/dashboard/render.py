@@ -16,8 +16,13 @@ from fastapi.responses import HTMLResponse
 
 from tunelab.serving.dashboard.sessions import Session
 
-NAV = (("runs", "Runs"), ("jobs", "Jobs"), ("studies", "Studies"), ("playground", "Playground"),
-       ("review", "Review"))  # fmt: skip
+NAV = (
+    ("runs", "Runs"),
+    ("jobs", "Jobs"),
+    ("studies", "Studies"),
+    ("playground", "Playground"),
+    ("review", "Review"),
+)
 
 _ENV = jinja2.Environment(
     loader=jinja2.PackageLoader("tunelab.serving.dashboard", "templates"),

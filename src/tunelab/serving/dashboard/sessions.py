@@ -69,9 +69,15 @@ class Sessions:
         with connect(self.database) as conn:
             conn.execute(
                 "INSERT INTO dash_sessions VALUES (?, ?, ?, ?, ?, ?)",
-                (digest(token), key_row["id"], rater or key_row["name"], secrets.token_urlsafe(24),
-                 created, created + SESSION_S),
-            )  # fmt: skip
+                (
+                    digest(token),
+                    key_row["id"],
+                    rater or key_row["name"],
+                    secrets.token_urlsafe(24),
+                    created,
+                    created + SESSION_S,
+                ),
+            )
         return token
 
     def lookup(self, token: str | None) -> Session | None:
