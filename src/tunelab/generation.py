@@ -19,9 +19,20 @@ import torch
 _PROBE = "tunelab probe answer"
 
 
-def encode_chat(tokenizer: Any, messages: Sequence[dict[str, str]]) -> list[int]:
-    """The conversation and the assistant's generation prompt, as token ids, rendered as in training."""
-    text = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+def encode_chat(
+    tokenizer: Any,
+    messages: Sequence[dict[str, Any]],
+    tools: Sequence[dict[str, Any]] | None = None,
+    answer_start: str = "",
+) -> list[int]:
+    """The conversation and the assistant's generation prompt, as token ids, rendered as in training (with
+    the functions the model may call, as the template writes them). `answer_start` begins the answer
+    (a forced tool call): encoded with the prompt as one text, so its tokens are those training saw."""
+    options = {"tools": list(tools)} if tools else {}
+    rendered = tokenizer.apply_chat_template(
+        list(messages), tokenize=False, add_generation_prompt=True, **options
+    )
+    text = str(rendered) + answer_start
     # The template already wrote any BOS it wants; letting the tokenizer add one would double it (and
     # training encoded the rendered text the same way).
     ids: list[int] = tokenizer(str(text), add_special_tokens=False)["input_ids"]
@@ -34,14 +45,19 @@ def is_encoder_decoder(model: Any) -> bool:
     return bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
 
 
-def encode_prompt(model: Any, tokenizer: Any, messages: Sequence[dict[str, str]]) -> list[int]:
+def encode_prompt(
+    model: Any,
+    tokenizer: Any,
+    messages: Sequence[dict[str, Any]],
+    tools: Sequence[dict[str, Any]] | None = None,
+) -> list[int]:
     """A prompt as training encoded it: a chat rendered with its template for a decoder, the source
     text with the tokenizer's special tokens for an encoder-decoder (data/seq2seq.py)."""
     if is_encoder_decoder(model):
         from tunelab.data.seq2seq import encode_source, source_text
 
         return encode_source(tokenizer, source_text(messages))
-    return encode_chat(tokenizer, messages)
+    return encode_chat(tokenizer, messages, tools)
 
 
 def end_of_turn_ids(tokenizer: Any) -> list[int]:

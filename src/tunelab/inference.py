@@ -1,14 +1,9 @@
-"""Use a trained model: one answer (`generate_text`), an interactive chat (`chat_loop`), or a file of
-predictions (`predict_file`).
+"""Use a trained model: one answer (`generate_text`) or a file of predictions (`predict_file`); the
+interactive chat (chat.py) is built on the same encoding and generation.
 
-Prompts are rendered with the chat template saved in final/ (the one training rendered with) and
-encoded without extra special tokens, exactly as training encoded them, so the model sees at
-inference the layout it learned. Generation stops at EOS and at the template's end-of-turn token.
-
-Streaming: `chat_loop` passes `model.generate` a streamer whose callback runs synchronously in
-generate's own loop (`transformers.TextStreamer`), rather than `TextIteratorStreamer` plus a thread.
-One thread keeps errors and Ctrl-C where the caller sees them, and decoding goes through the same
-`generate` call as everything else (peft prompt methods, caches, sampling), unlike a hand-written loop.
+Prompts are rendered with the chat template saved in final/ (the one training rendered with, tools
+included) and encoded without extra special tokens, exactly as training encoded them, so the model sees
+at inference the layout it learned. Generation stops at EOS and at the template's end-of-turn token.
 """
 
 from __future__ import annotations
@@ -16,9 +11,8 @@ from __future__ import annotations
 import csv
 import io
 import json
-import re
 import string
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,26 +21,16 @@ from transformers import TextStreamer
 
 from tunelab.data.fields import Columns
 from tunelab.data.inputs import PredictInput, read_inputs
+from tunelab.data.templates import supports_tools, writes_hermes_calls
 from tunelab.errors import TunelabError
 from tunelab.evaluation.settings import DataSettings
+from tunelab.evaluation.tool_calls import parse_tool_calls
 from tunelab.files import write_text_atomic
 from tunelab.generation import encode_chat, encode_prompt, generate_batch, is_encoder_decoder
 from tunelab.models.restore import Trained
 from tunelab.tasks.registry import task_spec
 
-# Chat commands. A line whose first word is / and letters is a command, never a message to the model.
-HELP, RESET, EXIT = "/help", "/reset", "/exit"
-_COMMAND_WORD = re.compile(r"/[A-Za-z]+")
-STOPPED = "[stopped; this question and its partial answer are not kept]"
-CHAT_HELP = (
-    "commands:\n"
-    "  /help   list these commands\n"
-    "  /reset  forget the conversation so far\n"
-    "  /exit   end the chat (so does Ctrl-D)\n"
-    "Ctrl-C stops an answer and keeps the chat; start a message with // to send one that starts with /\n"
-)
-
-Messages = list[dict[str, str]]
+Messages = list[dict[str, Any]]
 
 
 def to_best_device(trained: Trained) -> Trained:
@@ -79,15 +63,15 @@ def generate_text(
     temperature: float = 0.0,
 ) -> str:
     """One answer to `prompt` (a user message); a pretrain run continues `prompt` as plain text."""
-    _require_generative(trained)
+    require_generative(trained)
     task = task_spec(trained.task)
     if task.causal_lm and not task.chat_template and trained.info.get("chat_template") is None:
         # Continued pre-training learned plain text: continue it, with the tokenizer's usual BOS.
         ids = trained.tokenizer(prompt)["input_ids"]
     else:
         turn = {"role": "user", "content": as_trained(trained, prompt)}
-        ids = _encode(trained, _conversation(system or trained.info.get("system_prompt"), [turn]))
-    return _generate(trained, ids, max_new_tokens=max_new_tokens, temperature=temperature)
+        ids = encode_messages(trained, conversation(system or trained.info.get("system_prompt"), [turn]))
+    return generate_ids(trained, ids, max_new_tokens=max_new_tokens, temperature=temperature)
 
 
 def as_trained(trained: Trained, prompt: str) -> str:
@@ -100,21 +84,35 @@ def as_trained(trained: Trained, prompt: str) -> str:
     return template.format_map({fields.pop(): prompt}) if len(fields) == 1 else prompt
 
 
-def _conversation(system: str | None, turns: Messages) -> Messages:
+def conversation(system: str | None, turns: Messages) -> Messages:
     return ([{"role": "system", "content": system}] if system else []) + turns
 
 
-def _encode(trained: Trained, messages: Messages) -> list[int]:
+def encode_messages(
+    trained: Trained, messages: Messages, tools: list[dict[str, Any]] | None = None
+) -> list[int]:
     if is_encoder_decoder(trained.model):
         # Trained on one source per target, an encoder-decoder answers the last user turn on its own
         # (after the system text, as its training sources had it); chat keeps no history for it.
         system = [m for m in messages[:1] if m["role"] == "system"]
         return encode_prompt(trained.model, trained.tokenizer, [*system, messages[-1]])
     render_prompt(trained, messages)  # without a chat template: a clear error
-    return encode_chat(trained.tokenizer, messages)
+    if tools:
+        require_tools(trained)
+    return encode_chat(trained.tokenizer, messages, tools)
 
 
-def _generate(
+def require_tools(trained: Trained) -> None:
+    """Refuse tools to a model whose chat template would drop them from the prompt."""
+    if not supports_tools(trained.tokenizer):
+        raise TunelabError(
+            f"{trained.final_dir}: its chat template cannot render tools (the functions a model may call)",
+            fix="fine-tune on function-calling data (the run saves a template that writes tools), or leave "
+            "the tools out",
+        )
+
+
+def generate_ids(
     trained: Trained,
     ids: list[int],
     *,
@@ -139,119 +137,12 @@ def _generate(
     return answer
 
 
-def _require_generative(trained: Trained) -> None:
+def require_generative(trained: Trained) -> None:
     if not trained.generative:
         raise TunelabError(
             f"{trained.final_dir}: a {trained.task} model scores text, it does not generate it",
             fix="use `tunelab predict` for classifiers and reward models",
         )
-
-
-# ---------------------------------------------------------------------------------------------
-# Interactive chat
-
-
-class _CallbackStreamer(TextStreamer):
-    """TextStreamer that hands each finished piece of text to a callback instead of printing it.
-
-    TextStreamer decodes the whole answer so far at every token and releases text up to the last
-    space or newline, so a word split over several tokens (or a multi-byte character) is never
-    shown half-decoded.
-    """
-
-    def __init__(self, tokenizer: Any, emit: Callable[[str], None]):
-        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
-        self.emit = emit
-
-    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
-        if text:
-            self.emit(text)
-
-
-def chat_loop(
-    trained: Trained,
-    input_fn: Callable[[str], str],
-    output_fn: Callable[[str], None],
-    *,
-    system: str | None = None,
-    max_new_tokens: int = 256,
-    temperature: float = 0.0,
-    prompt: str = "you> ",
-) -> Messages:
-    """Read user turns with `input_fn` until /exit or end of input; stream each answer to `output_fn`.
-
-    The whole history is rendered with the training template every turn. `/reset` forgets it, `/help`
-    lists the commands; any other /word is refused with that list. Ctrl-C while an answer streams stops
-    that answer only: it and its question are dropped, so the history stays as it was before the
-    question (as ollama drops an interrupted answer) and never holds two user turns in a row, which
-    some templates refuse. Ctrl-C at the prompt clears the line and keeps the chat, as Python's prompt
-    does: only /exit or Ctrl-D (end of input) end it.
-    `output_fn` gets pieces of text (no newline added); returns the history at exit.
-    """
-    _require_generative(trained)
-    system = system or trained.info.get("system_prompt")
-    history: Messages = _conversation(system, [])
-    while True:
-        try:
-            line = input_fn(prompt).strip()
-        except EOFError:
-            break
-        except KeyboardInterrupt:
-            output_fn("\n(/exit or Ctrl-D quits)\n")
-            continue
-        command = _command(line)
-        if command == EXIT:
-            break
-        if command == RESET:
-            history = _conversation(system, [])
-            output_fn("(history cleared)\n")
-        elif command is not None:
-            output_fn(command)  # /help, or why the line is not a command, with the list
-        elif line:
-            text = line[1:] if line.startswith("//") else line  # "//help" sends "/help"
-            history = _answer_turn(
-                trained, history, {"role": "user", "content": text}, output_fn, max_new_tokens, temperature
-            )
-    return history
-
-
-def _command(line: str) -> str | None:
-    """RESET or EXIT; the text to show for /help or a refused /word; None for a message (or nothing)."""
-    word, *rest = line.split(maxsplit=1) or [""]
-    if not _COMMAND_WORD.fullmatch(word):
-        return None
-    if word not in (HELP, RESET, EXIT):
-        return f"unknown command {word!r}\n{CHAT_HELP}"
-    if rest:
-        return f"{word} takes no argument\n{CHAT_HELP}"
-    return CHAT_HELP if word == HELP else word
-
-
-def _answer_turn(
-    trained: Trained,
-    history: Messages,
-    turn: dict[str, str],
-    output_fn: Callable[[str], None],
-    max_new_tokens: int,
-    temperature: float,
-) -> Messages:
-    """The history with `turn` and its streamed answer; the history unchanged when Ctrl-C stopped it."""
-    asked = [*history, turn]
-    try:
-        answer = _generate(
-            trained,
-            _encode(trained, asked),
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            streamer=_CallbackStreamer(trained.tokenizer, output_fn),
-        )
-    except KeyboardInterrupt:
-        # Raised inside generate (its streamer callback, a forward pass): generate_batch restored the
-        # model's mode on the way out and each answer gets a fresh streamer, so nothing is left half-done.
-        output_fn(f"\n{STOPPED}\n")
-        return history
-    output_fn("\n")
-    return [*asked, {"role": "assistant", "content": answer}]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -292,7 +183,9 @@ def predict_file(
     `keep` names) and, beside them, the prediction's, each named pred_<what>:
     classify: pred_label, pred_probabilities (by label name); reward: pred_score; token_classify:
     pred_tokens, pred_tags, pred_entities; generative runs: pred_answer to each row's prompt (a
-    conversation without its last assistant turn, a prompt, or an instruction). CSV and TSV spread
+    conversation without its last assistant turn, a prompt, or an instruction), rendered with the
+    row's `tools`, and for such a row pred_tool_calls ({name, arguments} parsed from the answer) and
+    pred_tool_calls_unparsed (its <tool_call> blocks that did not parse). CSV and TSV spread
     the probabilities over a column per label (pred_probabilities.<label>) and write lists as JSON.
     Texts are truncated to `max_seq_len` tokens (default: the run's train.max_seq_len). Every bad row
     is reported (file:line: reason) and nothing is written; the output file appears complete or not
@@ -385,12 +278,24 @@ def _cell(value: Any) -> str:
 def _predict_answers(
     trained: Trained, inputs: list[PredictInput], batch_size: int, max_new_tokens: int
 ) -> list[dict[str, Any]]:
-    prompts = [_encode(trained, item.chat()) for item in inputs]
+    prompts = [encode_messages(trained, item.chat(), item.tool_list()) for item in inputs]
     with trained.precision.autocast(next(trained.model.parameters()).device.type):
         answers = generate_batch(
             trained.model, trained.tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size
         )
-    return [{"answer": answer} for answer in answers]
+    parses_calls = writes_hermes_calls(trained.tokenizer)
+    return [
+        {"answer": answer, **(_calls(answer) if item.tools and parses_calls else {})}
+        for item, answer in zip(inputs, answers, strict=True)
+    ]
+
+
+def _calls(answer: str) -> dict[str, Any]:
+    """The calls an answer to a row with tools makes, parsed from its <tool_call> blocks; a block that
+    does not parse stays only in the answer's text, and is counted."""
+    parsed = parse_tool_calls(answer)
+    calls = [{"name": call.name, "arguments": call.arguments} for call in parsed.calls]
+    return {"tool_calls": calls, "tool_calls_unparsed": len(parsed.errors)}
 
 
 def _predict_tags(

@@ -190,7 +190,7 @@ def _prepare_data(
         prepared, files = hit
         if task_spec(recipe.task).chat_template:  # the cached tokens were rendered with its template
             prepared.chat_template, prepared.added_tokens = prepare_chat_tokenizer(
-                recipe.data.template, recipe.method.name, tokenizer
+                recipe.data.template, recipe.method.name, tokenizer, tools=prepared.tools
             )
         console.print(f"data: prepared before, read from the cache ({files.parent})")
         return prepared, None, files

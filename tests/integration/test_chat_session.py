@@ -28,8 +28,8 @@ from tests.integration.test_inference import (
     HOW_ANSWER,
     SECOND_PROMPT,
 )
+from tunelab.chat import CHAT_HELP, STOPPED, chat_loop
 from tunelab.config import load_recipe
-from tunelab.inference import CHAT_HELP, STOPPED, chat_loop
 from tunelab.models.restore import Trained, load_trained
 from tunelab.runner import train
 

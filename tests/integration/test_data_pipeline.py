@@ -230,7 +230,7 @@ def test_skip_counts_bad_rows_in_the_report(tmp_path: Path, tiny_llama: Path) ->
     report = json.loads((run_dir / "data" / "report.json").read_text())
     assert report["splits"]["train"]["bad_rows"] == 2 and report["records"]["train"] == 8
     assert report["splits"]["train"]["bad_examples"][0].endswith(
-        "train.jsonl:9: messages[0]: unknown role 'robot'; expected one of system, user, assistant"
+        "train.jsonl:9: messages[0]: unknown role 'robot'; expected one of system, user, assistant, tool"
     )
 
 

@@ -18,6 +18,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from typer.testing import CliRunner
 
 from tests.conftest import make_recipe, write_jsonl
+from tunelab.chat import chat_loop
 from tunelab.cli import app
 from tunelab.config import load_recipe
 from tunelab.data.records import Chat, Message
@@ -26,7 +27,7 @@ from tunelab.data.tokenize import LengthPolicy, tokenize_chats
 from tunelab.errors import DataError, TunelabError
 from tunelab.export import export_run
 from tunelab.generation import end_of_turn_ids
-from tunelab.inference import chat_loop, generate_text, predict_file
+from tunelab.inference import generate_text, predict_file
 from tunelab.models.restore import Trained, load_trained
 from tunelab.runner import train
 

@@ -71,6 +71,7 @@ LAYERS = (
             "tunelab.fitting",
             "tunelab.export",
             "tunelab.inference",
+            "tunelab.chat",
             "tunelab.plan",
             "tunelab.launch",
             "tunelab.paraphrase",

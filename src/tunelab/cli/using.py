@@ -93,20 +93,35 @@ def chat_command(
     system: SystemOption = None,
     temperature: TemperatureOption = 0.0,
     precision: PrecisionOption = "trained",
+    tools: Annotated[
+        Path | None,
+        typer.Option(
+            "--tools",
+            help="A JSON file of functions the model may call (OpenAI's tools list); /result answers a call.",
+        ),
+    ] = None,
     debug: DebugOption = False,
 ) -> None:
     """Chat with a trained model; answers stream as they are generated. /help lists the commands;
     Ctrl-C stops an answer and keeps the chat; /exit or Ctrl-D quits."""
-    from tunelab.inference import chat_loop, to_best_device
+    from tunelab.chat import chat_loop, read_tools_file
+    from tunelab.inference import to_best_device
     from tunelab.models.restore import load_run_or_base
 
+    functions = read_tools_file(tools) if tools is not None else None
     trained = to_best_device(load_run_or_base(run, precision=precision))
     console.print(
         f"chatting with {trained.final_dir} - /help lists the commands; Ctrl-C stops an answer, "
         "/exit or Ctrl-D quits"
     )
     chat_loop(
-        trained, input, write_now, system=system, max_new_tokens=max_new_tokens, temperature=temperature
+        trained,
+        input,
+        write_now,
+        system=system,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        tools=functions,
     )
 
 

@@ -34,7 +34,7 @@ def _existing_file(value: str) -> str:
 
 ExistingFile = Annotated[str, AfterValidator(_existing_file)]
 
-BUILTIN_TEMPLATE_NAMES = ("auto", "chatml", "llama3", "alpaca")
+BUILTIN_TEMPLATE_NAMES = ("auto", "chatml", "chatml_tools", "llama3", "alpaca")
 
 
 def _chat_template(value: str) -> str:

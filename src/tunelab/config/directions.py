@@ -33,6 +33,12 @@ BETTER: dict[str, Better | None] = {
     "rougeL": "higher",
     "bleu": "higher",
     "chrf": "higher",
+    "tool_name_accuracy": "higher",
+    "tool_args_exact_match": "higher",
+    "tool_args_f1": "higher",
+    "tool_unparsed": "lower",
+    "tool_call_rate": "higher",
+    "tool_false_calls": "lower",
 }
 
 

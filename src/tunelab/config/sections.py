@@ -152,7 +152,7 @@ class TrainConfig(Section):
 
 
 Baseline = Literal["zero_shot", "few_shot"]
-GenerativeMetric = Literal["exact_match", "rouge", "bleu", "chrf"]  # evaluation/generative.py
+GenerativeMetric = Literal["exact_match", "rouge", "bleu", "chrf", "tool_calls"]  # evaluation/generative.py
 BASELINES: tuple[Baseline, ...] = ("zero_shot", "few_shot")
 
 
@@ -180,8 +180,9 @@ class EvalConfig(Section):
     metrics: list[GenerativeMetric] = Field(
         default_factory=list,
         description="sft: generate answers to the test split (else validation) with the base model "
-        "(zero- and few-shot) and the fine-tuned one, and score them: exact_match, rouge, bleu, chrf. "
-        "Every answer is kept in generations.jsonl.",
+        "(zero- and few-shot) and the fine-tuned one, and score them: exact_match, rouge, bleu, chrf; "
+        "tool_calls: the calls parsed from each answer against the reference's (function-name accuracy, "
+        "argument exact match and F1, unparsed share). Every answer is kept in generations.jsonl.",
     )
     max_new_tokens: int = Field(128, ge=1, description="Longest generated answer eval.metrics scores.")
     show_examples: int = Field(

@@ -21,9 +21,17 @@ GENERATED = {
     "rouge": ("rouge1", "rouge2", "rougeL"),
     "bleu": ("bleu",),
     "chrf": ("chrf",),
+    "tool_calls": (
+        "tool_name_accuracy",
+        "tool_args_exact_match",
+        "tool_args_f1",
+        "tool_unparsed",
+        "tool_call_rate",
+        "tool_false_calls",
+    ),
 }
 # A generating task's headline scores, best first (runs list, dashboard).
-GENERATED_MAIN = ("exact_match", "rougeL", "bleu", "chrf")
+GENERATED_MAIN = ("tool_args_exact_match", "exact_match", "rougeL", "bleu", "chrf")
 
 # Scored once, after training, on the held-out split (eval.json and the run's metrics), never at a
 # validation pass: why, for the message that refuses them as an early-stopping metric.

@@ -126,6 +126,7 @@ def load(root: Path, key: str) -> tuple[PreparedData, Path] | None:
             notes=raw["notes"],
             report=raw["report"],
             packed=raw["packed"],
+            tools=raw.get("tools", False),  # entries from before function calling have none
         )
     except (OSError, ValueError, KeyError):
         return None
@@ -147,6 +148,7 @@ def save(root: Path, key: str, prepared: PreparedData, written: Path) -> None:
         "notes": prepared.notes,
         "report": prepared.report,
         "packed": prepared.packed,
+        "tools": prepared.tools,
     }
     (tmp / "prepared.json").write_text(json.dumps(payload), encoding="utf-8")
     shutil.rmtree(entry, ignore_errors=True)

@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.data import hub
+from tunelab.data.chat_formats import chat_from_messages, from_chat, from_sharegpt
 from tunelab.data.fields import Columns, RowError
 from tunelab.data.fields import text_value as _content
 from tunelab.data.pair_formats import from_hh_dialogue, from_kto, from_openai_preference, from_preference
 from tunelab.data.readers import ReadResult, Row, read_file
-from tunelab.data.records import ROLES, Chat, Labeled, Message, Preference, Rated, Record, Tagged, Text
+from tunelab.data.records import Chat, Labeled, Message, Preference, Rated, Record, Tagged, Text
 from tunelab.data.tagged import tagged_from_fields
 from tunelab.errors import DataError
 
@@ -40,68 +41,6 @@ class LoadedSplit:
 
 # ---------------------------------------------------------------------------------------------
 # Converters: fields -> record, raising RowError with the reason
-
-
-def chat_from_messages(
-    messages: Any, system: Any = None, *, needs_answer: bool = True
-) -> tuple[Message, ...]:
-    """Messages as records; `needs_answer=False` reads a prompt to answer (predict), with no assistant turn
-    required."""
-    if not isinstance(messages, list) or not messages:
-        raise RowError("missing 'messages' (a non-empty list of {role, content})")
-    parsed = [Message("system", _content(system, "system", required=True))] if system else []
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict):
-            raise RowError(f"messages[{i}] is not an object")
-        role, weight = message.get("role"), message.get("weight")
-        if role not in ROLES:
-            raise RowError(f"messages[{i}]: unknown role {role!r}; expected one of {', '.join(ROLES)}")
-        if "content" not in message:
-            raise RowError(f"messages[{i}]: missing content")
-        content = _content(message["content"], f"messages[{i}].content", required=role == "assistant")
-        if weight not in (None, 0, 1):
-            raise RowError(f"messages[{i}]: weight must be 0 or 1, got {weight!r}")
-        parsed.append(Message(role=role, content=content, weight=weight))
-    if needs_answer and not any(m.role == "assistant" for m in parsed):
-        raise RowError("no assistant message: nothing to learn from this conversation")
-    return tuple(parsed)
-
-
-def from_chat(fields: dict[str, Any], columns: Columns) -> Chat:
-    return Chat(chat_from_messages(fields.get("messages"), fields.get("system")))
-
-
-SHAREGPT_ROLES = {
-    "human": "user",
-    "user": "user",
-    "gpt": "assistant",
-    "assistant": "assistant",
-    "chatgpt": "assistant",
-    "bard": "assistant",
-    "bing": "assistant",
-    "model": "assistant",
-    "system": "system",
-}
-
-
-def from_sharegpt(fields: dict[str, Any], columns: Columns) -> Chat:
-    return Chat(chat_from_messages(sharegpt_messages(fields), fields.get("system")))
-
-
-def sharegpt_messages(fields: dict[str, Any]) -> list[dict[str, Any]]:
-    """ShareGPT's {from, value} turns as {role, content} messages."""
-    turns = fields.get("conversations")
-    if not isinstance(turns, list) or not turns:
-        raise RowError("missing 'conversations' (a non-empty list of {from, value})")
-    messages = []
-    for i, turn in enumerate(turns):
-        if not isinstance(turn, dict):
-            raise RowError(f"conversations[{i}] is not an object")
-        speaker = turn.get("from")
-        if speaker not in SHAREGPT_ROLES:
-            raise RowError(f"conversations[{i}]: unknown speaker {speaker!r}; expected human, gpt or system")
-        messages.append({"role": SHAREGPT_ROLES[speaker], "content": turn.get("value")})
-    return messages
 
 
 def from_alpaca(fields: dict[str, Any], columns: Columns) -> Chat:

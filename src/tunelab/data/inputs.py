@@ -13,19 +13,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from tunelab.data.fields import Columns
-from tunelab.data.formats import (
-    MAX_LISTED,
-    RowError,
-    alpaca_prompt,
-    chat_from_messages,
-    labeled_text,
-    sharegpt_messages,
-    templated_prompt,
-)
+from tunelab.data.chat_formats import chat_from_messages, sharegpt_messages, tool_chat
+from tunelab.data.fields import Columns, RowError
+from tunelab.data.formats import MAX_LISTED, alpaca_prompt, labeled_text, templated_prompt
 from tunelab.data.pair_formats import preference_prompt
 from tunelab.data.readers import ReadResult, read_file
 from tunelab.data.records import Message
+from tunelab.data.templates import message_dicts, tool_dicts
 from tunelab.errors import DataError
 
 
@@ -34,15 +28,20 @@ class PredictInput:
     """One row: a prompt to answer (generative runs) or a text to score (classify, reward)."""
 
     messages: tuple[Message, ...] = ()
+    tools: tuple[str, ...] = ()  # the functions the model may call, as the row's `tools` gives them
     words: tuple[str, ...] = ()  # a sentence to tag (token_classify)
     text: str = ""
     text_pair: str | None = None
     # The row's columns as the file has them (all, or those `keep` named), carried into its prediction.
     copied: dict[str, Any] = field(default_factory=dict)
 
-    def chat(self) -> list[dict[str, str]]:
-        """The prompt as the {role, content} messages a chat template renders."""
-        return [{"role": m.role, "content": m.content} for m in self.messages]
+    def chat(self) -> list[dict[str, Any]]:
+        """The prompt as the messages a chat template renders (with their tool calls and results)."""
+        return message_dicts(self.messages)
+
+    def tool_list(self) -> list[dict[str, Any]] | None:
+        """The row's tools as a chat template reads them; None when it has none."""
+        return tool_dicts(self.tools)
 
 
 ROW_HELP = {
@@ -157,7 +156,8 @@ def _prompt_input(fields: dict[str, Any], columns: Columns) -> PredictInput:
         fields = {**fields, "prompt": templated_prompt(fields, columns)}
     if columns.system_prompt and not fields.get("system"):
         fields = {**fields, "system": columns.system_prompt}
-    return PredictInput(messages=prompt_messages(fields))
+    chat = tool_chat(prompt_messages(fields), fields)  # its tools, its calls checked against them
+    return PredictInput(messages=chat.messages, tools=chat.tools)
 
 
 def prompt_messages(fields: dict[str, Any]) -> tuple[Message, ...]:
@@ -176,12 +176,14 @@ def prompt_messages(fields: dict[str, Any]) -> tuple[Message, ...]:
         raise RowError("system: expected text")
     if system and not any(m.role == "system" for m in messages):
         messages = (Message("system", system), *messages)
-    if messages[-1].role != "user":
+    if messages[-1].role not in ("user", "tool"):
         raise RowError(_NO_USER_TURN)
     return messages
 
 
-_NO_USER_TURN = "messages: the conversation must end with a user turn (before any final answer)"
+_NO_USER_TURN = (
+    "messages: the conversation must end with a user turn or tool results (before any final answer)"
+)
 
 
 def _conversation_prompt(messages: Any) -> tuple[Message, ...]:

@@ -25,7 +25,7 @@ from tunelab.data.formats import (
 from tunelab.data.labels import build_label_map, check_labels_known, missing_classes_warning
 from tunelab.data.mixture import REPLAY
 from tunelab.data.packing import pack_examples
-from tunelab.data.records import Record
+from tunelab.data.records import Chat, Record
 from tunelab.data.screen import screen_splits
 from tunelab.data.templates import add_marker_tokens, ensure_chat_template, split_markers
 from tunelab.data.tokenize import (
@@ -35,7 +35,7 @@ from tunelab.data.tokenize import (
 )
 from tunelab.errors import DataError
 from tunelab.methods.registry import method_spec, methods_where
-from tunelab.tasks.registry import task_spec
+from tunelab.tasks.registry import task_spec, tasks_where
 
 SPLITS = ("train", "validation", "test")
 
@@ -61,6 +61,7 @@ class PreparedData:
     report: dict[str, Any] = field(default_factory=dict)
     packed: bool = False  # train holds packed rows (several examples each), to be collated by collate_packed
     added_tokens: list[str] = field(default_factory=list)  # template markers added to the tokenizer
+    tools: bool = False  # the chats call functions: rendered with a template that writes tools
 
 
 def columns_of(data: DataConfig) -> Columns:
@@ -340,16 +341,19 @@ def class_label_map(stage: DataStage, splits: dict[str, list[Any]], report: dict
     return label_map
 
 
-def prepare_chat_tokenizer(template_name: str, method: str, tokenizer: Any) -> tuple[str, list[str]]:
+def prepare_chat_tokenizer(
+    template_name: str, method: str, tokenizer: Any, *, tools: bool = False
+) -> tuple[str, list[str]]:
     """Give the tokenizer the chat template it renders with, and the template's turn markers as special
     tokens where it has none: (template name, markers added).
 
     Cut into word pieces ("< | im _ end | >") the markers would be learned as text: generation would
     never stop at a turn's end and the marker would leak into answers. Added as tokens, they need
     trainable embedding rows, which only some methods have (the registry's trains_new_tokens); with the others
-    the recipe is refused. Runs on a data-cache hit too, so the cached ids stay valid.
+    the recipe is refused. Runs on a data-cache hit too, so the cached ids stay valid. `tools`: the data
+    calls functions, so the template must render them (templates.ensure_chat_template).
     """
-    template = ensure_chat_template(tokenizer, template_name)
+    template = ensure_chat_template(tokenizer, template_name, tools=tools)
     split = split_markers(tokenizer, template)
     if split and not method_spec(method).trains_new_tokens:
         raise DataError(
@@ -361,6 +365,18 @@ def prepare_chat_tokenizer(template_name: str, method: str, tokenizer: Any) -> t
             "template (an instruct model)",
         )
     return template, add_marker_tokens(tokenizer, template)
+
+
+def _uses_tools(records: Records, task: str) -> bool:
+    """Whether any chat calls functions; refused for a task that does not train on calls."""
+    uses = any(isinstance(r, Chat) and r.uses_tools for rows in records.splits.values() for r in rows)
+    if uses and not task_spec(task).tool_calls:
+        callers = ", ".join(tasks_where(lambda spec: spec.tool_calls))
+        raise DataError(
+            f"the data calls functions (tools, tool_calls), which task {task} does not train on",
+            fix=f"train function calling with task: {callers}",
+        )
+    return uses
 
 
 def _added_tokens_note(template: str, added: list[str], tokenizer: Any) -> str:
@@ -377,9 +393,10 @@ def tokenize_records(recipe: Recipe, records: Records, tokenizer: Any) -> Prepar
     prepared = PreparedData(splits={}, stats={}, label_map=records.label_map, report=records.report)
     prepared.notes.extend(records.report.get("warnings", []))
     task = task_spec(recipe.task)
+    prepared.tools = _uses_tools(records, recipe.task)
     if task.chat_template:
         prepared.chat_template, prepared.added_tokens = prepare_chat_tokenizer(
-            data.template, recipe.method.name, tokenizer
+            data.template, recipe.method.name, tokenizer, tools=prepared.tools
         )
         if prepared.added_tokens:
             prepared.notes.append(

@@ -31,7 +31,7 @@ Step = dict[str, Any]
 def map_text(record: Record, fn: Callable[[str], str]) -> Record:
     """Apply a string function to every text field of a record (labels are not text)."""
     if isinstance(record, Chat):
-        return replace(record, messages=tuple(replace(m, content=fn(m.content)) for m in record.messages))
+        return replace(record, messages=tuple(_map_message(m, fn) for m in record.messages))
     if isinstance(record, Labeled):
         pair = fn(record.text_pair) if record.text_pair is not None else None
         return replace(record, text=fn(record.text), text_pair=pair)
@@ -45,6 +45,12 @@ def map_text(record: Record, fn: Callable[[str], str]) -> Record:
         return replace(record, tokens=tuple(fn(token) or token for token in record.tokens))
     assert isinstance(record, Text)
     return replace(record, text=fn(record.text))
+
+
+def _map_message(message: Message, fn: Callable[[str], str]) -> Message:
+    """The content and the calls' arguments (their JSON text: a masked e-mail inside a string stays JSON)."""
+    calls = tuple(replace(call, arguments=fn(call.arguments)) for call in message.tool_calls)
+    return replace(message, content=fn(message.content), tool_calls=calls)
 
 
 def normalize(records: list[Record]) -> tuple[list[Record], Step]:

@@ -81,7 +81,13 @@ register_scorer("openai", _openai)
 def row_texts(record: Record) -> list[tuple[str, str]]:
     """A record's texts as (where, text): each chat turn, each answer of a pair, the text of a row."""
     if isinstance(record, Chat):
-        return [(f"turn {i + 1} ({m.role})", m.content) for i, m in enumerate(record.messages)]
+        turns = [(f"turn {i + 1} ({m.role})", m.content) for i, m in enumerate(record.messages)]
+        calls = [
+            (f"turn {i + 1} (call {call.name})", call.arguments)
+            for i, m in enumerate(record.messages)
+            for call in m.tool_calls
+        ]
+        return turns + calls
     if isinstance(record, Preference):
         prompt = [(f"prompt turn {i + 1} ({m.role})", m.content) for i, m in enumerate(record.prompt)]
         return [*prompt, ("chosen", record.chosen), ("rejected", record.rejected)]

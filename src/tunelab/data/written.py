@@ -23,11 +23,31 @@ def record_to_json(record: Record) -> dict[str, Any]:
         row["prompt"] = [_message(m) for m in row["prompt"]]
     if row.get("text_pair") is None:
         row.pop("text_pair", None)
+    if "tools" in row:  # a chat: its tools as OpenAI writes them, or nothing when it has none
+        tools = row.pop("tools")
+        row.update({"tools": [json.loads(tool) for tool in tools]} if tools else {})
+        if row["parallel_tool_calls"] is None:
+            row.pop("parallel_tool_calls")
     return {**row, "_source": source}
 
 
 def _message(message: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in message.items() if v is not None}
+    """A message as OpenAI writes it: calls as {id, type, function: {name, arguments}}, and content null
+    beside them when there is no text."""
+    calls = message.pop("tool_calls", ())
+    out = {k: v for k, v in message.items() if v is not None}
+    if calls:
+        out["tool_calls"] = [
+            {
+                "id": call["id"],
+                "type": "function",
+                "function": {"name": call["name"], "arguments": call["arguments"]},
+            }
+            for call in calls
+        ]
+        if not out["content"]:
+            out["content"] = None
+    return out
 
 
 def write_prepared(out_dir: Path, records: Records, prepared: PreparedData | None) -> dict[str, int]:

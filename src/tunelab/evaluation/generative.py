@@ -17,22 +17,33 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunelab.data.records import Chat, Message
+from tunelab.data.records import Chat, Message, ToolCall
+from tunelab.data.templates import message_dicts, tool_dicts
 from tunelab.evaluation import metrics as m
+from tunelab.evaluation.tool_calls import Call, format_tool_call, parse_tool_calls, score_tool_calls
 from tunelab.files import read_generation_rows, write_text_atomic
 from tunelab.generation import encode_prompt, generate_batch
 
-GENERATIVE = ("bleu", "chrf", "rouge", "exact_match")
-HEADLINE = {"exact_match": "exact_match", "rouge": "rougeL", "bleu": "bleu", "chrf": "chrf"}
+GENERATIVE = ("bleu", "chrf", "rouge", "exact_match", "tool_calls")
+# The columns of the comparison table, per eval.metrics entry.
+HEADLINE = {
+    "exact_match": ("exact_match",),
+    "rouge": ("rougeL",),
+    "bleu": ("bleu",),
+    "chrf": ("chrf",),
+    "tool_calls": ("tool_name_accuracy", "tool_args_exact_match"),
+}
 
 
 @dataclass(frozen=True)
 class Asked:
     """A conversation cut before its last answer: the prompt to generate from, and that answer."""
 
-    prompt: list[dict[str, str]]
+    prompt: list[dict[str, Any]]
     reference: str
     source: str | None = None
+    tools: list[dict[str, Any]] | None = None  # the functions the model may call (the row's tools)
+    calls: tuple[ToolCall, ...] = ()  # the reference answer's calls, when it calls functions
 
 
 def ask(chats: Sequence[Chat]) -> list[Asked]:
@@ -40,8 +51,9 @@ def ask(chats: Sequence[Chat]) -> list[Asked]:
     asked = []
     for chat in chats:
         last = max(i for i, message in enumerate(chat.messages) if message.role == "assistant")
-        prompt = [_as_dict(message) for message in chat.messages[:last]]
-        asked.append(Asked(prompt, chat.messages[last].content, chat.source))
+        prompt, reference = message_dicts(chat.messages[:last]), chat.messages[last]
+        tools = tool_dicts(chat.tools)
+        asked.append(Asked(prompt, answer_text(reference), chat.source, tools, reference.tool_calls))
     return asked
 
 
@@ -49,8 +61,29 @@ def answer(
     model: Any, tokenizer: Any, asked: Sequence[Asked], *, max_new_tokens: int, batch_size: int = 32
 ) -> list[str]:
     """Greedy answers, one per prompt, rendered and stopped as training taught (generation.py)."""
-    prompts = [encode_prompt(model, tokenizer, item.prompt) for item in asked]
+    prompts = [encode_prompt(model, tokenizer, item.prompt, item.tools) for item in asked]
     return generate_batch(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+
+
+def answer_text(message: Message) -> str:
+    """An assistant turn as the built-in template writes it after the generation prompt: its text, then
+    each call as a <tool_call> block (chatml_tools); what a generated answer is compared with."""
+    calls = [format_tool_call(call.name, json.loads(call.arguments)) for call in message.tool_calls]
+    return "\n".join([message.content, *calls] if message.content else calls)
+
+
+def score_answers(
+    answers: Sequence[str], asked: Sequence[Asked], metrics: Sequence[str], prefix: str
+) -> dict[str, float]:
+    """score() against each question's reference, and with `tool_calls` the calls parsed from each answer
+    against the reference's calls (evaluation/tool_calls.py)."""
+    scores = score(
+        answers, [item.reference for item in asked], [m for m in metrics if m != "tool_calls"], prefix
+    )
+    if "tool_calls" in metrics:
+        references = [[Call(c.name, json.loads(c.arguments)) for c in item.calls] for item in asked]
+        scores.update(score_tool_calls(references, [parse_tool_calls(text) for text in answers], prefix))
+    return scores
 
 
 def score(
@@ -95,10 +128,6 @@ def shown_examples(count: int, total: int, seed: int) -> list[int]:
     return sorted(random.Random(seed).sample(range(total), min(count, total)))
 
 
-def _as_dict(message: Message) -> dict[str, str]:
-    return {"role": message.role, "content": message.content}
-
-
 NAMES = {
     "zero_shot": "zero-shot (base model)",
     "few_shot": "few-shot (base model)",
@@ -108,7 +137,7 @@ NAMES = {
 
 def comparison(rows: dict[str, dict[str, Any]], metrics: Sequence[str], prefix: str, count: int) -> list[str]:
     """The task metric for each model, as aligned lines: the table a user reads to see whether it helped."""
-    keys = [f"{prefix}_{HEADLINE[name]}" for name in metrics]
+    keys = [f"{prefix}_{key}" for name in metrics for key in HEADLINE[name]]
     title = f"task metric, {count} {prefix} examples"
     width = max(len(title), *(2 + len(NAMES[name]) for name in rows))
     widths = [max(len(key), 8) for key in keys]

@@ -109,7 +109,7 @@ def generative_eval(
     prefix = split_prefix(split)
     asked = generative.ask(chats)
     answers = generative.answer(model, tokenizer, asked, max_new_tokens=recipe.eval.max_new_tokens)
-    scores = generative.score(answers, [a.reference for a in asked], recipe.eval.metrics, prefix)
+    scores = generative.score_answers(answers, asked, recipe.eval.metrics, prefix)
     everything = {**baseline_answers, "fine_tuned": answers}
     rows = {name: baselines.get(name, {}) for name in baseline_answers}
     for line in generative.comparison(

@@ -194,6 +194,8 @@ def _generative(
         {"source": item.source, "prompt": item.prompt, "reference": reference, "answer": text}
         for item, reference, text in zip(asked, references, answers, strict=True)
     ]
+    if given is None:  # the rows' own answers: their calls too
+        return generative.score_answers(answers, asked, metrics, "eval"), rows
     return generative.score(answers, references, metrics, "eval"), rows
 
 

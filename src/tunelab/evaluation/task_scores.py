@@ -131,7 +131,7 @@ def _generated(ctx: TaskContext, chats: list[Chat], prefix: str) -> tuple[list[s
     answers = generative.answer(
         ctx.model, ctx.tokenizer, asked, max_new_tokens=ctx.recipe.eval.max_new_tokens
     )
-    return answers, generative.score(answers, [a.reference for a in asked], ctx.recipe.eval.metrics, prefix)
+    return answers, generative.score_answers(answers, asked, ctx.recipe.eval.metrics, prefix)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,4 +266,4 @@ def _answer_validation(ctx: TaskContext, chats: list[Chat]) -> dict[str, float]:
 
         answers = gather_object(answers)  # rank 0's answers, then rank 1's, ...
         asked = [asked[i] for r in range(world) for i in range(r, len(asked), world)]
-    return generative.score(answers, [a.reference for a in asked], ctx.recipe.eval.metrics, "val")
+    return generative.score_answers(answers, asked, ctx.recipe.eval.metrics, "val")

@@ -97,10 +97,13 @@ def load_serve_config(path: Path | None, **overrides: Any) -> ServeConfig:
 
 
 def merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """`over` laid onto `base`, section by section (nested dicts merge, other values replace)."""
+    """`over` laid onto `base`, section by section (nested dicts merge, other values replace). A section
+    that names another method or kind (`name`) replaces the base's whole: LoRA's rank means nothing to
+    full fine-tuning, and the recipe would refuse it."""
     out = dict(base)
     for key, value in over.items():
-        out[key] = (
-            merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-        )
+        mergeable = isinstance(value, dict) and isinstance(out.get(key), dict)
+        if mergeable and value.get("name", out[key].get("name")) != out[key].get("name"):
+            mergeable = False
+        out[key] = merged(out[key], value) if mergeable else value
     return out

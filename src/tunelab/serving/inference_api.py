@@ -25,6 +25,7 @@ from tunelab.generation import encode_chat
 from tunelab.serving.engine import Engine, Row, Sampling
 from tunelab.serving.errors import APIError
 from tunelab.serving.models import ModelPool, Served
+from tunelab.serving.tool_calling import ToolUse, assistant_message, conversation, stream_deltas, tool_use
 
 log = logging.getLogger("tunelab.serve")
 DEFAULT_MAX_TOKENS = 256  # OpenAI's default is "until the context ends"; a bound keeps CPU servers usable
@@ -56,6 +57,9 @@ class _Sampled(BaseModel):
 class ChatRequest(_Sampled):
     messages: list[dict[str, Any]] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
 
 
 class CompletionRequest(_Sampled):
@@ -134,9 +138,13 @@ async def chat_completion(pool: ModelPool, engine: Engine, request: ChatRequest)
             param="model",
             code="no_chat_template",
         )
-    prompt = encode_chat(served.tokenizer, _messages(served, request.messages))
+    messages, tools = conversation(_plain(request.messages), request.tools, request.parallel_tool_calls)
+    use = tool_use(served.tokenizer, request.model, tools, request.tool_choice, request.parallel_tool_calls)
+    # tool_choice required, or a named function: the answer starts inside a call (ToolUse.forced).
+    tools, forced = (use.tools, use.forced) if use else (None, "")
+    prompt = encode_chat(served.tokenizer, _with_system(served, messages), tools, forced)
     sampling = request.sampling(request.max_completion_tokens)
-    return await _answer(engine, served, [prompt], sampling, request, chat=True)
+    return await _answer(engine, served, [prompt], sampling, request, chat=True, tools=use)
 
 
 async def _generative(pool: ModelPool, name: str) -> Served:
@@ -152,24 +160,25 @@ async def _generative(pool: ModelPool, name: str) -> Served:
     return served
 
 
-def _messages(served: Served, messages: list[dict[str, Any]]) -> list[dict[str, str]]:
+def _plain(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """OpenAI's message variants the data reader does not take, made plain: content parts joined into text,
+    the `developer` role as system."""
     out = []
-    for i, message in enumerate(messages):
+    for message in messages:
         content = message.get("content")
         if isinstance(content, list):  # content parts: [{type: text, text}, ...]
             content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
-        if message.get("role") not in ("system", "developer", "user", "assistant") or not isinstance(
-            content, str
-        ):
-            raise APIError(
-                400, f"messages[{i}]: expected {{role, content}} with a text content", param="messages"
-            )
-        role = "system" if message["role"] == "developer" else message["role"]
-        out.append({"role": role, "content": content})
-    system = served.trained.info.get("system_prompt")
-    if system and out[0]["role"] != "system":
-        out.insert(0, {"role": "system", "content": system})
+        role = "system" if message.get("role") == "developer" else message.get("role")
+        out.append({**message, "role": role, **({"content": content} if "content" in message else {})})
     return out
+
+
+def _with_system(served: Served, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The run's system prompt first, when the conversation brings none (as `tunelab chat` does)."""
+    system = served.trained.info.get("system_prompt")
+    if system and messages[0]["role"] != "system":
+        return [{"role": "system", "content": system}, *messages]
+    return messages
 
 
 async def _answer(
@@ -180,13 +189,14 @@ async def _answer(
     request: _Sampled,
     *,
     chat: bool,
+    tools: ToolUse | None = None,
 ) -> Any:
     loop = asyncio.get_running_loop()
     rows = [
         Row(served, prompt, sampling, loop, asyncio.Queue()) for prompt in prompts for _ in range(request.n)
     ]
     engine.submit(rows)
-    reply = _Reply(request.model, chat, sum(len(p) for p in prompts))
+    reply = _Reply(request.model, chat, sum(len(p) for p in prompts), tools)
     if request.stream:
         usage = bool(request.stream_options and request.stream_options.include_usage)
         return StreamingResponse(reply.stream(rows, usage), media_type="text/event-stream")
@@ -196,8 +206,8 @@ async def _answer(
 class _Reply:
     """One request's answer, whole or as chunks, in OpenAI's chat or text-completion objects."""
 
-    def __init__(self, model: str, chat: bool, prompt_tokens: int):
-        self.model, self.chat, self.prompt_tokens = model, chat, prompt_tokens
+    def __init__(self, model: str, chat: bool, prompt_tokens: int, tools: ToolUse | None = None):
+        self.model, self.chat, self.prompt_tokens, self.tools = model, chat, prompt_tokens, tools
         self.id = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
         self.created = int(time.time())
         self.object = "chat.completion" if chat else "text_completion"
@@ -233,6 +243,8 @@ class _Reply:
                     ],
                     include_usage,
                 )
+        # With tools, an answer's text is held until it ends: only then is it known to be a call or prose.
+        held: dict[int, list[str]] = {i: [] for i in range(len(rows))} if self.tools is not None else {}
         pending = {asyncio.ensure_future(row.events.get()): i for i, row in enumerate(rows)}
         while pending:
             done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
@@ -243,18 +255,39 @@ class _Reply:
                     yield f"data: {json.dumps({'error': {'message': rest[0], 'type': 'server_error'}})}\n\n"
                     continue
                 if kind == "text":
-                    yield self._chunk([self._delta(index, rest[0], None)], include_usage)
+                    if held:
+                        held[index].append(rest[0])
+                    else:
+                        yield self._chunk([self._delta(index, rest[0], None)], include_usage)
                     pending[asyncio.ensure_future(rows[index].events.get())] = index
-                else:  # end
-                    completion += rest[1]
-                    yield self._chunk([self._delta(index, "", rest[0])], include_usage)
+                    continue
+                completion += rest[1]  # end
+                for chunk in self._ending(index, "".join(held.get(index, [])), rest[0], include_usage):
+                    yield chunk
         if include_usage:
             yield self._chunk([], False, usage=self._usage(completion))
         yield "data: [DONE]\n\n"
 
+    def _ending(self, index: int, held: str, reason: str, include_usage: bool) -> list[str]:
+        """The last chunks of a streamed answer: with tools, the held text as content or tool-call deltas
+        (finish_reason tool_calls for a call); else only the finish."""
+        if self.tools is None:
+            return [self._chunk([self._delta(index, "", reason)], include_usage)]
+        message, calls = assistant_message(held, self.tools)
+        deltas = stream_deltas(message) if calls else [{"content": message["content"]}] if held else []
+        chunks = [
+            self._chunk(
+                [{"index": index, "delta": d, "finish_reason": None, "logprobs": None}], include_usage
+            )
+            for d in deltas
+        ]
+        finish = "tool_calls" if calls and reason == "stop" else reason
+        return [*chunks, self._chunk([self._delta(index, "", finish)], include_usage)]
+
     def _choice(self, index: int, text: str, reason: str) -> dict[str, Any]:
         if self.chat:
-            message = {"role": "assistant", "content": text, "refusal": None}
+            message, calls = assistant_message(text, self.tools)
+            reason = "tool_calls" if calls and reason == "stop" else reason
             return {"index": index, "message": message, "finish_reason": reason, "logprobs": None}
         return {"index": index, "text": text, "finish_reason": reason, "logprobs": None}
 

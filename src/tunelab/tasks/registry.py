@@ -145,6 +145,7 @@ class TaskSpec:
     replay_kinds: tuple[str, ...] = ()
     # Traits the recipe's checks, the data stage and plan read.
     chat_template: bool = False  # records are rendered with a chat template (and its marker tokens)
+    tool_calls: bool = False  # trains on function calling: a row's tools, an assistant's calls
     generates_answers: bool = False  # eval.metrics: answers generated and scored
     several_datasets: bool = False  # data.train as a list of datasets, data.replay
     classes: bool = False  # labels are classes: stratified splits, class weights, augmentation, bias

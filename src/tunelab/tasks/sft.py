@@ -60,6 +60,7 @@ SFT = register_task(
         baselines=baselines,
         validation_extras=validation_extras,
         chat_template=True,
+        tool_calls=True,
         generates_answers=True,
         several_datasets=True,
         packable=True,
