@@ -17,6 +17,7 @@ from tests.conftest import make_recipe, write_jsonl
 from tunelab.cli import app
 from tunelab.data.formats import load_split
 from tunelab.data.records import Chat
+from tunelab.data.screen import row_texts
 from tunelab.data.templates import (
     ensure_chat_template,
     message_dicts,
@@ -349,3 +350,58 @@ def test_tool_data_for_a_task_that_does_not_train_calls_is_refused(tmp_path: Pat
     )
     assert "fix: train function calling with task: sft" in " ".join(result.output.split())
     assert not (tmp_path / "runs").exists()
+
+
+SEND = {
+    "name": "send_message",
+    "description": "Send a message.",
+    "parameters": {
+        "type": "object",
+        "properties": {
+            "to": {"type": "string"},
+            "text": {"type": "string"},
+            "card": {"type": "integer"},
+            "n": {"type": "integer"},
+        },
+    },
+}
+
+
+def _send_row(to: str, result: str) -> dict[str, Any]:
+    arguments = json.dumps({"to": to, "text": "Call me on +1 415 555 0132", "card": 4111111111111111, "n": 7})
+    call = {"id": "c1", "type": "function", "function": {"name": "send_message", "arguments": arguments}}
+    return {
+        "messages": [
+            {"role": "user", "content": "Tell my colleague I am late."},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "c1", "content": result},
+            {"role": "assistant", "content": "Done."},
+        ],
+        "tools": [{"type": "function", "function": SEND}],
+    }
+
+
+def test_the_data_gates_see_the_calls_arguments_and_the_tool_results(
+    tmp_path: Path, tiny_llama: Path
+) -> None:
+    recipe = make_recipe(tmp_path, tiny_llama, "sft", train={"max_seq_len": 2048})
+    rows = [
+        _send_row("jane.doe@example.com", "sent to jane.doe@example.com"),
+        _send_row("jane.doe@example.com", "sent to jane.doe@example.com"),  # an exact duplicate
+        _send_row("ann", "sent"),  # the same words but for the arguments and the result: kept
+    ]
+    write_jsonl(tmp_path / "train.jsonl", rows)
+    out = tmp_path / "prepared"
+    options = ["--set", "data.split.validation=0", "--set", "data.pii=mask"]
+    result = runner.invoke(app, ["data", "prepare", str(recipe), "--out", str(out), *options])
+    assert result.exit_code == 0, result.output
+    written = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
+    assert len(written) == 2
+    masked, plain = sorted(written, key=lambda row: row["messages"][2]["content"], reverse=True)
+    arguments = json.loads(masked["messages"][1]["tool_calls"][0]["function"]["arguments"])
+    # Masked inside the JSON, which stays JSON: a card number written as a number becomes the placeholder.
+    assert arguments == {"to": "<EMAIL>", "text": "Call me on <PHONE>", "card": "<CREDIT_CARD>", "n": 7}
+    assert masked["messages"][2]["content"] == "sent to <EMAIL>"
+    assert json.loads(plain["messages"][1]["tool_calls"][0]["function"]["arguments"])["to"] == "ann"
+    record = load_split(tmp_path / "train.jsonl").records[0]
+    assert ("turn 2 (call send_message)", record.messages[1].tool_calls[0].arguments) in row_texts(record)

@@ -6,6 +6,7 @@ counts and a few examples, so nothing is dropped silently. String-level work liv
 
 from __future__ import annotations
 
+import json
 import random
 from collections import Counter
 from collections.abc import Callable
@@ -48,9 +49,33 @@ def map_text(record: Record, fn: Callable[[str], str]) -> Record:
 
 
 def _map_message(message: Message, fn: Callable[[str], str]) -> Message:
-    """The content and the calls' arguments (their JSON text: a masked e-mail inside a string stays JSON)."""
-    calls = tuple(replace(call, arguments=fn(call.arguments)) for call in message.tool_calls)
+    """The content and the string values of the calls' arguments."""
+    calls = tuple(replace(call, arguments=_map_arguments(call.arguments, fn)) for call in message.tool_calls)
     return replace(message, content=fn(message.content), tool_calls=calls)
+
+
+def _map_arguments(arguments: str, fn: Callable[[str], str]) -> str:
+    """`fn` over each value in a call's arguments (JSON text), so the result is still JSON: run over the
+    text itself, a card-number pattern rewrites a bare number into an unquoted placeholder. A number that
+    `fn` changes becomes the string it returns; keys are left alone. The file's own text is kept when
+    nothing changed."""
+    value = json.loads(arguments)
+    mapped = _map_values(value, fn)
+    return arguments if mapped == value else json.dumps(mapped, ensure_ascii=False)
+
+
+def _map_values(value: Any, fn: Callable[[str], str]) -> Any:
+    if isinstance(value, str):
+        return fn(value)
+    if isinstance(value, dict):
+        return {key: _map_values(item, fn) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_map_values(item, fn) for item in value]
+    if isinstance(value, int | float) and not isinstance(value, bool):  # a card number written as a number
+        text = json.dumps(value)
+        mapped = fn(text)
+        return value if mapped == text else mapped
+    return value
 
 
 def normalize(records: list[Record]) -> tuple[list[Record], Step]:
