@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from tunelab.decoding import greedy_decode, runs_in_loop
+
 # Rendered after a probe answer to find the template's end-of-turn token (see end_of_turn_ids).
 _PROBE = "tunelab probe answer"
 
@@ -139,18 +141,32 @@ def generate_batch(
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
             input_ids, attention_mask = pad([prompts[i] for i in rows], pad_id)
-            output = model.generate(
-                input_ids=input_ids.to(device),
-                attention_mask=attention_mask.to(device),
-                streamer=streamer,
-                **decoding(max_new_tokens, temperature, stops, pad_id, top_p, top_k),
-            )
-            new = output[:, 1:] if encoder_decoder else output[:, input_ids.shape[1] :]
-            for i, new_tokens in zip(rows, new.tolist(), strict=True):
+            options = decoding(max_new_tokens, temperature, stops, pad_id, top_p, top_k)
+            new = _new_tokens(model, input_ids.to(device), attention_mask.to(device), streamer, options)
+            for i, new_tokens in zip(rows, new, strict=True):
                 answers[i] = decode_answer(tokenizer, new_tokens, stops)
     finally:
         model.train(was_training)
     return answers
+
+
+def _new_tokens(
+    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, streamer: Any, options: dict[str, Any]
+) -> list[list[int]]:
+    """Each row's generated tokens: greedy and unstreamed in tunelab's own loop (decoding.py: faster, the
+    same tokens), anything else through transformers' generate."""
+    if not options["do_sample"] and streamer is None and runs_in_loop(model):
+        return greedy_decode(
+            model,
+            input_ids,
+            attention_mask,
+            max_new_tokens=options["max_new_tokens"],
+            stops=options["eos_token_id"],
+        )
+    output = model.generate(input_ids=input_ids, attention_mask=attention_mask, streamer=streamer, **options)
+    # An encoder-decoder's output starts after the decoder's start token; a decoder's after the prompt.
+    new = output[:, 1:] if is_encoder_decoder(model) else output[:, input_ids.shape[1] :]
+    return [list(row) for row in new.tolist()]
 
 
 def decode_answer(tokenizer: Any, new_tokens: list[int], stops: Sequence[int]) -> str:

@@ -60,7 +60,7 @@ LAYERS = (
     ("core", ("tunelab", "tunelab.errors", "tunelab.hashing", "tunelab.files")),
     ("recipe", ("tunelab.config", "tunelab.methods.registry", "tunelab.tasks.registry")),
     ("data", ("tunelab.data",)),
-    ("models", ("tunelab.models", "tunelab.generation", "tunelab.methods")),
+    ("models", ("tunelab.models", "tunelab.generation", "tunelab.decoding", "tunelab.methods")),
     ("training", ("tunelab.training",)),
     ("evaluation", ("tunelab.evaluation",)),
     ("runs", ("tunelab.runs",)),

@@ -1,0 +1,169 @@
+"""Issue 30's first measurement: where a greedy decode's time goes on this CPU, before any engine.
+
+    .venv/bin/python bench/decode_speed.py --model ~/.cache/tunelab/gguf/SmolLM2-135M-Instruct.Q4_1-*/
+
+Decodes `--new` tokens after a prompt of about `--prompt` tokens, greedy, at each batch size, with:
+
+- `generate`: plain `model.generate` (what `generation.generate_batch` runs today);
+- `loop`: a hand-written loop over transformers' DynamicCache (prefill once with logits_to_keep=1, then one
+  token per step, argmax, no logits processors or stopping criteria objects);
+- `static`: the same loop over a StaticCache with the one-token decode step compiled (torch.compile,
+  mode "default": "reduce-overhead" adds CUDA graphs only).
+
+in `fp32`, `bf16` (weights cast once), `autocast` (fp32 weights under bf16 autocast) and `bf16-autocast`
+(bf16 weights under autocast: how tunelab evaluates a bf16 run today). Reports tokens/s (new tokens of all rows / wall seconds, prefill included) and whether each
+variant's tokens equal `generate`'s. Every variant runs once untimed first (compile, caches).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, StaticCache
+
+Decode = Callable[[Any, torch.Tensor, torch.Tensor, int], torch.Tensor]
+TEXT = (
+    "The history of the city begins with a small settlement on the river, where traders met to exchange "
+    "salt, grain and cloth. Over the centuries the settlement grew into a market town, then a walled city "
+    "with a cathedral, a university and a port that sent ships across the sea. "
+)
+
+
+def prompts(tokenizer: Any, batch: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`batch` prompts of `length` tokens (rows differ in their first token so rows do not coincide)."""
+    ids = tokenizer(TEXT * 20, add_special_tokens=False)["input_ids"][:length]
+    rows = torch.tensor([[ids[0] + r, *ids[1:]] for r in range(batch)])
+    return rows, torch.ones_like(rows)
+
+
+def with_generate(model: Any, ids: torch.Tensor, mask: torch.Tensor, new: int) -> torch.Tensor:
+    out = model.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        max_new_tokens=new,
+        min_new_tokens=new,
+        do_sample=False,
+        pad_token_id=0,
+    )
+    return out[:, ids.shape[1] :]
+
+
+def with_loop(model: Any, ids: torch.Tensor, mask: torch.Tensor, new: int) -> torch.Tensor:
+    cache = DynamicCache(config=model.config)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=positions,
+        cache=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    tokens = [out.logits[:, -1].argmax(-1)]
+    for _ in range(new - 1):
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+        positions = positions[:, -1:] + 1
+        out = model(
+            input_ids=tokens[-1][:, None],
+            attention_mask=mask,
+            position_ids=positions,
+            cache=cache,
+            use_cache=True,
+        )
+        tokens.append(out.logits[:, -1].argmax(-1))
+    return torch.stack(tokens, dim=1)
+
+
+class Static:
+    """The loop over a StaticCache, its decode step compiled once per (batch, cache length)."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.step = torch.compile(self._decode, mode="default", dynamic=False)
+
+    def _decode(self, token: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any) -> Any:
+        out = self.model(
+            input_ids=token, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True
+        )
+        return out.logits[:, -1].argmax(-1)
+
+    def __call__(self, model: Any, ids: torch.Tensor, mask: torch.Tensor, new: int) -> torch.Tensor:
+        width = ids.shape[1] + new
+        cache = StaticCache(config=model.config, max_cache_len=width)
+        full = torch.cat([mask, mask.new_zeros(mask.shape[0], new)], dim=1)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = model(
+            input_ids=ids,
+            attention_mask=full[:, : ids.shape[1]],
+            position_ids=positions,
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        tokens = [out.logits[:, -1].argmax(-1)]
+        for k in range(new - 1):
+            at = ids.shape[1] + k
+            full[:, at] = 1
+            positions = positions[:, -1:] + 1
+            tokens.append(self.step(tokens[-1][:, None].clone(), full.clone(), positions.clone(), cache))
+        return torch.stack(tokens, dim=1)
+
+
+def timed(
+    variant: Decode, model: Any, ids: torch.Tensor, mask: torch.Tensor, new: int
+) -> tuple[torch.Tensor, float]:
+    started = time.perf_counter()
+    with torch.inference_mode():
+        out = variant(model, ids, mask, new)
+    return out, time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", required=True, type=Path)
+    parser.add_argument("--prompt", type=int, default=256)
+    parser.add_argument("--new", type=int, default=128)
+    parser.add_argument("--batches", default="1,8")
+    parser.add_argument("--variants", default="generate,loop,static")
+    parser.add_argument("--precisions", default="fp32,bf16,autocast")
+    args = parser.parse_args()
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    results = []
+    for precision in args.precisions.split(","):
+        dtype = torch.bfloat16 if precision.startswith("bf16") else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).eval()
+        static = Static(model)
+        variants: dict[str, Decode] = {"generate": with_generate, "loop": with_loop, "static": static}
+        for batch in map(int, args.batches.split(",")):
+            ids, mask = prompts(tokenizer, batch, args.prompt)
+            reference = None
+            for name in args.variants.split(","):
+                autocast = (
+                    torch.autocast("cpu", dtype=torch.bfloat16)
+                    if precision.endswith("autocast")
+                    else contextlib.nullcontext()
+                )
+                with autocast:
+                    timed(variants[name], model, ids, mask, args.new)  # warm-up (and compile)
+                    tokens, seconds = timed(variants[name], model, ids, mask, args.new)
+                reference = tokens if reference is None else reference
+                row = {
+                    "precision": precision,
+                    "batch": batch,
+                    "variant": name,
+                    "tokens_per_s": round(batch * args.new / seconds, 1),
+                    "same_tokens_as_first": bool(torch.equal(tokens, reference)),
+                }
+                print(json.dumps(row), flush=True)
+                results.append(row)
+
+
+if __name__ == "__main__":
+    main()
