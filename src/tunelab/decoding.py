@@ -4,8 +4,7 @@ Why not `model.generate`: this loop is the base the fast engine (issue 30) build
 compiled step, rows joining and leaving a running batch), which generate cannot be opened up for. On its
 own it matches generate at batch 1 and is 5-16% faster at batch 8 on SmolLM2-135M on a 2-core CPU
 (bench/README.md, "Fast generation"): one forward and an argmax per step, the stop tokens checked with
-one tensor op, and a finished row dropped from the batch and the cache at once, where generate keeps
-padding it until the longest answer ends.
+one tensor op, and no logits processors or stopping-criteria objects.
 
 It runs the model exactly as generate does (the prompt prefilled with `logits_to_keep=1`, then one token
 per step over a DynamicCache, positions from the attention mask), so greedy tokens equal generate's; the
@@ -31,10 +30,12 @@ def greedy_decode(
     *,
     max_new_tokens: int,
     stops: Sequence[int],
+    pad_id: int,
 ) -> list[list[int]]:
     """Each row's new tokens, greedy, up to and including its first stop token (or `max_new_tokens`).
 
-    `input_ids` are left-padded (padding where `attention_mask` is 0), on the model's device.
+    `input_ids` are left-padded (padding where `attention_mask` is 0), on the model's device; `pad_id` is
+    fed to rows that have stopped while others go on.
     """
     cache = DynamicCache(config=model.config)
     positions = _positions(attention_mask)
@@ -48,23 +49,20 @@ def greedy_decode(
         **prefill,
     )
     stop_ids = torch.tensor(list(stops), device=input_ids.device)
-    rows = list(range(input_ids.shape[0]))  # which input row each batch row still is
-    produced: list[list[int]] = [[] for _ in rows]
+    produced: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
+    running = torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
     mask = attention_mask
     for step in range(max_new_tokens):
-        tokens = out.logits[:, -1].argmax(-1)
-        for row, token in zip(rows, tokens.tolist(), strict=True):
-            produced[row].append(token)
-        if step == max_new_tokens - 1:
+        # A finished row is fed padding, as generate feeds it, rather than leaving the batch: in bf16 the
+        # batch's shape changes the matmuls' rounding, and with it a near-tie's winner (one quickstart
+        # answer of 30 changed when finished rows left). Continuous batching will need batch-invariant
+        # numerics to drop them.
+        tokens = torch.where(running, out.logits[:, -1].argmax(-1), pad_id)
+        for row in running.nonzero().squeeze(1).tolist():
+            produced[row].append(int(tokens[row]))
+        running &= ~torch.isin(tokens, stop_ids)
+        if step == max_new_tokens - 1 or not bool(running.any()):
             break
-        running = ~torch.isin(tokens, stop_ids)
-        if not bool(running.all()):  # some rows stopped: they leave the batch and the cache
-            keep = running.nonzero().squeeze(1)
-            if keep.numel() == 0:
-                break
-            cache.batch_select_indices(keep)
-            rows = [rows[i] for i in keep.tolist()]
-            tokens, mask, positions = tokens[keep], mask[keep], positions[keep]
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
         positions = positions[:, -1:] + 1
         out = model(

@@ -162,6 +162,7 @@ def _new_tokens(
             attention_mask,
             max_new_tokens=options["max_new_tokens"],
             stops=options["eos_token_id"],
+            pad_id=options["pad_token_id"],
         )
     output = model.generate(input_ids=input_ids, attention_mask=attention_mask, streamer=streamer, **options)
     # An encoder-decoder's output starts after the decoder's start token; a decoder's after the prompt.

@@ -1,5 +1,5 @@
 """tunelab's greedy loop (decoding.py) gives model.generate's tokens: batched and left-padded, with stop
-tokens that end some rows early (which then leave the batch), in float32 and under bf16 autocast, and
+tokens that end some rows early (which are then fed padding, as generate feeds them), in float32 and under bf16 autocast, and
 through a LoRA adapter. A random tiny model's logits have no near-ties to hide a difference behind."""
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def test_greedy_loop_equals_generate_with_rows_stopping_early(tiny_llama: Path, 
     with torch.no_grad(), scope:
         stops = _stops_that_fire(model, ids, mask)
         expected = _generate(model, ids, mask, stops)
-        got = greedy_decode(model, ids, mask, max_new_tokens=NEW, stops=stops)
+        got = greedy_decode(model, ids, mask, max_new_tokens=NEW, stops=stops, pad_id=0)
     assert got == expected
     lengths = sorted(len(row) for row in got)
     assert lengths[0] < lengths[-1] == NEW  # some rows stopped early, some ran to the limit
@@ -79,9 +79,9 @@ def test_greedy_loop_equals_generate_through_a_lora_adapter(tiny_llama: Path) ->
     ids, mask = left_pad(PROMPTS, pad_id=0)
     with torch.no_grad():
         expected = _generate(model, ids, mask, stops=[1])
-        got = greedy_decode(model, ids, mask, max_new_tokens=NEW, stops=[1])
+        got = greedy_decode(model, ids, mask, max_new_tokens=NEW, stops=[1], pad_id=0)
         with model.disable_adapter():
-            base = greedy_decode(model, ids, mask, max_new_tokens=NEW, stops=[1])
+            base = greedy_decode(model, ids, mask, max_new_tokens=NEW, stops=[1], pad_id=0)
     assert got == expected and got != base
     assert runs_in_loop(model)
 
