@@ -53,10 +53,9 @@ def greedy_decode(
     running = torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
     mask = attention_mask
     for step in range(max_new_tokens):
-        # A finished row is fed padding, as generate feeds it, rather than leaving the batch: in bf16 the
-        # batch's shape changes the matmuls' rounding, and with it a near-tie's winner (one quickstart
-        # answer of 30 changed when finished rows left). Continuous batching will need batch-invariant
-        # numerics to drop them.
+        # A finished row is fed padding, as generate feeds it, rather than leaving the batch: a smaller
+        # batch may run other matmul kernels, which round differently in bf16, and the loop promises
+        # generate's tokens. Continuous batching, which must drop rows, will measure that first.
         tokens = torch.where(running, out.logits[:, -1].argmax(-1), pad_id)
         for row in running.nonzero().squeeze(1).tolist():
             produced[row].append(int(tokens[row]))
