@@ -11,7 +11,8 @@ Decodes `--new` tokens after a prompt of about `--prompt` tokens, greedy, at eac
   mode "default": "reduce-overhead" adds CUDA graphs only).
 
 in `fp32`, `bf16` (weights cast once), `autocast` (fp32 weights under bf16 autocast) and `bf16-autocast`
-(bf16 weights under autocast: how tunelab evaluates a bf16 run today). Reports tokens/s (new tokens of all rows / wall seconds, prefill included) and whether each
+(bf16 weights under autocast: how tunelab evaluates a bf16 run today), and `int8` (an experiment: every
+Linear's weight in int8 with a scale per row, bf16 activations, torch's `_weight_int8pack_mm`). Reports tokens/s (new tokens of all rows / wall seconds, prefill included) and whether each
 variant's tokens equal `generate`'s. Every variant runs once untimed first (compile, caches).
 """
 
@@ -116,6 +117,35 @@ class Static:
         return torch.stack(tokens, dim=1)
 
 
+class Int8Linear(torch.nn.Module):
+    """A Linear's weight as int8 with one scale per output row (symmetric), multiplied by bf16 activations
+    with torch's weight-only kernel: an experiment (`--precisions int8`), not tunelab's engine."""
+
+    def __init__(self, linear: torch.nn.Linear) -> None:
+        super().__init__()
+        weight = linear.weight.detach().float()
+        scales = weight.abs().amax(dim=1).clamp(min=1e-8) / 127
+        self.register_buffer(
+            "weight_int8", (weight / scales[:, None]).round().clamp(-127, 127).to(torch.int8)
+        )
+        self.register_buffer("scales", scales.to(torch.bfloat16))
+        self.bias = linear.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
+        out = torch._weight_int8pack_mm(flat, self.weight_int8, self.scales).reshape(*x.shape[:-1], -1)
+        return out if self.bias is None else out + self.bias.to(out.dtype)
+
+
+def quantize_int8(model: Any) -> Any:
+    """Every Linear (the tied lm_head included, as its own int8 copy) replaced by an Int8Linear."""
+    for _name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, torch.nn.Linear):
+                setattr(module, child_name, Int8Linear(child))
+    return model
+
+
 def timed(
     variant: Decode, model: Any, ids: torch.Tensor, mask: torch.Tensor, new: int
 ) -> tuple[torch.Tensor, float]:
@@ -138,7 +168,11 @@ def main() -> None:
     results = []
     for precision in args.precisions.split(","):
         dtype = torch.bfloat16 if precision.startswith("bf16") else torch.float32
+        if precision == "int8":
+            dtype = torch.bfloat16  # norms, embeddings and attention in bf16 around the int8 matmuls
         model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).eval()
+        if precision == "int8":
+            quantize_int8(model)
         static = Static(model)
         variants: dict[str, Decode] = {"generate": with_generate, "loop": with_loop, "static": static}
         for batch in map(int, args.batches.split(",")):
