@@ -5,8 +5,8 @@
 Decodes `--new` tokens after a prompt of about `--prompt` tokens, greedy, at each batch size, with:
 
 - `generate`: plain `model.generate` (what `generation.generate_batch` runs today);
-- `loop`: a hand-written loop over transformers' DynamicCache (prefill once with logits_to_keep=1, then one
-  token per step, argmax, no logits processors or stopping criteria objects);
+- `loop`: tunelab's own greedy loop (`tunelab.decoding.greedy_decode`: a DynamicCache, the prefill with
+  logits_to_keep=1, then one forward and an argmax per step);
 - `static`: the same loop over a StaticCache with the one-token decode step compiled (torch.compile,
   mode "default": "reduce-overhead" adds CUDA graphs only).
 
@@ -27,7 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, StaticCache
+from transformers import AutoModelForCausalLM, AutoTokenizer, StaticCache
+
+from tunelab.decoding import greedy_decode
 
 Decode = Callable[[Any, torch.Tensor, torch.Tensor, int], torch.Tensor]
 TEXT = (
@@ -57,29 +59,8 @@ def with_generate(model: Any, ids: torch.Tensor, mask: torch.Tensor, new: int) -
 
 
 def with_loop(model: Any, ids: torch.Tensor, mask: torch.Tensor, new: int) -> torch.Tensor:
-    cache = DynamicCache(config=model.config)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(
-        input_ids=ids,
-        attention_mask=mask,
-        position_ids=positions,
-        cache=cache,
-        use_cache=True,
-        logits_to_keep=1,
-    )
-    tokens = [out.logits[:, -1].argmax(-1)]
-    for _ in range(new - 1):
-        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
-        positions = positions[:, -1:] + 1
-        out = model(
-            input_ids=tokens[-1][:, None],
-            attention_mask=mask,
-            position_ids=positions,
-            cache=cache,
-            use_cache=True,
-        )
-        tokens.append(out.logits[:, -1].argmax(-1))
-    return torch.stack(tokens, dim=1)
+    """tunelab's own greedy loop, as generate_batch runs it (no stop tokens: every row decodes `new`)."""
+    return torch.tensor(greedy_decode(model, ids, mask, max_new_tokens=new, stops=[], pad_id=0))
 
 
 class Static:

@@ -20,19 +20,20 @@ WEATHER = {
 TOOLS = [{"type": "function", "function": WEATHER}]
 
 
-def call(i: int, city: str) -> dict[str, Any]:
+def call(call_id: str, city: str) -> dict[str, Any]:
+    """An assistant's get_weather call as OpenAI writes it."""
     return {
-        "id": f"call_{i}",
+        "id": call_id,
         "type": "function",
         "function": {"name": "get_weather", "arguments": json.dumps({"city": city})},
     }
 
 
 ROWS = [
-    {"messages": [{"role": "user", "content": "Weather in Paris?"}, {"role": "assistant", "content": None, "tool_calls": [call(1, "Paris")]}], "tools": TOOLS},
-    {"messages": [{"role": "user", "content": "Weather in Rome?"}, {"role": "assistant", "content": None, "tool_calls": [call(2, "Rome")]}], "tools": TOOLS},
+    {"messages": [{"role": "user", "content": "Weather in Paris?"}, {"role": "assistant", "content": None, "tool_calls": [call("call_1", "Paris")]}], "tools": TOOLS},
+    {"messages": [{"role": "user", "content": "Weather in Rome?"}, {"role": "assistant", "content": None, "tool_calls": [call("call_2", "Rome")]}], "tools": TOOLS},
     {"messages": [{"role": "user", "content": "Hello there!"}, {"role": "assistant", "content": "Good morning."}], "tools": TOOLS},
-    {"messages": [{"role": "user", "content": "Weather in Oslo?"}, {"role": "assistant", "content": None, "tool_calls": [call(3, "Oslo")]},
+    {"messages": [{"role": "user", "content": "Weather in Oslo?"}, {"role": "assistant", "content": None, "tool_calls": [call("call_3", "Oslo")]},
                   {"role": "tool", "tool_call_id": "call_3", "content": "snow"}, {"role": "assistant", "content": "It snows."}], "tools": TOOLS},
 ]  # fmt: skip
 # Four rows learned by heart: full fine-tuning of a 2-layer model, 400 steps (about 20 s on a CPU).

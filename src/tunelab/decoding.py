@@ -2,9 +2,10 @@
 
 Why not `model.generate`: this loop is the base the fast engine (issue 30) builds on (a static cache and a
 compiled step, rows joining and leaving a running batch), which generate cannot be opened up for. On its
-own it matches generate at batch 1 and is 5-16% faster at batch 8 on SmolLM2-135M on a 2-core CPU
-(bench/README.md, "Fast generation"): one forward and an argmax per step, the stop tokens checked with
-one tensor op, and no logits processors or stopping-criteria objects.
+own it is not measurably faster than generate on SmolLM2-135M on a 2-core CPU (bench/README.md, "Fast
+generation": equal at batch 1, -1% to +16% at batch 8 across runs), though it does less per step: one
+forward and an argmax, the stop tokens checked with one tensor op, no logits processors or
+stopping-criteria objects.
 
 It runs the model exactly as generate does (the prompt prefilled with `logits_to_keep=1`, then one token
 per step over a DynamicCache, positions from the attention mask), so greedy tokens equal generate's; the
@@ -48,7 +49,7 @@ def greedy_decode(
         use_cache=True,
         **prefill,
     )
-    stop_ids = torch.tensor(list(stops), device=input_ids.device)
+    stop_ids = torch.tensor(list(stops), dtype=torch.long, device=input_ids.device)  # may be empty
     produced: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
     running = torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
     mask = attention_mask

@@ -87,7 +87,7 @@ def test_none_answers_in_prose_and_a_tool_result_is_answered(served: Any) -> Non
         tools=TOOLS,
         messages=[
             {"role": "user", "content": "Weather in Oslo?"},
-            {"role": "assistant", "content": None, "tool_calls": [_call(3, "Oslo")]},
+            {"role": "assistant", "content": None, "tool_calls": [_call("call_3", "Oslo")]},
             {"role": "tool", "tool_call_id": "call_3", "content": "snow"},
         ],
         max_tokens=40,

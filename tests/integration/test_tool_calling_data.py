@@ -14,6 +14,7 @@ from transformers import AutoTokenizer
 from typer.testing import CliRunner
 
 from tests.conftest import make_recipe, write_jsonl
+from tests.tool_rows import call as _call
 from tunelab.cli import app
 from tunelab.data.formats import load_split
 from tunelab.data.records import Chat
@@ -35,14 +36,6 @@ WEATHER = {
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
 }
 TOOLS = [{"type": "function", "function": WEATHER}]
-
-
-def _call(call_id: str, city: str) -> dict[str, Any]:
-    return {
-        "id": call_id,
-        "type": "function",
-        "function": {"name": "get_weather", "arguments": json.dumps({"city": city})},
-    }
 
 
 OPENAI = {

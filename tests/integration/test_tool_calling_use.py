@@ -57,7 +57,7 @@ def test_predict_renders_each_rows_tools_and_parses_its_calls(caller: Trained, t
         {  # a conversation that ends with the tool's result: the answer uses it
             "messages": [
                 {"role": "user", "content": "Weather in Oslo?"},
-                {"role": "assistant", "content": None, "tool_calls": [call(3, "Oslo")]},
+                {"role": "assistant", "content": None, "tool_calls": [call("call_3", "Oslo")]},
                 {"role": "tool", "tool_call_id": "call_3", "content": "snow"},
             ],
             "tools": TOOLS,
@@ -76,7 +76,7 @@ def test_a_predict_row_whose_calls_do_not_fit_its_tools_is_named(caller: Trained
     row = {
         "messages": [
             {"role": "user", "content": "Weather in Oslo?"},
-            {"role": "assistant", "content": None, "tool_calls": [call(3, "Oslo")]},
+            {"role": "assistant", "content": None, "tool_calls": [call("call_3", "Oslo")]},
             {"role": "tool", "tool_call_id": "call_9", "content": "snow"},
         ],
         "tools": TOOLS,
